@@ -1,0 +1,40 @@
+"""Cost formulas: pure functions from work quantities to cycles on a wafer.
+
+Mappings describe *what* moves and computes (MACs per PE, bytes per lane, hops); these formulas turn that into
+cycles. The engine and any analytical estimate use these same functions, so there is one source of truth.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .wafer import WaferSpec
+
+
+def compute_cycles(wafer: WaferSpec, precision: str, macs_per_pe: float, elem_ops_per_pe: float = 0.0) -> int:
+    """Cycles for one PE to do ``macs_per_pe`` FMACs and ``elem_ops_per_pe`` elementwise ops.
+
+    Elementwise ops (add, exp, normalise, ...) use the same SIMD lanes as FMACs: one op per lane per cycle.
+    """
+    lanes = wafer.fmac_per_pe_per_cycle(precision)
+    return math.ceil((macs_per_pe + elem_ops_per_pe) / lanes)
+
+
+def serialization_cycles(wafer: WaferSpec, bytes_per_lane: float) -> int:
+    """Cycles to push ``bytes_per_lane`` through one PE-to-PE link (each lane of a tile edge is one link)."""
+    return math.ceil(bytes_per_lane / wafer.link_bytes_per_cycle)
+
+
+def hop_cycles(wafer: WaferSpec, hops: int) -> int:
+    """Latency of the head of a message travelling ``hops`` PE-to-PE hops (cut-through)."""
+    return math.ceil(hops * wafer.hop_latency_cycles)
+
+
+def transfer_cycles(wafer: WaferSpec, bytes_per_lane: float, hops: int) -> tuple[int, int]:
+    """(serialization, latency) of a pipelined transfer: links are held for the first, the tail adds the second."""
+    return serialization_cycles(wafer, bytes_per_lane), hop_cycles(wafer, hops)
+
+
+def stream_cycles(wafer: WaferSpec, nbytes: float) -> int:
+    """Cycles for ``nbytes`` of weights to cross the MemoryX -> wafer link."""
+    return math.ceil(nbytes / wafer.memoryx_bytes_per_cycle)

@@ -1,0 +1,127 @@
+"""Command line: ``wse-sim run | models | wafers``. Thin: parses, calls the pipeline, prints, writes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wse-sim", description="Simulate transformer workloads on a wafer-scale engine.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="simulate one forward pass and write report.json + utilization.png")
+    r.add_argument("--model", default="cerebras-gpt-111m",
+                   help="preset name (see `wse-sim models`) or a GPT-2 config.json / checkpoint folder")
+    r.add_argument("--checkpoint", help="Hugging Face checkpoint folder (config.json + safetensors or .bin)")
+    r.add_argument("--wafer", default="wse2", help="preset name (see `wse-sim wafers`) or a .toml override file")
+    r.add_argument("--mapping", default="weight-streaming", help="dataflow mapping (registry name)")
+    r.add_argument("--seq", type=_positive_int, default=512, help="sequence length (tokens per sequence)")
+    r.add_argument("--batch", type=_positive_int, default=1)
+    r.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16", help="storage precision")
+    r.add_argument("--grid", help="use a ROWSxCOLS sub-rectangle of the wafer (default: the whole usable mesh)")
+    r.add_argument("--tiles", help="tile grid TRxTC (default 8x8)")
+    r.add_argument("--tile", help="PEs per tile HxW (1x1 = PE-level; use on small grids)")
+    num = r.add_mutually_exclusive_group()
+    num.add_argument("--numerics", dest="numerics", action="store_true", default=None,
+                     help="run real numerics through the mapping (default for models up to 1.3B)")
+    num.add_argument("--no-numerics", dest="numerics", action="store_false", help="timing only")
+    r.add_argument("--tokens", help="comma-separated token ids (sets the input; must be batch*seq long)")
+    r.add_argument("--prompt", help="text prompt (needs --checkpoint with tokenizer files)")
+    r.add_argument("--seed", type=int, default=0, help="seed for random weights and tokens")
+    r.add_argument("--save-logits", help="write the simulated logits to this .npy file")
+    r.add_argument("--out", default="out/run", help="output folder for report.json and utilization.png")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+    sub.add_parser("models", help="list model presets")
+    sub.add_parser("wafers", help="list wafer presets")
+    return p
+
+
+def _cmd_models() -> None:
+    from .workloads import PRESETS
+
+    print(f"{'name':<20} {'params':>16} {'d_model':>8} {'layers':>7} {'heads':>6} {'d_ff':>7} {'vocab':>7}")
+    for name, c in PRESETS.items():
+        print(f"{name:<20} {c.param_count():>16,} {c.d_model:>8} {c.n_layer:>7} {c.n_head:>6} {c.d_ff:>7} "
+              f"{c.vocab_size:>7}")
+
+
+def _cmd_wafers() -> None:
+    from .arch import PRESETS
+
+    print(f"{'name':<6} {'mesh (rows x cols)':>19} {'clock GHz':>9} {'SRAM/PE':>8} {'fp16 FMAC/cyc':>13} "
+          f"{'MemoryX GB/s':>12}  description")
+    for name, w in PRESETS.items():
+        print(f"{name:<6} {f'{w.mesh_rows} x {w.mesh_cols}':>19} {w.clock_hz / 1e9:>9.3g} "
+              f"{w.sram_bytes_per_pe // 1024:>6}Ki {w.fp16_fmac_per_pe_per_cycle:>13g} "
+              f"{w.memoryx_bytes_per_s / 1e9:>12g}  {w.description}")
+
+
+def _cmd_run(args) -> None:
+    from .pipeline import RunSpec, run
+
+    if args.save_logits and not args.save_logits.endswith(".npy"):
+        raise UserError(f"--save-logits wants a .npy file name, got {args.save_logits!r}")
+    spec = RunSpec(
+        model=args.model, wafer=args.wafer, mapping=args.mapping, seq=args.seq, batch=args.batch,
+        precision=args.precision, grid=args.grid, tiles=args.tiles, tile=args.tile, numerics=args.numerics,
+        checkpoint=args.checkpoint, tokens=args.tokens, prompt=args.prompt, seed=args.seed,
+    )
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr)
+
+    report, logits, wall = run(spec, progress=not args.quiet, log=log)
+    if args.save_logits and logits is None:
+        raise UserError("--save-logits needs numerics on (drop --no-numerics)")
+
+    # Everything succeeded: only now write outputs.
+    from .report.build import format_summary
+    from .report.plots import write_utilization_plot
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot = write_utilization_plot(report, out / "utilization.png")
+    if args.save_logits:
+        import numpy as np
+
+        np.save(args.save_logits, logits)
+    print(format_summary(report))
+    print(f"  {'simulation wall time':<26}{wall:.2f} s")
+    print(f"wrote {out / 'report.json'} and {plot}" + (f" and {args.save_logits}" if args.save_logits else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "models":
+            _cmd_models()
+        elif args.command == "wafers":
+            _cmd_wafers()
+        else:
+            _cmd_run(args)
+    except UserError as exc:  # config, checkpoint, SRAM and input errors all derive from it
+        print(f"wse-sim: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

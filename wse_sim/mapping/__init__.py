@@ -1,0 +1,18 @@
+"""Mappings: operator -> tiles, blocks, transfers and SRAM, as a task DAG the engine runs."""
+
+from . import weight_streaming  # noqa: F401  (registers "weight-streaming")
+from .plan import ModelPlan, OpPlan, SramOverflowError, Task, TaskKind, TileGrid, split
+from .registry import get_mapping, mapping_names, register
+
+__all__ = [
+    "ModelPlan",
+    "OpPlan",
+    "SramOverflowError",
+    "Task",
+    "TaskKind",
+    "TileGrid",
+    "get_mapping",
+    "mapping_names",
+    "register",
+    "split",
+]

@@ -1,0 +1,232 @@
+"""Mapping plans: what each tile computes and what moves over which links, as a task DAG per operator.
+
+A plan is data, not code: the engine (``wse_sim.sim``) runs any plan without knowing which mapping made it,
+and the numerics executor interprets the ``actions`` attached to tasks. Tasks of one op refer to each other by
+index; the engine adds the dependencies between ops (see ``wse_sim.sim.engine``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import lru_cache
+
+from ..errors import UserError
+from ..workloads import OpSpec
+
+Tile = tuple[int, int]  # (tile row, tile col)
+Link = tuple[Tile, Tile]  # directed link between adjacent tiles
+
+
+@lru_cache(maxsize=4096)
+def split(n: int, parts: int) -> tuple[int, ...]:
+    """Balanced partition edges of ``range(n)`` into ``parts`` pieces (the first ``n % parts`` get one more)."""
+    base, extra = divmod(n, parts)
+    edges = [0]
+    for p in range(parts):
+        edges.append(edges[-1] + base + (1 if p < extra else 0))
+    return tuple(edges)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """A region of ``rows x cols`` PEs cut into tiles at the given PE-row and PE-column edges."""
+
+    rows: int
+    cols: int
+    row_edges: tuple[int, ...]
+    col_edges: tuple[int, ...]
+
+    @classmethod
+    def make(cls, rows: int, cols: int, tile_rows: int, tile_cols: int) -> TileGrid:
+        tile_rows, tile_cols = min(tile_rows, rows), min(tile_cols, cols)
+        return cls(rows, cols, split(rows, tile_rows), split(cols, tile_cols))
+
+    @property
+    def tile_rows(self) -> int:
+        return len(self.row_edges) - 1
+
+    @property
+    def tile_cols(self) -> int:
+        return len(self.col_edges) - 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.tile_rows, self.tile_cols
+
+    def height(self, i: int) -> int:
+        return self.row_edges[i + 1] - self.row_edges[i]
+
+    def width(self, j: int) -> int:
+        return self.col_edges[j + 1] - self.col_edges[j]
+
+    def pes(self, tile: Tile) -> int:
+        return self.height(tile[0]) * self.width(tile[1])
+
+    def tiles(self):
+        for i in range(self.tile_rows):
+            for j in range(self.tile_cols):
+                yield (i, j)
+
+    @lru_cache(maxsize=None)  # noqa: B019  (TileGrid is frozen and hashable)
+    def row_path(self, i: int, j_from: int, j_to: int) -> tuple[Link, ...]:
+        """Links crossed going along tile row ``i`` from column ``j_from`` to ``j_to``."""
+        step = 1 if j_to >= j_from else -1
+        return tuple(((i, j), (i, j + step)) for j in range(j_from, j_to, step))
+
+    @lru_cache(maxsize=None)  # noqa: B019  (TileGrid is frozen and hashable)
+    def col_path(self, j: int, i_from: int, i_to: int) -> tuple[Link, ...]:
+        step = 1 if i_to >= i_from else -1
+        return tuple(((i, j), (i + step, j)) for i in range(i_from, i_to, step))
+
+    @lru_cache(maxsize=None)  # noqa: B019  (TileGrid is frozen and hashable)
+    def row_hops(self, j_from: int, j_to: int) -> int:
+        """PE hops between the far edges of two tiles in a row (a message crosses every PE column between)."""
+        lo, hi = min(j_from, j_to), max(j_from, j_to)
+        return self.col_edges[hi + 1] - self.col_edges[lo] - 1
+
+    @lru_cache(maxsize=None)  # noqa: B019  (TileGrid is frozen and hashable)
+    def col_hops(self, i_from: int, i_to: int) -> int:
+        lo, hi = min(i_from, i_to), max(i_from, i_to)
+        return self.row_edges[hi + 1] - self.row_edges[lo] - 1
+
+
+# ---- numeric actions: what a task computes on real data (interpreted by wse_sim.sim.numerics) ------------------
+
+Span = tuple[int, int]  # half-open index range
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A block of a named tensor: ``tensor[rows[0]:rows[1], cols[0]:cols[1]]`` (optionally transposed)."""
+
+    tensor: str
+    rows: Span
+    cols: Span
+    transpose: bool = False
+
+
+@dataclass(frozen=True)
+class MatmulBlock:
+    """``buffers[out] = a @ b`` with fp32 accumulation (one tile's partial product)."""
+
+    out: str
+    a: Ref
+    b: Ref
+    scale: float = 1.0
+    round_output: bool = False  # True when the product is stored (attention scores), not a partial sum
+
+
+@dataclass(frozen=True)
+class ReduceWrite:
+    """Sum partial buffers in the mapping's order, add a bias block, round to storage and write to ``dst``.
+
+    ``groups`` are left-folded one by one, then the group sums are left-folded: a bidirectional chain to a root
+    is ``((west..., own), (east...))``.
+    """
+
+    dst: Ref
+    groups: tuple[tuple[str, ...], ...]
+    bias: Ref | None = None
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """A row-block elementwise op: ``dst = fn(srcs...)`` on ``rows x cols`` (layernorm needs whole rows)."""
+
+    fn: str  # "layernorm" | "gelu" | "add" | "embedding"
+    dst: Ref
+    srcs: tuple[Ref, ...]
+    params: tuple[Ref, ...] = ()  # gamma/beta for layernorm
+
+
+@dataclass(frozen=True)
+class SoftmaxBlock:
+    """Causal softmax of a scores buffer whose first row is query ``q_offset`` of its sequence."""
+
+    buf: str
+    q_offset: int
+
+
+@dataclass(frozen=True)
+class ContextWrite:
+    """``dst = buffers[probs] @ v`` for one head and row block, rounded to storage."""
+
+    dst: Ref
+    probs: str
+    v: Ref
+
+
+@dataclass(frozen=True)
+class Free:
+    """Drop buffers no longer needed (keeps memory bounded on big runs)."""
+
+    keys: tuple[str, ...]
+
+
+Action = MatmulBlock | ReduceWrite | Elementwise | SoftmaxBlock | ContextWrite | Free
+
+
+# ---- tasks ----------------------------------------------------------------------------------------------------
+
+
+class TaskKind(StrEnum):
+    STREAM = "stream"  # MemoryX -> wafer ingress of weights
+    TRANSFER = "transfer"  # fabric: holds its links for the serialization time, then adds hop latency
+    COMPUTE = "compute"  # one tile's PEs busy
+    BARRIER = "barrier"  # no cost: joins dependencies; may free a weight buffer
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: TaskKind
+    deps: tuple[int, ...] = ()
+    label: str = ""
+    tile: Tile | None = None
+    macs_per_pe: int = 0
+    elem_ops_per_pe: int = 0
+    links: tuple[Link, ...] = ()
+    bytes_per_lane: float = 0.0
+    hops: int = 0
+    nbytes: int = 0  # bytes moved in total (stream or transfer), for bandwidth accounting
+    frees_buffer_of: int | None = None  # barrier: index of the stream task whose weight buffer it releases
+    actions: tuple[Action, ...] = ()
+
+
+@dataclass(frozen=True)
+class OpPlan:
+    """One operator on the grid: its tasks (the last one is the op's end) and its SRAM footprint."""
+
+    op: OpSpec
+    mapping: str
+    tasks: tuple[Task, ...]
+    sram_bytes_per_pe: int
+    macs: int
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    mapping: str
+    grid: TileGrid
+    precision: str
+    ops: tuple[OpPlan, ...]
+    stream_buffers: int = 2
+    params: dict = field(default_factory=dict)
+
+    @property
+    def sram_peak_bytes_per_pe(self) -> int:
+        return max(op.sram_bytes_per_pe for op in self.ops)
+
+
+class SramOverflowError(UserError):
+    """A plan needs more SRAM per PE than the wafer has."""
+
+    def __init__(self, op_name: str, needed: int, available: int, detail: str = ""):
+        self.op_name, self.needed, self.available = op_name, needed, available
+        msg = f"op {op_name} needs {needed:,} bytes of SRAM per PE but the wafer has {available:,}"
+        super().__init__(msg + (f" ({detail})" if detail else ""))

@@ -1,0 +1,153 @@
+"""Turn a simulation result into the report dict written as report.json (schema below, versioned)."""
+
+from __future__ import annotations
+
+import math
+import numpy as np
+
+from ..arch import WaferSpec
+from ..arch.costs import stream_cycles
+from ..mapping import ModelPlan
+from ..sim import SimResult
+from ..workloads import ModelConfig, WorkloadGraph
+
+SCHEMA_VERSION = 1
+
+
+def roofline_cycles(wafer: WaferSpec, graph: WorkloadGraph, pes: int) -> dict:
+    """Lower bounds: all FLOPs at the grid's peak rate, and all streamed weights at MemoryX bandwidth."""
+    peak_flops_per_cycle = 2.0 * wafer.fmac_per_pe_per_cycle(graph.precision) * pes
+    compute = math.ceil(graph.total_flops / peak_flops_per_cycle)
+    stream = stream_cycles(wafer, graph.streamed_weight_bytes)
+    return {"compute_bound_cycles": compute, "stream_bound_cycles": stream, "bound_cycles": max(compute, stream)}
+
+
+def _round(x: float, digits: int = 6) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGraph, plan: ModelPlan,
+                 result: SimResult, numerics: dict) -> dict:
+    grid = plan.grid
+    pes = grid.rows * grid.cols
+    total = result.total_cycles
+    seconds = total / wafer.clock_hz
+    flops = graph.total_flops
+    peak = wafer.peak_flops_per_s(graph.precision, pes)
+
+    layers: list[dict] = []
+    for op in result.ops:
+        if not layers or layers[-1]["name"] != op.block:
+            layers.append({"name": op.block, "cycles": 0, "compute_cycles": 0, "fabric_cycles": 0,
+                           "stream_cycles": 0, "flops": 0, "ops": []})
+        layer = layers[-1]
+        entry = {
+            "name": op.name, "kind": op.kind, "cycles": op.cycles, "compute_cycles": op.compute_cycles,
+            "fabric_cycles": op.fabric_cycles, "stream_cycles": op.stream_cycles, "flops": op.flops,
+            "stream_bytes": op.stream_bytes, "fabric_bytes": op.fabric_bytes,
+            "sram_bytes_per_pe": op.sram_bytes_per_pe, "notes": op.notes,
+        }
+        layer["ops"].append(entry)
+        for key in ("cycles", "compute_cycles", "fabric_cycles", "stream_cycles", "flops"):
+            layer[key] += entry[key]
+
+    busy = result.tile_busy_cycles / total if total else result.tile_busy_cycles
+    tile_pes = np.array([[grid.pes((i, j)) for j in range(grid.tile_cols)] for i in range(grid.tile_rows)])
+    mac_capacity = tile_pes * wafer.fmac_per_pe_per_cycle(graph.precision) * max(total, 1)
+    mac_eff = result.tile_macs / mac_capacity
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": {
+            "name": config.name, "parameters": config.param_count(), "d_model": config.d_model,
+            "n_layer": config.n_layer, "n_head": config.n_head, "d_ff": config.d_ff,
+            "vocab_size": config.vocab_size, "n_positions": config.n_positions, "activation": config.activation,
+            "weights": "checkpoint" if spec.checkpoint else f"seeded random (seed {spec.seed})",
+        },
+        "wafer": wafer.to_dict(),
+        "mapping": {
+            "name": plan.mapping, "params": plan.params, "grid_pes": [grid.rows, grid.cols],
+            "tile_grid": [grid.tile_rows, grid.tile_cols], "tile_row_edges": list(grid.row_edges),
+            "tile_col_edges": list(grid.col_edges),
+        },
+        "run": {"seq": spec.seq, "batch": spec.batch, "tokens": graph.tokens, "precision": graph.precision,
+                "seed": spec.seed},
+        "total_cycles": total,
+        "seconds": seconds,
+        "tokens_per_s": graph.tokens / seconds if seconds else None,
+        "layers": layers,
+        "bandwidth": {
+            "memoryx_bytes": result.stream_bytes,
+            "memoryx_bytes_per_s": result.stream_bytes / seconds if seconds else 0.0,
+            "memoryx_peak_bytes_per_s": wafer.memoryx_bytes_per_s,
+            "memoryx_busy_fraction": result.memoryx_busy_cycles / total if total else 0.0,
+            "fabric_bytes": result.fabric_bytes,
+            "fabric_bytes_per_s": result.fabric_bytes / seconds if seconds else 0.0,
+        },
+        "flops": flops,
+        "flops_per_s": flops / seconds if seconds else 0.0,
+        "peak_flops_per_s": peak,
+        "mfu": (flops / seconds) / peak if seconds else 0.0,
+        "roofline": roofline_cycles(wafer, graph, pes),
+        "sram_peak_bytes_per_pe": plan.sram_peak_bytes_per_pe,
+        "sram_bytes_per_pe_available": wafer.sram_bytes_per_pe,
+        "utilization": {
+            "tile_busy_fraction": [[_round(x) for x in row] for row in busy.tolist()],
+            "tile_mac_efficiency": [[_round(x) for x in row] for row in mac_eff.tolist()],
+            "mean_busy_fraction": _round(float(busy.mean())),
+            "mean_mac_efficiency": _round(float(result.tile_macs.sum() / mac_capacity.sum())),
+        },
+        "simulation": {"engine": "simpy", "tasks": result.tasks},
+        "numerics": numerics,
+    }
+
+
+def summary_rows(report: dict) -> list[tuple[str, str]]:
+    """Headline figures as (label, value) pairs for the printed table."""
+    n = report["numerics"]
+    bw = report["bandwidth"]
+
+    def fmt_err(key):
+        v = n.get(key)
+        return "n/a" if v is None else f"{v:.3g}"
+
+    rows = [
+        ("model", f"{report['model']['name']} ({report['model']['parameters']:,} params)"),
+        ("wafer / mapping", f"{report['wafer']['name']} / {report['mapping']['name']}, grid "
+                            f"{report['mapping']['grid_pes'][0]}x{report['mapping']['grid_pes'][1]} PEs, tiles "
+                            f"{report['mapping']['tile_grid'][0]}x{report['mapping']['tile_grid'][1]}"),
+        ("run", f"batch {report['run']['batch']} x seq {report['run']['seq']}, {report['run']['precision']}"),
+        ("total cycles", f"{report['total_cycles']:,}  ({report['seconds'] * 1e3:.4g} ms)"),
+        ("tokens/s", f"{report['tokens_per_s']:,.0f}"),
+        ("roofline bound", f"{report['roofline']['bound_cycles']:,} cycles "
+                           f"(compute {report['roofline']['compute_bound_cycles']:,}, "
+                           f"stream {report['roofline']['stream_bound_cycles']:,})"),
+        ("MFU", f"{report['mfu'] * 100:.2f} %"),
+        ("MemoryX", f"{bw['memoryx_bytes'] / 1e6:,.1f} MB at {bw['memoryx_bytes_per_s'] / 1e9:,.1f} GB/s "
+                    f"(busy {bw['memoryx_busy_fraction'] * 100:.1f} %)"),
+        ("fabric", f"{bw['fabric_bytes'] / 1e6:,.1f} MB at {bw['fabric_bytes_per_s'] / 1e12:,.2f} TB/s"),
+        ("SRAM peak / PE", f"{report['sram_peak_bytes_per_pe']:,} of {report['sram_bytes_per_pe_available']:,} B"),
+        ("tile busy (mean)", f"{report['utilization']['mean_busy_fraction'] * 100:.2f} %"),
+    ]
+    if n.get("enabled"):
+        rows += [
+            ("max |err| vs transformers", fmt_err("max_abs_err_vs_transformers")),
+            ("max |err| vs float64 ref", fmt_err("max_abs_err_vs_reference")),
+            ("top-1 agreement", "n/a" if n.get("top1_agreement") is None else f"{n['top1_agreement'] * 100:.2f} %"),
+        ]
+    else:
+        rows.append(("numerics", f"off: {n.get('reason')}"))
+    totals = {k: sum(layer[k] for layer in report["layers"]) for k in ("compute_cycles", "fabric_cycles",
+                                                                       "stream_cycles")}
+    tot = max(report["total_cycles"], 1)
+    rows.append(("cycles split", ", ".join(f"{k.split('_')[0]} {v / tot * 100:.1f} %" for k, v in totals.items())))
+    return rows
+
+
+def format_summary(report: dict) -> str:
+    rows = summary_rows(report)
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+__all__ = ["SCHEMA_VERSION", "build_report", "format_summary", "roofline_cycles", "summary_rows"]

@@ -1,0 +1,283 @@
+"""The discrete-event engine: runs a mapping plan's task DAG on SimPy, time in cycles.
+
+Resources that transfers and computes contend for: each tile's PEs (one compute at a time), each directed
+link between adjacent tiles (a transfer holds every link of its path for its serialization time, then the
+head-to-tail hop latency elapses: cut-through), the MemoryX ingress port, and ``stream_buffers`` weight
+buffers on the wafer (a stream takes one before it starts; the barrier that marks its weights consumed gives
+it back). Ops run in program order: an op's first tasks wait for the previous op's end, while weight streams
+only wait for the previous stream and a free buffer, so the next layer's weights arrive during this one.
+
+Each op's cycles are split along its critical path (walking back from its end through the dependency that
+finished last): time on compute tasks is ``compute``, on transfers ``fabric``, on streams ``stream`` (exposed
+weight streaming). Waiting for a busy resource counts toward the waiting task's category.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import simpy
+
+from ..arch import WaferSpec
+from ..arch.costs import compute_cycles, stream_cycles, transfer_cycles
+from ..mapping.plan import ModelPlan, Task, TaskKind
+
+
+class ActionRunner(Protocol):
+    def run(self, actions: tuple) -> None: ...
+
+
+@dataclass
+class OpTiming:
+    name: str
+    kind: str
+    layer: int
+    block: str
+    start_cycles: int
+    end_cycles: int
+    compute_cycles: int
+    fabric_cycles: int
+    stream_cycles: int
+    flops: int
+    stream_bytes: int
+    fabric_bytes: int
+    sram_bytes_per_pe: int
+    notes: str = ""
+
+    @property
+    def cycles(self) -> int:
+        return self.end_cycles - self.start_cycles
+
+
+@dataclass
+class SimResult:
+    total_cycles: int
+    ops: list[OpTiming]
+    tile_busy_cycles: np.ndarray  # [tile rows, tile cols]
+    tile_macs: np.ndarray  # FMACs done per tile, for MAC efficiency
+    link_busy_cycles: dict  # {((i, j), (i2, j2)): cycles}
+    memoryx_busy_cycles: int
+    stream_bytes: int
+    fabric_bytes: int
+    tasks: int
+    intervals: list = field(default_factory=list)  # (resource, start, end, op index) when recorded
+
+
+_CATEGORY = {TaskKind.COMPUTE: "compute", TaskKind.TRANSFER: "fabric", TaskKind.STREAM: "stream"}
+
+
+class Engine:
+    """Simulates a :class:`ModelPlan` on a wafer; optionally runs numeric actions as tasks complete."""
+
+    def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None = None,
+                 progress: bool = False, record_intervals: bool = False):
+        self.wafer, self.plan, self.numerics = wafer, plan, numerics
+        self.progress = progress
+        self.record_intervals = record_intervals
+
+    def run(self) -> SimResult:
+        plan, wafer = self.plan, self.wafer
+        env = simpy.Environment()
+        precision = plan.precision
+
+        # Flatten tasks with global indices and add the inter-op dependencies.
+        tasks: list[Task] = []
+        op_of: list[int] = []
+        deps: list[list[int]] = []
+        op_end: list[int] = []
+        last_stream = -1
+        for k, op_plan in enumerate(plan.ops):
+            base = len(tasks)
+            prev_end = op_end[-1] if op_end else -1
+            for t in op_plan.tasks:
+                d = [base + x for x in t.deps]
+                if t.kind == TaskKind.STREAM:
+                    if last_stream >= 0:
+                        d.append(last_stream)
+                    last_stream = len(tasks)
+                elif not t.deps and prev_end >= 0:
+                    d.append(prev_end)
+                tasks.append(t)
+                op_of.append(k)
+                deps.append(d)
+            op_end.append(len(tasks) - 1)
+
+        n = len(tasks)
+        succ: list[list[int]] = [[] for _ in range(n)]
+        remaining = [0] * n
+        for i, d in enumerate(deps):
+            remaining[i] = len(d)
+            for p in d:
+                succ[p].append(i)
+
+        ready_t = np.zeros(n)
+        start_t = np.zeros(n)
+        end_t = np.zeros(n)
+        crit = np.full(n, -1, dtype=np.int64)
+
+        tiles_shape = plan.grid.shape
+        tile_res = {t: simpy.Resource(env, 1) for t in plan.grid.tiles()}
+        link_res: dict = {}
+        memx = simpy.Resource(env, 1)
+        tile_busy = np.zeros(tiles_shape)
+        tile_macs = np.zeros(tiles_shape)
+        link_busy: dict = {}
+        memx_busy = [0]
+        intervals: list = []
+        free_slots = [plan.stream_buffers]
+        slot_waiters: deque = deque()
+        op_stream_bytes = [0] * len(plan.ops)
+        op_fabric_bytes = [0] * len(plan.ops)
+
+        bar = None
+        if self.progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(plan.ops), desc="simulating ops", unit="op", file=sys.stderr, leave=False)
+
+        def link(l):
+            r = link_res.get(l)
+            if r is None:
+                r = link_res[l] = simpy.Resource(env, 1)
+            return r
+
+        def finish(i: int) -> None:
+            end_t[i] = env.now
+            t = tasks[i]
+            if self.numerics is not None and t.actions:
+                self.numerics.run(t.actions)
+            if t.kind == TaskKind.BARRIER and t.frees_buffer_of is not None:
+                if slot_waiters:
+                    ev, waiter = slot_waiters.popleft()
+                    crit[waiter] = i  # the stream was held up by this consumer: its wait is not streaming
+                    ready_t[waiter] = env.now
+                    ev.succeed()
+                else:
+                    free_slots[0] += 1
+            if bar is not None and i in op_end_set:
+                bar.update(1)
+            for s in succ[i]:
+                remaining[s] -= 1
+                if remaining[s] == 0:
+                    launch(s)
+
+        def launch(i: int) -> None:
+            ready_t[i] = env.now
+            best, best_end = -1, -1.0
+            for p in deps[i]:
+                if end_t[p] >= best_end:
+                    best, best_end = p, end_t[p]
+            crit[i] = best
+            t = tasks[i]
+            if t.kind == TaskKind.BARRIER:
+                start_t[i] = env.now
+                finish(i)
+            else:
+                env.process(run_task(i, t))
+
+        def run_task(i: int, t: Task):
+            k = op_of[i]
+            if t.kind == TaskKind.COMPUTE:
+                with tile_res[t.tile].request() as req:
+                    yield req
+                    start_t[i] = env.now
+                    cyc = compute_cycles(wafer, precision, t.macs_per_pe, t.elem_ops_per_pe)
+                    yield env.timeout(cyc)
+                tile_busy[t.tile] += cyc
+                tile_macs[t.tile] += t.macs_per_pe * plan.grid.pes(t.tile)
+                if self.record_intervals:
+                    intervals.append((("tile", t.tile), start_t[i], env.now, k))
+            elif t.kind == TaskKind.TRANSFER:
+                ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops)
+                reqs = [link(l).request() for l in sorted(set(t.links))]
+                for r in reqs:
+                    yield r
+                start_t[i] = env.now
+                yield env.timeout(ser)
+                for l, r in zip(sorted(set(t.links)), reqs, strict=True):
+                    link(l).release(r)
+                    link_busy[l] = link_busy.get(l, 0) + ser
+                    if self.record_intervals:
+                        intervals.append((("link", l), start_t[i], env.now, k))
+                yield env.timeout(lat)
+                op_fabric_bytes[k] += t.nbytes
+            elif t.kind == TaskKind.STREAM:
+                if free_slots[0] > 0:
+                    free_slots[0] -= 1
+                else:
+                    ev = env.event()
+                    slot_waiters.append((ev, i))
+                    yield ev
+                with memx.request() as req:
+                    yield req
+                    start_t[i] = env.now
+                    cyc = stream_cycles(wafer, t.nbytes)
+                    yield env.timeout(cyc)
+                memx_busy[0] += cyc
+                op_stream_bytes[k] += t.nbytes
+                if self.record_intervals:
+                    intervals.append((("memoryx", 0), start_t[i], env.now, k))
+            finish(i)
+
+        op_end_set = set(op_end)
+        for i in range(n):
+            if remaining[i] == 0:
+                launch(i)
+        env.run()
+        if bar is not None:
+            bar.close()
+        unfinished = [i for i in range(n) if remaining[i] > 0]
+        if unfinished:  # a plan bug, never user input
+            raise RuntimeError(f"{len(unfinished)} tasks never became ready (first: {tasks[unfinished[0]].label})")
+
+        ops: list[OpTiming] = []
+        prev = 0
+        for k, op_plan in enumerate(plan.ops):
+            end = int(end_t[op_end[k]])
+            split = self._critical_split(tasks, op_end[k], prev, ready_t, start_t, end_t, crit)
+            op = op_plan.op
+            ops.append(OpTiming(
+                name=op.name, kind=str(op.kind), layer=op.layer, block=op.block, start_cycles=prev,
+                end_cycles=end, compute_cycles=split["compute"], fabric_cycles=split["fabric"],
+                stream_cycles=split["stream"], flops=op.flops, stream_bytes=op_stream_bytes[k],
+                fabric_bytes=op_fabric_bytes[k], sram_bytes_per_pe=op_plan.sram_bytes_per_pe, notes=op_plan.notes,
+            ))
+            prev = end
+        return SimResult(
+            total_cycles=int(env.now) if n else 0,
+            ops=ops,
+            tile_busy_cycles=tile_busy,
+            tile_macs=tile_macs,
+            link_busy_cycles=link_busy,
+            memoryx_busy_cycles=memx_busy[0],
+            stream_bytes=sum(op_stream_bytes),
+            fabric_bytes=sum(op_fabric_bytes),
+            tasks=n,
+            intervals=intervals,
+        )
+
+    @staticmethod
+    def _critical_split(tasks, end_idx, op_start, ready_t, start_t, end_t, crit) -> dict[str, int]:
+        """Attribute [op_start, op end] to compute / fabric / stream along the critical path."""
+        out = {"compute": 0, "fabric": 0, "stream": 0}
+        cur = end_idx
+        last_cat = "compute"
+        while cur >= 0 and end_t[cur] > op_start:
+            t = tasks[cur]
+            lo = max(ready_t[cur], op_start)
+            cat = _CATEGORY.get(t.kind)
+            if cat is None:  # barrier: zero width, but a slot wait ends at its consumer
+                cur = crit[cur]
+                continue
+            out[cat] += int(end_t[cur] - lo)
+            last_cat = cat
+            cur = crit[cur]
+        total = int(end_t[end_idx] - op_start)
+        gap = total - sum(out.values())
+        if gap:  # only possible when the walk ended before op_start (e.g. first op): give it to the last category
+            out[last_cat] += gap
+        return out
