@@ -16,7 +16,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed-test
-	$(BIN)/wse-sim run --model cerebras-gpt-111m --wafer wse2 --seq 512 --batch 1 --precision fp32 --out $(OUT)
+	$(BIN)/wse-sim run --model cerebras-gpt-111m --wafer wse2 --seq 512 --batch 1 --precision fp16 --out $(OUT)
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -3,17 +3,34 @@
 Installed as ``wse_sim.workloads`` (see ``pyproject.toml``, setuptools ``package-dir``).
 """
 
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import PRESETS, ModelConfig, config_from_hf, get_preset, load_hf_config
 from .graph import OpKind, OpSpec, WorkloadGraph, lower_model
+from .hf_reference import save_hf_checkpoint, to_hf_config, transformers_logits
+from .reference import reference_logits
+from .tokens import encode_prompt, parse_token_list, random_tokens
+from .weights import LayerWeights, ModelWeights, random_weights
 
 __all__ = [
     "PRESETS",
+    "CheckpointError",
+    "LayerWeights",
     "ModelConfig",
+    "ModelWeights",
     "OpKind",
     "OpSpec",
     "WorkloadGraph",
     "config_from_hf",
+    "encode_prompt",
     "get_preset",
+    "load_checkpoint",
     "load_hf_config",
     "lower_model",
+    "parse_token_list",
+    "random_tokens",
+    "random_weights",
+    "reference_logits",
+    "save_hf_checkpoint",
+    "to_hf_config",
+    "transformers_logits",
 ]

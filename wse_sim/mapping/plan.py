@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from ..errors import UserError
 from ..workloads import OpSpec
@@ -72,24 +72,24 @@ class TileGrid:
             for j in range(self.tile_cols):
                 yield (i, j)
 
-    @lru_cache(maxsize=None)  # noqa: B019  (TileGrid is frozen and hashable)
+    @cache  # noqa: B019  (TileGrid is frozen and hashable)
     def row_path(self, i: int, j_from: int, j_to: int) -> tuple[Link, ...]:
         """Links crossed going along tile row ``i`` from column ``j_from`` to ``j_to``."""
         step = 1 if j_to >= j_from else -1
         return tuple(((i, j), (i, j + step)) for j in range(j_from, j_to, step))
 
-    @lru_cache(maxsize=None)  # noqa: B019  (TileGrid is frozen and hashable)
+    @cache  # noqa: B019  (TileGrid is frozen and hashable)
     def col_path(self, j: int, i_from: int, i_to: int) -> tuple[Link, ...]:
         step = 1 if i_to >= i_from else -1
         return tuple(((i, j), (i + step, j)) for i in range(i_from, i_to, step))
 
-    @lru_cache(maxsize=None)  # noqa: B019  (TileGrid is frozen and hashable)
+    @cache  # noqa: B019  (TileGrid is frozen and hashable)
     def row_hops(self, j_from: int, j_to: int) -> int:
         """PE hops between the far edges of two tiles in a row (a message crosses every PE column between)."""
         lo, hi = min(j_from, j_to), max(j_from, j_to)
         return self.col_edges[hi + 1] - self.col_edges[lo] - 1
 
-    @lru_cache(maxsize=None)  # noqa: B019  (TileGrid is frozen and hashable)
+    @cache  # noqa: B019  (TileGrid is frozen and hashable)
     def col_hops(self, i_from: int, i_to: int) -> int:
         lo, hi = min(i_from, i_to), max(i_from, i_to)
         return self.row_edges[hi + 1] - self.row_edges[lo] - 1

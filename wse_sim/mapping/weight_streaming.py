@@ -17,7 +17,7 @@ scores, causal softmax and context for its query rows and heads (keys past its l
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 from ..arch import WaferSpec
 from ..workloads import OpKind, OpSpec, WorkloadGraph
@@ -102,7 +102,7 @@ class _Context:
     def rows(self, i: int) -> tuple[int, int]:
         return self.m_edges[i], self.m_edges[i + 1]
 
-    @lru_cache(maxsize=None)  # noqa: B019  (one _Context per plan call; bounded by its grid)
+    @cache  # noqa: B019  (one _Context per plan call; bounded by its grid)
     def rows_per_pe(self, i: int) -> int:
         return ceil_div(self.m_edges[i + 1] - self.m_edges[i], self.grid.height(i))
 
@@ -110,7 +110,7 @@ class _Context:
         e = split(width, self.TC)
         return e[j], e[j + 1]
 
-    @lru_cache(maxsize=None)  # noqa: B019
+    @cache  # noqa: B019
     def cols_per_pe(self, width: int, j: int) -> int:
         lo, hi = self.cols(width, j)
         return ceil_div(hi - lo, self.grid.width(j))
@@ -319,7 +319,7 @@ class _Context:
                       sram_bytes_per_pe=self.check_sram(op, sram, "embedding rows"), macs=0)
 
     # ---- attention -------------------------------------------------------------------------------------------
-    @lru_cache(maxsize=None)  # noqa: B019
+    @cache  # noqa: B019
     def heads_of(self, j: int) -> tuple[int, ...]:
         return tuple(h for h in range(self.graph.config.n_head) if h % self.TC == j)
 
@@ -332,7 +332,7 @@ class _Context:
             if hi > lo:
                 yield bidx, lo, hi
 
-    @lru_cache(maxsize=None)  # noqa: B019
+    @cache  # noqa: B019
     def attn_work_per_pe(self, i: int, j: int) -> int:
         """Per-PE (query row x key x head) count for tile (i, j): PE rows take queries, PE columns take keys."""
         seq = self.graph.seq

@@ -5,7 +5,8 @@ link between adjacent tiles (a transfer holds every link of its path for its ser
 head-to-tail hop latency elapses: cut-through), the MemoryX ingress port, and ``stream_buffers`` weight
 buffers on the wafer (a stream takes one before it starts; the barrier that marks its weights consumed gives
 it back). Ops run in program order: an op's first tasks wait for the previous op's end, while weight streams
-only wait for the previous stream and a free buffer, so the next layer's weights arrive during this one.
+only wait for the previous stream and a free buffer, so the next layer's weights arrive during this one (and
+may be broadcast into on-wafer buffers); every compute waits for the previous op to end.
 
 Each op's cycles are split along its critical path (walking back from its end through the dependency that
 finished last): time on compute tasks is ``compute``, on transfers ``fabric``, on streams ``stream`` (exposed
@@ -99,7 +100,8 @@ class Engine:
                     if last_stream >= 0:
                         d.append(last_stream)
                     last_stream = len(tasks)
-                elif not t.deps and prev_end >= 0:
+                elif prev_end >= 0 and (not t.deps or t.kind == TaskKind.COMPUTE):
+                    # Computes read the previous op's output; weight broadcasts may run ahead into buffers.
                     d.append(prev_end)
                 tasks.append(t)
                 op_of.append(k)
@@ -130,6 +132,7 @@ class Engine:
         intervals: list = []
         free_slots = [plan.stream_buffers]
         slot_waiters: deque = deque()
+        last_holder: dict = {}  # resource key -> (release time, task) of the last task that held it
         op_stream_bytes = [0] * len(plan.ops)
         op_fabric_bytes = [0] * len(plan.ops)
 
@@ -139,10 +142,10 @@ class Engine:
 
             bar = tqdm(total=len(plan.ops), desc="simulating ops", unit="op", file=sys.stderr, leave=False)
 
-        def link(l):
-            r = link_res.get(l)
+        def link(key):
+            r = link_res.get(key)
             if r is None:
-                r = link_res[l] = simpy.Resource(env, 1)
+                r = link_res[key] = simpy.Resource(env, 1)
             return r
 
         def finish(i: int) -> None:
@@ -179,30 +182,46 @@ class Engine:
             else:
                 env.process(run_task(i, t))
 
+        def acquired(i: int, keys) -> None:
+            """A task that waited for busy resources is on the path of whoever released them last."""
+            start_t[i] = env.now
+            if env.now > ready_t[i]:
+                held = [last_holder[key] for key in keys if key in last_holder]
+                if held:
+                    crit[i] = max(held)[1]
+                    ready_t[i] = env.now
+
+        def released(i: int, keys) -> None:
+            for key in keys:
+                last_holder[key] = (env.now, i)
+
         def run_task(i: int, t: Task):
             k = op_of[i]
             if t.kind == TaskKind.COMPUTE:
                 with tile_res[t.tile].request() as req:
                     yield req
-                    start_t[i] = env.now
+                    acquired(i, (t.tile,))
                     cyc = compute_cycles(wafer, precision, t.macs_per_pe, t.elem_ops_per_pe)
                     yield env.timeout(cyc)
+                    released(i, (t.tile,))
                 tile_busy[t.tile] += cyc
                 tile_macs[t.tile] += t.macs_per_pe * plan.grid.pes(t.tile)
                 if self.record_intervals:
                     intervals.append((("tile", t.tile), start_t[i], env.now, k))
             elif t.kind == TaskKind.TRANSFER:
                 ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops)
-                reqs = [link(l).request() for l in sorted(set(t.links))]
+                links = sorted(set(t.links))
+                reqs = [link(key).request() for key in links]
                 for r in reqs:
                     yield r
-                start_t[i] = env.now
+                acquired(i, links)
                 yield env.timeout(ser)
-                for l, r in zip(sorted(set(t.links)), reqs, strict=True):
-                    link(l).release(r)
-                    link_busy[l] = link_busy.get(l, 0) + ser
+                released(i, links)
+                for key, r in zip(links, reqs, strict=True):
+                    link(key).release(r)
+                    link_busy[key] = link_busy.get(key, 0) + ser
                     if self.record_intervals:
-                        intervals.append((("link", l), start_t[i], env.now, k))
+                        intervals.append((("link", key), start_t[i], env.now, k))
                 yield env.timeout(lat)
                 op_fabric_bytes[k] += t.nbytes
             elif t.kind == TaskKind.STREAM:
@@ -214,9 +233,10 @@ class Engine:
                     yield ev
                 with memx.request() as req:
                     yield req
-                    start_t[i] = env.now
+                    acquired(i, ("memoryx",))
                     cyc = stream_cycles(wafer, t.nbytes)
                     yield env.timeout(cyc)
+                    released(i, ("memoryx",))
                 memx_busy[0] += cyc
                 op_stream_bytes[k] += t.nbytes
                 if self.record_intervals:

@@ -1,0 +1,23 @@
+"""Numerical kernels of the simulator: fp32 arithmetic on float32 arrays, rounded to storage precision on store.
+
+Everything here is a plain function of numpy arrays; the heavy ones are numba-compiled (``cache=True``).
+"""
+
+from .activations import GELU_VARIANTS, add, gelu
+from .embedding import embedding
+from .gemm import gemm
+from .norm import layernorm
+from .precision import PRECISIONS, round_to
+from .softmax import causal_softmax
+
+__all__ = [
+    "GELU_VARIANTS",
+    "PRECISIONS",
+    "add",
+    "causal_softmax",
+    "embedding",
+    "gelu",
+    "gemm",
+    "layernorm",
+    "round_to",
+]

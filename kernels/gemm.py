@@ -1,0 +1,498 @@
+"""fp32 GEMM with fp32 accumulation: a packed, register-blocked numba kernel (no BLAS).
+
+Structure (the BLIS/GotoBLAS scheme): B is packed into ``KC x NR`` column panels and A into ``MR x KC`` row
+panels, both zero padded, and a micro-kernel keeps an ``MR x NR`` tile of C in vector registers while it walks
+``k``. Numba has no SIMD types, so the micro-kernel is written with a small explicit vector type (an LLVM
+``<VW x float>`` with load / store / broadcast / fused multiply-add intrinsics); LLVM's auto-vectoriser alone
+spills or scalarises a tile this size. The tile is 12 x 32 (24 zmm accumulators) when the JIT target has
+AVX-512, else 6 x 16 (12 ymm accumulators, fits AVX2's 16 registers).
+
+Determinism: every C element is one fused multiply-add chain over ``p = 0..k-1`` in order (a ``KC`` block
+reloads the partial sum from C and continues the chain), independent of how rows and columns are split between
+threads. Results are therefore identical run to run, between the serial and the parallel driver, and for any
+thread count. Because each step is a single-rounding FMA, the error is within the classic ``k*u*(|A||B|)``
+bound for fp32 (``u = 2**-24``).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils, config
+from numba.extending import intrinsic, models, register_model
+from numpy.lib.stride_tricks import as_strided
+
+from .precision import require_f32
+
+
+def _target_has_avx512() -> bool:
+    """Whether numba's JIT target (host CPU, or NUMBA_CPU_FEATURES when set) can use 512-bit vectors.
+
+    Numba's on-disk cache is keyed by the same CPU name and feature string, so code compiled for one vector
+    width is never loaded on a target where this answer differs.
+    """
+    feats = config.CPU_FEATURES
+    if feats is None:
+        try:
+            feats = llvm_binding.get_host_cpu_features().flatten()
+        except RuntimeError:
+            return False
+    flags = set(feats.split(","))
+    return "+avx512f" in flags and "-evex512" not in flags
+
+
+if _target_has_avx512():
+    VW, MR = 16, 12
+else:
+    VW, MR = 8, 6
+NR = 2 * VW  # two vectors per tile row
+KC = 256  # k block: a KC x NR panel of B (32 KiB with AVX-512) stays in L1 while A panels stream from L2
+NC = 4096  # n block: the packed KC x NC slab of B
+MC = 22 * MR  # m block: an MC x KC slab of packed A (264 KiB with AVX-512) stays in L2
+
+# Below this many multiply-adds (m*n*k) the serial driver wins: no thread wake-up, and small blocks such as
+# 43x64 @ 64x192 (the simulator's bread and butter) are latency bound anyway.
+PARALLEL_MIN_WORK = 1 << 22
+
+
+# ---- a tiny explicit-SIMD vocabulary ------------------------------------------------------------------------
+class _F32Vec(types.Type):
+    """Numba type of an LLVM ``<VW x float>`` register value."""
+
+    def __init__(self):
+        super().__init__(name=f"f32x{VW}")
+
+
+_f32vec = _F32Vec()
+_LL_VEC = ir.VectorType(ir.FloatType(), VW)
+
+
+@register_model(_F32Vec)
+class _F32VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _LL_VEC)
+
+
+def _elem_ptr(context, builder, arrty, arr, idx):
+    """Pointer to ``arr.data[idx]`` (flat index; no wraparound or bounds logic: callers index in range)."""
+    return builder.gep(context.make_array(arrty)(context, builder, arr).data, [idx])
+
+
+def _splat(builder, scalar):
+    v = builder.insert_element(ir.Constant(_LL_VEC, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
+    return builder.shuffle_vector(v, ir.Constant(_LL_VEC, ir.Undefined), mask)
+
+
+@intrinsic
+def _vload(typingctx, arr, idx):
+    """VW consecutive floats of a 1-D contiguous float32 array, starting at flat index ``idx`` (unaligned)."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(ptr, _LL_VEC.as_pointer()), align=4)
+
+    return _f32vec(arr, idx), codegen
+
+
+@intrinsic
+def _vstore(typingctx, arr, idx, vec):
+    """Store a vector to ``arr[idx:idx+VW]`` (1-D contiguous float32, unaligned)."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(ptr, _LL_VEC.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, vec), codegen
+
+
+@intrinsic
+def _vbcast(typingctx, arr, idx):
+    """``arr[idx]`` broadcast to all lanes (x86 folds it into the FMA as an embedded broadcast)."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        return _splat(builder, builder.load(ptr, align=4))
+
+    return _f32vec(arr, idx), codegen
+
+
+@intrinsic
+def _sload(typingctx, arr, idx):
+    """``arr[idx]`` without numba's negative-index wraparound (packing loops index in range by construction)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
+
+    return types.float32(arr, idx), codegen
+
+
+@intrinsic
+def _sstore(typingctx, arr, idx, val):
+    """``arr[idx] = val`` without wraparound logic."""
+
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[2], sig.args[2], types.float32)
+        builder.store(val, _elem_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, val), codegen
+
+
+@intrinsic
+def _vtranspose(typingctx, src, soff, sstride, dst, doff, dstride):
+    """Transpose a VW x VW block: row ``r`` is ``src[soff + r*sstride :][:VW]``, column ``c`` goes to
+    ``dst[doff + c*dstride :][:VW]``. log2(VW) butterfly stages of two-input shuffles, each swapping the
+    off-diagonal sub-blocks of one size, so a transposed operand packs at vector speed."""
+
+    def codegen(context, builder, sig, args):
+        src_data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        dst_data = context.make_array(sig.args[3])(context, builder, args[3]).data
+        soff, sstride, doff, dstride = (
+            context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 2, 4, 5)
+        )
+        intp = soff.type
+
+        def vptr(data, off, stride, i):
+            idx = builder.add(off, builder.mul(stride, ir.Constant(intp, i)))
+            return builder.bitcast(builder.gep(data, [idx]), _LL_VEC.as_pointer())
+
+        rows = [builder.load(vptr(src_data, soff, sstride, r), align=4) for r in range(VW)]
+        mask_ty = ir.VectorType(ir.IntType(32), VW)
+        b = 1
+        while b < VW:
+            keep_lo = ir.Constant(mask_ty, [j if not j & b else VW + (j ^ b) for j in range(VW)])
+            keep_hi = ir.Constant(mask_ty, [j ^ b if not j & b else VW + j for j in range(VW)])
+            for i in range(VW):
+                if not i & b:
+                    lo, hi = rows[i], rows[i | b]
+                    rows[i] = builder.shuffle_vector(lo, hi, keep_lo)
+                    rows[i | b] = builder.shuffle_vector(lo, hi, keep_hi)
+            b *= 2
+        for c in range(VW):
+            builder.store(rows[c], vptr(dst_data, doff, dstride, c), align=4)
+        return context.get_dummy_value()
+
+    return types.none(src, soff, sstride, dst, doff, dstride), codegen
+
+
+@intrinsic
+def _vzero(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_LL_VEC, [0.0] * VW)
+
+    return _f32vec(), codegen
+
+
+@intrinsic
+def _vfma(typingctx, a, b, c):
+    """``a*b + c`` lane-wise; llvm.fmuladd is one fused, singly rounded op on FMA hardware."""
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_LL_VEC, [_LL_VEC, _LL_VEC, _LL_VEC])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fmuladd.v{VW}f32")
+        return builder.call(fn, args)
+
+    return _f32vec(_f32vec, _f32vec, _f32vec), codegen
+
+
+# ---- micro-kernel ------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _micro(kc, ap, ao, bp, bo, t, to, ldt, load):
+    """``T[MR, NR] (+)= Ap_panel @ Bp_panel`` with the tile in registers.
+
+    ``ap[ao:]`` is a packed ``kc x MR`` panel (MR values per k), ``bp[bo:]`` a packed ``kc x NR`` panel, and
+    the tile lives in flat ``t`` at ``to`` with row stride ``ldt``. ``load`` continues the chain from the values
+    in ``t`` (later k blocks) instead of starting from zero. Rows 6..11 exist only for MR == 12 (a compile-time
+    constant, so the untaken branches vanish). Row r's accumulators are ``c{r}0, c{r}1`` (r in hex).
+    """
+    z = _vzero()
+    c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51 = z, z, z, z, z, z, z, z, z, z, z, z
+    c60, c61, c70, c71, c80, c81, c90, c91, ca0, ca1, cb0, cb1 = z, z, z, z, z, z, z, z, z, z, z, z
+    if load:
+        r = to
+        c00, c01 = _vload(t, r), _vload(t, r + VW)
+        r += ldt
+        c10, c11 = _vload(t, r), _vload(t, r + VW)
+        r += ldt
+        c20, c21 = _vload(t, r), _vload(t, r + VW)
+        r += ldt
+        c30, c31 = _vload(t, r), _vload(t, r + VW)
+        r += ldt
+        c40, c41 = _vload(t, r), _vload(t, r + VW)
+        r += ldt
+        c50, c51 = _vload(t, r), _vload(t, r + VW)
+        r += ldt
+        if MR == 12:
+            c60, c61 = _vload(t, r), _vload(t, r + VW)
+            r += ldt
+            c70, c71 = _vload(t, r), _vload(t, r + VW)
+            r += ldt
+            c80, c81 = _vload(t, r), _vload(t, r + VW)
+            r += ldt
+            c90, c91 = _vload(t, r), _vload(t, r + VW)
+            r += ldt
+            ca0, ca1 = _vload(t, r), _vload(t, r + VW)
+            r += ldt
+            cb0, cb1 = _vload(t, r), _vload(t, r + VW)
+    for _ in range(kc):
+        b0 = _vload(bp, bo)
+        b1 = _vload(bp, bo + VW)
+        a = _vbcast(ap, ao)
+        c00, c01 = _vfma(a, b0, c00), _vfma(a, b1, c01)
+        a = _vbcast(ap, ao + 1)
+        c10, c11 = _vfma(a, b0, c10), _vfma(a, b1, c11)
+        a = _vbcast(ap, ao + 2)
+        c20, c21 = _vfma(a, b0, c20), _vfma(a, b1, c21)
+        a = _vbcast(ap, ao + 3)
+        c30, c31 = _vfma(a, b0, c30), _vfma(a, b1, c31)
+        a = _vbcast(ap, ao + 4)
+        c40, c41 = _vfma(a, b0, c40), _vfma(a, b1, c41)
+        a = _vbcast(ap, ao + 5)
+        c50, c51 = _vfma(a, b0, c50), _vfma(a, b1, c51)
+        if MR == 12:
+            a = _vbcast(ap, ao + 6)
+            c60, c61 = _vfma(a, b0, c60), _vfma(a, b1, c61)
+            a = _vbcast(ap, ao + 7)
+            c70, c71 = _vfma(a, b0, c70), _vfma(a, b1, c71)
+            a = _vbcast(ap, ao + 8)
+            c80, c81 = _vfma(a, b0, c80), _vfma(a, b1, c81)
+            a = _vbcast(ap, ao + 9)
+            c90, c91 = _vfma(a, b0, c90), _vfma(a, b1, c91)
+            a = _vbcast(ap, ao + 10)
+            ca0, ca1 = _vfma(a, b0, ca0), _vfma(a, b1, ca1)
+            a = _vbcast(ap, ao + 11)
+            cb0, cb1 = _vfma(a, b0, cb0), _vfma(a, b1, cb1)
+        ao += MR
+        bo += NR
+    r = to
+    _vstore(t, r, c00)
+    _vstore(t, r + VW, c01)
+    r += ldt
+    _vstore(t, r, c10)
+    _vstore(t, r + VW, c11)
+    r += ldt
+    _vstore(t, r, c20)
+    _vstore(t, r + VW, c21)
+    r += ldt
+    _vstore(t, r, c30)
+    _vstore(t, r + VW, c31)
+    r += ldt
+    _vstore(t, r, c40)
+    _vstore(t, r + VW, c41)
+    r += ldt
+    _vstore(t, r, c50)
+    _vstore(t, r + VW, c51)
+    r += ldt
+    if MR == 12:
+        _vstore(t, r, c60)
+        _vstore(t, r + VW, c61)
+        r += ldt
+        _vstore(t, r, c70)
+        _vstore(t, r + VW, c71)
+        r += ldt
+        _vstore(t, r, c80)
+        _vstore(t, r + VW, c81)
+        r += ldt
+        _vstore(t, r, c90)
+        _vstore(t, r + VW, c91)
+        r += ldt
+        _vstore(t, r, ca0)
+        _vstore(t, r + VW, ca1)
+        r += ldt
+        _vstore(t, r, cb0)
+        _vstore(t, r + VW, cb1)
+
+
+# ---- packing -----------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _pack_b_panel(bb, boff, sb0, sb1, pc, kc, j0, n, dst, bp):
+    """Copy ``B[pc:pc+kc, j0:j0+NR]`` (element strides sb0, sb1 into flat ``bb``) to ``bp[dst:]`` as kc rows of
+    NR, zero-padding columns past ``n``. Row-major B is two vector copies per row, transposed B (``B.T`` of a
+    row-major array, as in ``q @ k.T``) goes through VW x VW register transposes."""
+    nr = min(NR, n - j0)
+    if nr == NR and sb1 == 1:
+        for p in range(kc):
+            src = boff + (pc + p) * sb0 + j0
+            row = dst + p * NR
+            _vstore(bp, row, _vload(bb, src))
+            _vstore(bp, row + VW, _vload(bb, src + VW))
+        return
+    p_vec = kc - kc % VW if nr == NR and sb0 == 1 else 0
+    for p0 in range(0, p_vec, VW):
+        for h in range(0, NR, VW):
+            _vtranspose(bb, boff + (pc + p0) + (j0 + h) * sb1, sb1, bp, dst + p0 * NR + h, NR)
+    for p in range(p_vec, kc):
+        src = boff + (pc + p) * sb0 + j0 * sb1
+        row = dst + p * NR
+        for j in range(nr):
+            _sstore(bp, row + j, _sload(bb, src + j * sb1))
+        for j in range(nr, NR):
+            _sstore(bp, row + j, 0.0)
+
+
+@njit(cache=True)
+def _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap):
+    """Copy ``A[ic:ic+mc, pc:pc+kc]`` to ``ap`` as MR-row panels, each kc groups of MR values, zero-padded."""
+    for ip in range((mc + MR - 1) // MR):
+        i0 = ic + ip * MR
+        mr = min(MR, ic + mc - i0)
+        base = ip * kc * MR
+        for r in range(MR):
+            if r < mr:
+                src = aoff + (i0 + r) * sa0 + pc * sa1
+                for p in range(kc):
+                    _sstore(ap, base + p * MR + r, _sload(ab, src + p * sa1))
+            else:
+                for p in range(kc):
+                    _sstore(ap, base + p * MR + r, 0.0)
+
+
+@njit(cache=True)
+def _block(ap, bp, cf, ldc, ic, mc, jc, jp0, jp1, n, kc, load, scratch):
+    """``C[ic:ic+mc, cols of B panels jp0..jp1 of the jc slab]`` (+)= packed A @ packed B.
+
+    Full tiles go straight to C; edge tiles run through ``scratch`` (an MR x NR buffer) so the micro-kernel
+    never reads or writes outside C.
+    """
+    for jp in range(jp0, jp1):
+        j0 = jc + jp * NR
+        nr = min(NR, n - j0)
+        bo = jp * kc * NR
+        for ip in range((mc + MR - 1) // MR):
+            i0 = ic + ip * MR
+            mr = min(MR, ic + mc - i0)
+            ao = ip * kc * MR
+            if mr == MR and nr == NR:
+                _micro(kc, ap, ao, bp, bo, cf, i0 * ldc + j0, ldc, load)
+            else:
+                if load:
+                    scratch[:] = 0.0
+                    for r in range(mr):
+                        for j in range(nr):
+                            scratch[r * NR + j] = cf[(i0 + r) * ldc + j0 + j]
+                _micro(kc, ap, ao, bp, bo, scratch, 0, NR, load)
+                for r in range(mr):
+                    for j in range(nr):
+                        cf[(i0 + r) * ldc + j0 + j] = scratch[r * NR + j]
+
+
+# ---- drivers -----------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _gemm_serial(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c):
+    """Single-threaded driver: loops jc (NC) > pc (KC) > ic (MC) around the packed block kernel."""
+    cf = c.reshape(-1)
+    kcap = min(KC, k)
+    bp = np.empty(kcap * (min(NC, n) + NR), np.float32)
+    ap = np.empty(kcap * (min(MC, m) + MR), np.float32)
+    scratch = np.empty(MR * NR, np.float32)
+    for jc in range(0, n, NC):
+        npan = (min(NC, n - jc) + NR - 1) // NR
+        for pc in range(0, k, KC):
+            kc = min(KC, k - pc)
+            for jp in range(npan):
+                _pack_b_panel(bb, boff, sb0, sb1, pc, kc, jc + jp * NR, n, jp * kc * NR, bp)
+            for ic in range(0, m, MC):
+                mc = min(MC, m - ic)
+                _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap)
+                _block(ap, bp, cf, n, ic, mc, jc, 0, npan, n, kc, pc > 0, scratch)
+
+
+@njit(cache=True, parallel=True)
+def _gemm_parallel(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c, mc_blk, jsplit):
+    """Multi-threaded driver: B panels are packed in parallel, then (row block x column split) tasks run in
+    parallel, each packing its own A block. Tasks write disjoint parts of C."""
+    cf = c.reshape(-1)
+    bp = np.empty(min(KC, k) * (min(NC, n) + NR), np.float32)
+    nbm = (m + mc_blk - 1) // mc_blk
+    ntask = nbm * jsplit
+    for jc in range(0, n, NC):
+        npan = (min(NC, n - jc) + NR - 1) // NR
+        per_split = (npan + jsplit - 1) // jsplit
+        for pc in range(0, k, KC):
+            kc = min(KC, k - pc)
+            for jp in prange(npan):
+                _pack_b_panel(bb, boff, sb0, sb1, pc, kc, jc + jp * NR, n, jp * kc * NR, bp)
+            for task in prange(ntask):
+                ic = (task // jsplit) * mc_blk
+                mc = min(mc_blk, m - ic)
+                jp0 = (task % jsplit) * per_split
+                jp1 = min(npan, jp0 + per_split)
+                if jp0 < jp1:
+                    ap = np.empty(((mc + MR - 1) // MR) * MR * kc, np.float32)
+                    scratch = np.empty(MR * NR, np.float32)
+                    _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap)
+                    _block(ap, bp, cf, n, ic, mc, jc, jp0, jp1, n, kc, pc > 0, scratch)
+
+
+def _flat_view(x: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """``(buf, s0, s1)`` with ``x[i, j] == buf[i*s0 + j*s1]`` and ``buf`` 1-D contiguous, copying only when the
+    strides are negative or not whole elements. One array type reaches numba whatever the input layout, so
+    transposed and sliced operands cost no extra compilations."""
+    if x.flags.c_contiguous:
+        return x.reshape(-1), x.shape[1], 1
+    if x.flags.f_contiguous:
+        return x.T.reshape(-1), 1, x.shape[0]
+    s0, s1 = x.strides
+    size = x.itemsize
+    if s0 >= 0 and s1 >= 0 and s0 % size == 0 and s1 % size == 0:
+        e0, e1 = s0 // size, s1 // size
+        extent = (x.shape[0] - 1) * e0 + (x.shape[1] - 1) * e1 + 1
+        # Every byte between x's first and last element belongs to x's base allocation.
+        return as_strided(x, shape=(extent,), strides=(size,)), e0, e1
+    x = np.ascontiguousarray(x)
+    return x.reshape(-1), x.shape[1], 1
+
+
+def _round_up(v: int, mult: int) -> int:
+    return -(-v // mult) * mult
+
+
+def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``A @ B`` for float32 ``a [m, k]`` and ``b [k, n]`` (any strides) with fp32 accumulation.
+
+    Returns a new C-contiguous ``[m, n]`` float32 array, or writes into and returns ``out`` (float32, shape
+    ``[m, n]``; may overlap the inputs). ``k == 0`` gives zeros.
+    """
+    a = require_f32(a, "gemm: a")
+    b = require_f32(b, "gemm: b")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"gemm: shapes {a.shape} and {b.shape} are not [m, k] @ [k, n]")
+    m, k = a.shape
+    n = b.shape[1]
+    c = None
+    if out is not None:
+        out = require_f32(out, "gemm: out")
+        if out.shape != (m, n):
+            raise ValueError(f"gemm: out has shape {out.shape}, expected {(m, n)}")
+        if out.flags.c_contiguous and out.flags.writeable and not (
+            np.may_share_memory(out, a) or np.may_share_memory(out, b)
+        ):
+            c = out
+    if c is None:
+        c = np.empty((m, n), np.float32)
+    if m and n:
+        if k == 0:
+            c.fill(0.0)
+        else:
+            ab, sa0, sa1 = _flat_view(a)
+            bb, sb0, sb1 = _flat_view(b)
+            threads = 1 if m * n * k < PARALLEL_MIN_WORK else numba.get_num_threads()
+            if threads == 1:
+                _gemm_serial(ab, 0, sa0, sa1, bb, 0, sb0, sb1, m, k, n, c)
+            else:
+                # Row blocks in a multiple of the thread count (balanced static schedule); if rows run out
+                # (short, wide products such as the LM head) the B panels are split between tasks instead.
+                nbm = _round_up(-(-m // MC), threads)
+                mc_blk = _round_up(-(-m // nbm), MR)
+                nbm = -(-m // mc_blk)
+                jsplit = 1 if nbm >= threads else -(-threads // nbm)
+                _gemm_parallel(ab, 0, sa0, sa1, bb, 0, sb0, sb1, m, k, n, c, mc_blk, jsplit)
+    if out is not None and c is not out:
+        out[...] = c
+        return out
+    return c

@@ -1,0 +1,80 @@
+"""Storage-precision rounding: values are kept in float32 arrays but made exactly representable in fp16/bf16.
+
+The simulator stores tensors at the wafer's storage precision while doing arithmetic in fp32, so every store
+goes through :func:`round_to`. Rounding is round-to-nearest-even, as on the hardware and in torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def require_f32(x: np.ndarray, name: str) -> np.ndarray:
+    """Return ``x`` as an ndarray after checking it is float32 (silent up/down-casts would hide precision bugs)."""
+    arr = np.asarray(x)
+    if arr.dtype != np.float32:
+        raise TypeError(f"{name} must be float32, got {arr.dtype}")
+    return arr
+
+
+@njit(cache=True)
+def _bf16_bits_rne(u: np.ndarray) -> None:
+    """In place on float32 bit patterns: round to the nearest bf16 (ties to even) and zero the low 16 bits."""
+    for i in range(u.shape[0]):
+        b = u[i]
+        if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+            # NaN: keep sign and high payload bits, force quiet so clearing the low half cannot make it inf.
+            u[i] = (b | np.uint32(0x00400000)) & np.uint32(0xFFFF0000)
+        else:
+            # Overflow past the largest finite bf16 carries into the exponent and lands exactly on inf.
+            lsb = (b >> np.uint32(16)) & np.uint32(1)
+            u[i] = (b + np.uint32(0x7FFF) + lsb) & np.uint32(0xFFFF0000)
+
+
+@njit(cache=True)
+def _f64_to_f32_round_to_odd(x: np.ndarray, out: np.ndarray) -> None:
+    """float64 -> float32 with round-to-odd (truncate, then set the lsb if inexact).
+
+    Rounding to odd first keeps a later RNE to bf16 (8 significant bits, far fewer than float32's 24)
+    equal to a single correct RNE from float64: it avoids the double-rounding error of going via RNE float32.
+    """
+    u = out.view(np.uint32)
+    for i in range(x.shape[0]):
+        v = x[i]
+        f = np.float32(v)
+        out[i] = f
+        if v != v or np.float64(f) == v:
+            continue
+        b = u[i]
+        if abs(np.float64(f)) > abs(v):  # RNE rounded away from zero (possibly to inf): step back to truncation
+            b -= np.uint32(1)
+        u[i] = b | np.uint32(1)
+
+
+def round_to(x: np.ndarray, precision: str) -> np.ndarray:
+    """Round ``x`` to the storage ``precision`` (RNE) and return it as a new C-contiguous float32 array.
+
+    Accepts any real dtype; float64 input is rounded once, directly to the target precision (no double rounding).
+    fp16 overflows to ±inf and keeps subnormals (numpy's float16 conversion is RNE); bf16 is rounded on the bit
+    pattern and keeps NaN as NaN and inf as inf.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    arr = np.asarray(x)
+    if arr.dtype != np.float32 and arr.dtype != np.float64:
+        arr = arr.astype(np.float64)  # exact for float16 and for integers below 2**53
+    if precision == "fp32":
+        return np.array(arr, dtype=np.float32, order="C", copy=True)
+    if precision == "fp16":
+        return np.ascontiguousarray(arr.astype(np.float16).astype(np.float32))
+    if arr.dtype == np.float64:
+        flat = np.ascontiguousarray(arr).reshape(-1)
+        out = np.empty(flat.shape[0], dtype=np.float32)
+        _f64_to_f32_round_to_odd(flat, out)
+    else:
+        out = np.array(arr, dtype=np.float32, order="C", copy=True).reshape(-1)
+    _bf16_bits_rne(out.view(np.uint32))
+    return out.reshape(arr.shape)
