@@ -56,6 +56,9 @@ MC = 22 * MR  # m block: an MC x KC slab of packed A (264 KiB with AVX-512) stay
 # Below this many multiply-adds (m*n*k) the serial driver wins: no thread wake-up, and small blocks such as
 # 43x64 @ 64x192 (the simulator's bread and butter) are latency bound anyway.
 PARALLEL_MIN_WORK = 1 << 22
+# Up to this many rows of A, row-major B is read in place instead of packed: with so few A panels sharing a
+# B panel the copy costs more than the strided reads (beyond it, strided B panels thrash L1 and TLB).
+DIRECT_B_MAX_M = 4 * MR
 
 
 # ---- a tiny explicit-SIMD vocabulary ------------------------------------------------------------------------
@@ -202,11 +205,12 @@ def _vfma(typingctx, a, b, c):
 
 # ---- micro-kernel ------------------------------------------------------------------------------------------
 @njit(cache=True)
-def _micro(kc, ap, ao, bp, bo, t, to, ldt, load):
-    """``T[MR, NR] (+)= Ap_panel @ Bp_panel`` with the tile in registers.
+def _micro(kc, ap, ao, bp, bo, ldb, t, to, ldt, load):
+    """``T[MR, NR] (+)= Ap_panel @ B_panel`` with the tile in registers.
 
-    ``ap[ao:]`` is a packed ``kc x MR`` panel (MR values per k), ``bp[bo:]`` a packed ``kc x NR`` panel, and
-    the tile lives in flat ``t`` at ``to`` with row stride ``ldt``. ``load`` continues the chain from the values
+    ``ap[ao:]`` is a packed ``kc x MR`` panel (MR values per k), ``bp[bo:]`` holds kc rows of NR contiguous
+    values ``ldb`` apart (a packed panel, or row-major B itself), and the tile lives in flat ``t`` at ``to``
+    with row stride ``ldt``. ``load`` continues the chain from the values
     in ``t`` (later k blocks) instead of starting from zero. Rows 6..11 exist only for MR == 12 (a compile-time
     constant, so the untaken branches vanish). Row r's accumulators are ``c{r}0, c{r}1`` (r in hex).
     """
@@ -268,7 +272,7 @@ def _micro(kc, ap, ao, bp, bo, t, to, ldt, load):
             a = _vbcast(ap, ao + 11)
             cb0, cb1 = _vfma(a, b0, cb0), _vfma(a, b1, cb1)
         ao += MR
-        bo += NR
+        bo += ldb
     r = to
     _vstore(t, r, c00)
     _vstore(t, r + VW, c01)
@@ -353,29 +357,33 @@ def _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap):
 
 
 @njit(cache=True)
-def _block(ap, bp, cf, ldc, ic, mc, jc, jp0, jp1, n, kc, load, scratch):
-    """``C[ic:ic+mc, cols of B panels jp0..jp1 of the jc slab]`` (+)= packed A @ packed B.
+def _block(ap, bp, bb, b_row0, sb0, direct, cf, ldc, ic, mc, jc, jp0, jp1, n, kc, load, scratch):
+    """``C[ic:ic+mc, cols of B panels jp0..jp1 of the jc slab]`` (+)= packed A @ B panels.
 
+    B panels come from the packed ``bp``, or with ``direct`` (row-major B, few rows of A to reuse a panel)
+    full-width panels are read in place from ``bb`` (row ``pc`` starts at ``b_row0``, rows ``sb0`` apart).
     Full tiles go straight to C; edge tiles run through ``scratch`` (an MR x NR buffer) so the micro-kernel
     never reads or writes outside C.
     """
     for jp in range(jp0, jp1):
         j0 = jc + jp * NR
         nr = min(NR, n - j0)
-        bo = jp * kc * NR
+        bsrc, bo, ldb = bp, jp * kc * NR, NR
+        if direct and nr == NR:
+            bsrc, bo, ldb = bb, b_row0 + j0, sb0
         for ip in range((mc + MR - 1) // MR):
             i0 = ic + ip * MR
             mr = min(MR, ic + mc - i0)
             ao = ip * kc * MR
             if mr == MR and nr == NR:
-                _micro(kc, ap, ao, bp, bo, cf, i0 * ldc + j0, ldc, load)
+                _micro(kc, ap, ao, bsrc, bo, ldb, cf, i0 * ldc + j0, ldc, load)
             else:
                 if load:
                     scratch[:] = 0.0
                     for r in range(mr):
                         for j in range(nr):
                             scratch[r * NR + j] = cf[(i0 + r) * ldc + j0 + j]
-                _micro(kc, ap, ao, bp, bo, scratch, 0, NR, load)
+                _micro(kc, ap, ao, bsrc, bo, ldb, scratch, 0, NR, load)
                 for r in range(mr):
                     for j in range(nr):
                         cf[(i0 + r) * ldc + j0 + j] = scratch[r * NR + j]
@@ -384,7 +392,8 @@ def _block(ap, bp, cf, ldc, ic, mc, jc, jp0, jp1, n, kc, load, scratch):
 # ---- drivers -----------------------------------------------------------------------------------------------
 @njit(cache=True)
 def _gemm_serial(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c):
-    """Single-threaded driver: loops jc (NC) > pc (KC) > ic (MC) around the packed block kernel."""
+    """Single-threaded driver: loops jc (NC) > pc (KC) > ic (MC) around the block kernel."""
+    direct = sb1 == 1 and m <= DIRECT_B_MAX_M
     cf = c.reshape(-1)
     kcap = min(KC, k)
     bp = np.empty(kcap * (min(NC, n) + NR), np.float32)
@@ -395,11 +404,13 @@ def _gemm_serial(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c):
         for pc in range(0, k, KC):
             kc = min(KC, k - pc)
             for jp in range(npan):
-                _pack_b_panel(bb, boff, sb0, sb1, pc, kc, jc + jp * NR, n, jp * kc * NR, bp)
+                if not direct or jc + (jp + 1) * NR > n:
+                    _pack_b_panel(bb, boff, sb0, sb1, pc, kc, jc + jp * NR, n, jp * kc * NR, bp)
             for ic in range(0, m, MC):
                 mc = min(MC, m - ic)
                 _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap)
-                _block(ap, bp, cf, n, ic, mc, jc, 0, npan, n, kc, pc > 0, scratch)
+                b_row0 = boff + pc * sb0
+                _block(ap, bp, bb, b_row0, sb0, direct, cf, n, ic, mc, jc, 0, npan, n, kc, pc > 0, scratch)
 
 
 @njit(cache=True, parallel=True)
@@ -426,7 +437,7 @@ def _gemm_parallel(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c, mc_blk, j
                     ap = np.empty(((mc + MR - 1) // MR) * MR * kc, np.float32)
                     scratch = np.empty(MR * NR, np.float32)
                     _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap)
-                    _block(ap, bp, cf, n, ic, mc, jc, jp0, jp1, n, kc, pc > 0, scratch)
+                    _block(ap, bp, bb, 0, sb0, False, cf, n, ic, mc, jc, jp0, jp1, n, kc, pc > 0, scratch)
 
 
 def _flat_view(x: np.ndarray) -> tuple[np.ndarray, int, int]:

@@ -69,7 +69,8 @@ def round_to(x: np.ndarray, precision: str) -> np.ndarray:
     if precision == "fp32":
         return np.array(arr, dtype=np.float32, order="C", copy=True)
     if precision == "fp16":
-        return np.ascontiguousarray(arr.astype(np.float16).astype(np.float32))
+        with np.errstate(over="ignore"):  # overflow to ±inf is the specified result, not an accident
+            return np.ascontiguousarray(arr.astype(np.float16).astype(np.float32))
     if arr.dtype == np.float64:
         flat = np.ascontiguousarray(arr).reshape(-1)
         out = np.empty(flat.shape[0], dtype=np.float32)

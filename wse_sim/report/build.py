@@ -145,8 +145,8 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def format_summary(report: dict) -> str:
-    rows = summary_rows(report)
+def format_summary(report: dict, extra: list[tuple[str, str]] = ()) -> str:
+    rows = summary_rows(report) + list(extra)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
