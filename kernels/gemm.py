@@ -55,13 +55,13 @@ MC = 22 * MR  # m block: an MC x KC slab of packed A (264 KiB with AVX-512) stay
 
 # Below this many multiply-adds (m*n*k) the serial driver wins: no thread wake-up, and small blocks such as
 # 43x64 @ 64x192 (the simulator's bread and butter) are latency bound anyway.
-PARALLEL_MIN_WORK = 1 << 22
+PARALLEL_MIN_WORK = 1 << 23
 # Up to this many rows of A, row-major B is read in place instead of packed: with so few A panels sharing a
 # B panel the copy costs more than the strided reads (beyond it, strided B panels thrash L1 and TLB).
 DIRECT_B_MAX_M = 4 * MR
 
 
-# ---- a tiny explicit-SIMD vocabulary ------------------------------------------------------------------------
+# ---- a tiny explicit-SIMD vocabulary ----------------------------------------------------------------------
 class _F32Vec(types.Type):
     """Numba type of an LLVM ``<VW x float>`` register value."""
 
@@ -126,7 +126,7 @@ def _vbcast(typingctx, arr, idx):
 
 @intrinsic
 def _sload(typingctx, arr, idx):
-    """``arr[idx]`` without numba's negative-index wraparound (packing loops index in range by construction)."""
+    """``arr[idx]`` without numba's negative-index wraparound (the packing loops index in range)."""
 
     def codegen(context, builder, sig, args):
         return builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
@@ -210,9 +210,9 @@ def _micro(kc, ap, ao, bp, bo, ldb, t, to, ldt, load):
 
     ``ap[ao:]`` is a packed ``kc x MR`` panel (MR values per k), ``bp[bo:]`` holds kc rows of NR contiguous
     values ``ldb`` apart (a packed panel, or row-major B itself), and the tile lives in flat ``t`` at ``to``
-    with row stride ``ldt``. ``load`` continues the chain from the values
-    in ``t`` (later k blocks) instead of starting from zero. Rows 6..11 exist only for MR == 12 (a compile-time
-    constant, so the untaken branches vanish). Row r's accumulators are ``c{r}0, c{r}1`` (r in hex).
+    with row stride ``ldt``. ``load`` continues the chain from the values in ``t`` (later k blocks) instead
+    of starting from zero. Rows 6..11 exist only for MR == 12 (a compile-time constant, so the untaken
+    branches vanish). Row r's accumulators are ``c{r}0, c{r}1`` (r in hex).
     """
     z = _vzero()
     c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51 = z, z, z, z, z, z, z, z, z, z, z, z
@@ -315,9 +315,9 @@ def _micro(kc, ap, ao, bp, bo, ldb, t, to, ldt, load):
 # ---- packing -----------------------------------------------------------------------------------------------
 @njit(cache=True)
 def _pack_b_panel(bb, boff, sb0, sb1, pc, kc, j0, n, dst, bp):
-    """Copy ``B[pc:pc+kc, j0:j0+NR]`` (element strides sb0, sb1 into flat ``bb``) to ``bp[dst:]`` as kc rows of
-    NR, zero-padding columns past ``n``. Row-major B is two vector copies per row, transposed B (``B.T`` of a
-    row-major array, as in ``q @ k.T``) goes through VW x VW register transposes."""
+    """Copy ``B[pc:pc+kc, j0:j0+NR]`` (element strides sb0, sb1 into flat ``bb``) to ``bp[dst:]`` as kc rows
+    of NR, zero-padding columns past ``n``. Row-major B is two vector copies per row, transposed B (``B.T``
+    of a row-major array, as in ``q @ k.T``) goes through VW x VW register transposes."""
     nr = min(NR, n - j0)
     if nr == NR and sb1 == 1:
         for p in range(kc):
@@ -441,9 +441,11 @@ def _gemm_parallel(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c, mc_blk, j
 
 
 def _flat_view(x: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """``(buf, s0, s1)`` with ``x[i, j] == buf[i*s0 + j*s1]`` and ``buf`` 1-D contiguous, copying only when the
-    strides are negative or not whole elements. One array type reaches numba whatever the input layout, so
-    transposed and sliced operands cost no extra compilations."""
+    """``(buf, s0, s1)`` with ``x[i, j] == buf[i*s0 + j*s1]`` and ``buf`` 1-D contiguous, copying only when
+    the strides are negative or not whole elements, or ``x`` is read-only. One array type reaches numba
+    whatever the input layout, so transposed and sliced operands cost no extra compilations."""
+    if not x.flags.writeable:  # numba types read-only arrays separately; a copy keeps one specialisation
+        x = np.array(x, order="C")
     if x.flags.c_contiguous:
         return x.reshape(-1), x.shape[1], 1
     if x.flags.f_contiguous:

@@ -46,7 +46,7 @@ def _layernorm_rows(x, gamma, beta, eps, out):
 
 
 def layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
-    """Normalise each row of ``x [rows, d]`` over its last axis: ``(x - mean) / sqrt(var + eps) * gamma + beta``.
+    """Normalise ``x [rows, d]`` over its last axis: ``(x - mean) / sqrt(var + eps) * gamma + beta``.
 
     Biased variance and fp32 throughout, as in torch. Leading axes beyond two are flattened into rows, and the
     result has ``x``'s shape.

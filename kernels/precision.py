@@ -6,6 +6,8 @@ goes through :func:`round_to`. Rounding is round-to-nearest-even, as on the hard
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -13,7 +15,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def require_f32(x: np.ndarray, name: str) -> np.ndarray:
-    """Return ``x`` as an ndarray after checking it is float32 (silent up/down-casts would hide precision bugs)."""
+    """Return ``x`` as an ndarray after checking it is float32 (a silent cast would hide precision bugs)."""
     arr = np.asarray(x)
     if arr.dtype != np.float32:
         raise TypeError(f"{name} must be float32, got {arr.dtype}")
@@ -35,6 +37,31 @@ def _bf16_bits_rne(u: np.ndarray) -> None:
 
 
 @njit(cache=True)
+def _fp16_rne(x: np.ndarray) -> None:
+    """In place on float32 values: round to the nearest IEEE half (ties to even), overflow to ±inf.
+
+    Normal halves keep 10 of float32's 23 fraction bits, so those are rounded on the bit pattern like bf16.
+    Below 2**-14 halves are subnormal with a fixed quantum of 2**-24, which is exactly the ulp of 0.5:
+    ``(|x| + 0.5) - 0.5`` rounds to it with the FPU's own RNE. (~10x faster than numpy's float16 cast.)
+    """
+    u = x.view(np.uint32)
+    for i in range(x.shape[0]):
+        b = u[i]
+        mag = b & np.uint32(0x7FFFFFFF)
+        if mag >= np.uint32(0x7F800000):
+            if mag > np.uint32(0x7F800000):  # NaN: quiet, payload cut to the half's 10 fraction bits
+                u[i] = (b | np.uint32(0x00400000)) & np.uint32(0xFFFFE000)
+        elif mag < np.uint32(0x38800000):
+            v = abs(x[i])
+            x[i] = np.float32(math.copysign((v + np.float32(0.5)) - np.float32(0.5), x[i]))
+        else:
+            r = (mag + np.uint32(0xFFF) + ((mag >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+            if r > np.uint32(0x477FE000):  # beyond 65504, the largest half
+                r = np.uint32(0x7F800000)
+            u[i] = (b & np.uint32(0x80000000)) | r
+
+
+@njit(cache=True)
 def _f64_to_f32_round_to_odd(x: np.ndarray, out: np.ndarray) -> None:
     """float64 -> float32 with round-to-odd (truncate, then set the lsb if inexact).
 
@@ -49,7 +76,7 @@ def _f64_to_f32_round_to_odd(x: np.ndarray, out: np.ndarray) -> None:
         if v != v or np.float64(f) == v:
             continue
         b = u[i]
-        if abs(np.float64(f)) > abs(v):  # RNE rounded away from zero (possibly to inf): step back to truncation
+        if abs(np.float64(f)) > abs(v):  # RNE went away from zero (maybe to inf): step back to truncation
             b -= np.uint32(1)
         u[i] = b | np.uint32(1)
 
@@ -57,9 +84,8 @@ def _f64_to_f32_round_to_odd(x: np.ndarray, out: np.ndarray) -> None:
 def round_to(x: np.ndarray, precision: str) -> np.ndarray:
     """Round ``x`` to the storage ``precision`` (RNE) and return it as a new C-contiguous float32 array.
 
-    Accepts any real dtype; float64 input is rounded once, directly to the target precision (no double rounding).
-    fp16 overflows to ±inf and keeps subnormals (numpy's float16 conversion is RNE); bf16 is rounded on the bit
-    pattern and keeps NaN as NaN and inf as inf.
+    Accepts any real dtype; float64 input is rounded once, straight to the target (no double rounding).
+    fp16 overflows to ±inf and keeps subnormals; NaN stays NaN and inf stays inf in both 16-bit formats.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
@@ -69,8 +95,12 @@ def round_to(x: np.ndarray, precision: str) -> np.ndarray:
     if precision == "fp32":
         return np.array(arr, dtype=np.float32, order="C", copy=True)
     if precision == "fp16":
-        with np.errstate(over="ignore"):  # overflow to ±inf is the specified result, not an accident
-            return np.ascontiguousarray(arr.astype(np.float16).astype(np.float32))
+        if arr.dtype == np.float64:  # numpy converts float64 -> half directly (one RNE)
+            with np.errstate(over="ignore"):  # overflow to ±inf is the specified result
+                return np.ascontiguousarray(arr.astype(np.float16).astype(np.float32))
+        out = np.array(arr, dtype=np.float32, order="C", copy=True)
+        _fp16_rne(out.reshape(-1))
+        return out
     if arr.dtype == np.float64:
         flat = np.ascontiguousarray(arr).reshape(-1)
         out = np.empty(flat.shape[0], dtype=np.float32)

@@ -49,8 +49,8 @@ def _softmax_parallel(x, out, scale, q_offset):
 def causal_softmax(scores: np.ndarray, scale: float = 1.0, q_offset: int = 0) -> np.ndarray:
     """Softmax of ``scale * scores`` over the last axis of ``scores [..., sq, sk]`` with a causal mask.
 
-    Key ``j`` is visible to query row ``i`` iff ``j <= i + q_offset``; masked entries are exactly 0. A block of
-    query rows that starts at row ``r0`` of a longer sequence passes ``q_offset = r0``. 2-D or 3-D input.
+    Key ``j`` is visible to query row ``i`` iff ``j <= i + q_offset``; masked entries are exactly 0. A block
+    of query rows that starts at row ``r0`` of a longer sequence passes ``q_offset = r0``. 2-D or 3-D input.
     """
     x = require_f32(scores, "causal_softmax: scores")
     if x.ndim not in (2, 3):

@@ -1,0 +1,234 @@
+"""Speed benchmarks of wse-sim: prints plain tables (this is not a test; nothing is asserted).
+
+  (a) timing-only forward of every Cerebras-GPT preset on WSE-2, seq 2048, batch 1, fp16 (goal: 13B < 10 s wall)
+  (b) numerics forward of Cerebras-GPT-111M, seq 512, fp32: the simulator vs transformers' GPT2LMHeadModel on the
+      same weights (goal: simulator <= 2x torch)
+  (c) numba GEMM vs numpy at 1024^3, from benchmarks/bench_gemm.py's run() when that file is present
+
+Usage: python benchmarks/run_benchmarks.py [--only a,b,c]     (``make bench`` runs all three)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def table(headers: list[str], rows: list[list], align: str | None = None) -> str:
+    """Plain aligned text table; ``align`` is one of 'l'/'r' per column (default: first left, rest right)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or "l" + "r" * (len(headers) - 1)
+
+    def fmt(r):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align, strict=True))
+
+    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import numba
+    import simpy
+
+    parts = [f"python {platform.python_version()}", f"numpy {np.__version__}", f"numba {numba.__version__}",
+             f"simpy {simpy.__version__}"]
+    try:
+        import torch
+        import transformers
+
+        parts += [f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+                  f"transformers {transformers.__version__}"]
+    except ImportError:
+        parts.append("torch/transformers not installed")
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs; " + ", ".join(parts)
+
+
+# ---- (a) timing-only forward of every preset -------------------------------------------------------------------
+
+def bench_timing(seq: int = 2048, batch: int = 1, precision: str = "fp16", wafer: str = "wse2") -> None:
+    from wse_sim.workloads import PRESETS
+
+    from wse_sim.pipeline import RunSpec, run
+
+    print(f"(a) timing-only forward, {wafer}, batch {batch} x seq {seq}, {precision}, default 8x8 tiles")
+    rows = []
+    for name, cfg in PRESETS.items():
+        spec = RunSpec(model=name, wafer=wafer, seq=seq, batch=batch, precision=precision, numerics=False)
+        t0 = time.perf_counter()
+        report, _, engine_wall = run(spec, log=lambda m: None)
+        wall = time.perf_counter() - t0
+        rows.append([name, f"{cfg.param_count() / 1e9:.3g}B", f"{wall:.2f}", f"{engine_wall:.2f}",
+                     f"{wall - engine_wall:.2f}",
+                     f"{report['seconds'] * 1e3:.3f}", f"{report['tokens_per_s']:,.0f}",
+                     f"{report['mfu'] * 100:.1f}", f"{report['simulation']['tasks']:,}"])
+        print(f"  done {name}: {wall:.2f} s", file=sys.stderr, flush=True)
+    headers = ["model", "params", "wall s", "engine s", "other s", "simulated ms", "tokens/s", "MFU %", "tasks"]
+    print(table(headers, rows))
+    print("wall = whole pipeline.run(); engine = Engine.run() alone; other = wall - engine (lowering, planning, "
+          "report building).")
+    print("goal: cerebras-gpt-13b wall < 10 s\n")
+
+
+# ---- (b) numerics: simulator vs transformers --------------------------------------------------------------------
+
+def bench_numerics(model: str = "cerebras-gpt-111m", seq: int = 512, precision: str = "fp32",
+                   repeats: int = 3) -> None:
+    """Times the simulator's Engine with numerics (the compute the simulation does) against one torch forward.
+
+    The pipeline's reference checks (float64 numpy and transformers) are left out of the simulator time: this
+    builds the same objects pipeline.run() builds and times Engine.run() alone.
+    """
+    import torch
+    from wse_sim.kernels import round_to
+    from wse_sim.workloads import get_preset, lower_model, random_tokens, random_weights
+    from wse_sim.workloads.hf_reference import _build_model, transformers_logits
+
+    from wse_sim.arch import load_wafer
+    from wse_sim.mapping import get_mapping
+    from wse_sim.pipeline import RunSpec, make_grid
+    from wse_sim.sim import Engine
+    from wse_sim.sim.numerics import Numerics
+
+    print(f"(b) numerics forward, {model}, wse2, batch 1 x seq {seq}, {precision}; best of {repeats}")
+    spec = RunSpec(model=model, wafer="wse2", seq=seq, batch=1, precision=precision, numerics=True)
+    config = get_preset(model)
+    wafer = load_wafer(spec.wafer)
+    t0 = time.perf_counter()
+    weights = random_weights(config, seed=0)
+    t_weights = time.perf_counter() - t0
+    tokens = random_tokens(config.vocab_size, 1, seq, seed=0)
+    stored = weights.map_arrays(lambda a: round_to(a, precision))  # what the wafer stores (no-op for fp32)
+
+    t0 = time.perf_counter()
+    graph = lower_model(config, 1, seq, precision)
+    plan = get_mapping(spec.mapping).plan(graph, wafer, make_grid(spec, wafer))
+    t_plan = time.perf_counter() - t0
+
+    # Warm-up run: numba compiles (or loads cached) kernels on first call.
+    t0 = time.perf_counter()
+    Engine(wafer, plan, numerics=Numerics(graph, weights, tokens)).run()
+    t_first = time.perf_counter() - t0
+
+    sim_times, setup_times, logits = [], [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        executor = Numerics(graph, weights, tokens)
+        setup_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        Engine(wafer, plan, numerics=executor).run()
+        sim_times.append(time.perf_counter() - t0)
+        logits = executor.output("head.lm_head").reshape(1, seq, config.vocab_size)
+    t_timing_only = min(_timed(lambda: Engine(wafer, plan).run()) for _ in range(repeats))
+
+    t0 = time.perf_counter()
+    hf_model = _build_model(stored)
+    t_build = time.perf_counter() - t0
+    ids = torch.from_numpy(np.ascontiguousarray(tokens))
+    torch_times, hf = [], None
+    with torch.no_grad():
+        hf_model(input_ids=ids)  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            hf = hf_model(input_ids=ids).logits.numpy()
+            torch_times.append(time.perf_counter() - t0)
+    t_hf_total = _timed(lambda: transformers_logits(stored, tokens))
+
+    sim, fwd = min(sim_times), min(torch_times)
+    rows = [
+        ["seeded random weights", f"{t_weights:.2f}"],
+        ["lower + plan", f"{t_plan:.2f}"],
+        ["simulator, timing only (Engine.run, no numerics)", f"{t_timing_only:.2f}"],
+        ["simulator with numerics, first run (incl. numba warm-up)", f"{t_first:.2f}"],
+        ["Numerics() setup: weights rounded into the tensor store", f"{min(setup_times):.2f}"],
+        ["simulator with numerics (Engine.run)", f"{sim:.2f}"],
+        ["torch: build GPT2LMHeadModel from the weights", f"{t_build:.2f}"],
+        ["torch: GPT2LMHeadModel forward", f"{fwd:.2f}"],
+        ["transformers_logits() (build + forward)", f"{t_hf_total:.2f}"],
+    ]
+    print(table(["step", "wall s"], rows))
+    err = float(np.max(np.abs(logits - hf)))
+    top1 = float(np.mean(np.argmax(logits, -1) == np.argmax(hf, -1)))
+    print(f"simulator / torch forward = {sim / fwd:.2f}x (goal <= 2x); "
+          f"max |logit diff| {err:.3g}, top-1 agreement {top1 * 100:.2f} %\n")
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# ---- (c) GEMM kernel --------------------------------------------------------------------------------------------
+
+def bench_kernels() -> None:
+    print("(c) numba GEMM vs numpy (benchmarks/bench_gemm.py)")
+    path = HERE / "bench_gemm.py"
+    if not path.is_file():
+        print("benchmarks/bench_gemm.py is not present: skipped\n")
+        return
+    spec = importlib.util.spec_from_file_location("bench_gemm", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, "run"):
+        print("benchmarks/bench_gemm.py has no run(): skipped\n")
+        return
+    results = mod.run()
+    if not results:
+        print("bench_gemm.run() returned no rows\n")
+        return
+    keys = list(dict.fromkeys(k for r in results for k in r))
+    # Known columns get readable units; anything else bench_gemm.py adds is printed as is.
+    special = {"seconds": ("time us", lambda v: f"{v * 1e6:,.1f}"), "gflops": ("GFLOP/s", lambda v: f"{v:,.1f}"),
+               "calls_per_s": ("calls/s", lambda v: f"{v:,.0f}"), "vs_numpy": ("vs numpy", lambda v: f"{v:.0%}")}
+
+    def cell(key, v):
+        if v == "" or v is None:
+            return ""
+        if key in special:
+            return special[key][1](v)
+        return f"{v:.4g}" if isinstance(v, float) else v
+
+    headers = [special.get(k, (k,))[0] for k in keys]
+    rows = [[cell(k, r.get(k, "")) for k in keys] for r in results]
+    print(table(headers, rows, align="l" + "r" * 3 + "l" + "r" * (len(keys) - 5) if keys[:5] == [
+        "case", "m", "k", "n", "impl"] else None) + "\n")
+
+
+SECTIONS = {"a": bench_timing, "b": bench_numerics, "c": bench_kernels}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="a,b,c", help="comma-separated sections to run (a, b, c)")
+    args = p.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    bad = [s for s in chosen if s not in SECTIONS]
+    if bad:
+        p.error(f"unknown section(s) {', '.join(bad)} (known: a, b, c)")
+    print(f"machine: {machine()}\n")
+    for s in chosen:
+        SECTIONS[s]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
