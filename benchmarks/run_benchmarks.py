@@ -226,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown section(s) {', '.join(bad)} (known: a, b, c)")
     print(f"machine: {machine()}\n")
     for s in chosen:
+        load0 = os.getloadavg()[0]
         SECTIONS[s]()
+        # Other processes on the machine skew wall times: say how busy it was.
+        print(f"[load average (1 min) at start / end of ({s}): {load0:.2f} / {os.getloadavg()[0]:.2f}]\n")
     return 0
 
 

@@ -341,7 +341,11 @@ def _pack_b_panel(bb, boff, sb0, sb1, pc, kc, j0, n, dst, bp):
 
 @njit(cache=True)
 def _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap):
-    """Copy ``A[ic:ic+mc, pc:pc+kc]`` to ``ap`` as MR-row panels, each kc groups of MR values, zero-padded."""
+    """Copy ``A[ic:ic+mc, pc:pc+kc]`` to ``ap`` as MR-row panels, each kc groups of MR values.
+
+    Padding rows only feed tile rows that are never stored; they are zeroed anyway so that stale memory
+    (denormals, NaNs) cannot slow the FMA units down with microcode assists.
+    """
     for ip in range((mc + MR - 1) // MR):
         i0 = ic + ip * MR
         mr = min(MR, ic + mc - i0)
@@ -378,8 +382,7 @@ def _block(ap, bp, bb, b_row0, sb0, direct, cf, ldc, ic, mc, jc, jp0, jp1, n, kc
             if mr == MR and nr == NR:
                 _micro(kc, ap, ao, bsrc, bo, ldb, cf, i0 * ldc + j0, ldc, load)
             else:
-                if load:
-                    scratch[:] = 0.0
+                if load:  # padding rows / columns of the tile are computed but never copied out
                     for r in range(mr):
                         for j in range(nr):
                             scratch[r * NR + j] = cf[(i0 + r) * ldc + j0 + j]

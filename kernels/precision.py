@@ -1,7 +1,9 @@
 """Storage-precision rounding: values are kept in float32 arrays but made exactly representable in fp16/bf16.
 
 The simulator stores tensors at the wafer's storage precision while doing arithmetic in fp32, so every store
-goes through :func:`round_to`. Rounding is round-to-nearest-even, as on the hardware and in torch.
+goes through :func:`round_to`. Rounding is round-to-nearest-even, as on the hardware and in torch. Both
+16-bit paths were checked bit for bit on all 2**32 float32 patterns (fp16 against numpy's float16 cast,
+bf16 against torch's bfloat16 cast); the tests re-check a 1-in-4099 sweep.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _fp16_rne(x: np.ndarray) -> None:
 
     Normal halves keep 10 of float32's 23 fraction bits, so those are rounded on the bit pattern like bf16.
     Below 2**-14 halves are subnormal with a fixed quantum of 2**-24, which is exactly the ulp of 0.5:
-    ``(|x| + 0.5) - 0.5`` rounds to it with the FPU's own RNE. (~10x faster than numpy's float16 cast.)
+    ``(|x| + 0.5) - 0.5`` rounds to it with the FPU's own RNE. (Several times faster than a float16 cast.)
     """
     u = x.view(np.uint32)
     for i in range(x.shape[0]):
