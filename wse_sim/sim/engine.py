@@ -9,8 +9,8 @@ only wait for the previous stream and a free buffer, so the next layer's weights
 may be broadcast into on-wafer buffers); every compute waits for the previous op to end.
 
 Each op's cycles are split along its critical path (walking back from its end through the dependency that
-finished last): time on compute tasks is ``compute``, on transfers ``fabric``, on streams ``stream`` (exposed
-weight streaming). Waiting for a busy resource counts toward the waiting task's category.
+finished last, or through the task that last held a resource this one waited for): time on compute tasks is
+``compute``, on transfers ``fabric``, on streams ``stream`` (exposed weight streaming).
 """
 
 from __future__ import annotations

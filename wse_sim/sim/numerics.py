@@ -127,5 +127,7 @@ class Numerics:
                 end = min(m1, row - s0 + self.seq)
                 parts.append(embedding(flat[row:end][None, :], wte, wpe, s0))
                 row = end
+            if not parts:  # a tile row with no tokens (fewer tokens than tile rows)
+                return np.zeros((0, c1 - c0), dtype=np.float32)
             return np.concatenate(parts, axis=0)
         raise ValueError(f"unknown elementwise function {a.fn!r}")
