@@ -20,7 +20,7 @@ DUMMY = OpSpec(name="op", kind=OpKind.MATMUL, block="b", layer=0, groups=1, m=1,
 
 def one_op(tasks, buffers=2):
     tasks = [*tasks, Task(TaskKind.BARRIER, deps=tuple(range(len(tasks))))]
-    return ModelPlan("test", GRID, "fp16", (OpPlan(DUMMY, "test", tuple(tasks), 0, 0),), stream_buffers=buffers)
+    return ModelPlan("test", GRID, "fp16", (OpPlan(DUMMY, "test", tuple(tasks), 0),), stream_buffers=buffers)
 
 
 def transfer(link, nbytes_per_lane, hops=0):

@@ -66,13 +66,18 @@ def test_reports_with_numerics_are_byte_identical(tiny_checkpoint, tmp_path):
     assert json.loads(texts[0])["numerics"]["enabled"] is True
 
 
+def run_111m(precision: str) -> dict:
+    spec = RunSpec(model="cerebras-gpt-111m", wafer="wse2", seq=128, precision=precision, numerics=True)
+    report, _, _ = run(spec, log=lambda m: None)
+    print(f"111M {precision}:", report["numerics"])
+    return report
+
+
 @pytest.mark.slow
 def test_111m_fp32_within_1e3_of_transformers():
     """The issue's target: fp32 storage, 111M config, seq >= 128: max |logit error| <= 1e-3."""
-    spec = RunSpec(model="cerebras-gpt-111m", wafer="wse2", seq=128, precision="fp32", numerics=True)
-    report, _, _ = run(spec, log=lambda m: None)
+    report = run_111m("fp32")
     n = report["numerics"]
-    print("111M fp32:", n)
     assert n["max_abs_err_vs_transformers"] <= 1e-3
     assert n["max_abs_err_vs_reference"] <= 1e-3
     assert report["total_cycles"] >= report["roofline"]["bound_cycles"]
@@ -80,11 +85,7 @@ def test_111m_fp32_within_1e3_of_transformers():
 
 @pytest.mark.slow
 def test_111m_fp16_top1():
-    spec = RunSpec(model="cerebras-gpt-111m", wafer="wse2", seq=128, precision="fp16", numerics=True)
-    report, _, _ = run(spec, log=lambda m: None)
-    n = report["numerics"]
-    print("111M fp16:", n)
-    assert n["top1_agreement"] >= 0.99
+    assert run_111m("fp16")["numerics"]["top1_agreement"] >= 0.99
 
 
 @pytest.mark.slow
@@ -97,8 +98,7 @@ def test_111m_bf16_no_worse_than_transformers_own_bf16():
     from wse_sim.workloads.tokens import random_tokens
     from wse_sim.workloads.weights import random_weights
 
-    spec = RunSpec(model="cerebras-gpt-111m", wafer="wse2", seq=128, precision="bf16", numerics=True)
-    report, _, _ = run(spec, log=lambda m: None)
+    report = run_111m("bf16")
     cfg = get_preset("cerebras-gpt-111m")
     weights = random_weights(cfg, 0).map_arrays(lambda a: round_to(a, "bf16"))
     ids = random_tokens(cfg.vocab_size, 1, 128, 0)

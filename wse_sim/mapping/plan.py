@@ -205,7 +205,6 @@ class OpPlan:
     mapping: str
     tasks: tuple[Task, ...]
     sram_bytes_per_pe: int
-    macs: int
     notes: str = ""
 
 

@@ -232,20 +232,17 @@ class _Context:
                 )
             t.add(TaskKind.BARRIER, deps=tuple(computes.values()), label="weights consumed", frees_buffer_of=s)
         return OpPlan(
-            op=op, mapping="weight-streaming", tasks=t.finish(), sram_bytes_per_pe=sram, macs=op.macs,
+            op=op, mapping="weight-streaming", tasks=t.finish(), sram_bytes_per_pe=sram,
             notes=f"{len(chunks)} weight chunks of <= {widest} columns",
         )
 
     # ---- elementwise -----------------------------------------------------------------------------------------
-    def _stream_params(self, t: _Builder, op: OpSpec, nbytes: int) -> int:
-        return t.add(TaskKind.STREAM, label="stream params", nbytes=nbytes)
-
     def layernorm(self, op: OpSpec) -> OpPlan:
         g, TR, TC, d = self.grid, self.TR, self.TC, op.n
         x, y = op.inputs[0], op.name
         gamma, beta = weight_tensor(op, op.gamma), weight_tensor(op, op.beta)
         t = _Builder()
-        s = self._stream_params(t, op, 2 * d * self.b)
+        s = t.add(TaskKind.STREAM, label="stream gamma, beta", nbytes=2 * d * self.b)
         bcast = [
             t.add(TaskKind.TRANSFER, deps=(s,), label=f"bcast col {j}", links=g.col_path(j, 0, TR - 1),
                   bytes_per_lane=2 * self.cols_per_pe(d, j) * self.b, hops=g.col_hops(0, TR - 1) + 1,
@@ -276,7 +273,7 @@ class _Context:
         sram = max(self.resident_bytes_per_pe([d, d], i, j) + 2 * self.cols_per_pe(d, j) * self.b
                    for i in range(TR) for j in range(TC))
         return OpPlan(op=op, mapping="weight-streaming", tasks=t.finish(),
-                      sram_bytes_per_pe=self.check_sram(op, sram, "layernorm blocks"), macs=0)
+                      sram_bytes_per_pe=self.check_sram(op, sram, "layernorm blocks"))
 
     def pointwise(self, op: OpSpec) -> OpPlan:
         """GELU and residual add: purely local to each tile's block."""
@@ -295,7 +292,7 @@ class _Context:
         sram = max(self.resident_bytes_per_pe([width] * (len(op.inputs) + 1), i, j)
                    for i in range(TR) for j in range(TC))
         return OpPlan(op=op, mapping="weight-streaming", tasks=t.finish(),
-                      sram_bytes_per_pe=self.check_sram(op, sram, f"{fn} blocks"), macs=0)
+                      sram_bytes_per_pe=self.check_sram(op, sram, f"{fn} blocks"))
 
     def embedding(self, op: OpSpec) -> OpPlan:
         """Token and position rows are gathered from MemoryX and sent down each tile column."""
@@ -316,7 +313,7 @@ class _Context:
         sram = max(self.resident_bytes_per_pe([d], i, j) + 2 * self.block_bytes_per_pe(d, i, j)
                    for i in range(TR) for j in range(TC))
         return OpPlan(op=op, mapping="weight-streaming", tasks=t.finish(),
-                      sram_bytes_per_pe=self.check_sram(op, sram, "embedding rows"), macs=0)
+                      sram_bytes_per_pe=self.check_sram(op, sram, "embedding rows"))
 
     # ---- attention -------------------------------------------------------------------------------------------
     @cache  # noqa: B019
@@ -396,7 +393,7 @@ class _Context:
                 t.add(TaskKind.COMPUTE, deps=(gather, redist[i]), tile=(i, j), label="scores",
                       macs_per_pe=self.attn_work_per_pe(i, j) * dh, actions=tuple(actions))
         return OpPlan(op=op, mapping="weight-streaming", tasks=t.finish(), sram_bytes_per_pe=self.attn_sram(op),
-                      macs=op.macs, notes="heads on tile columns (h % TC); causal key skipping")
+                      notes="heads on tile columns (h % TC); causal key skipping")
 
     def softmax(self, op: OpSpec) -> OpPlan:
         seq = self.graph.seq
@@ -408,8 +405,7 @@ class _Context:
                              for bidx, lo, _ in self.segments(i) for h in heads)
                 t.add(TaskKind.COMPUTE, tile=(i, j), label="softmax",
                       elem_ops_per_pe=5 * self.attn_work_per_pe(i, j), actions=acts)
-        return OpPlan(op=op, mapping="weight-streaming", tasks=t.finish(), sram_bytes_per_pe=self.attn_sram(op),
-                      macs=0)
+        return OpPlan(op=op, mapping="weight-streaming", tasks=t.finish(), sram_bytes_per_pe=self.attn_sram(op))
 
     def attn_context(self, op: OpSpec) -> OpPlan:
         g, TR, TC, b = self.grid, self.TR, self.TC, self.b
@@ -437,5 +433,4 @@ class _Context:
             t.add(TaskKind.TRANSFER, deps=tuple(row_computes[i]), label=f"context back to owners, row {i}",
                   links=self.row_transfer_links(i), bytes_per_lane=self.rows_per_pe(i) * ceil_div(d, TC) * b,
                   hops=g.row_hops(0, TC - 1), nbytes=(m1 - m0) * d * b * (TC - 1) // TC)
-        return OpPlan(op=op, mapping="weight-streaming", tasks=t.finish(), sram_bytes_per_pe=self.attn_sram(op),
-                      macs=op.macs)
+        return OpPlan(op=op, mapping="weight-streaming", tasks=t.finish(), sram_bytes_per_pe=self.attn_sram(op))

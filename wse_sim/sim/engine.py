@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -65,7 +65,6 @@ class SimResult:
     stream_bytes: int
     fabric_bytes: int
     tasks: int
-    intervals: list = field(default_factory=list)  # (resource, start, end, op index) when recorded
 
 
 _CATEGORY = {TaskKind.COMPUTE: "compute", TaskKind.TRANSFER: "fabric", TaskKind.STREAM: "stream"}
@@ -75,10 +74,9 @@ class Engine:
     """Simulates a :class:`ModelPlan` on a wafer; optionally runs numeric actions as tasks complete."""
 
     def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None = None,
-                 progress: bool = False, record_intervals: bool = False):
+                 progress: bool = False):
         self.wafer, self.plan, self.numerics = wafer, plan, numerics
         self.progress = progress
-        self.record_intervals = record_intervals
 
     def run(self) -> SimResult:
         plan, wafer = self.plan, self.wafer
@@ -129,7 +127,6 @@ class Engine:
         tile_macs = np.zeros(tiles_shape)
         link_busy: dict = {}
         memx_busy = [0]
-        intervals: list = []
         free_slots = [plan.stream_buffers]
         slot_waiters: deque = deque()
         last_holder: dict = {}  # resource key -> (release time, task) of the last task that held it
@@ -206,8 +203,6 @@ class Engine:
                     released(i, (t.tile,))
                 tile_busy[t.tile] += cyc
                 tile_macs[t.tile] += t.macs_per_pe * plan.grid.pes(t.tile)
-                if self.record_intervals:
-                    intervals.append((("tile", t.tile), start_t[i], env.now, k))
             elif t.kind == TaskKind.TRANSFER:
                 ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops)
                 links = sorted(set(t.links))
@@ -220,8 +215,6 @@ class Engine:
                 for key, r in zip(links, reqs, strict=True):
                     link(key).release(r)
                     link_busy[key] = link_busy.get(key, 0) + ser
-                    if self.record_intervals:
-                        intervals.append((("link", key), start_t[i], env.now, k))
                 yield env.timeout(lat)
                 op_fabric_bytes[k] += t.nbytes
             elif t.kind == TaskKind.STREAM:
@@ -239,8 +232,6 @@ class Engine:
                     released(i, ("memoryx",))
                 memx_busy[0] += cyc
                 op_stream_bytes[k] += t.nbytes
-                if self.record_intervals:
-                    intervals.append((("memoryx", 0), start_t[i], env.now, k))
             finish(i)
 
         op_end_set = set(op_end)
@@ -277,7 +268,6 @@ class Engine:
             stream_bytes=sum(op_stream_bytes),
             fabric_bytes=sum(op_fabric_bytes),
             tasks=n,
-            intervals=intervals,
         )
 
     @staticmethod
