@@ -74,7 +74,8 @@ def bench_timing(seq: int = 2048, batch: int = 1, precision: str = "fp16", wafer
     for name, cfg in PRESETS.items():
         spec = RunSpec(model=name, wafer=wafer, seq=seq, batch=batch, precision=precision, numerics=False)
         t0 = time.perf_counter()
-        report, _, engine_wall = run(spec, log=lambda m: None)
+        res = run(spec, log=lambda m: None)
+        report, engine_wall = res.report, res.sim_wall_s
         wall = time.perf_counter() - t0
         rows.append([name, f"{cfg.param_count() / 1e9:.3g}B", f"{wall:.2f}", f"{engine_wall:.2f}",
                      f"{wall - engine_wall:.2f}",

@@ -73,7 +73,7 @@ def test_weight_stream_double_buffering_closed_form(stream_bytes, macs, buffers)
 
 def timing(model="cerebras-gpt-111m", **kw) -> dict:
     spec = RunSpec(model=model, numerics=False, **kw)
-    report, _, _ = run(spec, log=lambda m: None)
+    report = run(spec, log=lambda m: None).report
     return report
 
 

@@ -29,7 +29,8 @@ def test_fp32_logits_match_transformers(tiny_checkpoint, batch, seq, grid, tiles
     ckpt = tiny_checkpoint(activation=activation)
     spec = RunSpec(checkpoint=str(ckpt.path), wafer="tiny", seq=seq, batch=batch, precision="fp32", grid=grid,
                    tiles=tiles, numerics=True, seed=3)
-    report, logits, _ = run(spec, log=lambda m: None)
+    res = run(spec, log=lambda m: None)
+    report, logits = res.report, res.logits
     from wse_sim.workloads.tokens import random_tokens
 
     ids = random_tokens(101, batch, seq, seed=3)
@@ -68,7 +69,7 @@ def test_reports_with_numerics_are_byte_identical(tiny_checkpoint, tmp_path):
 
 def run_111m(precision: str) -> dict:
     spec = RunSpec(model="cerebras-gpt-111m", wafer="wse2", seq=128, precision=precision, numerics=True)
-    report, _, _ = run(spec, log=lambda m: None)
+    report = run(spec, log=lambda m: None).report
     print(f"111M {precision}:", report["numerics"])
     return report
 

@@ -5,7 +5,7 @@ Installed as ``wse_sim.workloads`` (see ``pyproject.toml``, setuptools ``package
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import PRESETS, ModelConfig, config_from_hf, get_preset, load_hf_config
-from .graph import OpKind, OpSpec, WorkloadGraph, lower_model
+from .graph import OpKind, OpSpec, WorkloadGraph, lower_gemm, lower_model
 from .hf_reference import save_hf_checkpoint, to_hf_config, transformers_logits
 from .reference import reference_logits
 from .tokens import encode_prompt, parse_token_list, random_tokens
@@ -25,6 +25,7 @@ __all__ = [
     "get_preset",
     "load_checkpoint",
     "load_hf_config",
+    "lower_gemm",
     "lower_model",
     "parse_token_list",
     "random_tokens",

@@ -71,7 +71,7 @@ class OpSpec:
 class WorkloadGraph:
     """The lowered model: blocks in program order, each an operator DiGraph (node attr ``op``)."""
 
-    config: ModelConfig
+    config: ModelConfig | None  # None for a single-operator workload (lower_gemm)
     batch: int
     seq: int
     precision: str
@@ -232,3 +232,15 @@ def lower_model(config: ModelConfig, batch: int, seq: int, precision: str = "fp3
     ]
     blocks.append(("head", _block_graph("head", head_ops)))
     return WorkloadGraph(config=config, batch=batch, seq=seq, precision=precision, blocks=tuple(blocks))
+
+
+def lower_gemm(m: int, k: int, n: int, precision: str = "fp32", bias: bool = False) -> WorkloadGraph:
+    """One matmul ``y = A @ B (+ bias)`` as a workload: input tensor ``A`` ``[m, k]``, weight ``gemm.B``
+    ``[k, n]``. ``m = 1`` is a GEMV. No model config: there is no residual stream to keep resident."""
+    for name, v in (("m", m), ("k", k), ("n", n)):
+        if not isinstance(v, int) or v <= 0:
+            raise ConfigError(f"gemm {name} must be a positive integer, got {v!r}")
+    if precision not in BYTES_PER_ELEM:
+        raise ConfigError(f"unknown precision {precision!r} (known: {', '.join(BYTES_PER_ELEM)})")
+    op = _matmul("gemm", "gemm", 0, m, k, n, BYTES_PER_ELEM[precision], "B", "bias" if bias else None, ("A",))
+    return WorkloadGraph(config=None, batch=1, seq=m, precision=precision, blocks=(("gemm", _block_graph("gemm", [op])),))

@@ -87,7 +87,8 @@ def _cmd_run(args) -> None:
         if not args.quiet:
             print(msg, file=sys.stderr)
 
-    report, logits, wall = run(spec, progress=not args.quiet, log=log)
+    out_run = run(spec, progress=not args.quiet, log=log)
+    report, logits, wall = out_run.report, out_run.logits, out_run.sim_wall_s
     if args.save_logits and logits is None:
         raise UserError("--save-logits needs numerics on (drop --no-numerics)")
 

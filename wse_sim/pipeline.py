@@ -13,9 +13,9 @@ import numpy as np
 
 from .arch import WaferSpec, load_wafer, parse_grid
 from .errors import UserError
-from .mapping import TileGrid, get_mapping
+from .mapping import ModelPlan, TileGrid, get_mapping
 from .report.build import build_report
-from .sim import Engine
+from .sim import Engine, SimResult
 from .workloads import ModelConfig, get_preset, load_hf_config, lower_model
 
 # Numerics are on by default up to this size (issue 3: "default for models up to 1.3B").
@@ -102,8 +102,21 @@ def input_tokens(spec: RunSpec, config: ModelConfig) -> np.ndarray:
     return ids
 
 
-def run(spec: RunSpec, progress: bool = False, log=print) -> tuple[dict, np.ndarray | None, float]:
-    """Simulate ``spec``. Returns (report dict, simulated logits or None, simulation wall seconds)."""
+@dataclass(frozen=True)
+class RunOutput:
+    """What one run produced: the report dict, the simulated logits (None without numerics), the simulation's
+    wall time, and the objects behind the report (for traces and plots)."""
+
+    report: dict
+    logits: np.ndarray | None
+    sim_wall_s: float
+    result: SimResult
+    plan: ModelPlan
+    wafer: WaferSpec
+
+
+def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False) -> RunOutput:
+    """Simulate ``spec``; ``record`` keeps every busy interval (for traces and timelines)."""
     wafer = load_wafer(spec.wafer)
     config, weights = resolve_model(spec)
     graph = lower_model(config, spec.batch, spec.seq, spec.precision)
@@ -131,7 +144,7 @@ def run(spec: RunSpec, progress: bool = False, log=print) -> tuple[dict, np.ndar
         executor = Numerics(graph, weights, tokens)
 
     t0 = time.perf_counter()
-    result = Engine(wafer, plan, numerics=executor, progress=progress).run()
+    result = Engine(wafer, plan, numerics=executor, progress=progress, record=record).run()
     sim_wall = time.perf_counter() - t0
 
     logits = None
@@ -143,4 +156,4 @@ def run(spec: RunSpec, progress: bool = False, log=print) -> tuple[dict, np.ndar
 
         numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision))
     report = build_report(spec, config, wafer, graph, plan, result, numerics_report)
-    return report, logits, sim_wall
+    return RunOutput(report, logits, sim_wall, result, plan, wafer)

@@ -30,9 +30,17 @@ def hop_cycles(wafer: WaferSpec, hops: int) -> int:
     return math.ceil(hops * wafer.hop_latency_cycles)
 
 
-def transfer_cycles(wafer: WaferSpec, bytes_per_lane: float, hops: int) -> tuple[int, int]:
-    """(serialization, latency) of a pipelined transfer: links are held for the first, the tail adds the second."""
-    return serialization_cycles(wafer, bytes_per_lane), hop_cycles(wafer, hops)
+def stage_cycles(wafer: WaferSpec, stages: int) -> int:
+    """Software cost of ``stages`` receive-combine-send steps on a path (a chain or tree reduction's adds)."""
+    return math.ceil(stages * wafer.stage_overhead_cycles)
+
+
+def transfer_cycles(wafer: WaferSpec, bytes_per_lane: float, hops: int, stages: int = 0) -> tuple[int, int]:
+    """(serialization, latency) of a pipelined transfer: links are held for the first, the tail adds the second.
+
+    The latency is the head's hop latency plus the overhead of each stage that combines and re-sends it.
+    """
+    return serialization_cycles(wafer, bytes_per_lane), hop_cycles(wafer, hops) + stage_cycles(wafer, stages)
 
 
 def stream_cycles(wafer: WaferSpec, nbytes: float) -> int:

@@ -28,6 +28,7 @@ class WaferSpec:
     fp32_fmac_per_pe_per_cycle: float
     link_bytes_per_cycle: float  # per link, per direction
     hop_latency_cycles: float  # router-to-router latency per PE hop
+    stage_overhead_cycles: float  # software cost at a PE that receives, combines and re-sends (PLMR beta)
     memoryx_bytes_per_s: float  # MemoryX -> wafer weight-stream bandwidth
     memoryx_capacity_bytes: float
     description: str = ""
@@ -78,6 +79,12 @@ LINK_BYTES_PER_CYCLE = 4.0
 # silicon agree on 2 cycles/hop). The SC20 "single cycle per hop" quote is secondary.
 HOP_LATENCY_CYCLES = 2.0
 
+# Routing-stage overhead: the PLMR model's beta (hardware.md §2a, WaferLLM §3.1): each PE on a path that must
+# receive, combine (add) and re-send a message - a stage of a chain or tree reduction - costs beta on top of the
+# per-hop alpha, with alpha < beta. No source gives a number, so this is an uncalibrated default (2 x alpha) that
+# issue 6's calibration fits; pure multicast forwarding in routers has no stage cost.
+STAGE_OVERHEAD_CYCLES = 4.0
+
 # MemoryX -> CS-2 ingress: 12 x 100 GbE = 1.2 Tb/s = 150 GB/s (hardware.md §1 and §3, [S]/[P]).
 MEMORYX_BYTES_PER_S_CS2 = 150e9
 # CS-3 "enhances the ingress/egress bandwidth by 30%" (hardware.md §1 [P: docs.cerebras.ai]).
@@ -98,6 +105,7 @@ PRESETS: dict[str, WaferSpec] = {
         fp32_fmac_per_pe_per_cycle=1.0,
         link_bytes_per_cycle=LINK_BYTES_PER_CYCLE,
         hop_latency_cycles=HOP_LATENCY_CYCLES,
+        stage_overhead_cycles=STAGE_OVERHEAD_CYCLES,
         memoryx_bytes_per_s=MEMORYX_BYTES_PER_S_CS2,  # 12 x 100 GbE on CS-1 too (hardware.md §1 [S])
         memoryx_capacity_bytes=MEMORYX_CAPACITY_BYTES_MIN,
         description="Cerebras WSE-1 (CS-1), 16 nm; mesh size is a stand-in (see source comments)",
@@ -116,6 +124,7 @@ PRESETS: dict[str, WaferSpec] = {
         fp32_fmac_per_pe_per_cycle=1.0,
         link_bytes_per_cycle=LINK_BYTES_PER_CYCLE,
         hop_latency_cycles=HOP_LATENCY_CYCLES,
+        stage_overhead_cycles=STAGE_OVERHEAD_CYCLES,
         memoryx_bytes_per_s=MEMORYX_BYTES_PER_S_CS2,
         memoryx_capacity_bytes=MEMORYX_CAPACITY_BYTES_MIN,
         description="Cerebras WSE-2 (CS-2), 7 nm, 750 x 994 usable PEs",
@@ -134,6 +143,7 @@ PRESETS: dict[str, WaferSpec] = {
         fp32_fmac_per_pe_per_cycle=1.0,  # C4 measures 0.5/cycle on WSE-3 silicon; kept at WSE-2's value
         link_bytes_per_cycle=LINK_BYTES_PER_CYCLE,
         hop_latency_cycles=HOP_LATENCY_CYCLES,  # C4: 2 cycles/hop on WSE-3 silicon
+        stage_overhead_cycles=STAGE_OVERHEAD_CYCLES,
         memoryx_bytes_per_s=MEMORYX_BYTES_PER_S_CS3,
         memoryx_capacity_bytes=1.5e12,  # smallest WSE-3 external-memory option, 1.5 TB (hardware.md §3 [S])
         description="Cerebras WSE-3 (CS-3), 5 nm, 755 x 1170 usable PEs",
@@ -149,6 +159,7 @@ PRESETS: dict[str, WaferSpec] = {
         fp32_fmac_per_pe_per_cycle=1.0,
         link_bytes_per_cycle=LINK_BYTES_PER_CYCLE,
         hop_latency_cycles=HOP_LATENCY_CYCLES,
+        stage_overhead_cycles=STAGE_OVERHEAD_CYCLES,
         memoryx_bytes_per_s=MEMORYX_BYTES_PER_S_CS2,
         memoryx_capacity_bytes=MEMORYX_CAPACITY_BYTES_MIN,
         description="8 x 8 mesh of WSE-2 PEs, for tests",

@@ -119,6 +119,7 @@ class MatmulBlock:
     b: Ref
     scale: float = 1.0
     round_output: bool = False  # True when the product is stored (attention scores), not a partial sum
+    accumulate: bool = False  # add into ``out`` (a tile's fp32 accumulator across k-steps) instead of replacing
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,16 @@ class ReduceWrite:
     dst: Ref
     groups: tuple[tuple[str, ...], ...]
     bias: Ref | None = None
+
+
+@dataclass(frozen=True)
+class Combine:
+    """``buffers[out] = keys[0] + keys[1] + ...`` in fp32, left to right: one stage of a reduction tree.
+
+    ``out`` is usually ``keys[0]`` (the receiving tile's own partial); the other buffers are dropped."""
+
+    out: str
+    keys: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -168,7 +179,7 @@ class Free:
     keys: tuple[str, ...]
 
 
-Action = MatmulBlock | ReduceWrite | Elementwise | SoftmaxBlock | ContextWrite | Free
+Action = MatmulBlock | ReduceWrite | Combine | Elementwise | SoftmaxBlock | ContextWrite | Free
 
 
 # ---- tasks ----------------------------------------------------------------------------------------------------
@@ -192,20 +203,28 @@ class Task:
     links: tuple[Link, ...] = ()
     bytes_per_lane: float = 0.0
     hops: int = 0
-    nbytes: int = 0  # bytes moved in total (stream or transfer), for bandwidth accounting
+    stages: int = 0  # receive-combine-send steps on the path (reductions); each costs the wafer's stage overhead
+    nbytes: int = 0  # bytes delivered in total (stream, or transfer payload x destinations), for accounting
     frees_buffer_of: int | None = None  # barrier: index of the stream task whose weight buffer it releases
     actions: tuple[Action, ...] = ()
+    ext_deps: tuple[tuple[int, int], ...] = ()  # (op index, task index) in earlier ops (ops with ``after``)
 
 
 @dataclass(frozen=True)
 class OpPlan:
-    """One operator on the grid: its tasks (the last one is the op's end) and its SRAM footprint."""
+    """One operator on the grid: its tasks (the last one is the op's end) and its SRAM footprint.
+
+    ``after=None`` (the default) runs the op in program order after the previous op. A tuple lists the earlier
+    ops it waits for instead (possibly none), so ops on different regions can overlap (layer pipelining); such
+    ops express finer waits with ``Task.ext_deps``.
+    """
 
     op: OpSpec
     mapping: str
     tasks: tuple[Task, ...]
     sram_bytes_per_pe: int
     notes: str = ""
+    after: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -216,10 +235,11 @@ class ModelPlan:
     ops: tuple[OpPlan, ...]
     stream_buffers: int = 2
     params: dict = field(default_factory=dict)
+    resident_bytes_per_pe: int = 0  # weights kept in SRAM for the whole run (resident-weight mappings)
 
     @property
     def sram_peak_bytes_per_pe(self) -> int:
-        return max(op.sram_bytes_per_pe for op in self.ops)
+        return self.resident_bytes_per_pe + max(op.sram_bytes_per_pe for op in self.ops)
 
 
 class SramOverflowError(UserError):

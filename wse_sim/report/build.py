@@ -11,6 +11,7 @@ from ..arch.costs import stream_cycles
 from ..mapping import ModelPlan
 from ..sim import SimResult
 from ..workloads import ModelConfig, WorkloadGraph
+from .timeline import link_busy_fraction, timeline_summary
 
 SCHEMA_VERSION = 1
 
@@ -97,7 +98,9 @@ def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGra
             "tile_mac_efficiency": [[_round(x) for x in row] for row in mac_eff.tolist()],
             "mean_busy_fraction": _round(float(busy.mean())),
             "mean_mac_efficiency": _round(float(result.tile_macs.sum() / mac_capacity.sum())),
+            "link_busy_fraction": link_busy_fraction(result, grid),
         },
+        "timeline": timeline_summary(result, grid),
         "simulation": {"engine": "simpy", "tasks": result.tasks},
         "numerics": numerics,
     }

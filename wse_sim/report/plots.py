@@ -1,7 +1,13 @@
-"""Plots drawn from report data: per-tile utilization over the mesh and per-layer cycles by category."""
+"""Plots drawn from report data alone (report.json, or sweep.csv rows).
+
+``utilization``: PE busy-fraction heatmap of the mesh and link busy fractions on the fabric; ``timeline``: Gantt
+lanes for MemoryX, tiles (or tile rows) and the busiest links, coloured by op; ``layers``: per-layer time by
+critical-path category and a roofline of every op; ``sweep``: headline figures across sweep points.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -9,54 +15,322 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Patch
 
 CATEGORY_COLORS = {"compute": "#2b8cbe", "fabric": "#fdae61", "stream": "#d7191c"}
+# Meshes larger than this many PEs on a side are drawn block-averaged.
+MAX_HEATMAP_CELLS = 500
+# Tile boundaries are overlaid while the tile grid has at most this many tiles on a side.
+MAX_OVERLAID_TILE_EDGES = 200
+# Op colour groups: by op name within its layer (qkv, fc, ...) while there are at most this many, else by kind.
+MAX_OP_GROUPS = 20
+FORMATS = ("png", "svg")
+DPI = 110
+
+
+def title(report: dict) -> str:
+    """'model on wafer (mapping), batch x seq, precision': the line every figure starts with."""
+    run = report["run"]
+    return (f"{report['model']['name']} on {report['wafer']['name']} ({report['mapping']['name']}), "
+            f"batch {run['batch']} x seq {run['seq']}, {run['precision']}")
+
+
+def flat_ops(report: dict) -> list[dict]:
+    """The run's ops in order (what a timeline segment's ``op`` indexes)."""
+    return [op for layer in report["layers"] for op in layer["ops"]]
+
+
+def op_groups(ops: list[dict]) -> tuple[list[str], dict[str, tuple]]:
+    """Colour group of every op (its name within the layer, or its kind if there are too many) and a colour each."""
+    groups = [op["name"].rsplit(".", 1)[-1] for op in ops]
+    if len(set(groups)) > MAX_OP_GROUPS:
+        groups = [op["kind"] for op in ops]
+    names = list(dict.fromkeys(groups))
+    cmap = plt.get_cmap("tab20")
+    return groups, {g: cmap(n % cmap.N) for n, g in enumerate(names)}
+
+
+# ---- mesh and fabric ------------------------------------------------------------------------------------------
+
+
+def pe_busy_grid(report: dict, max_cells: int = MAX_HEATMAP_CELLS):
+    """Busy fraction per PE (each PE of a tile shares its tile's), block-averaged over ``block x block`` PEs when
+    the mesh is larger than ``max_cells`` on a side. Returns (values, PE row edges, PE column edges, block)."""
+    m = report["mapping"]
+    busy = np.array(report["utilization"]["tile_busy_fraction"], dtype=float)
+    per_pe = np.repeat(np.repeat(busy, np.diff(m["tile_row_edges"]), axis=0), np.diff(m["tile_col_edges"]), axis=1)
+    rows, cols = per_pe.shape
+    block = max(1, math.ceil(max(rows, cols) / max_cells))
+    y_edges, x_edges = np.append(np.arange(0, rows, block), rows), np.append(np.arange(0, cols, block), cols)
+    if block > 1:
+        sums = np.add.reduceat(np.add.reduceat(per_pe, y_edges[:-1], axis=0), x_edges[:-1], axis=1)
+        per_pe = sums / np.outer(np.diff(y_edges), np.diff(x_edges))
+    return per_pe, y_edges, x_edges, block
+
+
+def link_arrows(report: dict):
+    """One arrow per existing link, between tile centres in PE coordinates, offset to the side by direction so
+    both directions show: (x, y, dx, dy, busy fraction, direction) arrays."""
+    m = report["mapping"]
+    re, ce = np.array(m["tile_row_edges"], dtype=float), np.array(m["tile_col_edges"], dtype=float)
+    cy, cx = (re[:-1] + re[1:]) / 2, (ce[:-1] + ce[1:]) / 2
+    out = []
+    for d, grid in report["utilization"]["link_busy_fraction"].items():
+        di, dj = {"N": (-1, 0), "S": (1, 0), "E": (0, 1), "W": (0, -1)}[d]
+        for i, row in enumerate(grid):
+            for j, frac in enumerate(row):
+                if frac is None:
+                    continue
+                x0, y0, x1, y1 = cx[j], cy[i], cx[j + dj], cy[i + di]
+                # E/S arrows sit on one side of the tile-centre line, W/N on the other.
+                side = 1 if d in "ES" else -1
+                ox = side * 0.12 * (ce[j + 1] - ce[j]) if dj == 0 else 0.0
+                oy = side * 0.12 * (re[i + 1] - re[i]) if di == 0 else 0.0
+                out.append((x0 + 0.15 * (x1 - x0) + ox, y0 + 0.15 * (y1 - y0) + oy, 0.7 * (x1 - x0),
+                            0.7 * (y1 - y0), frac, d))
+    if not out:
+        return (np.zeros(0),) * 5 + (np.zeros(0, dtype=str),)
+    cols = list(zip(*out, strict=True))
+    return (*(np.array(c, dtype=float) for c in cols[:5]), np.array(cols[5]))
+
+
+def _tile_edges(ax, m: dict) -> None:
+    re, ce = m["tile_row_edges"], m["tile_col_edges"]
+    if len(re) - 1 <= MAX_OVERLAID_TILE_EDGES and len(ce) - 1 <= MAX_OVERLAID_TILE_EDGES:
+        ax.hlines(re, 0, ce[-1], colors="white", linewidth=0.6, alpha=0.8)
+        ax.vlines(ce, 0, re[-1], colors="white", linewidth=0.6, alpha=0.8)
 
 
 def utilization_figure(report: dict):
+    """PE heatmap of compute busy fraction (left) and link busy fraction on the fabric (right)."""
     m = report["mapping"]
-    busy = np.array(report["utilization"]["tile_busy_fraction"])
-    fig, (ax_map, ax_bar) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [1, 1.6]})
+    values, y_edges, x_edges, block = pe_busy_grid(report)
+    rows, cols = m["grid_pes"]
+    fig, (ax_pe, ax_link) = plt.subplots(1, 2, figsize=(15, 6.5))
 
-    # Heatmap in PE coordinates: each tile drawn at its true extent (tiles need not be equal).
-    x_edges, y_edges = np.array(m["tile_col_edges"]), np.array(m["tile_row_edges"])
-    mesh = ax_map.pcolormesh(x_edges, y_edges, busy, cmap="viridis", vmin=0, vmax=max(busy.max(), 1e-9),
-                             edgecolors="white", linewidth=0.3)
-    ax_map.set_xlim(0, x_edges[-1])
-    ax_map.set_ylim(y_edges[-1], 0)
-    ax_map.set_aspect("equal")
-    ax_map.set_xlabel("PE column")
-    ax_map.set_ylabel("PE row")
-    ax_map.set_title(f"Tile compute busy fraction (mean {busy.mean() * 100:.2f} %)")
-    fig.colorbar(mesh, ax=ax_map, label="busy fraction of total cycles", shrink=0.8)
+    mesh = ax_pe.pcolormesh(x_edges, y_edges, values, cmap="viridis", vmin=0, vmax=max(values.max(), 1e-9))
+    _tile_edges(ax_pe, m)
+    res = "per PE" if block == 1 else f"block-averaged over {block}x{block} PEs"
+    ax_pe.set_title(f"PE compute busy fraction ({res}; mean "
+                    f"{report['utilization']['mean_busy_fraction'] * 100:.2f} %)\nwhite lines: tile boundaries "
+                    f"({m['tile_grid'][0]}x{m['tile_grid'][1]} tiles)", fontsize=10)
+    fig.colorbar(mesh, ax=ax_pe, label="busy fraction of total cycles", shrink=0.85)
 
-    layers = report["layers"]
-    names = [layer["name"] for layer in layers]
-    x = np.arange(len(layers))
-    bottom = np.zeros(len(layers))
-    clock = report["wafer"]["clock_hz"]
-    for cat, color in CATEGORY_COLORS.items():
-        vals = np.array([layer[f"{cat}_cycles"] for layer in layers], dtype=float) / clock * 1e6
-        label = "exposed weight stream" if cat == "stream" else cat
-        ax_bar.bar(x, vals, bottom=bottom, color=color, label=label)
-        bottom += vals
-    ax_bar.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
-    ax_bar.set_ylabel("time (µs)")
-    ax_bar.set_title("Per-layer time by critical-path category")
-    ax_bar.legend(loc="upper right")
-    ax_bar.grid(axis="y", alpha=0.3)
-
-    run = report["run"]
-    fig.suptitle(f"{report['model']['name']} on {report['wafer']['name']} ({report['mapping']['name']}), "
-                 f"batch {run['batch']} x seq {run['seq']}, {run['precision']}: "
-                 f"{report['seconds'] * 1e3:.4g} ms, {report['tokens_per_s']:,.0f} tokens/s")
+    x, y, dx, dy, frac, _ = link_arrows(report)
+    ax_link.set_facecolor("#303030")
+    _tile_edges(ax_link, m)
+    vmax = max(frac.max(), 1e-9) if frac.size else 1.0
+    if frac.size:
+        q = ax_link.quiver(x, y, dx, dy, frac, cmap="inferno", clim=(0, vmax), angles="xy", scale_units="xy",
+                           scale=1, width=0.004, headwidth=3, headlength=3, headaxislength=2.5)
+        fig.colorbar(q, ax=ax_link, label="link busy fraction of total cycles", shrink=0.85)
+        hot = int(np.argmax(frac))
+        hottest = f"busiest link {frac[hot] * 100:.1f} % busy"
+    else:
+        hottest = "no links"
+    ax_link.set_title(f"Fabric: busy fraction of each directed tile-to-tile link ({hottest})\n"
+                      "arrows point along the link; E/S sit right/below of W/N", fontsize=10)
+    for ax in (ax_pe, ax_link):
+        ax.set_xlim(0, cols)
+        ax.set_ylim(rows, 0)
+        ax.set_aspect("equal")
+        ax.set_xlabel("PE column")
+        ax.set_ylabel("PE row")
+    fig.suptitle(title(report), fontsize=12)
     fig.tight_layout()
     return fig
 
 
-def write_utilization_plot(report: dict, path: str | Path) -> Path:
+# ---- timeline ---------------------------------------------------------------------------------------------------
+
+
+def _time_scale(report: dict) -> tuple[float, str]:
+    """(seconds per unit, unit name) for time axes: µs below a millisecond of total time, else ms."""
+    return (1e-6, "µs") if report["seconds"] < 1e-3 else (1e-3, "ms")
+
+
+def timeline_figure(report: dict):
+    """Gantt lanes (MemoryX, tiles or tile rows, busiest links) coloured by op; shading is the busy share of a
+    merged segment."""
+    tl = report.get("timeline")
+    if not tl:
+        raise ValueError("the report has no timeline (the run was not recorded)")
+    lanes = tl["lanes"]
+    groups, colors = op_groups(flat_ops(report))
+    unit_s, unit = _time_scale(report)
+    to_unit = 1.0 / report["wafer"]["clock_hz"] / unit_s
+
+    fig, ax = plt.subplots(figsize=(15, 1.8 + 0.42 * len(lanes)))
+    for y, lane in enumerate(lanes):
+        s = np.array(lane["start_cycles"], dtype=float)
+        e = np.array(lane["end_cycles"], dtype=float)
+        if not s.size:
+            continue
+        duty = np.array(lane["busy"], dtype=float) / np.maximum(e - s, 1)
+        faces = [(*colors[groups[k]][:3], 0.25 + 0.75 * d) for k, d in zip(lane["op"], duty, strict=True)]
+        ax.broken_barh(list(zip(s * to_unit, (e - s) * to_unit, strict=True)), (y - 0.4, 0.8), facecolors=faces,
+                       linewidth=0)
+    ax.set_yticks(range(len(lanes)), [f"{lane['name']}  ({lane['busy_cycles'] / max(report['total_cycles'], 1):.0%}"
+                                      " busy)" for lane in lanes], fontsize=8)
+    ax.set_ylim(len(lanes) - 0.5, -0.5)
+    ax.set_xlim(0, report["total_cycles"] * to_unit)
+    ax.set_xlabel(f"simulated time ({unit})")
+    ax.grid(axis="x", alpha=0.3)
+    gap = max(lane["merge_gap_cycles"] for lane in lanes)
+    note = (f"; same-op segments merged across gaps up to {gap:,} cycles, lighter = less busy inside" if gap
+            else "")
+    ax.set_title(f"{title(report)}\nBusy time per lane, coloured by op{note}", fontsize=10)
+    used = list(dict.fromkeys(groups[k] for lane in lanes for k in lane["op"]))
+    ax.legend(handles=[Patch(color=colors[g], label=g) for g in used], loc="upper left", bbox_to_anchor=(1.0, 1.0),
+              fontsize=8, title="op")
+    fig.tight_layout()
+    return fig
+
+
+# ---- layers and roofline ----------------------------------------------------------------------------------------
+
+
+def roofline_points(report: dict) -> list[dict]:
+    """Ops with FLOPs and cycles: intensity (FLOP per MemoryX byte; None if the op streams nothing) and achieved
+    FLOP/s over the op's span."""
+    clock = report["wafer"]["clock_hz"]
+    return [{"name": op["name"], "intensity": op["flops"] / op["stream_bytes"] if op["stream_bytes"] else None,
+             "flops_per_s": op["flops"] / (op["cycles"] / clock)}
+            for op in flat_ops(report) if op["flops"] > 0 and op["cycles"] > 0]
+
+
+def _roofline(ax, report: dict) -> None:
+    ops = [op for op in flat_ops(report) if op["flops"] > 0 and op["cycles"] > 0]
+    groups, colors = op_groups(ops)
+    points = roofline_points(report)
+    peak = report["peak_flops_per_s"]
+    bw = report["bandwidth"]["memoryx_peak_bytes_per_s"]
+    ridge = peak / bw
+    finite = [p["intensity"] for p in points if p["intensity"] is not None]
+    lo = min([*finite, ridge]) / 4
+    hi = max([*finite, ridge]) * 4
+    no_stream_x = hi * 2  # ops that stream nothing are drawn at the right edge, beyond every finite intensity
+    xs = np.geomspace(lo, hi, 200)
+    ax.plot(xs, np.minimum(peak, bw * xs), color="black", linewidth=1.5)
+    ax.axvline(hi, color="grey", linewidth=0.8, linestyle=":")
+    ax.text(lo * 1.2, peak * 1.15, f"compute roof {peak / 1e12:,.1f} TFLOP/s", fontsize=8)
+    ax.text(lo * 1.2, bw * lo * 1.2 * 1.5, f"MemoryX {bw / 1e9:,.0f} GB/s", fontsize=8, rotation=0)
+    for g in dict.fromkeys(groups):
+        sel = [n for n, gg in enumerate(groups) if gg == g]
+        x = [points[n]["intensity"] if points[n]["intensity"] is not None else no_stream_x for n in sel]
+        y = [points[n]["flops_per_s"] for n in sel]
+        ax.scatter(x, y, s=18, color=colors[g], label=g, alpha=0.8, edgecolors="none")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, no_stream_x * 2)
+    ax.set_xlabel("arithmetic intensity (FLOP per MemoryX byte; right of dotted line: streams nothing)")
+    ax.set_ylabel("achieved FLOP/s (op FLOPs / op time)")
+    ax.set_title("Roofline: each op under the wafer's compute and MemoryX roofs", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2, loc="lower right", title="op")
+
+
+def layers_figure(report: dict):
+    """Per-layer stacked time by critical-path category (left) and the roofline of every op (right)."""
+    fig, (ax_bar, ax_roof) = plt.subplots(1, 2, figsize=(16, 6.5), gridspec_kw={"width_ratios": [1.4, 1]})
+    layers = report["layers"]
+    x = np.arange(len(layers))
+    bottom = np.zeros(len(layers))
+    unit_s, unit = _time_scale(report)
+    clock = report["wafer"]["clock_hz"]
+    for cat, color in CATEGORY_COLORS.items():
+        vals = np.array([layer[f"{cat}_cycles"] for layer in layers], dtype=float) / clock / unit_s
+        ax_bar.bar(x, vals, bottom=bottom, color=color, label="exposed weight stream" if cat == "stream" else cat)
+        bottom += vals
+    ax_bar.set_xticks(x, [layer["name"] for layer in layers], rotation=90 if len(layers) > 20 else 60,
+                      ha="center" if len(layers) > 20 else "right", fontsize=7 if len(layers) > 20 else 8)
+    ax_bar.set_ylabel(f"time ({unit})")
+    ax_bar.set_title("Per-layer time by critical-path category", fontsize=10)
+    ax_bar.legend(loc="upper left")
+    ax_bar.grid(axis="y", alpha=0.3)
+    _roofline(ax_roof, report)
+    fig.suptitle(f"{title(report)}: {report['seconds'] * 1e3:.4g} ms, {report['tokens_per_s']:,.0f} tokens/s, "
+                 f"MFU {report['mfu'] * 100:.2f} %", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+# ---- writing ----------------------------------------------------------------------------------------------------
+
+
+def save(fig, path: str | Path) -> Path:
     path = Path(path)
-    fig = utilization_figure(report)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def write_plots(report: dict, out_dir: str | Path, fmt: str = "png") -> list[Path]:
+    """Write utilization, layers and (if the report has one) timeline figures into ``out_dir``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not one of {FORMATS}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [save(utilization_figure(report), out / f"utilization.{fmt}")]
+    if report.get("timeline"):
+        paths.append(save(timeline_figure(report), out / f"timeline.{fmt}"))
+    paths.append(save(layers_figure(report), out / f"layers.{fmt}"))
+    return paths
+
+
+# ---- sweeps -----------------------------------------------------------------------------------------------------
+
+# Candidate x axes of a sweep plot, with the spec columns that determine each (not used to split series).
+SWEEP_X = {"grid_pes": ("wafer", "grid", "tiles", "tile"), "seq": ("seq",), "batch": ("batch",),
+           "parameters": ("model",)}
+SWEEP_Y = (("tokens_per_s", "tokens/s"), ("mfu", "MFU"))
+
+
+def _num(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def sweep_figure(rows: list[dict], spec_columns: list[str], x: str | None = None):
+    """Tokens/s and MFU against ``x`` (default: the first of grid PEs, seq, batch, parameters that varies), one
+    line per combination of the other spec columns that vary. Failed rows are left out."""
+    ok = [r for r in rows if not r.get("error")]
+    if not ok:
+        raise ValueError("no successful sweep rows to plot")
+    varying = [c for c in spec_columns if len({r[c] for r in ok}) > 1]
+    if x is None:
+        x = next((c for c in SWEEP_X if len({r[c] for r in ok}) > 1), "grid_pes")
+    if x not in ok[0] or any(_num(r[x]) is None for r in ok):
+        raise ValueError(f"sweep column {x!r} is not numeric in every row")
+    series_cols = [c for c in varying if c not in SWEEP_X.get(x, (x,)) and c != x]
+    series: dict[tuple, list[dict]] = {}
+    for r in ok:
+        series.setdefault(tuple(r[c] for c in series_cols), []).append(r)
+
+    fig, axes = plt.subplots(1, len(SWEEP_Y), figsize=(14, 5.5))
+    xs_all = [_num(r[x]) for r in ok]
+    for ax, (col, label) in zip(axes, SWEEP_Y, strict=True):
+        for key, pts in series.items():
+            pts = sorted(pts, key=lambda r: _num(r[x]))
+            name = ", ".join(f"{c}={v}" for c, v in zip(series_cols, key, strict=True)) or "all points"
+            ax.plot([_num(r[x]) for r in pts], [_num(r[col]) for r in pts], marker="o", label=name)
+        if min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
+            ax.set_xscale("log")
+        if col == "tokens_per_s":
+            ax.set_yscale("log")
+        ax.set_xlabel({"grid_pes": "grid size (PEs)", "seq": "sequence length (tokens)", "batch": "batch (sequences)",
+                       "parameters": "model parameters"}.get(x, x))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    failed = len(rows) - len(ok)
+    fig.suptitle(f"Sweep: {len(ok)} points" + (f" ({failed} failed, not shown)" if failed else "")
+                 + f": tokens/s and MFU against {x}", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["flat_ops", "layers_figure", "link_arrows", "pe_busy_grid", "roofline_points", "save", "sweep_figure",
+           "timeline_figure", "title", "utilization_figure", "write_plots"]

@@ -6,7 +6,9 @@ head-to-tail hop latency elapses: cut-through), the MemoryX ingress port, and ``
 buffers on the wafer (a stream takes one before it starts; the barrier that marks its weights consumed gives
 it back). Ops run in program order: an op's first tasks wait for the previous op's end, while weight streams
 only wait for the previous stream and a free buffer, so the next layer's weights arrive during this one (and
-may be broadcast into on-wafer buffers); every compute waits for the previous op to end.
+may be broadcast into on-wafer buffers); every compute waits for the previous op to end. An op with an explicit
+``after`` list (layer-pipelined plans) waits only for those ops and its tasks' ``ext_deps``, so ops on different
+regions overlap; its start is the latest end among ``after``.
 
 Each op's cycles are split along its critical path (walking back from its end through the dependency that
 finished last, or through the task that last held a resource this one waited for): time on compute tasks is
@@ -65,6 +67,9 @@ class SimResult:
     stream_bytes: int
     fabric_bytes: int
     tasks: int
+    # With ``record=True``: one (group, resource, start, end, op index, label, bytes, MACs) per busy interval,
+    # group in {"tile", "link", "memoryx"}; a transfer has one interval per link it holds.
+    intervals: list | None = None
 
 
 _CATEGORY = {TaskKind.COMPUTE: "compute", TaskKind.TRANSFER: "fabric", TaskKind.STREAM: "stream"}
@@ -74,9 +79,9 @@ class Engine:
     """Simulates a :class:`ModelPlan` on a wafer; optionally runs numeric actions as tasks complete."""
 
     def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None = None,
-                 progress: bool = False):
+                 progress: bool = False, record: bool = False):
         self.wafer, self.plan, self.numerics = wafer, plan, numerics
-        self.progress = progress
+        self.progress, self.record = progress, record
 
     def run(self) -> SimResult:
         plan, wafer = self.plan, self.wafer
@@ -88,19 +93,24 @@ class Engine:
         op_of: list[int] = []
         deps: list[list[int]] = []
         op_end: list[int] = []
+        op_base: list[int] = []
         last_stream = -1
         for k, op_plan in enumerate(plan.ops):
             base = len(tasks)
-            prev_end = op_end[-1] if op_end else -1
+            op_base.append(base)
+            if op_plan.after is None:
+                prev_ends = [op_end[-1]] if op_end else []
+            else:
+                prev_ends = [op_end[a] for a in op_plan.after]
             for t in op_plan.tasks:
-                d = [base + x for x in t.deps]
+                d = [base + x for x in t.deps] + [op_base[a] + x for a, x in t.ext_deps]
                 if t.kind == TaskKind.STREAM:
                     if last_stream >= 0:
                         d.append(last_stream)
                     last_stream = len(tasks)
-                elif prev_end >= 0 and (not t.deps or t.kind == TaskKind.COMPUTE):
+                elif prev_ends and (not t.deps or t.kind == TaskKind.COMPUTE):
                     # Computes read the previous op's output; weight broadcasts may run ahead into buffers.
-                    d.append(prev_end)
+                    d.extend(prev_ends)
                 tasks.append(t)
                 op_of.append(k)
                 deps.append(d)
@@ -132,6 +142,7 @@ class Engine:
         last_holder: dict = {}  # resource key -> (release time, task) of the last task that held it
         op_stream_bytes = [0] * len(plan.ops)
         op_fabric_bytes = [0] * len(plan.ops)
+        intervals: list | None = [] if self.record else None
 
         bar = None
         if self.progress and sys.stderr.isatty():
@@ -201,10 +212,13 @@ class Engine:
                     cyc = compute_cycles(wafer, precision, t.macs_per_pe, t.elem_ops_per_pe)
                     yield env.timeout(cyc)
                     released(i, (t.tile,))
+                macs = t.macs_per_pe * plan.grid.pes(t.tile)
                 tile_busy[t.tile] += cyc
-                tile_macs[t.tile] += t.macs_per_pe * plan.grid.pes(t.tile)
+                tile_macs[t.tile] += macs
+                if intervals is not None and cyc:
+                    intervals.append(("tile", t.tile, int(env.now - cyc), int(env.now), k, t.label, 0, macs))
             elif t.kind == TaskKind.TRANSFER:
-                ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops)
+                ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops, t.stages)
                 links = sorted(set(t.links))
                 reqs = [link(key).request() for key in links]
                 for r in reqs:
@@ -215,6 +229,8 @@ class Engine:
                 for key, r in zip(links, reqs, strict=True):
                     link(key).release(r)
                     link_busy[key] = link_busy.get(key, 0) + ser
+                    if intervals is not None and ser:
+                        intervals.append(("link", key, int(env.now - ser), int(env.now), k, t.label, t.nbytes, 0))
                 yield env.timeout(lat)
                 op_fabric_bytes[k] += t.nbytes
             elif t.kind == TaskKind.STREAM:
@@ -231,6 +247,9 @@ class Engine:
                     yield env.timeout(cyc)
                     released(i, ("memoryx",))
                 memx_busy[0] += cyc
+                if intervals is not None and cyc:
+                    intervals.append(("memoryx", "memoryx", int(env.now - cyc), int(env.now), k, t.label, t.nbytes,
+                                      0))
                 op_stream_bytes[k] += t.nbytes
             finish(i)
 
@@ -248,6 +267,8 @@ class Engine:
         ops: list[OpTiming] = []
         prev = 0
         for k, op_plan in enumerate(plan.ops):
+            if op_plan.after is not None:
+                prev = max((int(end_t[op_end[a]]) for a in op_plan.after), default=0)
             end = int(end_t[op_end[k]])
             split = self._critical_split(tasks, op_end[k], prev, ready_t, start_t, end_t, crit)
             op = op_plan.op
@@ -268,6 +289,7 @@ class Engine:
             stream_bytes=sum(op_stream_bytes),
             fabric_bytes=sum(op_fabric_bytes),
             tasks=n,
+            intervals=intervals,
         )
 
     @staticmethod

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..kernels import causal_softmax, embedding, gelu, gemm, layernorm, round_to
 from ..mapping.plan import (
+    Combine,
     ContextWrite,
     Elementwise,
     Free,
@@ -33,20 +34,32 @@ class Numerics:
         cfg = graph.config
         if token_ids.shape != (graph.batch, graph.seq):
             raise ValueError(f"token ids have shape {token_ids.shape}, expected {(graph.batch, graph.seq)}")
-        self.precision = graph.precision
-        self.seq = graph.seq
+        self._setup(graph)
         self.eps = cfg.layer_norm_epsilon
         self.activation = cfg.activation
         self.token_ids = np.ascontiguousarray(token_ids, dtype=np.int64)
-        self.store: dict[str, np.ndarray] = {}
-        self.buffers: dict[str, np.ndarray] = {}
-        self.shapes: dict[str, tuple[int, int]] = {}
         for op in graph.ops():
             if op.kind == OpKind.ATTN_CONTEXT:
                 self.shapes[op.name] = (graph.tokens, cfg.d_model)
-            elif op.kind not in (OpKind.ATTN_SCORES, OpKind.SOFTMAX):
-                self.shapes[op.name] = (op.m, op.n)
         self._load_weights(weights)
+
+    @classmethod
+    def for_tensors(cls, graph: WorkloadGraph, tensors: dict[str, np.ndarray]) -> Numerics:
+        """An executor for a single-operator workload (``lower_gemm``): inputs and weights given by name."""
+        self = cls.__new__(cls)
+        self._setup(graph)
+        for name, arr in tensors.items():
+            self._put(name, arr)
+        return self
+
+    def _setup(self, graph: WorkloadGraph) -> None:
+        self.precision = graph.precision
+        self.seq = graph.seq
+        self.store: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, tuple[int, int]] = {
+            op.name: (op.m, op.n) for op in graph.ops() if op.kind not in (OpKind.ATTN_SCORES, OpKind.SOFTMAX)
+        }
 
     def _put(self, name: str, arr: np.ndarray) -> None:
         arr = arr[None, :] if arr.ndim == 1 else arr
@@ -85,7 +98,10 @@ class Numerics:
                 out = gemm(self.get(a.a), self.get(a.b))
                 if a.scale != 1.0:
                     out *= np.float32(a.scale)
-                self.buffers[a.out] = round_to(out, self.precision) if a.round_output else out
+                if a.accumulate and a.out in self.buffers:
+                    self.buffers[a.out] += out
+                else:
+                    self.buffers[a.out] = round_to(out, self.precision) if a.round_output else out
             elif isinstance(a, ReduceWrite):
                 total = None
                 for group in a.groups:
@@ -96,6 +112,11 @@ class Numerics:
                 if a.bias is not None:
                     total = total + self.get(a.bias)
                 self.write(a.dst, total)
+            elif isinstance(a, Combine):
+                total = self.buffers[a.keys[0]]
+                for key in a.keys[1:]:
+                    total = total + self.buffers.pop(key)
+                self.buffers[a.out] = total
             elif isinstance(a, Elementwise):
                 self.write(a.dst, self._elementwise(a))
             elif isinstance(a, SoftmaxBlock):

@@ -1,0 +1,348 @@
+"""The block layout every mapping shares for activations, and the non-matmul ops on it.
+
+Every activation tensor ``[tokens, width]`` is resident on the grid, its token rows split over tile rows and its
+feature columns over tile columns (balanced splits, so any shape works); inside a tile, over its PEs the same
+way. Mappings differ in how matmuls move operands (``weight_streaming``, ``summa``, ``cannon``, ...); LayerNorm,
+GELU, residual adds, the embedding gather and attention are planned here once for all of them.
+
+Attention has no weights: each tile column owns the heads ``h % TC == j``; Q/K/V columns are redistributed
+along tile rows to their head's column, K and V are all-gathered down that column, and every tile computes
+scores, causal softmax and context for its query rows and heads (keys past its last query are skipped).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+from ..arch import WaferSpec
+from ..workloads import OpKind, OpSpec, WorkloadGraph
+from ..workloads.graph import BYTES_PER_ELEM
+from .plan import (
+    ContextWrite,
+    Elementwise,
+    Free,
+    MatmulBlock,
+    OpPlan,
+    Ref,
+    SoftmaxBlock,
+    SramOverflowError,
+    Task,
+    TaskKind,
+    TileGrid,
+    ceil_div,
+    split,
+)
+
+ACC_BYTES = 4  # partial sums travel and accumulate in fp32, whatever the storage precision
+STAT_BYTES = 8  # LayerNorm row statistics (sum, sum of squares) in fp32
+
+
+def weight_tensor(op: OpSpec, attr: str) -> str:
+    """Name of a weight in the numerics store: ``<block>.<attribute>`` (e.g. ``layer3.w_fc``, ``head.wte``)."""
+    return f"{op.block}.{attr}"
+
+
+class Builder:
+    """Accumulates the tasks of one op; returns indices for dependencies."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+
+    def add(self, kind: TaskKind, **kw) -> int:
+        self.tasks.append(Task(kind=kind, **kw))
+        return len(self.tasks) - 1
+
+    def finish(self) -> tuple[Task, ...]:
+        self.add(TaskKind.BARRIER, deps=tuple(range(len(self.tasks))), label="end")
+        return tuple(self.tasks)
+
+
+class BlockLayout:
+    """Plans ops on the block layout of ``grid``. Subclasses add ``matmul(op) -> OpPlan``.
+
+    ``params_streamed``: LayerNorm scale/shift come from MemoryX with each op (weight streaming) or sit in SRAM
+    for the whole run (resident-weight mappings, which count them in :meth:`param_bytes_per_pe`).
+    """
+
+    name = "block-layout"
+    params_streamed = True
+
+    def __init__(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid):
+        self.graph, self.wafer, self.grid = graph, wafer, grid
+        self.b = BYTES_PER_ELEM[graph.precision]
+        self.M = graph.tokens
+        self.TR, self.TC = grid.shape
+        self.m_edges = split(self.M, self.TR)
+        self.d = graph.config.d_model if graph.config is not None else 0  # residual stream width
+
+    # per-PE helpers -------------------------------------------------------------------------------------------
+    def rows(self, i: int) -> tuple[int, int]:
+        return self.m_edges[i], self.m_edges[i + 1]
+
+    @cache  # noqa: B019  (one layout per plan call; bounded by its grid)
+    def rows_per_pe(self, i: int) -> int:
+        return ceil_div(self.m_edges[i + 1] - self.m_edges[i], self.grid.height(i))
+
+    def cols(self, width: int, j: int) -> tuple[int, int]:
+        e = split(width, self.TC)
+        return e[j], e[j + 1]
+
+    @cache  # noqa: B019
+    def cols_per_pe(self, width: int, j: int) -> int:
+        lo, hi = self.cols(width, j)
+        return ceil_div(hi - lo, self.grid.width(j))
+
+    def block_bytes_per_pe(self, width: int, i: int, j: int) -> int:
+        """Bytes per PE of tile (i, j)'s block of a resident ``[tokens, width]`` activation."""
+        return self.rows_per_pe(i) * self.cols_per_pe(width, j) * self.b
+
+    def resident_bytes_per_pe(self, widths: list[int], i: int, j: int) -> int:
+        # The residual stream ([tokens, d]) stays resident through every op of a layer.
+        return sum(self.block_bytes_per_pe(w, i, j) for w in [self.d, *widths] if w)
+
+    def check_sram(self, op: OpSpec, needed: int, detail: str) -> int:
+        if needed > self.wafer.sram_bytes_per_pe:
+            raise SramOverflowError(op.name, needed, self.wafer.sram_bytes_per_pe, detail)
+        return needed
+
+    def row_transfer_links(self, i: int):
+        g = self.grid
+        return g.row_path(i, 0, self.TC - 1) + g.row_path(i, self.TC - 1, 0)
+
+    def col_transfer_links(self, j: int):
+        g = self.grid
+        return g.col_path(j, 0, self.TR - 1) + g.col_path(j, self.TR - 1, 0)
+
+    def matmul(self, op: OpSpec) -> OpPlan:
+        raise NotImplementedError  # each mapping defines how a matmul moves its operands
+
+    def param_bytes_per_pe(self, op: OpSpec) -> int:
+        """SRAM per PE that a resident-weight mapping keeps for this non-matmul op's parameters."""
+        if op.kind == OpKind.LAYERNORM and not self.params_streamed:
+            return max(2 * self.cols_per_pe(op.n, j) * self.b for j in range(self.TC))
+        return 0
+
+    # dispatch --------------------------------------------------------------------------------------------------
+    def plan_op(self, op: OpSpec) -> OpPlan:
+        kind = op.kind
+        if kind == OpKind.MATMUL:
+            return self.matmul(op)
+        if kind == OpKind.LAYERNORM:
+            return self.layernorm(op)
+        if kind in (OpKind.GELU, OpKind.RESIDUAL):
+            return self.pointwise(op)
+        if kind == OpKind.EMBEDDING:
+            return self.embedding(op)
+        if kind == OpKind.ATTN_SCORES:
+            return self.attn_scores(op)
+        if kind == OpKind.SOFTMAX:
+            return self.softmax(op)
+        if kind == OpKind.ATTN_CONTEXT:
+            return self.attn_context(op)
+        raise NotImplementedError(f"{self.name} has no plan for op kind {kind}")
+
+    # ---- elementwise -----------------------------------------------------------------------------------------
+    def layernorm(self, op: OpSpec) -> OpPlan:
+        g, TR, TC, d = self.grid, self.TR, self.TC, op.n
+        x, y = op.inputs[0], op.name
+        gamma, beta = weight_tensor(op, op.gamma), weight_tensor(op, op.beta)
+        t = Builder()
+        s = None
+        bcast: list[tuple[int, ...]] = [()] * TC
+        if self.params_streamed:
+            s = t.add(TaskKind.STREAM, label="stream gamma, beta", nbytes=2 * d * self.b)
+            bcast = [
+                (t.add(TaskKind.TRANSFER, deps=(s,), label=f"bcast col {j}", links=g.col_path(j, 0, TR - 1),
+                       bytes_per_lane=2 * self.cols_per_pe(d, j) * self.b, hops=g.col_hops(0, TR - 1) + 1,
+                       nbytes=2 * (self.cols(d, j)[1] - self.cols(d, j)[0]) * self.b * TR),)
+                for j in range(TC)
+            ]
+        norm = []
+        for i in range(TR):
+            m0, m1 = self.rows(i)
+            stats = [
+                t.add(TaskKind.COMPUTE, tile=(i, j), label="ln stats",
+                      elem_ops_per_pe=3 * self.rows_per_pe(i) * self.cols_per_pe(d, j))
+                for j in range(TC)
+            ]
+            red = t.add(
+                TaskKind.TRANSFER, deps=tuple(stats), label=f"allreduce row {i}", links=self.row_transfer_links(i),
+                bytes_per_lane=self.rows_per_pe(i) * STAT_BYTES, hops=2 * g.row_hops(0, TC - 1),
+                stages=g.row_hops(0, TC - 1),
+                nbytes=2 * (TC - 1) * (m1 - m0) * STAT_BYTES,
+                actions=(Elementwise("layernorm", Ref(y, (m0, m1), (0, d)), (Ref(x, (m0, m1), (0, d)),),
+                                     (Ref(gamma, (0, 1), (0, d)), Ref(beta, (0, 1), (0, d)))),),
+            )
+            norm.extend(
+                t.add(TaskKind.COMPUTE, deps=(red, *bcast[j]), tile=(i, j), label="ln normalise",
+                      elem_ops_per_pe=5 * self.rows_per_pe(i) * self.cols_per_pe(d, j))
+                for j in range(TC)
+            )
+        if s is not None:
+            t.add(TaskKind.BARRIER, deps=tuple(norm), label="params consumed", frees_buffer_of=s)
+        params = 2 if self.params_streamed else 0  # resident params are counted in param_bytes_per_pe
+        sram = max(self.resident_bytes_per_pe([d, d], i, j) + params * self.cols_per_pe(d, j) * self.b
+                   for i in range(TR) for j in range(TC))
+        return OpPlan(op=op, mapping=self.name, tasks=t.finish(),
+                      sram_bytes_per_pe=self.check_sram(op, sram, "layernorm blocks"))
+
+    def pointwise(self, op: OpSpec) -> OpPlan:
+        """GELU and residual add: purely local to each tile's block."""
+        TR, TC, width = self.TR, self.TC, op.n
+        fn = "gelu" if op.kind == OpKind.GELU else "add"
+        t = Builder()
+        per_elem = op.flops // (op.m * op.n)
+        for i in range(TR):
+            m0, m1 = self.rows(i)
+            for j in range(TC):
+                c0, c1 = self.cols(width, j)
+                t.add(TaskKind.COMPUTE, tile=(i, j), label=fn,
+                      elem_ops_per_pe=per_elem * self.rows_per_pe(i) * self.cols_per_pe(width, j),
+                      actions=(Elementwise(fn, Ref(op.name, (m0, m1), (c0, c1)),
+                                           tuple(Ref(src, (m0, m1), (c0, c1)) for src in op.inputs)),))
+        sram = max(self.resident_bytes_per_pe([width] * (len(op.inputs) + 1), i, j)
+                   for i in range(TR) for j in range(TC))
+        return OpPlan(op=op, mapping=self.name, tasks=t.finish(),
+                      sram_bytes_per_pe=self.check_sram(op, sram, f"{fn} blocks"))
+
+    def embedding(self, op: OpSpec) -> OpPlan:
+        """Token and position rows are gathered from MemoryX and sent down each tile column."""
+        g, TR, TC, d, b = self.grid, self.TR, self.TC, op.n, self.b
+        t = Builder()
+        s = t.add(TaskKind.STREAM, label="gather embedding rows", nbytes=op.weight_bytes)
+        for j in range(TC):
+            c0, c1 = self.cols(d, j)
+            bc = t.add(TaskKind.TRANSFER, deps=(s,), label=f"rows down col {j}", links=g.col_path(j, 0, TR - 1),
+                       bytes_per_lane=2 * self.M * self.cols_per_pe(d, j) * b, hops=g.col_hops(0, TR - 1) + 1,
+                       nbytes=2 * self.M * (c1 - c0) * b * TR)
+            for i in range(TR):
+                m0, m1 = self.rows(i)
+                t.add(TaskKind.COMPUTE, deps=(bc,), tile=(i, j), label="embed add",
+                      elem_ops_per_pe=self.rows_per_pe(i) * self.cols_per_pe(d, j),
+                      actions=(Elementwise("embedding", Ref(op.name, (m0, m1), (c0, c1)), ()),))
+        t.add(TaskKind.BARRIER, deps=tuple(range(len(t.tasks))), label="rows consumed", frees_buffer_of=s)
+        sram = max(self.resident_bytes_per_pe([d], i, j) + 2 * self.block_bytes_per_pe(d, i, j)
+                   for i in range(TR) for j in range(TC))
+        return OpPlan(op=op, mapping=self.name, tasks=t.finish(),
+                      sram_bytes_per_pe=self.check_sram(op, sram, "embedding rows"))
+
+    # ---- attention -------------------------------------------------------------------------------------------
+    @cache  # noqa: B019
+    def heads_of(self, j: int) -> tuple[int, ...]:
+        return tuple(h for h in range(self.graph.config.n_head) if h % self.TC == j)
+
+    def segments(self, i: int):
+        """(batch, first row, last row + 1) of each sequence that tile row ``i``'s token rows overlap."""
+        m0, m1 = self.rows(i)
+        seq = self.graph.seq
+        for bidx in range(m0 // seq, ceil_div(m1, seq)):
+            lo, hi = max(m0, bidx * seq), min(m1, (bidx + 1) * seq)
+            if hi > lo:
+                yield bidx, lo, hi
+
+    @cache  # noqa: B019
+    def attn_work_per_pe(self, i: int, j: int) -> int:
+        """Per-PE (query row x key x head) count for tile (i, j): PE rows take queries, PE columns take keys."""
+        seq = self.graph.seq
+        total = 0
+        for bidx, lo, hi in self.segments(i):
+            keys = hi - bidx * seq  # causal: no key after the block's last query
+            total += ceil_div(hi - lo, self.grid.height(i)) * ceil_div(len(self.heads_of(j)) * keys,
+                                                                          self.grid.width(j))
+        return total
+
+    def attn_sram(self, op: OpSpec) -> int:
+        cfg, b = self.graph.config, self.b
+        dh, seq = cfg.head_dim, self.graph.seq
+        worst = 0
+        for i in range(self.TR):
+            for j in range(self.TC):
+                pes = self.grid.pes((i, j))
+                nh = len(self.heads_of(j))
+                batches = {bidx for bidx, _, _ in self.segments(i)}
+                kv = ceil_div(len(batches) * seq * 2 * dh * nh * b, pes)
+                scores = self.attn_work_per_pe(i, j) * b
+                worst = max(worst, self.resident_bytes_per_pe([3 * cfg.d_model, cfg.d_model], i, j) + kv + scores)
+        return self.check_sram(op, worst, "Q/K/V, gathered keys and values, and scores")
+
+    def buf(self, op_block: str, bidx: int, h: int, i: int) -> str:
+        return f"{op_block}.probs#{bidx},{h},{i}"
+
+    def attn_scores(self, op: OpSpec) -> OpPlan:
+        g, TR, TC, b = self.grid, self.TR, self.TC, self.b
+        cfg = self.graph.config
+        d, dh, seq, qkv = cfg.d_model, cfg.head_dim, self.graph.seq, op.inputs[0]
+        scale = 1.0 / math.sqrt(dh)
+        t = Builder()
+        redist = [
+            t.add(TaskKind.TRANSFER, label=f"qkv to head columns, row {i}", links=self.row_transfer_links(i),
+                  bytes_per_lane=self.rows_per_pe(i) * ceil_div(3 * d, TC) * b, hops=g.row_hops(0, TC - 1),
+                  nbytes=(self.rows(i)[1] - self.rows(i)[0]) * 3 * d * b * (TC - 1) // TC)
+            for i in range(TR)
+        ]
+        for j in range(TC):
+            heads = self.heads_of(j)
+            if not heads:
+                continue
+            gather = t.add(
+                TaskKind.TRANSFER, deps=tuple(redist), label=f"all-gather K,V col {j}",
+                links=self.col_transfer_links(j),
+                bytes_per_lane=ceil_div(self.M * 2 * dh * len(heads) * b, g.width(j)),
+                hops=g.col_hops(0, TR - 1), nbytes=self.M * 2 * dh * len(heads) * b * (TR - 1),
+            )
+            for i in range(TR):
+                actions = []
+                for bidx, lo, hi in self.segments(i):
+                    base = bidx * seq
+                    for h in heads:
+                        actions.append(MatmulBlock(
+                            out=self.buf(op.block, bidx, h, i),
+                            a=Ref(qkv, (lo, hi), (h * dh, (h + 1) * dh)),
+                            b=Ref(qkv, (d + h * dh, d + (h + 1) * dh), (base, hi), transpose=True),
+                            scale=scale, round_output=True,
+                        ))
+                t.add(TaskKind.COMPUTE, deps=(gather, redist[i]), tile=(i, j), label="scores",
+                      macs_per_pe=self.attn_work_per_pe(i, j) * dh, actions=tuple(actions))
+        return OpPlan(op=op, mapping=self.name, tasks=t.finish(), sram_bytes_per_pe=self.attn_sram(op),
+                      notes="heads on tile columns (h % TC); causal key skipping")
+
+    def softmax(self, op: OpSpec) -> OpPlan:
+        seq = self.graph.seq
+        t = Builder()
+        for j in range(self.TC):
+            heads = self.heads_of(j)
+            for i in range(self.TR) if heads else ():
+                acts = tuple(SoftmaxBlock(self.buf(op.block, bidx, h, i), lo - bidx * seq)
+                             for bidx, lo, _ in self.segments(i) for h in heads)
+                t.add(TaskKind.COMPUTE, tile=(i, j), label="softmax",
+                      elem_ops_per_pe=5 * self.attn_work_per_pe(i, j), actions=acts)
+        return OpPlan(op=op, mapping=self.name, tasks=t.finish(), sram_bytes_per_pe=self.attn_sram(op))
+
+    def attn_context(self, op: OpSpec) -> OpPlan:
+        g, TR, TC, b = self.grid, self.TR, self.TC, self.b
+        cfg = self.graph.config
+        d, dh, seq = cfg.d_model, cfg.head_dim, self.graph.seq
+        qkv = op.inputs[1]
+        t = Builder()
+        row_computes: list[list[int]] = [[] for _ in range(TR)]
+        for j in range(TC):
+            heads = self.heads_of(j)
+            for i in range(TR) if heads else ():
+                acts, bufs = [], []
+                for bidx, lo, hi in self.segments(i):
+                    base = bidx * seq
+                    for h in heads:
+                        key = self.buf(op.block, bidx, h, i)
+                        bufs.append(key)
+                        acts.append(ContextWrite(dst=Ref(op.name, (lo, hi), (h * dh, (h + 1) * dh)), probs=key,
+                                                 v=Ref(qkv, (base, hi), (2 * d + h * dh, 2 * d + (h + 1) * dh))))
+                acts.append(Free(tuple(bufs)))
+                row_computes[i].append(t.add(TaskKind.COMPUTE, tile=(i, j), label="context",
+                                             macs_per_pe=self.attn_work_per_pe(i, j) * dh, actions=tuple(acts)))
+        for i in range(TR):
+            m0, m1 = self.rows(i)
+            t.add(TaskKind.TRANSFER, deps=tuple(row_computes[i]), label=f"context back to owners, row {i}",
+                  links=self.row_transfer_links(i), bytes_per_lane=self.rows_per_pe(i) * ceil_div(d, TC) * b,
+                  hops=g.row_hops(0, TC - 1), nbytes=(m1 - m0) * d * b * (TC - 1) // TC)
+        return OpPlan(op=op, mapping=self.name, tasks=t.finish(), sram_bytes_per_pe=self.attn_sram(op))
