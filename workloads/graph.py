@@ -243,4 +243,5 @@ def lower_gemm(m: int, k: int, n: int, precision: str = "fp32", bias: bool = Fal
     if precision not in BYTES_PER_ELEM:
         raise ConfigError(f"unknown precision {precision!r} (known: {', '.join(BYTES_PER_ELEM)})")
     op = _matmul("gemm", "gemm", 0, m, k, n, BYTES_PER_ELEM[precision], "B", "bias" if bias else None, ("A",))
-    return WorkloadGraph(config=None, batch=1, seq=m, precision=precision, blocks=(("gemm", _block_graph("gemm", [op])),))
+    block = ("gemm", _block_graph("gemm", [op]))
+    return WorkloadGraph(config=None, batch=1, seq=m, precision=precision, blocks=(block,))
