@@ -29,7 +29,7 @@ class RunSpec:
 
     model: str = "cerebras-gpt-111m"
     wafer: str = "wse2"
-    mapping: str = "weight-streaming"
+    mapping: str = "auto"
     seq: int = 512
     batch: int = 1
     precision: str = "fp16"
@@ -121,7 +121,11 @@ def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False) 
     config, weights = resolve_model(spec)
     graph = lower_model(config, spec.batch, spec.seq, spec.precision)
     grid = make_grid(spec, wafer)
-    plan = get_mapping(spec.mapping).plan(graph, wafer, grid)
+    mapping = get_mapping(spec.mapping)
+    if spec.mapping == "auto":  # the auto-mapper also searches tile grids unless the user fixed one
+        plan = mapping.plan(graph, wafer, grid, fixed_tiles=bool(spec.tiles or spec.tile))
+    else:
+        plan = mapping.plan(graph, wafer, grid)
 
     numerics_on = spec.numerics
     reason = None

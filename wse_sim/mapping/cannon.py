@@ -16,6 +16,8 @@ with the grid (``(q - 1)`` tile widths of hops), which is what :mod:`.meshgemm` 
 
 from __future__ import annotations
 
+from functools import cache
+
 from ..errors import UserError
 from ..workloads import OpSpec
 from .collectives import Message, route
@@ -38,12 +40,17 @@ class CannonLayout(ResidentLayout):
                             f"(use --tiles QxQ)")
         return self.TR
 
+    @cache  # noqa: B019  (one layout per plan call; bounded by its grid)
     def kblock(self, i: int, j: int, s: int) -> int:
         """Physical k-block index tile (i, j) multiplies at step ``s``."""
         q = self.TR
         ring = self.ring(q)
-        rpos = {p: r for r, p in enumerate(ring)}
+        rpos = self._ring_pos(q)
         return ring[(rpos[i] + rpos[j] + s) % q]
+
+    @cache  # noqa: B019
+    def _ring_pos(self, q: int) -> dict[int, int]:
+        return {p: r for r, p in enumerate(self.ring(q))}
 
     def weight_bytes_per_pe(self, op: OpSpec) -> int:
         q = self._check_square()

@@ -67,6 +67,7 @@ class BlockLayout:
 
     name = "block-layout"
     params_streamed = True
+    reserved_bytes_per_pe = 0  # SRAM per PE held for the whole run by resident weights (set by the planner)
 
     def __init__(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid):
         self.graph, self.wafer, self.grid = graph, wafer, grid
@@ -102,8 +103,12 @@ class BlockLayout:
         return sum(self.block_bytes_per_pe(w, i, j) for w in [self.d, *widths] if w)
 
     def check_sram(self, op: OpSpec, needed: int, detail: str) -> int:
-        if needed > self.wafer.sram_bytes_per_pe:
-            raise SramOverflowError(op.name, needed, self.wafer.sram_bytes_per_pe, detail)
+        """``needed`` (the op's working set per PE), after checking it fits beside the reserved bytes."""
+        if needed + self.reserved_bytes_per_pe > self.wafer.sram_bytes_per_pe:
+            if self.reserved_bytes_per_pe:
+                detail += f"; {self.reserved_bytes_per_pe:,} B/PE hold resident weights"
+            raise SramOverflowError(op.name, needed + self.reserved_bytes_per_pe, self.wafer.sram_bytes_per_pe,
+                                    detail)
         return needed
 
     def row_transfer_links(self, i: int):

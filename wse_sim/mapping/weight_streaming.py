@@ -78,11 +78,12 @@ class StreamingLayout(BlockLayout):
             for i in range(TR)
             for j in range(TC)
         )
-        free = self.wafer.sram_bytes_per_pe - resident
+        free = self.wafer.sram_bytes_per_pe - resident - self.reserved_bytes_per_pe
         if free < per_col:
             raise SramOverflowError(
-                op.name, resident + per_col, self.wafer.sram_bytes_per_pe,
-                "resident activations leave no room for one streamed weight column",
+                op.name, resident + self.reserved_bytes_per_pe + per_col, self.wafer.sram_bytes_per_pe,
+                "resident activations" + (" and weights" if self.reserved_bytes_per_pe else "")
+                + " leave no room for one streamed weight column",
             )
         chunk_cols_max = free // per_col
         n_edges = split(N, TC)

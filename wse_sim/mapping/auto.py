@@ -1,0 +1,235 @@
+"""The auto-mapper: per matmul, the mapping with the fewest simulated cycles that fits in SRAM.
+
+For each candidate tile grid shape and each distinct matmul shape (memoized: a 40-layer model has five), every
+mapping plans the op on the shared block layout; the analytical bound of :mod:`.estimate` ranks the candidates
+and the discrete-event engine confirms them in that order, stopping once the next bound cannot beat the best
+simulated time (branch and bound). Resident-weight choices then share the SRAM left by the largest working
+set; when the weights chosen to stay resident do not fit, the ops that gain least per byte fall back to weight
+streaming. The tile grid with the least total matmul time wins. Non-matmul ops use the weight-streaming
+layout's plans in every case.
+
+The decisions, with every runner-up's bound and simulated cycles (or why it was infeasible), go into the plan's
+``params["decisions"]`` and from there into report.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..arch import WaferSpec
+from ..errors import UserError
+from ..workloads import OpKind, OpSpec, WorkloadGraph
+from .estimate import bound_cycles
+from .layout import BlockLayout
+from .plan import ModelPlan, OpPlan, SramOverflowError, TileGrid
+from .registry import get_mapping, register
+from .resident import ResidentLayout
+
+CANDIDATE_MAPPINGS = ("weight-streaming", "summa", "cannon", "meshgemm", "systolic", "gemv-tree", "gemv-allreduce")
+# Tile grids tried when the user does not fix one (``--tiles``); PE-level granularity is too slow for whole models.
+CANDIDATE_TILE_GRIDS = ((8, 8), (16, 16))
+
+
+@dataclass
+class Candidate:
+    mapping: str
+    bound_cycles: int | None = None
+    simulated_cycles: int | None = None
+    kept_bytes_per_pe: int = 0
+    working_bytes_per_pe: int = 0
+    infeasible: str | None = None
+    plan: OpPlan | None = None
+
+    def as_dict(self) -> dict:
+        out = {"mapping": self.mapping, "bound_cycles": self.bound_cycles, "simulated_cycles": self.simulated_cycles,
+               "kept_bytes_per_pe": self.kept_bytes_per_pe}
+        if self.infeasible:
+            out["infeasible"] = self.infeasible
+        elif self.simulated_cycles is None:
+            out["pruned"] = "bound above the best simulated time"
+        return out
+
+
+@dataclass
+class Search:
+    grid: TileGrid
+    layouts: dict
+    memo: dict  # shape key -> [Candidate]
+    chosen: dict  # shape key -> Candidate
+    demoted: dict  # shape key -> mapping it would have had without the SRAM limit
+    total_cycles: int
+
+
+def _shape_key(op: OpSpec) -> tuple:
+    return (op.m, op.k, op.n, op.bias is not None)
+
+
+@register("auto")
+class Auto:
+    name = "auto"
+
+    def __init__(self, candidates: tuple[str, ...] = CANDIDATE_MAPPINGS, tile_grids=None):
+        self.candidates = candidates
+        self.tile_grids = tile_grids  # None: the grid given to plan() plus CANDIDATE_TILE_GRIDS
+
+    def plan(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid, fixed_tiles: bool = False) -> ModelPlan:
+        best = None
+        errors = []
+        for tr, tc in self.grid_shapes(grid, fixed_tiles):
+            g = TileGrid.make(grid.rows, grid.cols, tr, tc)
+            try:
+                search = self.search(graph, wafer, g)
+            except SramOverflowError as exc:
+                errors.append(f"{tr}x{tc} tiles: {exc}")
+                continue
+            if best is None or search.total_cycles < best.total_cycles:
+                best = search
+        if best is None:
+            raise UserError("auto: no mapping fits on any tile grid tried: " + "; ".join(errors))
+        return self.build(graph, wafer, best)
+
+    def grid_shapes(self, grid: TileGrid, fixed_tiles: bool) -> list[tuple[int, int]]:
+        if fixed_tiles:
+            return [grid.shape]
+        return list(dict.fromkeys([grid.shape, *(self.tile_grids or CANDIDATE_TILE_GRIDS)]))
+
+    def search(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid) -> Search:
+        """Rank and simulate the candidates of every distinct matmul shape on one tile grid."""
+        from ..sim import Engine  # the engine confirms estimates: planning asks the simulator, never the reverse
+
+        layouts: dict[str, BlockLayout] = {}
+        for name in self.candidates:
+            if name in ("cannon", "meshgemm") and grid.tile_rows != grid.tile_cols:
+                continue
+            layouts[name] = get_mapping(name).layout(graph, wafer, grid)
+
+        def simulate(op_plan: OpPlan) -> int:
+            single = ModelPlan(mapping="auto", grid=grid, precision=graph.precision, ops=(op_plan,))
+            return Engine(wafer, single).run().total_cycles
+
+        memo: dict[tuple, list[Candidate]] = {}
+        count: dict[tuple, int] = {}
+        rep: dict[tuple, OpSpec] = {}  # one op of each shape
+        for op in graph.ops():
+            if op.kind != OpKind.MATMUL:
+                continue
+            key = _shape_key(op)
+            count[key] = count.get(key, 0) + 1
+            rep.setdefault(key, op)
+            if key in memo:
+                continue
+            cands = []
+            for name, ctx in layouts.items():
+                c = Candidate(name)
+                try:
+                    plan = ctx.matmul(op)
+                    c.bound_cycles = bound_cycles(wafer, graph.precision, plan)
+                    c.working_bytes_per_pe = plan.sram_bytes_per_pe
+                    if isinstance(ctx, ResidentLayout):
+                        c.kept_bytes_per_pe = ctx.kept_bytes_per_pe(op)
+                        if c.kept_bytes_per_pe + plan.sram_bytes_per_pe > wafer.sram_bytes_per_pe:
+                            raise SramOverflowError(op.name, c.kept_bytes_per_pe + plan.sram_bytes_per_pe,
+                                                    wafer.sram_bytes_per_pe, "resident weights + working set")
+                    c.plan = plan
+                except (SramOverflowError, UserError) as exc:
+                    c.infeasible = str(exc)
+                cands.append(c)
+            best_sim = None
+            for c in sorted((c for c in cands if c.plan is not None), key=lambda c: c.bound_cycles):
+                if best_sim is not None and c.bound_cycles >= best_sim:
+                    break  # pruned: its lower bound cannot beat what is already simulated
+                c.simulated_cycles = simulate(c.plan)
+                best_sim = c.simulated_cycles if best_sim is None else min(best_sim, c.simulated_cycles)
+            for c in cands:
+                c.plan = None  # plans hold real op names; the final plan is built per op in build()
+            if best_sim is None:
+                raise SramOverflowError(op.name, 0, wafer.sram_bytes_per_pe, "no candidate mapping fits")
+            memo[key] = cands
+
+        chosen = {key: min((c for c in cands if c.simulated_cycles is not None),
+                           key=lambda c: (c.simulated_cycles, c.mapping)) for key, cands in memo.items()}
+        # Resident weights of all ops chosen resident must fit beside the largest working set. Until they do, the
+        # shape that loses least per byte freed moves to its best candidate with a smaller footprint (weight
+        # streaming keeps nothing resident, so this ends).
+        demoted: dict[tuple, str] = {}
+        while True:
+            kept = {k: c for k, c in chosen.items() if c.kept_bytes_per_pe}
+            reserved = sum(count[k] * c.kept_bytes_per_pe for k, c in kept.items())
+            working = max((c.working_bytes_per_pe for c in kept.values()), default=0)
+            if not kept or reserved + working <= wafer.sram_bytes_per_pe:
+                break
+
+            def fallback(k):
+                smaller = [c for c in memo[k] if not c.infeasible and c.kept_bytes_per_pe < chosen[k].kept_bytes_per_pe]
+                return min(smaller, key=self._estimate) if smaller else None
+
+            def loss_per_byte(k):
+                fb = fallback(k)
+                if fb is None:
+                    return float("inf")
+                freed = count[k] * (chosen[k].kept_bytes_per_pe - fb.kept_bytes_per_pe)
+                return (self._estimate(fb) - self._estimate(chosen[k])) / freed
+
+            k = min(kept, key=loss_per_byte)
+            fb = fallback(k)
+            if fb is None:
+                break  # nothing smaller fits; build() reports the overflow
+            if fb.simulated_cycles is None:
+                fb.simulated_cycles = simulate(layouts[fb.mapping].matmul(rep[k]))
+            demoted.setdefault(k, chosen[k].mapping)
+            chosen[k] = fb
+        total = sum(count[k] * self._estimate(chosen[k]) for k in memo)
+        return Search(grid, layouts, memo, chosen, demoted, total)
+
+    def build(self, graph: WorkloadGraph, wafer: WaferSpec, search: Search) -> ModelPlan:
+        """Plan every op with the chosen mappings; if SRAM still overflows, demote more shapes and retry."""
+        layouts, memo, chosen = search.layouts, search.memo, dict(search.chosen)
+        demoted = dict(search.demoted)  # shape key -> the mapping it had before SRAM forced a smaller one
+        base = get_mapping("weight-streaming").layout(graph, wafer, search.grid)
+        ops = list(graph.ops())
+        while True:
+            kept = {k for k, c in chosen.items() if c.kept_bytes_per_pe}
+            reserved = sum(chosen[_shape_key(o)].kept_bytes_per_pe for o in ops
+                           if o.kind == OpKind.MATMUL and _shape_key(o) in kept)
+            for ctx in (*layouts.values(), base):
+                ctx.reserved_bytes_per_pe = reserved
+            try:
+                op_plans = []
+                for op in ops:
+                    if op.kind != OpKind.MATMUL:
+                        op_plans.append(base.plan_op(op))
+                        continue
+                    key = _shape_key(op)
+                    name = chosen[key].mapping if key in kept else "weight-streaming"
+                    p = (layouts[name] if name in layouts else base).matmul(op)
+                    op_plans.append(replace(p, notes=f"auto chose {name}: {p.notes}"))
+                break
+            except SramOverflowError:
+                if not kept:
+                    raise
+                k = min(kept, key=lambda k: chosen[k].kept_bytes_per_pe)
+                demoted.setdefault(k, chosen[k].mapping)
+                chosen[k] = next(c for c in memo[k] if c.mapping == "weight-streaming")
+        decisions = []
+        for key, cands in memo.items():
+            names = [op.name for op in ops if op.kind == OpKind.MATMUL and _shape_key(op) == key]
+            entry = {"shape_mkn": list(key[:3]), "ops": names, "chosen": chosen[key].mapping,
+                     "candidates": [c.as_dict() for c in cands]}
+            if key in demoted:
+                entry["instead_of"] = demoted[key]
+                entry["why"] = (f"{demoted[key]} was faster, but the resident weights of all ops did not fit in SRAM; "
+                                f"{chosen[key].mapping} lost least per byte freed")
+            else:
+                entry["why"] = "fewest simulated cycles among the candidates that fit"
+            decisions.append(entry)
+        for d in decisions:
+            d["ops"] = d["ops"] if len(d["ops"]) <= 4 else [*d["ops"][:3], f"... {len(d['ops'])} ops"]
+        return ModelPlan(mapping="auto", grid=search.grid, precision=graph.precision, ops=tuple(op_plans),
+                         params={"tile_grid": list(search.grid.shape), "estimated_matmul_cycles": search.total_cycles,
+                                 "decisions": decisions},
+                         resident_bytes_per_pe=reserved)
+
+    @staticmethod
+    def _estimate(c: Candidate) -> int:
+        """Simulated cycles when confirmed, else the analytical bound."""
+        return c.simulated_cycles if c.simulated_cycles is not None else c.bound_cycles
