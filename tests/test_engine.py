@@ -72,6 +72,7 @@ def test_weight_stream_double_buffering_closed_form(stream_bytes, macs, buffers)
 
 
 def timing(model="cerebras-gpt-111m", **kw) -> dict:
+    kw.setdefault("mapping", "weight-streaming")
     spec = RunSpec(model=model, numerics=False, **kw)
     report = run(spec, log=lambda m: None).report
     return report
@@ -84,6 +85,9 @@ def timing(model="cerebras-gpt-111m", **kw) -> dict:
         {"wafer": "wse2", "seq": 128, "precision": "fp32", "grid": "300x200", "tiles": "5x7"},
         {"wafer": "wse3", "seq": 64, "batch": 3, "precision": "bf16", "tiles": "3x11"},
         {"wafer": "wse2", "seq": 2048, "batch": 4, "precision": "fp16", "tiles": "4x4"},
+        {"wafer": "wse2", "seq": 128, "precision": "fp16", "mapping": "auto"},
+        {"wafer": "wse2", "seq": 64, "precision": "fp32", "mapping": "meshgemm", "grid": "300x300", "tiles": "6x6"},
+        {"wafer": "wse3", "seq": 64, "precision": "bf16", "mapping": "summa", "tiles": "3x5"},
     ],
 )
 def test_never_below_roofline_and_split_adds_up(kw):

@@ -238,6 +238,11 @@ class ModelPlan:
     resident_bytes_per_pe: int = 0  # weights kept in SRAM for the whole run (resident-weight mappings)
 
     @property
+    def streamed_bytes(self) -> int:
+        """Bytes the plan streams from MemoryX (weights, embedding rows)."""
+        return sum(t.nbytes for op in self.ops for t in op.tasks if t.kind == TaskKind.STREAM)
+
+    @property
     def sram_peak_bytes_per_pe(self) -> int:
         return self.resident_bytes_per_pe + max(op.sram_bytes_per_pe for op in self.ops)
 

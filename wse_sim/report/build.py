@@ -16,11 +16,13 @@ from .timeline import link_busy_fraction, timeline_summary
 SCHEMA_VERSION = 1
 
 
-def roofline_cycles(wafer: WaferSpec, graph: WorkloadGraph, pes: int) -> dict:
-    """Lower bounds: all FLOPs at the grid's peak rate, and all streamed weights at MemoryX bandwidth."""
+def roofline_cycles(wafer: WaferSpec, graph: WorkloadGraph, pes: int, streamed_bytes: int | None = None) -> dict:
+    """Lower bounds: all FLOPs at the grid's peak rate, and the plan's streamed bytes at MemoryX bandwidth
+    (``streamed_bytes``; every weight when not given, as in weight streaming; resident-weight plans stream only
+    embedding rows)."""
     peak_flops_per_cycle = 2.0 * wafer.fmac_per_pe_per_cycle(graph.precision) * pes
     compute = math.ceil(graph.total_flops / peak_flops_per_cycle)
-    stream = stream_cycles(wafer, graph.streamed_weight_bytes)
+    stream = stream_cycles(wafer, graph.streamed_weight_bytes if streamed_bytes is None else streamed_bytes)
     return {"compute_bound_cycles": compute, "stream_bound_cycles": stream, "bound_cycles": max(compute, stream)}
 
 
@@ -90,7 +92,7 @@ def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGra
         "flops_per_s": flops / seconds if seconds else 0.0,
         "peak_flops_per_s": peak,
         "mfu": (flops / seconds) / peak if seconds else 0.0,
-        "roofline": roofline_cycles(wafer, graph, pes),
+        "roofline": roofline_cycles(wafer, graph, pes, plan.streamed_bytes),
         "sram_peak_bytes_per_pe": plan.sram_peak_bytes_per_pe,
         "sram_bytes_per_pe_available": wafer.sram_bytes_per_pe,
         "utilization": {

@@ -1,0 +1,120 @@
+"""The auto-mapper and the mapping commands (`gemm`, `compare`), against direct runs of the same points."""
+
+import csv
+import json
+
+import pytest
+from wse_sim.workloads import lower_gemm
+
+from wse_sim.arch import load_wafer
+from wse_sim.cli import main
+from wse_sim.mapping import SramOverflowError, TileGrid, get_mapping
+from wse_sim.mapping.estimate import bound_cycles
+from wse_sim.pipeline import RunSpec, run
+from wse_sim.sim import Engine
+from wse_sim.single_op import GemmSpec, run_gemm
+
+EXPLICIT = ["weight-streaming", "summa", "cannon", "meshgemm", "systolic", "gemv-tree", "gemv-allreduce"]
+TINY = {"model_type": "gpt2", "n_embd": 68, "n_layer": 2, "n_head": 17, "vocab_size": 97, "n_positions": 32,
+        "activation_function": "gelu_new"}
+
+
+@pytest.mark.parametrize("shape", [(64, 96, 80), (1, 512, 384), (37, 53, 211)])
+def test_bound_is_below_simulation_and_auto_is_never_worse(shape):
+    wafer = load_wafer("wse2")
+    grid = TileGrid.make(64, 64, 4, 4)
+    graph = lower_gemm(*shape, "fp16", bias=True)
+    op = next(graph.ops())
+    simulated = {}
+    for name in EXPLICIT:
+        plan = get_mapping(name).plan(graph, wafer, grid)
+        cycles = Engine(wafer, plan).run().total_cycles
+        assert bound_cycles(wafer, "fp16", plan.ops[0]) <= cycles, name  # the pruning bound is a lower bound
+        simulated[name] = cycles
+    auto = get_mapping("auto").plan(graph, wafer, grid, fixed_tiles=True)
+    auto_cycles = Engine(wafer, auto).run().total_cycles
+    assert auto_cycles == min(simulated.values())
+    (decision,) = auto.params["decisions"]
+    assert decision["shape_mkn"] == [op.m, op.k, op.n]
+    assert simulated[decision["chosen"]] == auto_cycles
+    for c in decision["candidates"]:  # every runner-up is either simulated (and no faster) or pruned by its bound
+        if c["simulated_cycles"] is not None:
+            assert c["simulated_cycles"] == simulated[c["mapping"]] >= auto_cycles
+        else:
+            assert c["bound_cycles"] >= auto_cycles
+
+
+def test_auto_model_report_says_why(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    r = run(RunSpec(model=str(tmp_path / "config.json"), wafer="wse2", grid="64x64", seq=16, precision="fp32",
+                    numerics=True), log=lambda m: None).report
+    assert r["numerics"]["max_abs_err_vs_transformers"] <= 1e-3
+    decisions = r["mapping"]["params"]["decisions"]
+    assert {tuple(d["shape_mkn"]) for d in decisions} == {(16, 68, 204), (16, 68, 68), (16, 68, 272), (16, 272, 68),
+                                                           (16, 68, 97)}
+    for d in decisions:
+        assert d["why"] and d["chosen"] in EXPLICIT
+        assert len(d["candidates"]) >= 5
+
+
+def test_gemm_command_report(tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["gemm", "--m", "24", "--k", "40", "--n", "33", "--grid", "32x32", "--tiles", "4x4", "--wafer", "wse2",
+                 "--mapping", "summa", "--precision", "fp32", "--numerics", "--out", str(out)]) == 0
+    r = json.loads((out / "report.json").read_text())
+    wafer = load_wafer("wse2")
+    assert r["mapping"] == "summa" and r["grid_pes"] == [32, 32]
+    assert r["compute_cycles"] + r["fabric_cycles"] + r["stream_cycles"] == r["total_cycles"]
+    assert r["seconds"] == pytest.approx(r["total_cycles"] / wafer.clock_hz)
+    peak = 2 * wafer.fp32_fmac_per_pe_per_cycle * 32 * 32 * wafer.clock_hz
+    assert r["compute_efficiency"] == pytest.approx(2 * 24 * 40 * 33 / r["seconds"] / peak)
+    assert 0 < r["compute_efficiency"] <= 1
+    assert r["numerics"]["max_abs_err_vs_float64"] < 1e-4
+    assert r["fabric_bytes"] == 24 * 40 * 4 * 3 + 40 * 33 * 4 * 3  # SUMMA: A and B panels to TC-1 / TR-1 tiles
+    assert "total cycles" in capsys.readouterr().out
+
+
+def test_gemm_rejects_bad_input(capsys):
+    assert main(["gemm", "--m", "4", "--k", "4", "--n", "4", "--grid", "8x8", "--tiles", "2x4", "--mapping",
+                 "cannon"]) == 2
+    assert "square tile grid" in capsys.readouterr().err
+    assert main(["gemm", "--m", "4", "--k", "4", "--n", "4", "--mapping", "nope"]) == 2
+    assert "unknown mapping" in capsys.readouterr().err
+
+
+def test_gemm_numerics_seeded():
+    a = run_gemm(GemmSpec(m=5, k=7, n=3, grid="8x8", tiles="2x2", mapping="meshgemm", precision="fp32",
+                          numerics=True, seed=3))
+    b = run_gemm(GemmSpec(m=5, k=7, n=3, grid="8x8", tiles="2x2", mapping="meshgemm", precision="fp32",
+                          numerics=True, seed=3))
+    assert a["numerics"] == b["numerics"] and a["numerics"]["max_abs_err_vs_float64"] < 1e-5
+
+
+def test_compare_rows_match_direct_runs(tmp_path, capsys):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TINY))
+    out = tmp_path / "cmp"
+    mappings = ["weight-streaming", "summa", "cannon", "systolic"]
+    assert main(["compare", "--model", str(cfg), "--wafer", "wse2", "--grid", "48x48", "--tiles", "3x4", "--seq",
+                 "8", "--precision", "fp32", "--mappings", ",".join(mappings), "--out", str(out), "--quiet"]) == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [r["mapping"] for r in rows] == mappings
+    by = {r["mapping"]: r for r in rows}
+    assert by["cannon"]["feasible"] is False and "square" in by["cannon"]["reason"]  # a row, not a crash
+    for name in ("weight-streaming", "summa", "systolic"):
+        direct = run(RunSpec(model=str(cfg), wafer="wse2", grid="48x48", tiles="3x4", seq=8, precision="fp32",
+                             mapping=name), log=lambda m: None).report
+        assert by[name]["total_cycles"] == direct["total_cycles"]
+        assert by[name]["streamed_bytes"] == direct["bandwidth"]["memoryx_bytes"]
+        assert by[name]["max_abs_err_vs_transformers"] <= 1e-3
+    assert by["weight-streaming"]["streamed_bytes"] > 10 * by["summa"]["streamed_bytes"]  # resident weights
+    with open(out / "compare.csv") as f:
+        assert [r["mapping"] for r in csv.DictReader(f)] == mappings
+    assert (out / "compare.png").stat().st_size > 10_000
+    assert "infeasible" in capsys.readouterr().out
+
+
+def test_resident_model_too_big_says_bytes():
+    with pytest.raises(SramOverflowError, match=r"keeps all weights resident: .* B/PE of weights"):
+        run(RunSpec(model="cerebras-gpt-13b", mapping="summa", seq=64, precision="fp32", numerics=False),
+            log=lambda m: None)
