@@ -4,8 +4,9 @@
   (b) numerics forward of Cerebras-GPT-111M, seq 512, fp32: the simulator vs transformers' GPT2LMHeadModel on the
       same weights (goal: simulator <= 2x torch)
   (c) numba GEMM vs numpy at 1024^3, from benchmarks/bench_gemm.py's run() when that file is present
+  (d) the auto-mapper's search for Cerebras-GPT-13B on WSE-2, seq 2048, fp16 (goal: < 5 s), then building the plan
 
-Usage: python benchmarks/run_benchmarks.py [--only a,b,c]     (``make bench`` runs all three)
+Usage: python benchmarks/run_benchmarks.py [--only a,b,c,d]     (``make bench`` runs all four)
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ def bench_timing(seq: int = 2048, batch: int = 1, precision: str = "fp16", wafer
 
     from wse_sim.pipeline import RunSpec, run
 
-    print(f"(a) timing-only forward, {wafer}, batch {batch} x seq {seq}, {precision}, default 8x8 tiles")
+    print(f"(a) timing-only forward, weight streaming, {wafer}, batch {batch} x seq {seq}, {precision}, 8x8 tiles")
     rows = []
     for name, cfg in PRESETS.items():
-        spec = RunSpec(model=name, wafer=wafer, seq=seq, batch=batch, precision=precision, numerics=False)
+        spec = RunSpec(model=name, wafer=wafer, seq=seq, batch=batch, precision=precision, numerics=False,
+                       mapping="weight-streaming")
         t0 = time.perf_counter()
         res = run(spec, log=lambda m: None)
         report, engine_wall = res.report, res.sim_wall_s
@@ -214,17 +216,52 @@ def bench_kernels() -> None:
         "case", "m", "k", "n", "impl"] else None) + "\n")
 
 
-SECTIONS = {"a": bench_timing, "b": bench_numerics, "c": bench_kernels}
+# ---- (d) auto-mapper search --------------------------------------------------------------------------------------
+
+def bench_auto(model: str = "cerebras-gpt-13b", seq: int = 2048, precision: str = "fp16") -> None:
+    from wse_sim.workloads import get_preset, lower_model
+
+    from wse_sim.arch import load_wafer
+    from wse_sim.mapping import TileGrid, get_mapping
+
+    wafer = load_wafer("wse2")
+    graph = lower_model(get_preset(model), 1, seq, precision)
+    grid = TileGrid.make(wafer.mesh_rows, wafer.mesh_cols, 8, 8)
+    auto = get_mapping("auto")
+    print(f"(d) auto-mapper, {model} on wse2, seq {seq}, {precision}")
+    rows, searches = [], []
+    t_all = time.perf_counter()
+    for shape in auto.grid_shapes(grid, fixed_tiles=False):
+        t0 = time.perf_counter()
+        s = auto.search(graph, wafer, TileGrid.make(grid.rows, grid.cols, *shape))
+        searches.append(s)
+        simulated = sum(c.simulated_cycles is not None for cands in s.memo.values() for c in cands)
+        chosen = ", ".join(f"{k[1]}x{k[2]}: {c.mapping}" for k, c in s.chosen.items())
+        rows.append([f"{shape[0]}x{shape[1]}", f"{time.perf_counter() - t0:.2f}", len(s.memo), simulated,
+                     f"{s.total_cycles:,}", chosen])
+    t_search = time.perf_counter() - t_all
+    print(table(["tiles", "search s", "shapes", "simulated", "est. matmul cycles", "chosen (k x n: mapping)"], rows,
+                "lrrrrl"))
+    best = min(searches, key=lambda s: s.total_cycles)
+    t0 = time.perf_counter()
+    plan = auto.build(graph, wafer, best)
+    t_build = time.perf_counter() - t0
+    print(f"search over all tile grids: {t_search:.2f} s (goal < 5 s); building the {len(plan.ops)}-op plan on "
+          f"{best.grid.shape[0]}x{best.grid.shape[1]} tiles: {t_build:.2f} s; resident weights "
+          f"{plan.resident_bytes_per_pe:,} B/PE, SRAM peak {plan.sram_peak_bytes_per_pe:,} B/PE\n")
+
+
+SECTIONS = {"a": bench_timing, "b": bench_numerics, "c": bench_kernels, "d": bench_auto}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="a,b,c", help="comma-separated sections to run (a, b, c)")
+    p.add_argument("--only", default="a,b,c,d", help="comma-separated sections to run (a, b, c, d)")
     args = p.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in chosen if s not in SECTIONS]
     if bad:
-        p.error(f"unknown section(s) {', '.join(bad)} (known: a, b, c)")
+        p.error(f"unknown section(s) {', '.join(bad)} (known: {', '.join(SECTIONS)})")
     print(f"machine: {machine()}\n")
     for s in chosen:
         load0 = os.getloadavg()[0]

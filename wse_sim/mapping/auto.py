@@ -27,7 +27,7 @@ from .resident import ResidentLayout
 
 CANDIDATE_MAPPINGS = ("weight-streaming", "summa", "cannon", "meshgemm", "systolic", "gemv-tree", "gemv-allreduce")
 # Tile grids tried when the user does not fix one (``--tiles``); PE-level granularity is too slow for whole models.
-CANDIDATE_TILE_GRIDS = ((8, 8), (16, 16))
+CANDIDATE_TILE_GRIDS = ((8, 8), (12, 12))
 
 
 @dataclass
