@@ -250,7 +250,10 @@ class ModelPlan:
 class SramOverflowError(UserError):
     """A plan needs more SRAM per PE than the wafer has."""
 
-    def __init__(self, op_name: str, needed: int, available: int, detail: str = ""):
+    def __init__(self, op_name: str, needed: int, available: int, detail: str = "", per_pe: bool = True):
         self.op_name, self.needed, self.available = op_name, needed, available
-        msg = f"op {op_name} needs {needed:,} bytes of SRAM per PE but the wafer has {available:,}"
+        if per_pe:
+            msg = f"op {op_name} needs {needed:,} bytes of SRAM per PE but the wafer has {available:,}"
+        else:
+            msg = f"{op_name} needs {needed:,} bytes of SRAM in total but the grid has {available:,}"
         super().__init__(msg + (f" ({detail})" if detail else ""))

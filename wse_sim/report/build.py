@@ -40,11 +40,13 @@ def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGra
     peak = wafer.peak_flops_per_s(graph.precision, pes)
 
     layers: list[dict] = []
+    by_block: dict[str, dict] = {}  # a block's ops gather here even when micro-batches interleave them
     for op in result.ops:
-        if not layers or layers[-1]["name"] != op.block:
-            layers.append({"name": op.block, "cycles": 0, "compute_cycles": 0, "fabric_cycles": 0,
-                           "stream_cycles": 0, "flops": 0, "ops": []})
-        layer = layers[-1]
+        if op.block not in by_block:
+            by_block[op.block] = {"name": op.block, "cycles": 0, "compute_cycles": 0, "fabric_cycles": 0,
+                                  "stream_cycles": 0, "flops": 0, "ops": []}
+            layers.append(by_block[op.block])
+        layer = by_block[op.block]
         entry = {
             "name": op.name, "kind": op.kind, "cycles": op.cycles, "compute_cycles": op.compute_cycles,
             "fabric_cycles": op.fabric_cycles, "stream_cycles": op.stream_cycles, "flops": op.flops,
