@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-COMPARE_DEFAULT = "weight-streaming,summa,cannon,meshgemm,systolic,auto"
+COMPARE_DEFAULT = "weight-streaming,summa,cannon,meshgemm,systolic,pipelined,auto"
 
 
 def _positive_int(text: str) -> int:

@@ -53,10 +53,12 @@ class CannonLayout(ResidentLayout):
         return {p: r for r, p in enumerate(self.ring(q))}
 
     def weight_bytes_per_pe(self, op: OpSpec) -> int:
+        """The resident B slot: blocks of every k-block width pass through it as B shifts, so the widest sets it."""
         q = self._check_square()
         k_edges = split(op.k, q)
-        return max(ceil_div(k_edges[self.kblock(i, j, 0) + 1] - k_edges[self.kblock(i, j, 0)], self.grid.height(i))
-                   * self.cols_per_pe(op.n, j) * self.b for i in range(q) for j in range(q))
+        widest = max(k_edges[kb + 1] - k_edges[kb] for kb in range(q))
+        return max(ceil_div(widest, self.grid.height(i)) * self.cols_per_pe(op.n, j) * self.b
+                   for i in range(q) for j in range(q))
 
     def matmul(self, op: OpSpec) -> OpPlan:
         q = self._check_square()

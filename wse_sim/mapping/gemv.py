@@ -95,10 +95,14 @@ class GemvLayout(ResidentLayout):
         width = g.cols - 1  # PE hops from the east end to the west end of the row
         red = t.add(TaskKind.TRANSFER, deps=tuple(part), label=f"chain reduce row {i}",
                     links=g.row_path(i, TC - 1, 0), bytes_per_lane=vec, hops=width, stages=width,
-                    nbytes=int(vec * g.height(i)) * (TC - 1),
+                    nbytes=self._row_payload(write) * (TC - 1),
                     actions=(ReduceWrite(write.dst, (tuple(reversed(keys)),), write.bias), ))
         return t.add(TaskKind.TRANSFER, deps=(red,), label=f"multicast sum row {i}", links=g.row_path(i, 0, TC - 1),
-                     bytes_per_lane=vec, hops=width, nbytes=int(vec * g.height(i)) * (TC - 1))
+                     bytes_per_lane=vec, hops=width, nbytes=self._row_payload(write) * (TC - 1))
+
+    def _row_payload(self, write: ReduceWrite) -> int:
+        """Bytes of one tile's fp32 partial (or sum) vector ``[M, n_i]``."""
+        return self.M * (write.dst.cols[1] - write.dst.cols[0]) * ACC_BYTES
 
     def _tree(self, t: Builder, i: int, keys, part, vec: float, write: ReduceWrite) -> int:
         g, TC, F = self.grid, self.TC, self.fan_in
@@ -113,7 +117,7 @@ class GemvLayout(ResidentLayout):
                 members = [lead + u * stride for u in range(1, F) if lead + u * stride < TC]
                 if not members:
                     continue
-                r = route(g, [Message((i, mj), (i, lead), vec, 0, int(vec * g.height(i))) for mj in members])
+                r = route(g, [Message((i, mj), (i, lead), vec, 0, self._row_payload(write)) for mj in members])
                 done[lead] = t.add(
                     TaskKind.TRANSFER, deps=(done[lead], *(done[mj] for mj in members)),
                     label=f"tree level stride {stride} row {i}", links=r.links, bytes_per_lane=r.bytes_per_lane,
