@@ -124,6 +124,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         ("wafer / mapping", f"{report['wafer']['name']} / {report['mapping']['name']}, grid "
                             f"{report['mapping']['grid_pes'][0]}x{report['mapping']['grid_pes'][1]} PEs, tiles "
                             f"{report['mapping']['tile_grid'][0]}x{report['mapping']['tile_grid'][1]}"),
+        *_auto_rows(report),
         ("run", f"batch {report['run']['batch']} x seq {report['run']['seq']}, {report['run']['precision']}"),
         ("total cycles", f"{report['total_cycles']:,}  ({report['seconds'] * 1e3:.4g} ms)"),
         ("tokens/s", f"{report['tokens_per_s']:,.0f}"),
@@ -150,6 +151,14 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     tot = max(report["total_cycles"], 1)
     rows.append(("cycles split", ", ".join(f"{k.split('_')[0]} {v / tot * 100:.1f} %" for k, v in totals.items())))
     return rows
+
+
+def _auto_rows(report: dict) -> list[tuple[str, str]]:
+    """What the auto-mapper chose, per matmul shape (k x n)."""
+    decisions = report["mapping"]["params"].get("decisions")
+    if not decisions:
+        return []
+    return [("auto chose", ", ".join(f"{d['chosen']} ({d['shape_mkn'][1]}x{d['shape_mkn'][2]})" for d in decisions))]
 
 
 def format_summary(report: dict, extra: list[tuple[str, str]] = ()) -> str:

@@ -144,11 +144,14 @@ class Engine:
         op_fabric_bytes = [0] * len(plan.ops)
         intervals: list | None = [] if self.record else None
 
+        # The last op of each block (embed, layerN, head; per micro-batch when they interleave) ends a layer.
+        layer_ends = {op_end[k] for k, op_plan in enumerate(plan.ops)
+                      if k + 1 == len(plan.ops) or plan.ops[k + 1].op.block != op_plan.op.block}
         bar = None
         if self.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
-            bar = tqdm(total=len(plan.ops), desc="simulating ops", unit="op", file=sys.stderr, leave=False)
+            bar = tqdm(total=len(layer_ends), desc="simulating layers", unit="layer", file=sys.stderr, leave=False)
 
         def link(key):
             r = link_res.get(key)
@@ -169,7 +172,7 @@ class Engine:
                     ev.succeed()
                 else:
                     free_slots[0] += 1
-            if bar is not None and i in op_end_set:
+            if bar is not None and i in layer_ends:
                 bar.update(1)
             for s in succ[i]:
                 remaining[s] -= 1
@@ -253,7 +256,6 @@ class Engine:
                 op_stream_bytes[k] += t.nbytes
             finish(i)
 
-        op_end_set = set(op_end)
         for i in range(n):
             if remaining[i] == 0:
                 launch(i)
