@@ -118,3 +118,13 @@ def test_resident_model_too_big_says_bytes():
     with pytest.raises(SramOverflowError, match=r"keeps all weights resident: .* B/PE of weights"):
         run(RunSpec(model="cerebras-gpt-13b", mapping="summa", seq=64, precision="fp32", numerics=False),
             log=lambda m: None)
+
+
+def test_gemv_tree_fan_in_changes_the_tree_not_the_result():
+    reports = {f: run_gemm(GemmSpec(m=1, k=300, n=200, grid="48x48", tiles="1x16", mapping="gemv-tree",
+                                    precision="fp32", numerics=True, fan_in=f)) for f in (2, 16)}
+    for r in reports.values():
+        assert r["numerics"]["max_abs_err_vs_float64"] < 1e-4
+    # fan-in 2 over 16 tiles: 4 levels of one stage each; fan-in 16: one level whose leader receives 15 vectors
+    assert reports[2]["total_cycles"] != reports[16]["total_cycles"]
+    assert reports[2]["fabric_bytes"] == reports[16]["fabric_bytes"]  # every partial still moves exactly once

@@ -35,6 +35,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
     g.add_argument("--numerics", action="store_true", help="multiply seeded random matrices; compare with float64")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--fan-in", type=_positive_int, default=2, help="gemv-tree: reduction tree fan-in (>= 2)")
     g.add_argument("--out", default="out/gemm", help="output folder for report.json")
 
     c = sub.add_parser("compare", help="run one model under several mappings; table + compare.json/.csv/.png")
@@ -72,7 +73,8 @@ def _cmd_gemm(args) -> None:
     from .single_op import GemmSpec, format_gemm, run_gemm
 
     spec = GemmSpec(m=args.m, k=args.k, n=args.n, wafer=args.wafer, grid=args.grid, tiles=args.tiles, tile=args.tile,
-                    mapping=args.mapping, precision=args.precision, numerics=args.numerics, seed=args.seed)
+                    mapping=args.mapping, precision=args.precision, numerics=args.numerics, seed=args.seed,
+                    fan_in=args.fan_in)
     report = run_gemm(spec)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ class GemmSpec:
     precision: str = "fp16"
     numerics: bool = False
     seed: int = 0
+    fan_in: int = 2  # gemv-tree's reduction fan-in
 
 
 def _grid(spec: GemmSpec, wafer) -> TileGrid:
@@ -49,6 +50,10 @@ def plan_gemm(spec: GemmSpec):
     graph = lower_gemm(spec.m, spec.k, spec.n, spec.precision)
     grid = _grid(spec, wafer)
     mapping = get_mapping(spec.mapping)
+    if spec.mapping == "gemv-tree":
+        from .mapping.gemv import GemvTree
+
+        mapping = GemvTree(fan_in=spec.fan_in)
     if spec.mapping == "auto":
         plan = mapping.plan(graph, wafer, grid, fixed_tiles=bool(spec.tiles or spec.tile))
     else:

@@ -18,6 +18,7 @@ finds them where every mapping leaves its outputs.
 
 from __future__ import annotations
 
+from ..errors import UserError
 from ..workloads import OpSpec
 from .collectives import Message, pe_hops, route
 from .layout import ACC_BYTES, Builder
@@ -171,7 +172,7 @@ class GemvTree(ResidentMapping):
 
     def __init__(self, fan_in: int = DEFAULT_FAN_IN):
         if fan_in < 2:
-            raise ValueError("fan_in must be >= 2")
+            raise UserError(f"gemv-tree fan-in must be at least 2, got {fan_in}")
         self.fan_in = fan_in
 
     def layout(self, graph, wafer, grid):
