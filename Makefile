@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gallery clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,13 @@ demo: $(VENV)/.installed-test
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# README gallery: the demo's heatmap, timeline and per-layer plots, and a sweep plot, copied to docs/img/.
+GALLERY_SWEEP := out/gallery-sweep
+gallery: demo
+	rm -f $(GALLERY_SWEEP)/sweep.csv
+	$(BIN)/wse-sim sweep examples/sweep.toml --out $(GALLERY_SWEEP) --plot --quiet
+	cp $(OUT)/utilization.png $(OUT)/timeline.png $(OUT)/layers.png $(GALLERY_SWEEP)/sweep.png docs/img/
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run_benchmarks.py

@@ -25,12 +25,27 @@ def test_run_writes_report_and_plot(tmp_path, config_json, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["schema_version"] == 1
     assert report["mapping"]["tile_grid"] == [8, 8]  # 1x1 tiles on the 8x8 tiny wafer: a PE-level run
-    assert (out / "utilization.png").stat().st_size > 10_000
+    for name in ("utilization.png", "timeline.png", "layers.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG")
     for key in ("total_cycles", "seconds", "tokens_per_s", "layers", "bandwidth", "flops", "mfu",
-                "sram_peak_bytes_per_pe", "utilization", "numerics"):
+                "sram_peak_bytes_per_pe", "utilization", "timeline", "numerics"):
         assert key in report
+    assert report["timeline"]["lanes"] and set(report["utilization"]["link_busy_fraction"]) == set("NSEW")
     assert report["numerics"]["enabled"] is False and "no-numerics" in report["numerics"]["reason"]
     assert "total cycles" in capsys.readouterr().out
+
+
+def test_plot_command_redraws_from_report_json(tmp_path, config_json, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--model", config_json, "--wafer", "tiny", "--seq", "16", "--tiles", "2x2", "--no-numerics",
+                 "--out", str(out), "--quiet", "--format", "svg"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["layers.svg", "report.json", "timeline.svg", "utilization.svg"]
+    assert main(["plot", str(out / "report.json"), "--out", str(tmp_path / "again")]) == 0
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["layers.png", "timeline.png", "utilization.png"]
+    assert main(["plot", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json not found" in capsys.readouterr().err
+    assert main(["plot", str(out / "report.json"), "--format", "gif"]) == 2
+    assert "'gif' is not one of png, svg" in capsys.readouterr().err
 
 
 def test_list_commands(capsys):

@@ -24,12 +24,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wse-sim", description="Simulate transformer workloads on a wafer-scale engine.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="simulate one forward pass and write report.json + utilization.png")
+    r = sub.add_parser("run", help="simulate one forward pass and write report.json and plots")
     r.add_argument("--model", default="cerebras-gpt-111m",
                    help="preset name (see `wse-sim models`) or a GPT-2 config.json / checkpoint folder")
     r.add_argument("--checkpoint", help="Hugging Face checkpoint folder (config.json + safetensors or .bin)")
     r.add_argument("--wafer", default="wse2", help="preset name (see `wse-sim wafers`) or a .toml override file")
-    r.add_argument("--mapping", default="weight-streaming", help="dataflow mapping (registry name)")
+    r.add_argument("--mapping", default="auto", help="dataflow mapping: a name from `wse-sim mappings`, or auto")
     r.add_argument("--seq", type=_positive_int, default=512, help="sequence length (tokens per sequence)")
     r.add_argument("--batch", type=_positive_int, default=1)
     r.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16", help="storage precision")
@@ -44,11 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--prompt", help="text prompt (needs --checkpoint with tokenizer files)")
     r.add_argument("--seed", type=int, default=0, help="seed for random weights and tokens")
     r.add_argument("--save-logits", help="write the simulated logits to this .npy file")
-    r.add_argument("--out", default="out/run", help="output folder for report.json and utilization.png")
+    r.add_argument("--out", default="out/run", help="output folder for report.json and the plots")
+    r.add_argument("--format", default="png", help="image format of the plots: png or svg")
+    r.add_argument("--trace", help="also write a Chrome trace-event JSON (Perfetto, chrome://tracing) to this file")
+    r.add_argument("--trace-limit", type=_positive_int, help="keep only the first N trace slices per resource")
     r.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
     sub.add_parser("models", help="list model presets")
     sub.add_parser("wafers", help="list wafer presets")
+    from . import cli_mapping, cli_viz
+
+    cli_viz.add_parsers(sub)
+    cli_mapping.add_parsers(sub)
     return p
 
 
@@ -74,7 +81,11 @@ def _cmd_wafers() -> None:
 
 def _cmd_run(args) -> None:
     from .pipeline import RunSpec, run
+    from .report.plots import check_format
 
+    check_format(args.format)
+    if args.trace_limit and not args.trace:
+        raise UserError("--trace-limit needs --trace FILE")
     if args.save_logits and not args.save_logits.endswith(".npy"):
         raise UserError(f"--save-logits wants a .npy file name, got {args.save_logits!r}")
     spec = RunSpec(
@@ -87,36 +98,45 @@ def _cmd_run(args) -> None:
         if not args.quiet:
             print(msg, file=sys.stderr)
 
-    out_run = run(spec, progress=not args.quiet, log=log)
+    out_run = run(spec, progress=not args.quiet, log=log, record=True)  # intervals feed the timeline and trace
     report, logits, wall = out_run.report, out_run.logits, out_run.sim_wall_s
     if args.save_logits and logits is None:
         raise UserError("--save-logits needs numerics on (drop --no-numerics)")
 
     # Everything succeeded: only now write outputs.
     from .report.build import format_summary
-    from .report.plots import write_utilization_plot
+    from .report.plots import write_plots
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot = write_utilization_plot(report, out / "utilization.png")
+    plots = write_plots(report, out, args.format)
+    if args.trace:
+        from .report.trace import write_trace
+
+        info = {k: report[k]["name"] for k in ("model", "wafer", "mapping")} | {"run": report["run"]}
+        write_trace(args.trace, out_run.result, out_run.plan.grid, out_run.wafer.clock_hz, args.trace_limit, info)
     if args.save_logits:
         import numpy as np
 
         np.save(args.save_logits, logits)
     note = " (numerics inside; reference checks not counted)" if logits is not None else ""
     print(format_summary(report, [("simulation wall time", f"{wall:.2f} s{note}")]))
-    print(f"wrote {out / 'report.json'} and {plot}" + (f" and {args.save_logits}" if args.save_logits else ""))
+    written = [out / "report.json", *plots, *([args.trace] if args.trace else []),
+               *([args.save_logits] if args.save_logits else [])]
+    print("wrote " + ", ".join(str(p) for p in written))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        from . import cli_mapping, cli_viz
+
         if args.command == "models":
             _cmd_models()
         elif args.command == "wafers":
             _cmd_wafers()
-        else:
+        elif not (cli_viz.dispatch(args) or cli_mapping.dispatch(args)):
             _cmd_run(args)
     except UserError as exc:  # config, checkpoint, SRAM and input errors all derive from it
         print(f"wse-sim: error: {exc}", file=sys.stderr)

@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
+from ..errors import UserError
+
 CATEGORY_COLORS = {"compute": "#2b8cbe", "fabric": "#fdae61", "stream": "#d7191c"}
 # Meshes larger than this many PEs on a side are drawn block-averaged.
 MAX_HEATMAP_CELLS = 500
@@ -47,7 +49,8 @@ def op_groups(ops: list[dict]) -> tuple[list[str], dict[str, tuple]]:
         groups = [op["kind"] for op in ops]
     names = list(dict.fromkeys(groups))
     cmap = plt.get_cmap("tab20")
-    return groups, {g: cmap(n % cmap.N) for n, g in enumerate(names)}
+    order = [*range(0, cmap.N, 2), *range(1, cmap.N, 2)]  # the ten dark hues first, then their light pairs
+    return groups, {g: cmap(order[n % cmap.N]) for n, g in enumerate(names)}
 
 
 # ---- mesh and fabric ------------------------------------------------------------------------------------------
@@ -242,11 +245,13 @@ def layers_figure(report: dict):
         vals = np.array([layer[f"{cat}_cycles"] for layer in layers], dtype=float) / clock / unit_s
         ax_bar.bar(x, vals, bottom=bottom, color=color, label="exposed weight stream" if cat == "stream" else cat)
         bottom += vals
+    # Headroom for the legend; set explicitly since zero-height bars on top would pin the limit (sticky edges).
+    ax_bar.set_ylim(0, max(bottom.max(), 1e-9) * 1.15)
     ax_bar.set_xticks(x, [layer["name"] for layer in layers], rotation=90 if len(layers) > 20 else 60,
                       ha="center" if len(layers) > 20 else "right", fontsize=7 if len(layers) > 20 else 8)
     ax_bar.set_ylabel(f"time ({unit})")
     ax_bar.set_title("Per-layer time by critical-path category", fontsize=10)
-    ax_bar.legend(loc="upper left")
+    ax_bar.legend(loc="upper center", ncol=3)
     ax_bar.grid(axis="y", alpha=0.3)
     _roofline(ax_roof, report)
     fig.suptitle(f"{title(report)}: {report['seconds'] * 1e3:.4g} ms, {report['tokens_per_s']:,.0f} tokens/s, "
@@ -265,10 +270,15 @@ def save(fig, path: str | Path) -> Path:
     return path
 
 
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise UserError(f"image format {fmt!r} is not one of {', '.join(FORMATS)}")
+    return fmt
+
+
 def write_plots(report: dict, out_dir: str | Path, fmt: str = "png") -> list[Path]:
     """Write utilization, layers and (if the report has one) timeline figures into ``out_dir``."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r} is not one of {FORMATS}")
+    check_format(fmt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [save(utilization_figure(report), out / f"utilization.{fmt}")]
@@ -283,7 +293,7 @@ def write_plots(report: dict, out_dir: str | Path, fmt: str = "png") -> list[Pat
 # Candidate x axes of a sweep plot, with the spec columns that determine each (not used to split series).
 SWEEP_X = {"grid_pes": ("wafer", "grid", "tiles", "tile"), "seq": ("seq",), "batch": ("batch",),
            "parameters": ("model",)}
-SWEEP_Y = (("tokens_per_s", "tokens/s"), ("mfu", "MFU"))
+SWEEP_Y = (("tokens_per_s", "tokens/s"), ("mfu", "MFU (fraction of peak FLOP/s)"))
 
 
 def _num(text: str) -> float | None:
@@ -326,11 +336,12 @@ def sweep_figure(rows: list[dict], spec_columns: list[str], x: str | None = None
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     failed = len(rows) - len(ok)
+    fixed = ", ".join(f"{c} {ok[0][c]}" for c in spec_columns if c not in varying)
     fig.suptitle(f"Sweep: {len(ok)} points" + (f" ({failed} failed, not shown)" if failed else "")
-                 + f": tokens/s and MFU against {x}", fontsize=12)
+                 + f": tokens/s and MFU against {x}" + (f"\n{fixed}" if fixed else ""), fontsize=12)
     fig.tight_layout()
     return fig
 
 
-__all__ = ["flat_ops", "layers_figure", "link_arrows", "pe_busy_grid", "roofline_points", "save", "sweep_figure",
-           "timeline_figure", "title", "utilization_figure", "write_plots"]
+__all__ = ["check_format", "flat_ops", "layers_figure", "link_arrows", "pe_busy_grid", "roofline_points", "save",
+           "sweep_figure", "timeline_figure", "title", "utilization_figure", "write_plots"]

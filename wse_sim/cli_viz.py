@@ -1,0 +1,79 @@
+"""``wse-sim plot`` (figures from a report.json) and ``wse-sim sweep`` (many runs on Dask, one CSV)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .cli import _positive_int
+from .errors import UserError
+
+FORMAT_HELP = "image format: png or svg"  # checked by report.plots.check_format (importing it here is slow)
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("plot", help="draw utilization, timeline and per-layer/roofline plots from a report.json")
+    p.add_argument("report", help="report.json written by `wse-sim run`")
+    p.add_argument("--out", help="output folder (default: the report's folder)")
+    p.add_argument("--format", default="png", help=FORMAT_HELP)
+
+    s = sub.add_parser("sweep", help="run the cartesian product of a sweep TOML on Dask, one CSV row per point")
+    s.add_argument("toml", nargs="?", help="sweep file: lists `models`, `wafers`, `mappings`, `seq`, `batch`, "
+                                           "`precision` (or any run option) and scalar run options")
+    s.add_argument("--out", default="out/sweep", help="folder for sweep.csv (and sweep.png with --plot)")
+    s.add_argument("--scheduler", help="address of a running Dask scheduler, tcp://HOST:PORT "
+                                       "(default: a local cluster)")
+    s.add_argument("--workers", type=_positive_int, help="local cluster workers (default: one per core)")
+    s.add_argument("--retry-errors", action="store_true", help="run again the points whose rows have an error")
+    s.add_argument("--plot", action="store_true", help="draw sweep.png from sweep.csv (alone: plot only)")
+    s.add_argument("--x", help="sweep.csv column for the plot's x axis (default: grid_pes, seq, batch or "
+                               "parameters, the first that varies)")
+    s.add_argument("--format", default="png", help=FORMAT_HELP)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cmd_plot(args) -> None:
+    from .report.plots import check_format, write_plots
+
+    check_format(args.format)
+    path = Path(args.report)
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(report, dict) or "layers" not in report or "utilization" not in report:
+        raise UserError(f"{path} is not a wse-sim report.json")
+    paths = write_plots(report, Path(args.out) if args.out else path.parent, args.format)
+    if not report.get("timeline"):
+        print("no timeline in the report (run was not recorded): timeline plot skipped", file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _cmd_sweep(args) -> None:
+    from .report.plots import check_format
+    from .sweep import CSV_NAME, plot_sweep, run_sweep
+
+    check_format(args.format)
+    out = Path(args.out)
+    if args.toml is None and not args.plot:
+        raise UserError("give a SWEEP.toml to run, or --plot to draw an existing sweep.csv")
+    if args.toml is not None:
+        s = run_sweep(args.toml, out, scheduler=args.scheduler, n_workers=args.workers, progress=not args.quiet,
+                      retry_errors=args.retry_errors)
+        print(f"{s.csv_path}: {s.points} points, {s.skipped} already done, {s.ran} run, {s.failed} of them failed")
+    if args.plot:
+        print(f"wrote {plot_sweep(out / CSV_NAME, out / f'sweep.{args.format}', args.x)}")
+
+
+def dispatch(args) -> bool:
+    """Run ``plot`` or ``sweep``; False for any other command."""
+    if args.command == "plot":
+        _cmd_plot(args)
+    elif args.command == "sweep":
+        _cmd_sweep(args)
+    else:
+        return False
+    return True
