@@ -111,6 +111,10 @@ def test_compare_rows_match_direct_runs(tmp_path, capsys):
     with open(out / "compare.csv") as f:
         assert [r["mapping"] for r in csv.DictReader(f)] == mappings
     assert (out / "compare.png").stat().st_size > 10_000
+    for name in ("weight-streaming", "summa", "systolic"):  # each feasible run's own report and plots
+        assert json.loads((out / name / "report.json").read_text())["total_cycles"] == by[name]["total_cycles"]
+        assert (out / name / "utilization.png").stat().st_size > 10_000
+    assert not (out / "cannon").exists()
     assert "infeasible" in capsys.readouterr().out
 
 

@@ -51,7 +51,8 @@ def add_parsers(sub) -> None:
     num.add_argument("--numerics", dest="numerics", action="store_true", default=None)
     num.add_argument("--no-numerics", dest="numerics", action="store_false")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", default="out/compare")
+    c.add_argument("--out", default="out/compare", help="compare.json/.csv/.png, and <mapping>/ report + plots")
+    c.add_argument("--format", choices=["png", "svg"], default="png", help="image format of the per-mapping plots")
     c.add_argument("--quiet", action="store_true")
 
     sub.add_parser("mappings", help="list the dataflow mappings")
@@ -99,7 +100,7 @@ def _cmd_compare(args) -> None:
         if not args.quiet:
             print(msg, file=sys.stderr)
 
-    rows = compare(spec, names, log=log)
+    rows = compare(spec, names, log=log, out=Path(args.out), fmt=args.format)
     paths = write_outputs(rows, spec, Path(args.out))
     print(format_table(rows))
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -18,18 +18,25 @@ COLUMNS = ("mapping", "feasible", "total_cycles", "seconds", "tokens_per_s", "mf
            "streamed_bytes", "sram_peak_bytes_per_pe", "max_abs_err_vs_transformers", "top1_agreement", "reason")
 
 
-def compare(spec: RunSpec, mappings: list[str], log=print) -> list[dict]:
+def compare(spec: RunSpec, mappings: list[str], log=print, out: Path | None = None, fmt: str = "png") -> list[dict]:
+    """One row per mapping; with ``out``, each feasible run's report.json and plots go to ``out/<mapping>/``."""
     rows = []
     for name in mappings:
         log(f"running {name} ...")
         row = dict.fromkeys(COLUMNS)
         row["mapping"] = name
         try:
-            report = run(replace(spec, mapping=name), log=lambda m: None).report
+            report = run(replace(spec, mapping=name), log=lambda m: None, record=out is not None).report
         except UserError as exc:
             row |= {"feasible": False, "reason": str(exc)}
             rows.append(row)
             continue
+        if out is not None:
+            from .report.plots import write_plots
+
+            (out / name).mkdir(parents=True, exist_ok=True)
+            (out / name / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+            write_plots(report, out / name, fmt)
         n = report["numerics"]
         row |= {
             "feasible": True, "total_cycles": report["total_cycles"], "seconds": report["seconds"],
