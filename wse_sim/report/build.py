@@ -158,6 +158,9 @@ def _auto_rows(report: dict) -> list[tuple[str, str]]:
     decisions = report["mapping"]["params"].get("decisions")
     if not decisions:
         return []
+    chosen = {d["chosen"] for d in decisions}
+    if len(chosen) == 1:
+        return [("auto chose", f"{chosen.pop()} for all {len(decisions)} matmul shapes")]
     return [("auto chose", ", ".join(f"{d['chosen']} ({d['shape_mkn'][1]}x{d['shape_mkn'][2]})" for d in decisions))]
 
 
