@@ -222,12 +222,13 @@ def bench_auto(model: str = "cerebras-gpt-13b", seq: int = 2048, precision: str 
     from wse_sim.workloads import get_preset, lower_model
 
     from wse_sim.arch import load_wafer
-    from wse_sim.mapping import TileGrid, get_mapping
+    from wse_sim.mapping import TileGrid
+    from wse_sim.pipeline import make_mapping
 
     wafer = load_wafer("wse2")
     graph = lower_model(get_preset(model), 1, seq, precision)
     grid = TileGrid.make(wafer.mesh_rows, wafer.mesh_cols, 8, 8)
-    auto = get_mapping("auto")
+    auto = make_mapping("auto")
     print(f"(d) auto-mapper, {model} on wse2, seq {seq}, {precision}")
     rows, searches = [], []
     t_all = time.perf_counter()

@@ -8,9 +8,10 @@ from wse_sim.workloads import lower_gemm
 
 from wse_sim.arch import load_wafer
 from wse_sim.cli import main
+from wse_sim.errors import UserError
 from wse_sim.mapping import SramOverflowError, TileGrid, get_mapping
 from wse_sim.mapping.estimate import bound_cycles
-from wse_sim.pipeline import RunSpec, run
+from wse_sim.pipeline import RunSpec, make_mapping, run
 from wse_sim.sim import Engine
 from wse_sim.single_op import GemmSpec, run_gemm
 
@@ -31,7 +32,7 @@ def test_bound_is_below_simulation_and_auto_is_never_worse(shape):
         cycles = Engine(wafer, plan).run().total_cycles
         assert bound_cycles(wafer, "fp16", plan.ops[0]) <= cycles, name  # the pruning bound is a lower bound
         simulated[name] = cycles
-    auto = get_mapping("auto").plan(graph, wafer, grid, fixed_tiles=True)
+    auto = make_mapping("auto").plan(graph, wafer, grid, fixed_tiles=True)
     auto_cycles = Engine(wafer, auto).run().total_cycles
     assert auto_cycles == min(simulated.values())
     (decision,) = auto.params["decisions"]
@@ -132,3 +133,9 @@ def test_gemv_tree_fan_in_changes_the_tree_not_the_result():
     # fan-in 2 over 16 tiles: 4 levels of one stage each; fan-in 16: one level whose leader receives 15 vectors
     assert reports[2]["total_cycles"] != reports[16]["total_cycles"]
     assert reports[2]["fabric_bytes"] == reports[16]["fabric_bytes"]  # every partial still moves exactly once
+
+
+def test_auto_without_a_simulator_says_how_to_get_one():
+    graph = lower_gemm(8, 8, 8, "fp16")
+    with pytest.raises(UserError, match="make_mapping"):
+        get_mapping("auto").plan(graph, load_wafer("tiny"), TileGrid.make(8, 8, 2, 2))

@@ -115,13 +115,27 @@ class RunOutput:
     wafer: WaferSpec
 
 
+def simulated_cycles(wafer: WaferSpec, plan: ModelPlan) -> int:
+    """Total cycles of ``plan`` on the discrete-event engine (what the auto-mapper confirms estimates with)."""
+    return Engine(wafer, plan).run().total_cycles
+
+
+def make_mapping(name: str):
+    """The registered mapping ``name``; ``auto`` gets the engine to confirm its estimates."""
+    if name == "auto":
+        from .mapping.auto import Auto
+
+        return Auto(simulate=simulated_cycles)
+    return get_mapping(name)
+
+
 def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False) -> RunOutput:
     """Simulate ``spec``; ``record`` keeps every busy interval (for traces and timelines)."""
     wafer = load_wafer(spec.wafer)
     config, weights = resolve_model(spec)
     graph = lower_model(config, spec.batch, spec.seq, spec.precision)
     grid = make_grid(spec, wafer)
-    mapping = get_mapping(spec.mapping)
+    mapping = make_mapping(spec.mapping)
     if spec.mapping == "auto":  # the auto-mapper also searches tile grids unless the user fixed one
         plan = mapping.plan(graph, wafer, grid, fixed_tiles=bool(spec.tiles or spec.tile))
     else:

@@ -14,7 +14,8 @@ import numpy as np
 
 from .arch import load_wafer
 from .errors import UserError
-from .mapping import ModelPlan, TileGrid, get_mapping
+from .mapping import ModelPlan, TileGrid
+from .pipeline import RunSpec, make_grid, make_mapping
 from .sim import Engine
 from .workloads import lower_gemm
 
@@ -39,7 +40,6 @@ class GemmSpec:
 
 
 def _grid(spec: GemmSpec, wafer) -> TileGrid:
-    from .pipeline import RunSpec, make_grid
 
     tiles = None if spec.tile else (spec.tiles or "x".join(map(str, DEFAULT_GEMM_TILES)))
     return make_grid(RunSpec(grid=spec.grid, tiles=tiles, tile=spec.tile), wafer)
@@ -49,7 +49,7 @@ def plan_gemm(spec: GemmSpec):
     wafer = load_wafer(spec.wafer)
     graph = lower_gemm(spec.m, spec.k, spec.n, spec.precision)
     grid = _grid(spec, wafer)
-    mapping = get_mapping(spec.mapping)
+    mapping = make_mapping(spec.mapping)
     if spec.mapping == "gemv-tree":
         from .mapping.gemv import GemvTree
 

@@ -8,12 +8,16 @@ set; when the weights chosen to stay resident do not fit, the ops that gain leas
 streaming. The tile grid with the least total matmul time wins. Non-matmul ops use the weight-streaming
 layout's plans in every case.
 
+The engine is injected (``simulate``): the mapping layer never imports the simulator, so data still flows one
+way; :func:`wse_sim.pipeline.make_mapping` wires them together.
+
 The decisions, with every runner-up's bound and simulated cycles (or why it was infeasible), go into the plan's
 ``params["decisions"]`` and from there into report.json.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..arch import WaferSpec
@@ -28,6 +32,10 @@ from .resident import ResidentLayout
 CANDIDATE_MAPPINGS = ("weight-streaming", "summa", "cannon", "meshgemm", "systolic", "gemv-tree", "gemv-allreduce")
 # Tile grids tried when the user does not fix one (``--tiles``); PE-level granularity is too slow for whole models.
 CANDIDATE_TILE_GRIDS = ((8, 8), (12, 12))
+
+
+# (wafer, plan) -> simulated cycles: the discrete-event engine, passed in by wse_sim.pipeline.make_mapping.
+Simulate = Callable[[WaferSpec, ModelPlan], int]
 
 
 @dataclass
@@ -68,7 +76,9 @@ def _shape_key(op: OpSpec) -> tuple:
 class Auto:
     name = "auto"
 
-    def __init__(self, candidates: tuple[str, ...] = CANDIDATE_MAPPINGS, tile_grids=None):
+    def __init__(self, simulate: Simulate | None = None, candidates: tuple[str, ...] = CANDIDATE_MAPPINGS,
+                 tile_grids=None):
+        self.simulate = simulate  # the engine, injected from above (mappings never import the simulator)
         self.candidates = candidates
         self.tile_grids = tile_grids  # None: the grid given to plan() plus CANDIDATE_TILE_GRIDS
 
@@ -95,8 +105,9 @@ class Auto:
 
     def search(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid) -> Search:
         """Rank and simulate the candidates of every distinct matmul shape on one tile grid."""
-        from ..sim import Engine  # the engine confirms estimates: planning asks the simulator, never the reverse
-
+        if self.simulate is None:
+            raise UserError("auto needs a simulator to confirm its estimates: build it with "
+                            "wse_sim.pipeline.make_mapping('auto')")
         layouts: dict[str, BlockLayout] = {}
         for name in self.candidates:
             if name in ("cannon", "meshgemm") and grid.tile_rows != grid.tile_cols:
@@ -104,8 +115,8 @@ class Auto:
             layouts[name] = get_mapping(name).layout(graph, wafer, grid)
 
         def simulate(op_plan: OpPlan) -> int:
-            single = ModelPlan(mapping="auto", grid=grid, precision=graph.precision, ops=(op_plan,))
-            return Engine(wafer, single).run().total_cycles
+            return self.simulate(wafer, ModelPlan(mapping="auto", grid=grid, precision=graph.precision,
+                                                  ops=(op_plan,)))
 
         memo: dict[tuple, list[Candidate]] = {}
         count: dict[tuple, int] = {}
