@@ -6,6 +6,7 @@ Everything here is a plain function of numpy arrays; the heavy ones are numba-co
 from .activations import GELU_VARIANTS, add, gelu
 from .embedding import embedding
 from .gemm import gemm
+from .llama import rmsnorm, rope, silu_gate
 from .norm import layernorm
 from .precision import PRECISIONS, round_to
 from .softmax import causal_softmax
@@ -19,5 +20,8 @@ __all__ = [
     "gelu",
     "gemm",
     "layernorm",
+    "rmsnorm",
+    "rope",
     "round_to",
+    "silu_gate",
 ]
