@@ -139,3 +139,15 @@ def test_auto_without_a_simulator_says_how_to_get_one():
     graph = lower_gemm(8, 8, 8, "fp16")
     with pytest.raises(UserError, match="make_mapping"):
         get_mapping("auto").plan(graph, load_wafer("tiny"), TileGrid.make(8, 8, 2, 2))
+
+
+def test_compare_bad_model_is_one_error(tmp_path, capsys):
+    assert main(["compare", "--model", "nope", "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    assert "unknown model" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_compare_chart_when_nothing_fits(tmp_path):
+    from wse_sim.compare import write_chart
+
+    rows = [{"mapping": "summa", "feasible": False, "reason": "does not fit"}]
+    assert write_chart(rows, RunSpec(), tmp_path / "c.png").stat().st_size > 1000

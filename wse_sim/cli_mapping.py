@@ -100,6 +100,11 @@ def _cmd_compare(args) -> None:
         if not args.quiet:
             print(msg, file=sys.stderr)
 
+    from .arch import load_wafer
+    from .pipeline import resolve_model
+
+    resolve_model(spec)  # a bad model or wafer is the user's error, not a row per mapping
+    load_wafer(spec.wafer)
     rows = compare(spec, names, log=log, out=Path(args.out), fmt=args.format)
     paths = write_outputs(rows, spec, Path(args.out))
     print(format_table(rows))

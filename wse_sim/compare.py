@@ -88,6 +88,15 @@ def write_chart(rows: list[dict], spec: RunSpec, path: Path) -> Path:
     import numpy as np
 
     ok = [r for r in rows if r["feasible"]]
+    if not ok:
+        fig, ax = plt.subplots(figsize=(8, 2.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no mapping could run this model:\n" + "\n".join(f"{r['mapping']}: {r['reason'][:90]}"
+                                                                         for r in rows),
+                ha="center", va="center", fontsize=8)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
     metrics = [("total_cycles", "time", lambda v: f"{v:,.0f} cyc"),
                ("tokens_per_s", "tokens/s", lambda v: f"{v:,.0f}"),
                ("fabric_bytes", "fabric bytes", lambda v: f"{v / 1e9:.2f} GB"),
