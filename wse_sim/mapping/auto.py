@@ -89,7 +89,7 @@ class Auto:
             g = TileGrid.make(grid.rows, grid.cols, tr, tc)
             try:
                 search = self.search(graph, wafer, g)
-            except SramOverflowError as exc:
+            except UserError as exc:
                 errors.append(f"{tr}x{tc} tiles: {exc}")
                 continue
             if best is None or search.total_cycles < best.total_cycles:
@@ -101,7 +101,8 @@ class Auto:
     def grid_shapes(self, grid: TileGrid, fixed_tiles: bool) -> list[tuple[int, int]]:
         if fixed_tiles:
             return [grid.shape]
-        return list(dict.fromkeys([grid.shape, *(self.tile_grids or CANDIDATE_TILE_GRIDS)]))
+        shapes = [grid.shape, *(self.tile_grids or CANDIDATE_TILE_GRIDS)]
+        return list(dict.fromkeys((min(tr, grid.rows), min(tc, grid.cols)) for tr, tc in shapes))
 
     def search(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid) -> Search:
         """Rank and simulate the candidates of every distinct matmul shape on one tile grid."""
@@ -154,7 +155,8 @@ class Auto:
             for c in cands:
                 c.plan = None  # plans hold real op names; the final plan is built per op in build()
             if best_sim is None:
-                raise SramOverflowError(op.name, 0, wafer.sram_bytes_per_pe, "no candidate mapping fits")
+                raise UserError(f"no mapping fits op {op.name}: " + "; ".join(f"{c.mapping}: {c.infeasible}"
+                                                                             for c in cands))
             memo[key] = cands
 
         chosen = {key: min((c for c in cands if c.simulated_cycles is not None),
