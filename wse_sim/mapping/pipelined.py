@@ -6,7 +6,8 @@ stage keeps all its weights in SRAM and runs on one row of tiles (the tile colum
 SUMMA on that row, i.e. weight-stationary (each tile holds ``W[:, n_j]``, A panels broadcast along the row);
 LayerNorm, attention and the pointwise ops as in every mapping. Activations flow down from band to band.
 
-The batch is split into micro-batches of whole sequences (one per sequence by default), which enter the
+If a band's weights and working set overflow its PEs' SRAM, rows move to it from bands with SRAM to spare
+before planning. The batch is split into micro-batches of whole sequences (one per sequence by default), which enter the
 pipeline one after another: while stage ``s`` works on micro-batch ``u``, stage ``s - 1`` already works on
 ``u + 1``. With one sequence there is nothing to overlap, and each layer runs on a small part of the wafer.
 
@@ -99,6 +100,11 @@ class Pipelined:
         while sum(heights) > grid.rows:
             heights[heights.index(max(heights))] -= 1
         heights[heights.index(max(heights))] += grid.rows - sum(heights)
+        n_mb = self.microbatches or graph.batch
+        if graph.batch % n_mb:
+            raise UserError(f"pipelined: {graph.batch} sequences do not split into {n_mb} equal micro-batches")
+        seqs = graph.batch // n_mb
+        heights = self._rebalance(graph, wafer, grid, ops, stage_of, heights, seqs * graph.seq)
         row_edges = [0]
         for h in heights:
             row_edges.append(row_edges[-1] + h)
@@ -106,10 +112,6 @@ class Pipelined:
         full = TileGrid(grid.rows, grid.cols, tuple(row_edges), grid.col_edges)
         bands = [TileGrid(h, grid.cols, (0, h), grid.col_edges) for h in heights]
 
-        n_mb = self.microbatches or graph.batch
-        if graph.batch % n_mb:
-            raise UserError(f"pipelined: {graph.batch} sequences do not split into {n_mb} equal micro-batches")
-        seqs = graph.batch // n_mb
         b = BYTES_PER_ELEM[graph.precision]
 
         # Per stage: resident weights (layouts of the first micro-batch; the same for every micro-batch).
@@ -164,3 +166,48 @@ class Pipelined:
                     "grid_sram_bytes": sram_total},
             resident_bytes_per_pe=max(kept),
         )
+
+    @staticmethod
+    def stage_need(graph, wafer, grid, ops, height: int, rows: int) -> int:
+        """Bytes per PE a stage needs on a band of ``height`` PE rows: resident weights + largest working set."""
+        band = TileGrid(height, grid.cols, (0, height), grid.col_edges)
+        ctx = StageLayout(graph, wafer, band, 0, rows)
+        ctx.enforce_sram = False  # measure the working set without refusing it
+        kept = sum(ctx.kept_bytes_per_pe(op) for op in ops)
+        return kept + max(ctx.plan_op(op).sram_bytes_per_pe for op in ops)
+
+    def _rebalance(self, graph, wafer, grid, ops, stage_of, heights, rows) -> list[int]:
+        """Move PE rows from stages with SRAM to spare to stages that overflow (their FLOP share set the start).
+
+        A stage's bytes per PE fall roughly as 1 / its height, so an overflowing stage asks for
+        ``height * need / SRAM`` rows (+1), taken from the stages with the most spare, none below its own need.
+        """
+        sram = wafer.sram_bytes_per_pe
+        by_stage = [[op for op in ops if stage_of[op.block] == s] for s in range(len(heights))]
+        heights = list(heights)
+        need = [self.stage_need(graph, wafer, grid, by_stage[s], h, rows) for s, h in enumerate(heights)]
+        for _ in range(4 * len(heights)):
+            short = [s for s in range(len(heights)) if need[s] > sram]
+            if not short:
+                break
+            s = max(short, key=lambda s: need[s] / sram)
+            want = -(-heights[s] * need[s] // sram) + 1 - heights[s]
+            donors = sorted((d for d in range(len(heights)) if d != s and need[d] < sram),
+                            key=lambda d: need[d] / sram)
+            moved = False
+            for d in donors:
+                spare = heights[d] - (-(-heights[d] * need[d] // sram) + 1)
+                give = min(spare, want)
+                if give <= 0:
+                    continue
+                heights[d] -= give
+                heights[s] += give
+                want -= give
+                need[d] = self.stage_need(graph, wafer, grid, by_stage[d], heights[d], rows)
+                moved = True
+                if want <= 0:
+                    break
+            need[s] = self.stage_need(graph, wafer, grid, by_stage[s], heights[s], rows)
+            if not moved:
+                break  # nobody can spare a row: planning below reports the overflow with its budget
+        return heights
