@@ -3,7 +3,7 @@
 import pytest
 
 from wse_sim.arch import get_wafer, load_wafer, parse_grid
-from wse_sim.arch.costs import compute_cycles, serialization_cycles, stream_cycles
+from wse_sim.arch.costs import compute_cycles, serialization_cycles, stream_cycles, transfer_cycles
 from wse_sim.errors import UserError
 
 
@@ -62,3 +62,28 @@ def test_cost_formulas():
     assert compute_cycles(w, "fp32", 400) == 400
     assert serialization_cycles(w, 10) == 3  # 4 bytes per cycle, rounded up
     assert stream_cycles(w, 150e9) == pytest.approx(w.clock_hz, rel=1e-9)
+
+
+def test_transfer_latency_adds_hops_stages_and_turns(tmp_path):
+    w = get_wafer("wse2")
+    ser, lat = transfer_cycles(w, bytes_per_lane=40, hops=10)
+    assert (ser, lat) == (10, 20)  # 40 B / 4 B per cycle; 10 hops x 2 cycles
+    _, lat_staged = transfer_cycles(w, 40, 10, stages=3, turns=1)
+    assert lat_staged - lat == 3 * w.stage_overhead_cycles + w.turn_cycles
+    f = tmp_path / "w.toml"
+    f.write_text('base = "wse2"\nturn_cycles = 7\nstage_overhead_cycles = 1.5\n')
+    w2 = load_wafer(str(f))
+    assert transfer_cycles(w2, 40, 10, stages=2, turns=1)[1] == 20 + 3 + 7
+
+
+def test_routes_turn_once_when_they_change_dimension():
+    from wse_sim.mapping import TileGrid
+    from wse_sim.mapping.collectives import Message, route
+
+    g = TileGrid.make(8, 8, 4, 4)
+    straight = route(g, [Message((1, 0), (1, 3), 5, 7, 10), Message((0, 2), (3, 2), 5, 7, 10)])
+    assert straight.turns == 0 and straight.hops == 6 and straight.nbytes == 20
+    bent = route(g, [Message((0, 0), (2, 3), 5, 7, 10)])
+    assert bent.turns == 1 and bent.hops == 4 + 6
+    # XY routing: along row 0 to column 3 (3 links, row lanes), then down column 3 (2 links, column lanes)
+    assert len(bent.links) == 5 and bent.bytes_per_lane == 7

@@ -35,12 +35,15 @@ def stage_cycles(wafer: WaferSpec, stages: int) -> int:
     return math.ceil(stages * wafer.stage_overhead_cycles)
 
 
-def transfer_cycles(wafer: WaferSpec, bytes_per_lane: float, hops: int, stages: int = 0) -> tuple[int, int]:
+def transfer_cycles(wafer: WaferSpec, bytes_per_lane: float, hops: int, stages: int = 0,
+                    turns: int = 0) -> tuple[int, int]:
     """(serialization, latency) of a pipelined transfer: links are held for the first, the tail adds the second.
 
-    The latency is the head's hop latency plus the overhead of each stage that combines and re-sends it.
+    The latency is the head's hop latency, plus the overhead of each stage that combines and re-sends it, plus
+    the extra cycles of each turn of its route.
     """
-    return serialization_cycles(wafer, bytes_per_lane), hop_cycles(wafer, hops) + stage_cycles(wafer, stages)
+    latency = hop_cycles(wafer, hops) + stage_cycles(wafer, stages) + math.ceil(turns * wafer.turn_cycles)
+    return serialization_cycles(wafer, bytes_per_lane), latency
 
 
 def stream_cycles(wafer: WaferSpec, nbytes: float) -> int:

@@ -29,6 +29,7 @@ class WaferSpec:
     link_bytes_per_cycle: float  # per link, per direction
     hop_latency_cycles: float  # router-to-router latency per PE hop
     stage_overhead_cycles: float  # software cost at a PE that receives, combines and re-sends (PLMR beta)
+    turn_cycles: float  # extra latency when a route turns from a row into a column
     memoryx_bytes_per_s: float  # MemoryX -> wafer weight-stream bandwidth
     memoryx_capacity_bytes: float
     description: str = ""
@@ -85,6 +86,10 @@ HOP_LATENCY_CYCLES = 2.0
 # issue 6's calibration fits; pure multicast forwarding in routers has no stage cost.
 STAGE_OVERHEAD_CYCLES = 4.0
 
+# A turn in a route (row -> column) costs extra latency: ~20 cycles on WSE-3 silicon in one group's
+# characterisation (calibration.md C4, a candidate, not a vendor figure). Used for every preset until calibrated.
+TURN_CYCLES = 20.0
+
 # MemoryX -> CS-2 ingress: 12 x 100 GbE = 1.2 Tb/s = 150 GB/s (hardware.md §1 and §3, [S]/[P]).
 MEMORYX_BYTES_PER_S_CS2 = 150e9
 # CS-3 "enhances the ingress/egress bandwidth by 30%" (hardware.md §1 [P: docs.cerebras.ai]).
@@ -106,6 +111,7 @@ PRESETS: dict[str, WaferSpec] = {
         link_bytes_per_cycle=LINK_BYTES_PER_CYCLE,
         hop_latency_cycles=HOP_LATENCY_CYCLES,
         stage_overhead_cycles=STAGE_OVERHEAD_CYCLES,
+        turn_cycles=TURN_CYCLES,
         memoryx_bytes_per_s=MEMORYX_BYTES_PER_S_CS2,  # 12 x 100 GbE on CS-1 too (hardware.md §1 [S])
         memoryx_capacity_bytes=MEMORYX_CAPACITY_BYTES_MIN,
         description="Cerebras WSE-1 (CS-1), 16 nm; mesh size is a stand-in (see source comments)",
@@ -125,6 +131,7 @@ PRESETS: dict[str, WaferSpec] = {
         link_bytes_per_cycle=LINK_BYTES_PER_CYCLE,
         hop_latency_cycles=HOP_LATENCY_CYCLES,
         stage_overhead_cycles=STAGE_OVERHEAD_CYCLES,
+        turn_cycles=TURN_CYCLES,
         memoryx_bytes_per_s=MEMORYX_BYTES_PER_S_CS2,
         memoryx_capacity_bytes=MEMORYX_CAPACITY_BYTES_MIN,
         description="Cerebras WSE-2 (CS-2), 7 nm, 750 x 994 usable PEs",
@@ -144,6 +151,7 @@ PRESETS: dict[str, WaferSpec] = {
         link_bytes_per_cycle=LINK_BYTES_PER_CYCLE,
         hop_latency_cycles=HOP_LATENCY_CYCLES,  # C4: 2 cycles/hop on WSE-3 silicon
         stage_overhead_cycles=STAGE_OVERHEAD_CYCLES,
+        turn_cycles=TURN_CYCLES,
         memoryx_bytes_per_s=MEMORYX_BYTES_PER_S_CS3,
         memoryx_capacity_bytes=1.5e12,  # smallest WSE-3 external-memory option, 1.5 TB (hardware.md §3 [S])
         description="Cerebras WSE-3 (CS-3), 5 nm, 755 x 1170 usable PEs",
@@ -160,6 +168,7 @@ PRESETS: dict[str, WaferSpec] = {
         link_bytes_per_cycle=LINK_BYTES_PER_CYCLE,
         hop_latency_cycles=HOP_LATENCY_CYCLES,
         stage_overhead_cycles=STAGE_OVERHEAD_CYCLES,
+        turn_cycles=TURN_CYCLES,
         memoryx_bytes_per_s=MEMORYX_BYTES_PER_S_CS2,
         memoryx_capacity_bytes=MEMORYX_CAPACITY_BYTES_MIN,
         description="8 x 8 mesh of WSE-2 PEs, for tests",

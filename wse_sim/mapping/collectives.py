@@ -32,6 +32,7 @@ class Routed:
     bytes_per_lane: float  # load on the busiest link
     hops: int  # PE hops of the longest route
     nbytes: int  # payload bytes delivered
+    turns: int = 0  # 1 when some message turns from its row into a column (XY routing turns at most once)
 
     @property
     def empty(self) -> bool:
@@ -47,14 +48,16 @@ def route(grid: TileGrid, messages: list[Message]) -> Routed:
     load: dict[Link, float] = {}
     hops = 0
     nbytes = 0
+    turns = 0
     for m in messages:
         if m.src == m.dst:
             continue
         (i0, j0), (i1, j1) = m.src, m.dst
+        turns = max(turns, int(i0 != i1 and j0 != j1))
         for link in grid.row_path(i0, j0, j1):
             load[link] = load.get(link, 0.0) + m.row_lane_bytes
         for link in grid.col_path(j1, i0, i1):
             load[link] = load.get(link, 0.0) + m.col_lane_bytes
         hops = max(hops, pe_hops(grid, m.src, m.dst))
         nbytes += m.nbytes
-    return Routed(tuple(sorted(load)), max(load.values(), default=0.0), hops, nbytes)
+    return Routed(tuple(sorted(load)), max(load.values(), default=0.0), hops, nbytes, turns)

@@ -151,7 +151,7 @@ class GemvLayout(ResidentLayout):
         r = route(g, msgs)
         if not r.empty:
             t.add(TaskKind.TRANSFER, deps=tuple(row_done), label="to block layout", links=r.links,
-                  bytes_per_lane=r.bytes_per_lane, hops=r.hops, nbytes=r.nbytes)
+                  bytes_per_lane=r.bytes_per_lane, hops=r.hops, turns=r.turns, nbytes=r.nbytes)
 
 
 class GemvTreeLayout(GemvLayout):

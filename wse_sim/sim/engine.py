@@ -221,7 +221,7 @@ class Engine:
                 if intervals is not None and cyc:
                     intervals.append(("tile", t.tile, int(env.now - cyc), int(env.now), k, t.label, 0, macs))
             elif t.kind == TaskKind.TRANSFER:
-                ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops, t.stages)
+                ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops, t.stages, t.turns)
                 links = sorted(set(t.links))
                 reqs = [link(key).request() for key in links]
                 for r in reqs:
