@@ -198,6 +198,27 @@ def test_roofline_places_each_op_by_intensity_and_rate(uneven):
     plt.close(fig)
 
 
+def test_fabric_roofline_uses_tile_boundary_links(uneven):
+    report = uneven.report
+    rows, cols = report["mapping"]["grid_pes"]
+    tr, tc = report["mapping"]["tile_grid"]
+    edges_r, edges_c = report["mapping"]["tile_row_edges"], report["mapping"]["tile_col_edges"]
+    # Count the boundary-crossing PE links directly from the tile edges.
+    crossing = 2 * sum((edges_r[i + 1] - edges_r[i]) * (tc - 1) for i in range(tr)) \
+        + 2 * sum((edges_c[j + 1] - edges_c[j]) * (tr - 1) for j in range(tc))
+    assert plots.fabric_lanes(report) == crossing and edges_r[-1] == rows and edges_c[-1] == cols
+    points = plots.fabric_roofline_points(report)
+    ops = [op for layer in report["layers"] for op in layer["ops"]
+           if op["flops"] and op["cycles"] and op["fabric_bytes"]]
+    assert len(points) == len(ops) > 0
+    for p, op in zip(points, ops, strict=True):
+        assert p["intensity"] == op["flops"] / op["fabric_bytes"]
+    fig = plots.layers_figure(report)
+    drawn = np.concatenate([c.get_offsets() for c in fig.axes[2].collections])
+    assert sorted(drawn[:, 0]) == pytest.approx(sorted(p["intensity"] for p in points))
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("fmt", ["png", "svg"])
 def test_write_plots_writes_each_figure(uneven, tmp_path, fmt):
     paths = plots.write_plots(uneven.report, tmp_path, fmt)

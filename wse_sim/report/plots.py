@@ -233,9 +233,55 @@ def _roofline(ax, report: dict) -> None:
     ax.legend(fontsize=7, ncol=2, loc="lower right", title="op")
 
 
+def fabric_lanes(report: dict) -> int:
+    """Directed PE-to-PE links that cross a tile boundary: every tile row's height on each of its ``TC - 1``
+    column boundaries and every tile column's width on each of its ``TR - 1`` row boundaries, both ways."""
+    rows, cols = report["mapping"]["grid_pes"]
+    tr, tc = report["mapping"]["tile_grid"]
+    return 2 * ((tc - 1) * rows + (tr - 1) * cols)
+
+
+def fabric_roofline_points(report: dict) -> list[dict]:
+    """Ops with FLOPs, cycles and fabric traffic: FLOP per fabric byte delivered between tiles, achieved FLOP/s."""
+    clock = report["wafer"]["clock_hz"]
+    return [{"name": op["name"], "intensity": op["flops"] / op["fabric_bytes"],
+             "flops_per_s": op["flops"] / (op["cycles"] / clock)}
+            for op in flat_ops(report) if op["flops"] > 0 and op["cycles"] > 0 and op["fabric_bytes"] > 0]
+
+
+def _fabric_roofline(ax, report: dict) -> None:
+    """Each op by FLOP per byte moved between tiles, under the compute roof and the tile-boundary link roof."""
+    points = fabric_roofline_points(report)
+    ops = [op for op in flat_ops(report) if op["flops"] > 0 and op["cycles"] > 0 and op["fabric_bytes"] > 0]
+    groups, colors = op_groups(ops)
+    peak = report["peak_flops_per_s"]
+    bw = fabric_lanes(report) * report["wafer"]["link_bytes_per_cycle"] * report["wafer"]["clock_hz"]
+    xs_pts = [p["intensity"] for p in points]
+    if bw > 0:
+        ridge = peak / bw
+        lo, hi = min([*xs_pts, ridge]) / 4, max([*xs_pts, ridge]) * 4
+        xs = np.geomspace(lo, hi, 200)
+        ax.plot(xs, np.minimum(peak, bw * xs), color="black", linewidth=1.5)
+        ax.text(lo * 1.2, bw * lo * 1.8, f"tile-boundary links {bw / 1e12:,.0f} TB/s", fontsize=8)
+        ax.set_xlim(lo, hi)
+    ax.axhline(peak, color="black", linewidth=0.8, linestyle=":")
+    for g in dict.fromkeys(groups):
+        sel = [n for n, gg in enumerate(groups) if gg == g]
+        ax.scatter([points[n]["intensity"] for n in sel], [points[n]["flops_per_s"] for n in sel], s=18,
+                   color=colors[g], label=g, alpha=0.8, edgecolors="none")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("FLOP per fabric byte delivered between tiles")
+    ax.set_ylabel("achieved FLOP/s (op FLOPs / op time)")
+    ax.set_title("Fabric roofline: each op under the compute and tile-boundary link roofs", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+
+
 def layers_figure(report: dict):
-    """Per-layer stacked time by critical-path category (left) and the roofline of every op (right)."""
-    fig, (ax_bar, ax_roof) = plt.subplots(1, 2, figsize=(16, 6.5), gridspec_kw={"width_ratios": [1.4, 1]})
+    """Per-layer stacked time by critical-path category (left), the MemoryX roofline of every op (middle) and its
+    fabric roofline (right: resident-weight mappings stream almost nothing, so fabric is their roof)."""
+    fig, (ax_bar, ax_roof, ax_fab) = plt.subplots(1, 3, figsize=(22, 6.5),
+                                                  gridspec_kw={"width_ratios": [1.4, 1, 1]})
     layers = report["layers"]
     x = np.arange(len(layers))
     bottom = np.zeros(len(layers))
@@ -254,6 +300,7 @@ def layers_figure(report: dict):
     ax_bar.legend(loc="upper center", ncol=3)
     ax_bar.grid(axis="y", alpha=0.3)
     _roofline(ax_roof, report)
+    _fabric_roofline(ax_fab, report)
     fig.suptitle(f"{title(report)}: {report['seconds'] * 1e3:.4g} ms, {report['tokens_per_s']:,.0f} tokens/s, "
                  f"MFU {report['mfu'] * 100:.2f} %", fontsize=12)
     fig.tight_layout()
