@@ -51,8 +51,9 @@ def test_auto_model_report_says_why(tmp_path):
                     numerics=True), log=lambda m: None).report
     assert r["numerics"]["max_abs_err_vs_transformers"] <= 1e-3
     decisions = r["mapping"]["params"]["decisions"]
-    assert {tuple(d["shape_mkn"]) for d in decisions} == {(16, 68, 204), (16, 68, 68), (16, 68, 272), (16, 272, 68),
-                                                           (16, 68, 97)}
+    d, v = TINY["n_embd"], TINY["vocab_size"]  # qkv, attention proj, fc, fc proj, LM head
+    assert {tuple(d_["shape_mkn"]) for d_ in decisions} == {(16, d, 3 * d), (16, d, d), (16, d, 4 * d),
+                                                             (16, 4 * d, d), (16, d, v)}
     for d in decisions:
         assert d["why"] and d["chosen"] in EXPLICIT
         assert len(d["candidates"]) >= 5

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from .cli import _positive_int
 from .errors import UserError
 
 COMPARE_DEFAULT = "weight-streaming,summa,cannon,meshgemm,systolic,pipelined,auto"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def add_parsers(sub) -> None:

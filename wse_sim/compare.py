@@ -105,11 +105,9 @@ def write_chart(rows: list[dict], spec: RunSpec, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(13, 5.5))
     width = 0.8 / max(len(ok), 1)
     x = np.arange(len(metrics))
+    top = {key: max((r[key] or 0) for r in ok) or 1 for key, _, _ in metrics}
     for idx, r in enumerate(ok):
-        vals = []
-        for key, _, _ in metrics:
-            top = max((q[key] or 0) for q in ok) or 1
-            vals.append((r[key] or 0) / top)
+        vals = [(r[key] or 0) / top[key] for key, _, _ in metrics]
         bars = ax.bar(x + (idx - (len(ok) - 1) / 2) * width, vals, width, label=r["mapping"])
         for bar, (key, _, fmt) in zip(bars, metrics, strict=True):
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, fmt(r[key] or 0), rotation=90,

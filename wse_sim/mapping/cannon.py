@@ -20,7 +20,7 @@ from functools import cache
 
 from ..errors import UserError
 from ..workloads import OpSpec
-from .collectives import Message, route
+from .collectives import Message
 from .layout import Builder
 from .plan import MatmulBlock, OpPlan, Ref, TaskKind, ceil_div, split
 from .registry import register
@@ -72,7 +72,7 @@ class CannonLayout(ResidentLayout):
             return k_edges[kb + 1] - k_edges[kb]
 
         ops = Operands.of(op)
-        t = Builder()
+        t = Builder(g)
         a_ready: dict[tuple[int, int], tuple[int, ...]] = {}  # (row, step) -> task after which A blocks are in place
         b_ready: dict[tuple[int, int], tuple[int, ...]] = {}
         computes: dict[tuple[int, int, int], int] = {}
@@ -82,10 +82,7 @@ class CannonLayout(ResidentLayout):
             a = rpos[i]
             msgs = [Message((i, kb), (i, ring[(rpos[kb] - a) % q]), self.rows_per_pe(i) * kw(kb) * b, 0,
                             (self.rows(i)[1] - self.rows(i)[0]) * kw(kb) * b) for kb in range(q)]
-            r = route(g, msgs)
-            a_ready[i, 0] = () if r.empty else (t.add(
-                TaskKind.TRANSFER, label=f"skew A row {i}", links=r.links, bytes_per_lane=r.bytes_per_lane,
-                hops=r.hops, nbytes=r.nbytes),)
+            a_ready[i, 0] = t.send(msgs, label=f"skew A row {i}")
         for j in range(q):
             b_ready[j, 0] = ()
 
@@ -108,20 +105,14 @@ class CannonLayout(ResidentLayout):
             for i in range(q):
                 msgs = [Message((i, p), (i, pred[p]), self.rows_per_pe(i) * kw(self.kblock(i, p, s)) * b, 0,
                                 (self.rows(i)[1] - self.rows(i)[0]) * kw(self.kblock(i, p, s)) * b) for p in range(q)]
-                r = route(g, msgs)
                 free = tuple(computes[i, j, s - 1] for j in range(q)) if s else ()
-                a_ready[i, s + 1] = () if r.empty else (t.add(
-                    TaskKind.TRANSFER, deps=a_ready[i, s] + free, label=f"shift A row {i}", links=r.links,
-                    bytes_per_lane=r.bytes_per_lane, hops=r.hops, nbytes=r.nbytes),)
+                a_ready[i, s + 1] = t.send(msgs, a_ready[i, s] + free, label=f"shift A row {i}")
             for j in range(q):
                 n0, n1 = self.cols(N, j)
                 msgs = [Message((p, j), (pred[p], j), 0, kw(self.kblock(p, j, s)) * self.cols_per_pe(N, j) * b,
                                 kw(self.kblock(p, j, s)) * (n1 - n0) * b) for p in range(q)]
-                r = route(g, msgs)
                 free = tuple(computes[i, j, s - 1] for i in range(q)) if s else ()
-                b_ready[j, s + 1] = () if r.empty else (t.add(
-                    TaskKind.TRANSFER, deps=b_ready[j, s] + free, label=f"shift B col {j}", links=r.links,
-                    bytes_per_lane=r.bytes_per_lane, hops=r.hops, nbytes=r.nbytes),)
+                b_ready[j, s + 1] = t.send(msgs, b_ready[j, s] + free, label=f"shift B col {j}")
 
         for i in range(q):
             for j in range(q):

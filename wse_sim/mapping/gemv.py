@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..workloads import OpSpec
-from .collectives import Message, pe_hops, route
+from .collectives import Message
 from .layout import ACC_BYTES, Builder
 from .plan import Combine, MatmulBlock, OpPlan, ReduceWrite, Ref, TaskKind, ceil_div, split
 from .registry import register
@@ -55,7 +55,7 @@ class GemvLayout(ResidentLayout):
     def matmul(self, op: OpSpec) -> OpPlan:
         g, b, TR, TC, M, K, N = self.grid, self.b, self.TR, self.TC, self.M, op.k, op.n
         ops = Operands.of(op)
-        t = Builder()
+        t = Builder(g)
         gather: list[tuple[int, ...]] = [()] * TC
         if TR > 1:
             for j in range(TC):
@@ -118,12 +118,10 @@ class GemvLayout(ResidentLayout):
                 members = [lead + u * stride for u in range(1, F) if lead + u * stride < TC]
                 if not members:
                     continue
-                r = route(g, [Message((i, mj), (i, lead), vec, 0, self._row_payload(write)) for mj in members])
-                done[lead] = t.add(
-                    TaskKind.TRANSFER, deps=(done[lead], *(done[mj] for mj in members)),
-                    label=f"tree level stride {stride} row {i}", links=r.links, bytes_per_lane=r.bytes_per_lane,
-                    hops=max(pe_hops(g, (i, mj), (i, lead)) for mj in members), stages=1, nbytes=r.nbytes,
-                    actions=(Combine(keys[lead], (keys[lead], *(keys[mj] for mj in members))),),
+                (done[lead],) = t.send(
+                    [Message((i, mj), (i, lead), vec, 0, self._row_payload(write)) for mj in members],
+                    (done[lead], *(done[mj] for mj in members)), label=f"tree level stride {stride} row {i}",
+                    stages=1, actions=(Combine(keys[lead], (keys[lead], *(keys[mj] for mj in members))),),
                 )
             stride *= F
         return t.add(TaskKind.COMPUTE, deps=(done[0],), tile=(i, 0), label="tree root writes",
@@ -148,10 +146,7 @@ class GemvLayout(ResidentLayout):
                         msgs.append(Message(src, (r, j), (m1 - m0) * ceil_div(overlap, g.height(i)) * b,
                                             (m1 - m0) * ceil_div(overlap, g.width(src[1])) * b,
                                             (m1 - m0) * overlap * b))
-        r = route(g, msgs)
-        if not r.empty:
-            t.add(TaskKind.TRANSFER, deps=tuple(row_done), label="to block layout", links=r.links,
-                  bytes_per_lane=r.bytes_per_lane, hops=r.hops, turns=r.turns, nbytes=r.nbytes)
+        t.send(msgs, tuple(row_done), label="to block layout")
 
 
 class GemvTreeLayout(GemvLayout):

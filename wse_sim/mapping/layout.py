@@ -18,6 +18,7 @@ from functools import cache
 from ..arch import WaferSpec
 from ..workloads import OpKind, OpSpec, WorkloadGraph
 from ..workloads.graph import BYTES_PER_ELEM
+from .collectives import Message, route
 from .plan import (
     ContextWrite,
     Elementwise,
@@ -44,14 +45,24 @@ def weight_tensor(op: OpSpec, attr: str) -> str:
 
 
 class Builder:
-    """Accumulates the tasks of one op; returns indices for dependencies."""
+    """Accumulates the tasks of one op on ``grid``; returns indices for dependencies."""
 
-    def __init__(self) -> None:
+    def __init__(self, grid: TileGrid | None = None) -> None:
+        self.grid = grid
         self.tasks: list[Task] = []
 
     def add(self, kind: TaskKind, **kw) -> int:
         self.tasks.append(Task(kind=kind, **kw))
         return len(self.tasks) - 1
+
+    def send(self, messages: list[Message], deps: tuple[int, ...] = (), **kw) -> tuple[int, ...]:
+        """One transfer for a set of messages routed on the grid (its links, busiest-link load, longest route and
+        turns); ``()`` when nothing leaves its tile."""
+        r = route(self.grid, messages)
+        if r.empty:
+            return ()
+        return (self.add(TaskKind.TRANSFER, deps=deps, links=r.links, bytes_per_lane=r.bytes_per_lane, hops=r.hops,
+                         turns=r.turns, nbytes=r.nbytes, **kw),)
 
     def finish(self) -> tuple[Task, ...]:
         self.add(TaskKind.BARRIER, deps=tuple(range(len(self.tasks))), label="end")

@@ -142,8 +142,9 @@ class Pipelined:
                     ) from None
                 inbound = []
                 if prev_stage is not None and s != prev_stage:
+                    d_edges = split(graph.config.d_model, tc)
                     for j in range(tc):
-                        c0, c1 = split(graph.config.d_model, tc)[j], split(graph.config.d_model, tc)[j + 1]
+                        c0, c1 = d_edges[j], d_edges[j + 1]
                         inbound.append(Task(
                             TaskKind.TRANSFER, label=f"activations band {prev_stage} -> {s}, col {j}",
                             links=tuple(((i, j), (i + 1, j)) for i in range(prev_stage, s)),
