@@ -1,7 +1,7 @@
-"""GPT-style model configurations and the Cerebras-GPT presets.
+"""Decoder-only model configurations: the GPT-2 family (Cerebras-GPT) and the Llama family (Llama, Qwen2).
 
-Shapes are the Hugging Face ``config.json`` values of ``cerebras/Cerebras-GPT-<size>``
-(source: ../shared/facts/models.md). Parameter counts with tied embeddings are checked in the tests.
+Shapes are the Hugging Face ``config.json`` values (source: ../shared/facts/models.md). Parameter counts are
+checked in the tests (Cerebras-GPT against models.md, Llama-family against ``transformers`` on the meta device).
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from typing import Any
 
 from ..errors import UserError
 
-SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
+FAMILIES = ("gpt2", "llama")
+# Hugging Face ``model_type`` -> family. Qwen2 is a Llama with biases on the q, k, v projections.
+HF_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "qwen2": "llama"}
 
 
 class ConfigError(UserError):
@@ -22,7 +25,13 @@ class ConfigError(UserError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A GPT-2-style decoder: learned positions, pre-LayerNorm, fused QKV, GELU MLP, tied LM head."""
+    """A pre-norm decoder.
+
+    ``family="gpt2"``: learned positions, LayerNorm, fused QKV with bias, GELU MLP, (usually) tied LM head.
+    ``family="llama"``: rotary positions (``rope_theta``), RMSNorm (eps in ``layer_norm_epsilon``), grouped-query
+    attention (``n_kv_head`` key/value heads), SwiGLU MLP (gate, up, down; no biases), optional q/k/v biases
+    (``qkv_bias``, Qwen2), untied LM head. ``hf_model_type`` names the ``transformers`` class to check against.
+    """
 
     name: str
     vocab_size: int
@@ -34,8 +43,17 @@ class ModelConfig:
     layer_norm_epsilon: float = 1e-5
     activation: str = "gelu"
     tie_word_embeddings: bool = True
+    family: str = "gpt2"
+    n_kv_head: int | None = None  # None: as many as query heads (multi-head attention)
+    rope_theta: float = 10000.0  # llama family only
+    qkv_bias: bool = True  # gpt2: always; llama: False, Qwen2: True
+    hf_model_type: str = "gpt2"
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"model {self.name!r}: family {self.family!r} unknown (known: {', '.join(FAMILIES)})")
+        if self.n_kv_head is None:
+            object.__setattr__(self, "n_kv_head", self.n_head)
         for field in ("vocab_size", "n_positions", "d_model", "n_layer", "n_head", "d_ff"):
             value = getattr(self, field)
             if not isinstance(value, int) or value <= 0:
@@ -51,14 +69,48 @@ class ModelConfig:
             )
         if not self.layer_norm_epsilon > 0:
             raise ConfigError(f"model {self.name!r}: layer_norm_epsilon must be > 0")
+        if not isinstance(self.n_kv_head, int) or self.n_kv_head <= 0 or self.n_head % self.n_kv_head:
+            raise ConfigError(
+                f"model {self.name!r}: n_kv_head {self.n_kv_head!r} must be a positive divisor of n_head {self.n_head}"
+            )
+        if self.is_llama:
+            if self.activation != "silu":
+                raise ConfigError(f"model {self.name!r}: the llama family uses activation 'silu'")
+            if self.head_dim % 2:
+                raise ConfigError(f"model {self.name!r}: rotary embeddings need an even head_dim, got {self.head_dim}")
+            if not self.rope_theta > 0:
+                raise ConfigError(f"model {self.name!r}: rope_theta must be > 0")
+        elif self.n_kv_head != self.n_head or self.activation == "silu" or not self.qkv_bias:
+            raise ConfigError(f"model {self.name!r}: GPT-2 models have n_kv_head = n_head, biases and a GELU MLP")
+
+    @property
+    def is_llama(self) -> bool:
+        return self.family == "llama"
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
+    @property
+    def kv_width(self) -> int:
+        """Width of K (and of V): ``n_kv_head * head_dim``."""
+        return self.n_kv_head * self.head_dim
+
+    @property
+    def qkv_width(self) -> int:
+        """Output width of the fused q | k | v projection."""
+        return self.d_model + 2 * self.kv_width
+
     def layer_param_count(self) -> int:
-        """Parameters of one decoder block: 4d^2 + 4d attention, 2*d*d_ff + d_ff + d MLP, 4d LayerNorm."""
+        """Parameters of one decoder block.
+
+        GPT-2: 4d^2 + 4d attention, 2*d*d_ff + d_ff + d MLP, 4d LayerNorm. Llama: d*(d + 2 kv) (+ biases) + d^2
+        attention, 3*d*d_ff MLP, 2d RMSNorm.
+        """
         d, f = self.d_model, self.d_ff
+        if self.is_llama:
+            attn = d * self.qkv_width + (self.qkv_width if self.qkv_bias else 0) + d * d
+            return attn + 3 * d * f + 2 * d
         attn = d * 3 * d + 3 * d + d * d + d
         mlp = d * f + f + f * d + d
         norms = 4 * d
@@ -66,9 +118,15 @@ class ModelConfig:
 
     def param_count(self) -> int:
         """Total parameters; the LM head shares the token embedding when tied."""
-        embed = self.vocab_size * self.d_model + self.n_positions * self.d_model
-        head = 0 if self.tie_word_embeddings else self.vocab_size * self.d_model
-        return embed + self.n_layer * self.layer_param_count() + 2 * self.d_model + head
+        d = self.d_model
+        embed = self.vocab_size * d + (0 if self.is_llama else self.n_positions * d)
+        final_norm = d if self.is_llama else 2 * d
+        head = 0 if self.tie_word_embeddings else self.vocab_size * d
+        return embed + self.n_layer * self.layer_param_count() + final_norm + head
+
+    def kv_cache_bytes_per_token(self, bytes_per_elem: int) -> int:
+        """KV-cache bytes one token adds across all layers (K and V of every KV head)."""
+        return 2 * self.n_layer * self.kv_width * bytes_per_elem
 
     def with_name(self, name: str) -> ModelConfig:
         return replace(self, name=name)
@@ -89,6 +147,25 @@ def _cerebras_gpt(size: str, d_model: int, n_layer: int, n_head: int) -> ModelCo
     )
 
 
+def _llama(name, hidden, layers, heads, kv_heads, ffn, vocab, theta, *, context, eps, hf_type="llama"):
+    return ModelConfig(
+        name=name, vocab_size=vocab, n_positions=context, d_model=hidden, n_layer=layers, n_head=heads,
+        d_ff=ffn, layer_norm_epsilon=eps, activation="silu", tie_word_embeddings=False, family="llama",
+        n_kv_head=kv_heads, rope_theta=theta, qkv_bias=hf_type == "qwen2", hf_model_type=hf_type,
+    )
+
+
+# Shapes and rope_theta: ../shared/facts/models.md. ``context`` (max_position_embeddings) and ``eps``
+# (rms_norm_eps) are not in models.md; they are the models' Hugging Face config.json values. The context
+# only bounds --seq and --context; it changes no cost.
+LLAMA_PRESETS = (
+    _llama("llama3-8b", 4096, 32, 32, 8, 14336, 128256, 500000.0, context=8192, eps=1e-5),
+    _llama("llama3-70b", 8192, 80, 64, 8, 28672, 128256, 500000.0, context=8192, eps=1e-5),
+    _llama("llama2-13b", 5120, 40, 40, 40, 13824, 32000, 10000.0, context=4096, eps=1e-5),
+    _llama("codellama-34b", 8192, 48, 64, 8, 22016, 32000, 1000000.0, context=16384, eps=1e-5),
+    _llama("qwen2-72b", 8192, 80, 64, 8, 29568, 152064, 1000000.0, context=32768, eps=1e-6, hf_type="qwen2"),
+)
+
 # Source: ../shared/facts/models.md (Hugging Face config.json of cerebras/Cerebras-GPT-<size>).
 PRESETS: dict[str, ModelConfig] = {
     c.name: c
@@ -100,6 +177,7 @@ PRESETS: dict[str, ModelConfig] = {
         _cerebras_gpt("2.7b", 2560, 32, 32),
         _cerebras_gpt("6.7b", 4096, 32, 32),
         _cerebras_gpt("13b", 5120, 40, 40),
+        *LLAMA_PRESETS,
     )
 }
 
@@ -111,12 +189,48 @@ def get_preset(name: str) -> ModelConfig:
     return PRESETS[key]
 
 
+def _llama_from_hf(cfg: dict[str, Any], name: str, model_type: str) -> ModelConfig:
+    if cfg.get("rope_scaling"):
+        raise ConfigError(f"config {name!r}: rope_scaling {cfg['rope_scaling']!r} is not supported")
+    d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    if cfg.get("head_dim") not in (None, d // heads):
+        raise ConfigError(f"config {name!r}: head_dim {cfg['head_dim']} != hidden_size / num_attention_heads")
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise ConfigError(f"config {name!r}: hidden_act {act!r} is not supported (expected 'silu')")
+    bias = bool(cfg.get("attention_bias", False)) or model_type == "qwen2"
+    if cfg.get("mlp_bias"):
+        raise ConfigError(f"config {name!r}: mlp_bias is not supported")
+    rope = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    return ModelConfig(
+        name=name,
+        vocab_size=cfg["vocab_size"],
+        n_positions=cfg.get("max_position_embeddings", 2048),
+        d_model=d,
+        n_layer=cfg["num_hidden_layers"],
+        n_head=heads,
+        d_ff=cfg["intermediate_size"],
+        layer_norm_epsilon=float(cfg.get("rms_norm_eps", 1e-6)),
+        activation="silu",
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        family="llama",
+        n_kv_head=cfg.get("num_key_value_heads") or heads,
+        rope_theta=float(rope),
+        qkv_bias=bias,
+        hf_model_type=model_type,
+    )
+
+
 def config_from_hf(cfg: dict[str, Any], name: str = "hf-model") -> ModelConfig:
-    """Build a ModelConfig from a GPT-2-style Hugging Face ``config.json`` dict."""
+    """Build a ModelConfig from a Hugging Face ``config.json`` dict (``gpt2``, ``llama`` or ``qwen2``)."""
     model_type = cfg.get("model_type", "gpt2")
-    if model_type != "gpt2":
-        raise ConfigError(f"config {name!r}: model_type {model_type!r} is not supported (expected 'gpt2')")
+    if model_type not in HF_MODEL_TYPES:
+        raise ConfigError(
+            f"config {name!r}: model_type {model_type!r} is not supported (supported: {', '.join(HF_MODEL_TYPES)})"
+        )
     try:
+        if HF_MODEL_TYPES[model_type] == "llama":
+            return _llama_from_hf(cfg, name, model_type)
         d_model = cfg["n_embd"]
         d_ff = cfg.get("n_inner") or 4 * d_model
         return ModelConfig(
