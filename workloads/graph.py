@@ -1,8 +1,12 @@
-"""Lowering a GPT-style model to operator graphs: one networkx DiGraph per block (embed, each layer, head).
+"""Lowering a decoder model to operator graphs: one networkx DiGraph per block (embed, each layer, head).
 
 Every node carries an :class:`OpSpec` with its shapes, FLOPs and bytes. Shapes use a matmul view
 ``[groups] x (m x k) @ (k x n)``: a dense layer has ``groups = 1, m = batch*seq``; attention has one group
 per (batch, head). Elementwise ops have ``k = 0`` and act on an ``m x n`` array.
+
+Two phases: ``prefill`` runs ``seq`` tokens per sequence from position 0; ``decode`` runs one new token per
+sequence at position ``context``, attending to a KV cache of ``context`` earlier tokens (op ``attn_decode``,
+which also appends the new token's key and value to the cache).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from .config import ConfigError, ModelConfig
 LAYERNORM_FLOPS_PER_ELEM = 8  # mean, variance, normalise, scale, shift
 SOFTMAX_FLOPS_PER_ELEM = 5  # scale, max, exp, sum, divide
 GELU_FLOPS_PER_ELEM = 8
+RMSNORM_FLOPS_PER_ELEM = 4  # square, sum, normalise, scale
+SWIGLU_FLOPS_PER_ELEM = 6  # sigmoid (exp, add, divide), two products
+ROPE_FLOPS_PER_ELEM = 3  # two products and an add per rotated element
 RESIDUAL_FLOPS_PER_ELEM = 1
 EMBEDDING_FLOPS_PER_ELEM = 1  # token + position add
 
@@ -34,6 +41,11 @@ class OpKind(StrEnum):
     ATTN_CONTEXT = "attn_context"
     GELU = "gelu"
     RESIDUAL = "residual"
+    RMSNORM = "rmsnorm"
+    SWIGLU = "swiglu"  # silu(gate) * up
+    ATTN_DECODE = "attn_decode"  # one query per sequence against the KV cache (scores, softmax, context)
+
+PHASES = ("prefill", "decode")
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,8 @@ class OpSpec:
 
     @property
     def macs(self) -> int:
+        if self.kind == OpKind.ATTN_DECODE:  # q.k over the cache, then probabilities times V
+            return 2 * self.groups * self.m * self.k * self.n
         return self.groups * self.m * self.k * self.n if self.is_matmul else 0
 
 
@@ -73,9 +87,16 @@ class WorkloadGraph:
 
     config: ModelConfig | None  # None for a single-operator workload (lower_gemm)
     batch: int
-    seq: int
+    seq: int  # tokens per sequence in this pass (1 for decode)
     precision: str
     blocks: tuple[tuple[str, nx.DiGraph], ...]
+    phase: str = "prefill"
+    context: int = 0  # decode: tokens already in the KV cache (the new token's position)
+
+    @property
+    def cache_positions(self) -> int:
+        """Positions in the KV cache after this pass (per sequence)."""
+        return self.context + self.seq
 
     @property
     def tokens(self) -> int:
@@ -119,7 +140,7 @@ def _matmul(name, block, layer, m, k, n, b, weight, bias, inputs, groups=1) -> O
 
 
 def _elementwise(name, kind, block, layer, m, n, b, per_elem, inputs, gamma=None, beta=None, groups=1):
-    w_bytes = 2 * n * b if gamma else 0
+    w_bytes = ((gamma is not None) + (beta is not None)) * n * b
     return OpSpec(
         name=name,
         kind=kind,
@@ -151,21 +172,116 @@ def _block_graph(block: str, ops: list[OpSpec]) -> nx.DiGraph:
     return g
 
 
-def lower_model(config: ModelConfig, batch: int, seq: int, precision: str = "fp32") -> WorkloadGraph:
-    """Lower ``config`` for a forward pass over ``batch`` sequences of ``seq`` tokens."""
+def _check_run(config: ModelConfig, batch: int, seq: int, precision: str, phase: str, context: int) -> None:
     if not isinstance(batch, int) or batch <= 0:
         raise ConfigError(f"batch must be a positive integer, got {batch!r}")
     if not isinstance(seq, int) or seq <= 0:
         raise ConfigError(f"seq must be a positive integer, got {seq!r}")
-    if seq > config.n_positions:
-        raise ConfigError(
-            f"sequence length {seq} exceeds the context of {config.name} ({config.n_positions} positions)"
-        )
+    if phase not in PHASES:
+        raise ConfigError(f"unknown phase {phase!r} (known: {', '.join(PHASES)})")
+    if not isinstance(context, int) or context < 0:
+        raise ConfigError(f"context must be a non-negative integer, got {context!r}")
+    if phase == "decode" and seq != 1:
+        raise ConfigError("decode runs one new token per sequence (seq 1)")
+    if phase == "prefill" and context:
+        raise ConfigError("prefill starts at position 0 (context 0)")
+    if context + seq > config.n_positions:
+        what = f"sequence length {seq}" if not context else f"context {context} plus {seq} new token(s)"
+        raise ConfigError(f"{what} exceeds the context of {config.name} ({config.n_positions} positions)")
     if precision not in BYTES_PER_ELEM:
         raise ConfigError(f"unknown precision {precision!r} (known: {', '.join(BYTES_PER_ELEM)})")
-    b = BYTES_PER_ELEM[precision]
-    d, f, h, dh, v = config.d_model, config.d_ff, config.n_head, config.head_dim, config.vocab_size
+
+
+def _attention(config: ModelConfig, blk: str, layer: int, p: str, batch: int, seq: int, phase: str, context: int,
+               b: int) -> list[OpSpec]:
+    """Prefill: scores, causal softmax and context per (sequence, head). Decode: ``attn_decode`` over the cache."""
+    h, dh, d = config.n_head, config.head_dim, config.d_model
     tokens = batch * seq
+    rope = ROPE_FLOPS_PER_ELEM * tokens * (d + config.kv_width) if config.is_llama else 0
+    if phase == "decode":
+        keys = context + 1  # the cache and the new token itself
+        return [OpSpec(
+            name=p + "attn", kind=OpKind.ATTN_DECODE, block=blk, layer=layer, groups=batch * h, m=1, k=dh, n=keys,
+            flops=batch * h * keys * (4 * dh + SOFTMAX_FLOPS_PER_ELEM) + rope, weight_bytes=0,
+            act_in_bytes=tokens * config.qkv_width * b + batch * keys * 2 * config.kv_width * b,
+            act_out_bytes=tokens * d * b, inputs=(p + "qkv",),
+        )]
+    return [
+        OpSpec(
+            name=p + "attn_scores", kind=OpKind.ATTN_SCORES, block=blk, layer=layer,
+            groups=batch * h, m=seq, k=dh, n=seq,
+            flops=2 * batch * h * seq * seq * dh + rope, weight_bytes=0,
+            act_in_bytes=tokens * (d + config.kv_width) * b, act_out_bytes=batch * h * seq * seq * b,
+            inputs=(p + "qkv",),
+        ),
+        _elementwise(p + "softmax", OpKind.SOFTMAX, blk, layer, seq, seq, b, SOFTMAX_FLOPS_PER_ELEM,
+                     (p + "attn_scores",), groups=batch * h),
+        OpSpec(
+            name=p + "attn_context", kind=OpKind.ATTN_CONTEXT, block=blk, layer=layer,
+            groups=batch * h, m=seq, k=seq, n=dh,
+            flops=2 * batch * h * seq * seq * dh, weight_bytes=0,
+            act_in_bytes=batch * h * seq * seq * b + tokens * config.kv_width * b, act_out_bytes=tokens * d * b,
+            inputs=(p + "softmax", p + "qkv"),
+        ),
+    ]
+
+
+def _layer_ops(config: ModelConfig, layer: int, block_in: str, batch: int, seq: int, phase: str, context: int,
+               b: int) -> list[OpSpec]:
+    """One decoder block: pre-norm attention and MLP, each with a residual add."""
+    d, f = config.d_model, config.d_ff
+    tokens = batch * seq
+    blk = f"layer{layer}"
+    p = f"{blk}."
+    llama = config.is_llama
+    attn_out = p + ("attn" if phase == "decode" else "attn_context")
+
+    def norm(name, src, gamma, beta):
+        if llama:
+            return _elementwise(p + name, OpKind.RMSNORM, blk, layer, tokens, d, b, RMSNORM_FLOPS_PER_ELEM, (src,),
+                                gamma=gamma)
+        return _elementwise(p + name, OpKind.LAYERNORM, blk, layer, tokens, d, b, LAYERNORM_FLOPS_PER_ELEM, (src,),
+                            gamma=gamma, beta=beta)
+
+    ops = [
+        norm("ln_1", block_in, "ln1_g", "ln1_b"),
+        _matmul(p + "qkv", blk, layer, tokens, d, config.qkv_width, b, "w_qkv", "b_qkv" if config.qkv_bias else None,
+                (p + "ln_1",)),
+        *_attention(config, blk, layer, p, batch, seq, phase, context, b),
+        _matmul(p + "attn_proj", blk, layer, tokens, d, d, b, "w_attn_proj", None if llama else "b_attn_proj",
+                (attn_out,)),
+        _elementwise(p + "residual_1", OpKind.RESIDUAL, blk, layer, tokens, d, b, RESIDUAL_FLOPS_PER_ELEM,
+                     (block_in, p + "attn_proj")),
+        norm("ln_2", p + "residual_1", "ln2_g", "ln2_b"),
+    ]
+    if llama:
+        ops += [
+            _matmul(p + "gate", blk, layer, tokens, d, f, b, "w_gate", None, (p + "ln_2",)),
+            _matmul(p + "up", blk, layer, tokens, d, f, b, "w_up", None, (p + "ln_2",)),
+            _elementwise(p + "swiglu", OpKind.SWIGLU, blk, layer, tokens, f, b, SWIGLU_FLOPS_PER_ELEM,
+                         (p + "gate", p + "up")),
+            _matmul(p + "down", blk, layer, tokens, f, d, b, "w_down", None, (p + "swiglu",)),
+        ]
+    else:
+        ops += [
+            _matmul(p + "fc", blk, layer, tokens, d, f, b, "w_fc", "b_fc", (p + "ln_2",)),
+            _elementwise(p + "gelu", OpKind.GELU, blk, layer, tokens, f, b, GELU_FLOPS_PER_ELEM, (p + "fc",)),
+            _matmul(p + "fc_proj", blk, layer, tokens, f, d, b, "w_fc_proj", "b_fc_proj", (p + "gelu",)),
+        ]
+    ops.append(_elementwise(p + "residual_2", OpKind.RESIDUAL, blk, layer, tokens, d, b, RESIDUAL_FLOPS_PER_ELEM,
+                            (p + "residual_1", ops[-1].name)))
+    return ops
+
+
+def lower_model(config: ModelConfig, batch: int, seq: int, precision: str = "fp32", phase: str = "prefill",
+                context: int = 0) -> WorkloadGraph:
+    """Lower ``config`` for one forward pass: ``batch`` sequences of ``seq`` new tokens after ``context`` cached
+    ones (prefill: ``context = 0``; decode: ``seq = 1``)."""
+    _check_run(config, batch, seq, precision, phase, context)
+    b = BYTES_PER_ELEM[precision]
+    d, v = config.d_model, config.vocab_size
+    tokens = batch * seq
+    gathered = 1 if config.is_llama else 2  # token rows (and position rows when positions are learned)
 
     embed = OpSpec(
         name="embed",
@@ -177,7 +293,7 @@ def lower_model(config: ModelConfig, batch: int, seq: int, precision: str = "fp3
         k=0,
         n=d,
         flops=tokens * d * EMBEDDING_FLOPS_PER_ELEM,
-        weight_bytes=2 * tokens * d * b,  # the gathered rows of wte and wpe
+        weight_bytes=gathered * tokens * d * b,  # the gathered rows of wte (and wpe)
         act_in_bytes=tokens * 4,  # int32 token ids
         act_out_bytes=tokens * d * b,
         weight="wte",
@@ -185,53 +301,23 @@ def lower_model(config: ModelConfig, batch: int, seq: int, precision: str = "fp3
     )
     blocks: list[tuple[str, nx.DiGraph]] = [("embed", _block_graph("embed", [embed]))]
     block_in = "embed"
-
     for layer in range(config.n_layer):
-        blk = f"layer{layer}"
-        p = f"{blk}."
-        ops = [
-            _elementwise(p + "ln_1", OpKind.LAYERNORM, blk, layer, tokens, d, b, LAYERNORM_FLOPS_PER_ELEM,
-                         (block_in,), gamma="ln1_g", beta="ln1_b"),
-            _matmul(p + "qkv", blk, layer, tokens, d, 3 * d, b, "w_qkv", "b_qkv", (p + "ln_1",)),
-            OpSpec(
-                name=p + "attn_scores", kind=OpKind.ATTN_SCORES, block=blk, layer=layer,
-                groups=batch * h, m=seq, k=dh, n=seq,
-                flops=2 * batch * h * seq * seq * dh, weight_bytes=0,
-                act_in_bytes=2 * tokens * d * b, act_out_bytes=batch * h * seq * seq * b,
-                inputs=(p + "qkv",),
-            ),
-            _elementwise(p + "softmax", OpKind.SOFTMAX, blk, layer, seq, seq, b, SOFTMAX_FLOPS_PER_ELEM,
-                         (p + "attn_scores",), groups=batch * h),
-            OpSpec(
-                name=p + "attn_context", kind=OpKind.ATTN_CONTEXT, block=blk, layer=layer,
-                groups=batch * h, m=seq, k=seq, n=dh,
-                flops=2 * batch * h * seq * seq * dh, weight_bytes=0,
-                act_in_bytes=batch * h * seq * seq * b + tokens * d * b, act_out_bytes=tokens * d * b,
-                inputs=(p + "softmax", p + "qkv"),
-            ),
-            _matmul(p + "attn_proj", blk, layer, tokens, d, d, b, "w_attn_proj", "b_attn_proj",
-                    (p + "attn_context",)),
-            _elementwise(p + "residual_1", OpKind.RESIDUAL, blk, layer, tokens, d, b, RESIDUAL_FLOPS_PER_ELEM,
-                         (block_in, p + "attn_proj")),
-            _elementwise(p + "ln_2", OpKind.LAYERNORM, blk, layer, tokens, d, b, LAYERNORM_FLOPS_PER_ELEM,
-                         (p + "residual_1",), gamma="ln2_g", beta="ln2_b"),
-            _matmul(p + "fc", blk, layer, tokens, d, f, b, "w_fc", "b_fc", (p + "ln_2",)),
-            _elementwise(p + "gelu", OpKind.GELU, blk, layer, tokens, f, b, GELU_FLOPS_PER_ELEM, (p + "fc",)),
-            _matmul(p + "fc_proj", blk, layer, tokens, f, d, b, "w_fc_proj", "b_fc_proj", (p + "gelu",)),
-            _elementwise(p + "residual_2", OpKind.RESIDUAL, blk, layer, tokens, d, b, RESIDUAL_FLOPS_PER_ELEM,
-                         (p + "residual_1", p + "fc_proj")),
-        ]
-        blocks.append((blk, _block_graph(blk, ops)))
-        block_in = p + "residual_2"
+        ops = _layer_ops(config, layer, block_in, batch, seq, phase, context, b)
+        blocks.append((ops[0].block, _block_graph(ops[0].block, ops)))
+        block_in = ops[-1].name
 
-    head_ops = [
-        _elementwise("head.ln_f", OpKind.LAYERNORM, "head", config.n_layer, tokens, d, b,
-                     LAYERNORM_FLOPS_PER_ELEM, (block_in,), gamma="lnf_g", beta="lnf_b"),
-        # The LM head reads the (tied) token embedding transposed: weight "wte" of block "head".
-        _matmul("head.lm_head", "head", config.n_layer, tokens, d, v, b, "wte", None, ("head.ln_f",)),
-    ]
+    n = config.n_layer
+    if config.is_llama:
+        final = _elementwise("head.ln_f", OpKind.RMSNORM, "head", n, tokens, d, b, RMSNORM_FLOPS_PER_ELEM,
+                             (block_in,), gamma="lnf_g")
+    else:
+        final = _elementwise("head.ln_f", OpKind.LAYERNORM, "head", n, tokens, d, b, LAYERNORM_FLOPS_PER_ELEM,
+                             (block_in,), gamma="lnf_g", beta="lnf_b")
+    # The LM head's weight is "wte" of block "head": the token embedding (tied, used transposed) or lm_head.
+    head_ops = [final, _matmul("head.lm_head", "head", n, tokens, d, v, b, "wte", None, ("head.ln_f",))]
     blocks.append(("head", _block_graph("head", head_ops)))
-    return WorkloadGraph(config=config, batch=batch, seq=seq, precision=precision, blocks=tuple(blocks))
+    return WorkloadGraph(config=config, batch=batch, seq=seq, precision=precision, blocks=tuple(blocks),
+                         phase=phase, context=context)
 
 
 def lower_gemm(m: int, k: int, n: int, precision: str = "fp32", bias: bool = False) -> WorkloadGraph:

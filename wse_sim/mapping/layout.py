@@ -21,11 +21,14 @@ from ..workloads.graph import BYTES_PER_ELEM
 from .collectives import Message, route
 from .plan import (
     ContextWrite,
+    DecodeAttnCombine,
+    DecodeAttnPartial,
     Elementwise,
     Free,
     MatmulBlock,
     OpPlan,
     Ref,
+    Rope,
     SoftmaxBlock,
     SramOverflowError,
     Task,
@@ -136,18 +139,23 @@ class BlockLayout:
 
     def param_bytes_per_pe(self, op: OpSpec) -> int:
         """SRAM per PE that a resident-weight mapping keeps for this non-matmul op's parameters."""
-        if op.kind == OpKind.LAYERNORM and not self.params_streamed:
-            return max(2 * self.cols_per_pe(op.n, j) * self.b for j in range(self.TC))
+        if op.kind in (OpKind.LAYERNORM, OpKind.RMSNORM) and not self.params_streamed:
+            return max(self.n_params(op) * self.cols_per_pe(op.n, j) * self.b for j in range(self.TC))
         return 0
+
+    @staticmethod
+    def n_params(op: OpSpec) -> int:
+        """Parameter vectors of a norm: scale and shift (LayerNorm) or scale only (RMSNorm)."""
+        return (op.gamma is not None) + (op.beta is not None)
 
     # dispatch --------------------------------------------------------------------------------------------------
     def plan_op(self, op: OpSpec) -> OpPlan:
         kind = op.kind
         if kind == OpKind.MATMUL:
             return self.matmul(op)
-        if kind == OpKind.LAYERNORM:
+        if kind in (OpKind.LAYERNORM, OpKind.RMSNORM):
             return self.layernorm(op)
-        if kind in (OpKind.GELU, OpKind.RESIDUAL):
+        if kind in (OpKind.GELU, OpKind.RESIDUAL, OpKind.SWIGLU):
             return self.pointwise(op)
         if kind == OpKind.EMBEDDING:
             return self.embedding(op)
@@ -157,30 +165,36 @@ class BlockLayout:
             return self.softmax(op)
         if kind == OpKind.ATTN_CONTEXT:
             return self.attn_context(op)
+        if kind == OpKind.ATTN_DECODE:
+            return self.attn_decode(op)
         raise NotImplementedError(f"{self.name} has no plan for op kind {kind}")
 
     # ---- elementwise -----------------------------------------------------------------------------------------
     def layernorm(self, op: OpSpec) -> OpPlan:
+        """LayerNorm or RMSNorm: per-row statistics all-reduced along each tile row, then normalised in place."""
         g, TR, TC, d = self.grid, self.TR, self.TC, op.n
         x, y = op.inputs[0], op.name
-        gamma, beta = weight_tensor(op, op.gamma), weight_tensor(op, op.beta)
+        rms = op.kind == OpKind.RMSNORM
+        fn = "rmsnorm" if rms else "layernorm"
+        npar = self.n_params(op)
+        params = tuple(Ref(weight_tensor(op, a), (0, 1), (0, d)) for a in (op.gamma, op.beta) if a is not None)
         t = Builder()
         s = None
         bcast: list[tuple[int, ...]] = [()] * TC
         if self.params_streamed:
-            s = t.add(TaskKind.STREAM, label="stream gamma, beta", nbytes=2 * d * self.b)
+            s = t.add(TaskKind.STREAM, label="stream norm parameters", nbytes=npar * d * self.b)
             bcast = [
                 (t.add(TaskKind.TRANSFER, deps=(s,), label=f"bcast col {j}", links=g.col_path(j, 0, TR - 1),
-                       bytes_per_lane=2 * self.cols_per_pe(d, j) * self.b, hops=g.col_hops(0, TR - 1) + 1,
-                       nbytes=2 * (self.cols(d, j)[1] - self.cols(d, j)[0]) * self.b * TR),)
+                       bytes_per_lane=npar * self.cols_per_pe(d, j) * self.b, hops=g.col_hops(0, TR - 1) + 1,
+                       nbytes=npar * (self.cols(d, j)[1] - self.cols(d, j)[0]) * self.b * TR),)
                 for j in range(TC)
             ]
         norm = []
         for i in range(TR):
             m0, m1 = self.rows(i)
             stats = [
-                t.add(TaskKind.COMPUTE, tile=(i, j), label="ln stats",
-                      elem_ops_per_pe=3 * self.rows_per_pe(i) * self.cols_per_pe(d, j))
+                t.add(TaskKind.COMPUTE, tile=(i, j), label="norm stats",
+                      elem_ops_per_pe=(2 if rms else 3) * self.rows_per_pe(i) * self.cols_per_pe(d, j))
                 for j in range(TC)
             ]
             red = t.add(
@@ -188,26 +202,25 @@ class BlockLayout:
                 bytes_per_lane=self.rows_per_pe(i) * STAT_BYTES, hops=2 * g.row_hops(0, TC - 1),
                 stages=g.row_hops(0, TC - 1),
                 nbytes=2 * (TC - 1) * (m1 - m0) * STAT_BYTES,
-                actions=(Elementwise("layernorm", Ref(y, (m0, m1), (0, d)), (Ref(x, (m0, m1), (0, d)),),
-                                     (Ref(gamma, (0, 1), (0, d)), Ref(beta, (0, 1), (0, d)))),),
+                actions=(Elementwise(fn, Ref(y, (m0, m1), (0, d)), (Ref(x, (m0, m1), (0, d)),), params),),
             )
             norm.extend(
-                t.add(TaskKind.COMPUTE, deps=(red, *bcast[j]), tile=(i, j), label="ln normalise",
-                      elem_ops_per_pe=5 * self.rows_per_pe(i) * self.cols_per_pe(d, j))
+                t.add(TaskKind.COMPUTE, deps=(red, *bcast[j]), tile=(i, j), label="norm apply",
+                      elem_ops_per_pe=(npar + 3) * self.rows_per_pe(i) * self.cols_per_pe(d, j))
                 for j in range(TC)
             )
         if s is not None:
             t.add(TaskKind.BARRIER, deps=tuple(norm), label="params consumed", frees_buffer_of=s)
-        params = 2 if self.params_streamed else 0  # resident params are counted in param_bytes_per_pe
-        sram = max(self.resident_bytes_per_pe([d, d], i, j) + params * self.cols_per_pe(d, j) * self.b
+        streamed = npar if self.params_streamed else 0  # resident params are counted in param_bytes_per_pe
+        sram = max(self.resident_bytes_per_pe([d, d], i, j) + streamed * self.cols_per_pe(d, j) * self.b
                    for i in range(TR) for j in range(TC))
         return OpPlan(op=op, mapping=self.name, tasks=t.finish(),
-                      sram_bytes_per_pe=self.check_sram(op, sram, "layernorm blocks"))
+                      sram_bytes_per_pe=self.check_sram(op, sram, f"{fn} blocks"))
 
     def pointwise(self, op: OpSpec) -> OpPlan:
-        """GELU and residual add: purely local to each tile's block."""
+        """GELU, SwiGLU gate and residual add: purely local to each tile's block."""
         TR, TC, width = self.TR, self.TC, op.n
-        fn = "gelu" if op.kind == OpKind.GELU else "add"
+        fn = {OpKind.GELU: "gelu", OpKind.SWIGLU: "swiglu"}.get(op.kind, "add")
         t = Builder()
         per_elem = op.flops // (op.m * op.n)
         for i in range(TR):
@@ -246,8 +259,27 @@ class BlockLayout:
 
     # ---- attention -------------------------------------------------------------------------------------------
     @cache  # noqa: B019
+    def kv_heads_of(self, j: int) -> tuple[int, ...]:
+        """KV heads owned by tile column ``j`` (``g % TC == j``); their query heads come with them."""
+        return tuple(g for g in range(self.graph.config.n_kv_head) if g % self.TC == j)
+
+    @cache  # noqa: B019
     def heads_of(self, j: int) -> tuple[int, ...]:
-        return tuple(h for h in range(self.graph.config.n_head) if h % self.TC == j)
+        cfg = self.graph.config
+        group = cfg.n_head // cfg.n_kv_head
+        return tuple(h for h in range(cfg.n_head) if (h // group) % self.TC == j)
+
+    def kv_head(self, h: int) -> int:
+        cfg = self.graph.config
+        return h // (cfg.n_head // cfg.n_kv_head)
+
+    def qk_tensor(self, op_block: str) -> tuple[str, int]:
+        """(tensor holding rotated q | k, column where k starts): ``<block>.qk_rope`` for rotary models, else
+        the qkv output itself."""
+        cfg = self.graph.config
+        if cfg.is_llama:
+            return f"{op_block}.qk_rope", cfg.d_model
+        return f"{op_block}.qkv", cfg.d_model
 
     def segments(self, i: int):
         """(batch, first row, last row + 1) of each sequence that tile row ``i``'s token rows overlap."""
@@ -276,53 +308,82 @@ class BlockLayout:
         for i in range(self.TR):
             for j in range(self.TC):
                 pes = self.grid.pes((i, j))
-                nh = len(self.heads_of(j))
                 batches = {bidx for bidx, _, _ in self.segments(i)}
-                kv = ceil_div(len(batches) * seq * 2 * dh * nh * b, pes)
+                kv = ceil_div(len(batches) * seq * 2 * dh * len(self.kv_heads_of(j)) * b, pes)
                 scores = self.attn_work_per_pe(i, j) * b
-                worst = max(worst, self.resident_bytes_per_pe([3 * cfg.d_model, cfg.d_model], i, j) + kv + scores)
+                rope = self.block_bytes_per_pe(cfg.d_model + cfg.kv_width, i, j) if cfg.is_llama else 0
+                worst = max(worst, self.resident_bytes_per_pe([cfg.qkv_width, cfg.d_model], i, j) + kv + scores
+                            + rope)
         return self.check_sram(op, worst, "Q/K/V, gathered keys and values, and scores")
 
     def buf(self, op_block: str, bidx: int, h: int, i: int) -> str:
         return f"{op_block}.probs#{bidx},{h},{i}"
 
+    def _to_head_columns(self, t: Builder, i: int, label: str) -> int:
+        """Tile row ``i``'s q | k | v blocks move along the row to the columns that own their heads."""
+        g, TC, b, w = self.grid, self.TC, self.b, self.graph.config.qkv_width
+        return t.add(TaskKind.TRANSFER, label=f"{label}, row {i}", links=self.row_transfer_links(i),
+                     bytes_per_lane=self.rows_per_pe(i) * ceil_div(w, TC) * b, hops=g.row_hops(0, TC - 1),
+                     nbytes=(self.rows(i)[1] - self.rows(i)[0]) * w * b * (TC - 1) // TC)
+
+    def _rope(self, t: Builder, op: OpSpec, i: int, j: int, deps: tuple[int, ...], pos0_of) -> int:
+        """Rotary embedding of tile (i, j)'s rows for the query and key heads of column ``j``."""
+        cfg = self.graph.config
+        dh, d = cfg.head_dim, cfg.d_model
+        qkv = op.inputs[0]
+        dst, k0 = self.qk_tensor(op.block)
+        acts = []
+        for bidx, lo, hi in self.segments(i):
+            for h in self.heads_of(j):
+                acts.append(Rope(Ref(dst, (lo, hi), (h * dh, (h + 1) * dh)),
+                                 Ref(qkv, (lo, hi), (h * dh, (h + 1) * dh)), pos0_of(bidx, lo)))
+            for kv in self.kv_heads_of(j):
+                c = (d + kv * dh, d + (kv + 1) * dh)
+                acts.append(Rope(Ref(dst, (lo, hi), (k0 + kv * dh, k0 + (kv + 1) * dh)), Ref(qkv, (lo, hi), c),
+                                 pos0_of(bidx, lo)))
+        width = (len(self.heads_of(j)) + len(self.kv_heads_of(j))) * dh
+        return t.add(TaskKind.COMPUTE, deps=deps, tile=(i, j), label="rope",
+                     elem_ops_per_pe=3 * self.rows_per_pe(i) * ceil_div(width, self.grid.width(j)),
+                     actions=tuple(acts))
+
     def attn_scores(self, op: OpSpec) -> OpPlan:
         g, TR, TC, b = self.grid, self.TR, self.TC, self.b
         cfg = self.graph.config
-        d, dh, seq, qkv = cfg.d_model, cfg.head_dim, self.graph.seq, op.inputs[0]
+        dh, seq = cfg.head_dim, self.graph.seq
+        qk, k0 = self.qk_tensor(op.block)
         scale = 1.0 / math.sqrt(dh)
         t = Builder()
-        redist = [
-            t.add(TaskKind.TRANSFER, label=f"qkv to head columns, row {i}", links=self.row_transfer_links(i),
-                  bytes_per_lane=self.rows_per_pe(i) * ceil_div(3 * d, TC) * b, hops=g.row_hops(0, TC - 1),
-                  nbytes=(self.rows(i)[1] - self.rows(i)[0]) * 3 * d * b * (TC - 1) // TC)
-            for i in range(TR)
-        ]
+        redist = [self._to_head_columns(t, i, "qkv to head columns") for i in range(TR)]
         for j in range(TC):
             heads = self.heads_of(j)
             if not heads:
                 continue
+            ready = redist
+            if cfg.is_llama:
+                ready = [self._rope(t, op, i, j, (redist[i],), lambda bidx, lo: lo - bidx * seq) for i in range(TR)]
+            kvh = len(self.kv_heads_of(j))
             gather = t.add(
-                TaskKind.TRANSFER, deps=tuple(redist), label=f"all-gather K,V col {j}",
+                TaskKind.TRANSFER, deps=tuple(ready), label=f"all-gather K,V col {j}",
                 links=self.col_transfer_links(j),
-                bytes_per_lane=ceil_div(self.M * 2 * dh * len(heads) * b, g.width(j)),
-                hops=g.col_hops(0, TR - 1), nbytes=self.M * 2 * dh * len(heads) * b * (TR - 1),
+                bytes_per_lane=ceil_div(self.M * 2 * dh * kvh * b, g.width(j)),
+                hops=g.col_hops(0, TR - 1), nbytes=self.M * 2 * dh * kvh * b * (TR - 1),
             )
             for i in range(TR):
                 actions = []
                 for bidx, lo, hi in self.segments(i):
                     base = bidx * seq
                     for h in heads:
+                        kv = self.kv_head(h)
                         actions.append(MatmulBlock(
                             out=self.buf(op.block, bidx, h, i),
-                            a=Ref(qkv, (lo, hi), (h * dh, (h + 1) * dh)),
-                            b=Ref(qkv, (d + h * dh, d + (h + 1) * dh), (base, hi), transpose=True),
+                            a=Ref(qk, (lo, hi), (h * dh, (h + 1) * dh)),
+                            b=Ref(qk, (k0 + kv * dh, k0 + (kv + 1) * dh), (base, hi), transpose=True),
                             scale=scale, round_output=True,
                         ))
-                t.add(TaskKind.COMPUTE, deps=(gather, redist[i]), tile=(i, j), label="scores",
+                t.add(TaskKind.COMPUTE, deps=(gather, ready[i]), tile=(i, j), label="scores",
                       macs_per_pe=self.attn_work_per_pe(i, j) * dh, actions=tuple(actions))
         return OpPlan(op=op, mapping=self.name, tasks=t.finish(), sram_bytes_per_pe=self.attn_sram(op),
-                      notes="heads on tile columns (h % TC); causal key skipping")
+                      notes="KV heads on tile columns (g % TC); causal key skipping")
 
     def softmax(self, op: OpSpec) -> OpPlan:
         seq = self.graph.seq
@@ -336,10 +397,22 @@ class BlockLayout:
                       elem_ops_per_pe=5 * self.attn_work_per_pe(i, j), actions=acts)
         return OpPlan(op=op, mapping=self.name, tasks=t.finish(), sram_bytes_per_pe=self.attn_sram(op))
 
+    def _context_home(self, t: Builder, deps_of_row, label: str, src_row=None) -> None:
+        """Each tile row's context blocks (by head column) go back along the row to the block layout."""
+        g, TR, TC, b, d = self.grid, self.TR, self.TC, self.b, self.graph.config.d_model
+        for i in range(TR):
+            m0, m1 = self.rows(i)
+            if m1 == m0 or not deps_of_row(i):
+                continue
+            t.add(TaskKind.TRANSFER, deps=tuple(deps_of_row(i)), label=f"{label}, row {i}",
+                  links=self.row_transfer_links(i), bytes_per_lane=self.rows_per_pe(i) * ceil_div(d, TC) * b,
+                  hops=g.row_hops(0, TC - 1), nbytes=(m1 - m0) * d * b * (TC - 1) // TC)
+
     def attn_context(self, op: OpSpec) -> OpPlan:
-        g, TR, TC, b = self.grid, self.TR, self.TC, self.b
+        TR, TC = self.TR, self.TC
         cfg = self.graph.config
         d, dh, seq = cfg.d_model, cfg.head_dim, self.graph.seq
+        v0 = d + cfg.kv_width
         qkv = op.inputs[1]
         t = Builder()
         row_computes: list[list[int]] = [[] for _ in range(TR)]
@@ -352,14 +425,117 @@ class BlockLayout:
                     for h in heads:
                         key = self.buf(op.block, bidx, h, i)
                         bufs.append(key)
+                        kv = self.kv_head(h)
                         acts.append(ContextWrite(dst=Ref(op.name, (lo, hi), (h * dh, (h + 1) * dh)), probs=key,
-                                                 v=Ref(qkv, (base, hi), (2 * d + h * dh, 2 * d + (h + 1) * dh))))
+                                                 v=Ref(qkv, (base, hi), (v0 + kv * dh, v0 + (kv + 1) * dh))))
                 acts.append(Free(tuple(bufs)))
                 row_computes[i].append(t.add(TaskKind.COMPUTE, tile=(i, j), label="context",
                                              macs_per_pe=self.attn_work_per_pe(i, j) * dh, actions=tuple(acts)))
-        for i in range(TR):
-            m0, m1 = self.rows(i)
-            t.add(TaskKind.TRANSFER, deps=tuple(row_computes[i]), label=f"context back to owners, row {i}",
-                  links=self.row_transfer_links(i), bytes_per_lane=self.rows_per_pe(i) * ceil_div(d, TC) * b,
-                  hops=g.row_hops(0, TC - 1), nbytes=(m1 - m0) * d * b * (TC - 1) // TC)
+        self._context_home(t, lambda i: row_computes[i], "context back to owners")
         return OpPlan(op=op, mapping=self.name, tasks=t.finish(), sram_bytes_per_pe=self.attn_sram(op))
+
+    # ---- decode attention over the KV cache ------------------------------------------------------------------
+    def cache_rows(self, i: int) -> tuple[int, int]:
+        """Cache positions (of every sequence) held by tile row ``i``: positions split over tile rows."""
+        e = split(self.graph.cache_positions, self.TR)
+        return e[i], e[i + 1]
+
+    @staticmethod
+    def cache_tensor(op_block: str, which: str, bidx: int) -> str:
+        """``<layer>.k_cache#<sequence>`` / ``v_cache``: ``[positions, kv_width]`` per sequence."""
+        return f"{op_block}.{which}_cache#{bidx}"
+
+    def kv_cache_bytes_per_pe(self, i: int, j: int) -> int:
+        """One layer's K and V cache on tile (i, j): its positions over PE rows, its KV heads' columns over PE
+        columns, for every sequence."""
+        p0, p1 = self.cache_rows(i)
+        dh = self.graph.config.head_dim
+        return (self.graph.batch * ceil_div(p1 - p0, self.grid.height(i))
+                * ceil_div(2 * len(self.kv_heads_of(j)) * dh, self.grid.width(j)) * self.b)
+
+    def layer_kv_cache_bytes_per_pe(self) -> int:
+        """The fullest PE's share of one layer's KV cache."""
+        return max(self.kv_cache_bytes_per_pe(i, j) for i in range(self.TR) for j in range(self.TC))
+
+    def attn_decode(self, op: OpSpec) -> OpPlan:
+        """Decode attention (flash-decoding on the grid): the new token's q | k | v move to their head columns,
+        get rotated (rotary models), k and v are appended to the cache row that holds position ``context``, q is
+        broadcast down the column, every tile scores its cache rows and keeps (max, sum, weighted V), and the
+        partials are reduced up each column (a binary tree over PE rows inside a tile, then a chain across tile
+        rows) before the context returns to the block layout."""
+        g, TR, TC, b = self.grid, self.TR, self.TC, self.b
+        cfg = self.graph.config
+        d, dh, C = cfg.d_model, cfg.head_dim, self.graph.context
+        qkv = op.inputs[0]
+        qk, k0 = self.qk_tensor(op.block)
+        v0 = d + cfg.kv_width
+        scale = 1.0 / math.sqrt(dh)
+        t = Builder()
+        redist = {i: self._to_head_columns(t, i, "new q,k,v to head columns") for i in range(TR)
+                  if self.rows(i)[1] > self.rows(i)[0]}
+        home: dict[int, list[int]] = {i: [] for i in redist}
+        for j in range(TC):
+            heads, kvs = self.heads_of(j), self.kv_heads_of(j)
+            if not heads:
+                continue
+            ready = {i: (self._rope(t, op, i, j, (r,), lambda bidx, lo: C) if cfg.is_llama else r)
+                     for i, r in redist.items()}
+            append = []
+            for i in redist:
+                for bidx, lo, _ in self.segments(i):
+                    for kv in kvs:
+                        for which, src0 in (("k", k0), ("v", v0)):
+                            src = qk if which == "k" else qkv
+                            dst = Ref(self.cache_tensor(op.block, which, bidx), (C, C + 1), (kv * dh, (kv + 1) * dh))
+                            new = Ref(src, (lo, lo + 1), (src0 + kv * dh, src0 + (kv + 1) * dh))
+                            append.append(Elementwise("copy", dst, (new,)))
+            width = (len(heads) + 2 * len(kvs)) * dh
+            bcast = t.add(TaskKind.TRANSFER, deps=tuple(ready.values()), label=f"q down col {j}, k,v to cache",
+                          links=self.col_transfer_links(j),
+                          bytes_per_lane=ceil_div(self.M * width * b, g.width(j)),
+                          hops=g.col_hops(0, TR - 1), nbytes=self.M * width * b * (TR - 1), actions=tuple(append))
+            partials: dict[int, int] = {}
+            bufs: dict[tuple[int, int], list[str]] = {}
+            for i in range(TR):
+                p0, p1 = self.cache_rows(i)
+                if p1 == p0:
+                    continue
+                acts = []
+                for bidx in range(self.graph.batch):
+                    t_row = bidx  # decode: token row = sequence index
+                    for h in heads:
+                        kv = self.kv_head(h)
+                        key = f"{op.block}.part#{bidx},{h},{i}"
+                        bufs.setdefault((bidx, h), []).append(key)
+                        cols = (kv * dh, (kv + 1) * dh)
+                        acts.append(DecodeAttnPartial(
+                            key, Ref(qk, (t_row, t_row + 1), (h * dh, (h + 1) * dh)),
+                            Ref(self.cache_tensor(op.block, "k", bidx), (p0, p1), cols),
+                            Ref(self.cache_tensor(op.block, "v", bidx), (p0, p1), cols), scale))
+                work = self.graph.batch * ceil_div(p1 - p0, g.height(i)) * ceil_div(len(heads) * dh, g.width(j))
+                partials[i] = t.add(TaskKind.COMPUTE, deps=(bcast,), tile=(i, j), label="attend to cache rows",
+                                    macs_per_pe=2 * work, elem_ops_per_pe=5 * work // dh + 1,
+                                    actions=tuple(acts))
+            # Reduce: a binary tree over each tile's PE rows, then a chain up the column to tile row 0.
+            vec = self.M * len(heads) * (dh + 2) * ACC_BYTES
+            lv = max(1, math.ceil(math.log2(max(2, max(g.height(i) for i in partials)))))
+            inner = t.add(TaskKind.TRANSFER, deps=tuple(partials.values()), label=f"tree over PE rows, col {j}",
+                          bytes_per_lane=lv * ceil_div(vec, g.width(j)), hops=max(g.height(i) for i in partials) - 1,
+                          stages=lv)
+            last = max(partials)
+            combine = tuple(DecodeAttnCombine(Ref(op.name, (bidx, bidx + 1), (h * dh, (h + 1) * dh)), tuple(keys))
+                            for (bidx, h), keys in bufs.items())
+            root = t.add(TaskKind.TRANSFER, deps=(inner,), label=f"chain up col {j}", links=g.col_path(j, last, 0),
+                         bytes_per_lane=ceil_div(vec, g.width(j)), hops=g.col_hops(0, last), stages=last,
+                         nbytes=vec * last, actions=combine)
+            for i in home:
+                home[i].append(root)
+        self._context_home(t, lambda i: home.get(i, []), "context back to owners")
+        sram = max(self.resident_bytes_per_pe([cfg.qkv_width, d], i, j) + ceil_div(self.M * (len(self.heads_of(j))
+                   + 2 * len(self.kv_heads_of(j))) * cfg.head_dim * b, g.pes((i, j)))
+                   + ceil_div(self.M * len(self.heads_of(j)) * (dh + 2) * ACC_BYTES, g.width(j))
+                   for i in range(TR) for j in range(TC))
+        return OpPlan(op=op, mapping=self.name, tasks=t.finish(),
+                      sram_bytes_per_pe=self.check_sram(op, sram, "q, new k/v and attention partials (the KV cache "
+                                                                  "is counted with the resident bytes)"),
+                      notes=f"KV cache of {self.graph.cache_positions} positions over tile rows, KV heads on columns")

@@ -149,7 +149,7 @@ class Combine:
 class Elementwise:
     """A row-block elementwise op: ``dst = fn(srcs...)`` on ``rows x cols`` (layernorm needs whole rows)."""
 
-    fn: str  # "layernorm" | "gelu" | "add" | "embedding"
+    fn: str  # "layernorm" | "rmsnorm" | "gelu" | "swiglu" | "add" | "copy" | "embedding"
     dst: Ref
     srcs: tuple[Ref, ...]
     params: tuple[Ref, ...] = ()  # gamma/beta for layernorm
@@ -173,13 +173,43 @@ class ContextWrite:
 
 
 @dataclass(frozen=True)
+class Rope:
+    """``dst = rope(src)``: rotary embedding of whole heads; row ``r`` of ``src`` is at position ``pos0 + r``."""
+
+    dst: Ref
+    src: Ref
+    pos0: int
+
+
+@dataclass(frozen=True)
+class DecodeAttnPartial:
+    """One tile's share of decode attention for one query and head over the cache rows it holds (flash-decoding):
+    ``buffers[buf] = (max score, sum of exp, exp-weighted sum of V rows)`` in fp32."""
+
+    buf: str
+    q: Ref
+    k: Ref
+    v: Ref
+    scale: float
+
+
+@dataclass(frozen=True)
+class DecodeAttnCombine:
+    """Merge partials (left to right, rescaling by their maxima), normalise, round to storage, write ``dst``."""
+
+    dst: Ref
+    bufs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Free:
     """Drop buffers no longer needed (keeps memory bounded on big runs)."""
 
     keys: tuple[str, ...]
 
 
-Action = MatmulBlock | ReduceWrite | Combine | Elementwise | SoftmaxBlock | ContextWrite | Free
+Action = (MatmulBlock | ReduceWrite | Combine | Elementwise | SoftmaxBlock | ContextWrite | Rope | DecodeAttnPartial
+          | DecodeAttnCombine | Free)
 
 
 # ---- tasks ----------------------------------------------------------------------------------------------------

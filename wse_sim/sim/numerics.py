@@ -12,15 +12,18 @@ from dataclasses import fields
 
 import numpy as np
 
-from ..kernels import causal_softmax, embedding, gelu, gemm, layernorm, round_to
+from ..kernels import causal_softmax, embedding, gelu, gemm, layernorm, rmsnorm, rope, round_to, silu_gate
 from ..mapping.plan import (
     Combine,
     ContextWrite,
+    DecodeAttnCombine,
+    DecodeAttnPartial,
     Elementwise,
     Free,
     MatmulBlock,
     ReduceWrite,
     Ref,
+    Rope,
     SoftmaxBlock,
 )
 from ..workloads import OpKind, WorkloadGraph
@@ -28,20 +31,60 @@ from ..workloads.weights import ModelWeights
 
 
 class Numerics:
-    """Tensor store plus an interpreter for plan actions."""
+    """Tensor store plus an interpreter for plan actions.
 
-    def __init__(self, graph: WorkloadGraph, weights: ModelWeights, token_ids: np.ndarray):
+    The KV cache (``<layer>.k_cache#<sequence>``, ``v_cache``) holds ``cache_capacity`` positions per sequence
+    (default: what this graph needs). :meth:`next_pass` moves the same store on to another pass of the same
+    model (a decode step after a prefill), keeping weights and caches: how ``generate`` runs.
+    """
+
+    def __init__(self, graph: WorkloadGraph, weights: ModelWeights, token_ids: np.ndarray,
+                 cache_capacity: int | None = None):
+        cfg = graph.config
+        self.eps = cfg.layer_norm_epsilon
+        self.activation = cfg.activation
+        self.theta, self.head_dim = cfg.rope_theta, cfg.head_dim
+        self.cache_capacity = cache_capacity or graph.cache_positions
+        self._setup(graph)
+        self.next_pass(graph, token_ids)
+        self._load_weights(weights)
+
+    def next_pass(self, graph: WorkloadGraph, token_ids: np.ndarray) -> None:
+        """Run ``graph`` (same model and precision) next, on ``token_ids [batch, seq]``; caches are kept."""
         cfg = graph.config
         if token_ids.shape != (graph.batch, graph.seq):
             raise ValueError(f"token ids have shape {token_ids.shape}, expected {(graph.batch, graph.seq)}")
+        if graph.cache_positions > self.cache_capacity:
+            raise ValueError(f"KV cache holds {self.cache_capacity} positions, the pass needs {graph.cache_positions}")
+        for name in [k for k in self.store if k not in self._weights and "_cache#" not in k]:
+            del self.store[name]  # activations of the previous pass
         self._setup(graph)
-        self.eps = cfg.layer_norm_epsilon
-        self.activation = cfg.activation
+        self.context = graph.context
         self.token_ids = np.ascontiguousarray(token_ids, dtype=np.int64)
         for op in graph.ops():
-            if op.kind == OpKind.ATTN_CONTEXT:
+            if op.kind in (OpKind.ATTN_CONTEXT, OpKind.ATTN_DECODE):
                 self.shapes[op.name] = (graph.tokens, cfg.d_model)
-        self._load_weights(weights)
+            if op.kind in (OpKind.ATTN_SCORES, OpKind.ATTN_DECODE) and cfg.is_llama:
+                self.shapes[f"{op.block}.qk_rope"] = (graph.tokens, cfg.d_model + cfg.kv_width)
+            if op.kind == OpKind.ATTN_DECODE:
+                for bidx in range(graph.batch):
+                    for which in ("k", "v"):
+                        self.shapes[f"{op.block}.{which}_cache#{bidx}"] = (self.cache_capacity, cfg.kv_width)
+
+    def fill_cache(self, graph: WorkloadGraph) -> None:
+        """Copy a finished prefill's keys (rotated) and values into the KV cache of every layer."""
+        cfg = graph.config
+        d, kv = cfg.d_model, cfg.kv_width
+        for layer in range(cfg.n_layer):
+            p = f"layer{layer}."
+            keys = self.store[p + "qk_rope"][:, d:] if cfg.is_llama else self.store[p + "qkv"][:, d:d + kv]
+            values = self.store[p + "qkv"][:, d + kv:]
+            for bidx in range(graph.batch):
+                rows = slice(bidx * graph.seq, (bidx + 1) * graph.seq)
+                for which, src in (("k", keys), ("v", values)):
+                    cache = np.zeros((self.cache_capacity, kv), dtype=np.float32)
+                    cache[:graph.seq] = src[rows]
+                    self.store[f"{p}{which}_cache#{bidx}"] = cache
 
     @classmethod
     def for_tensors(cls, graph: WorkloadGraph, tensors: dict[str, np.ndarray]) -> Numerics:
@@ -55,7 +98,10 @@ class Numerics:
     def _setup(self, graph: WorkloadGraph) -> None:
         self.precision = graph.precision
         self.seq = graph.seq
-        self.store: dict[str, np.ndarray] = {}
+        self.context = 0
+        if not hasattr(self, "store"):
+            self.store: dict[str, np.ndarray] = {}
+            self._weights: set[str] = set()  # store keys of parameters (kept across passes)
         self.buffers: dict[str, np.ndarray] = {}
         self.shapes: dict[str, tuple[int, int]] = {
             op.name: (op.m, op.n) for op in graph.ops() if op.kind not in (OpKind.ATTN_SCORES, OpKind.SOFTMAX)
@@ -68,12 +114,16 @@ class Numerics:
     def _load_weights(self, w: ModelWeights) -> None:
         for layer, lw in enumerate(w.layers):
             for f in fields(lw):
-                self._put(f"layer{layer}.{f.name}", getattr(lw, f.name))
+                if getattr(lw, f.name) is not None:
+                    self._put(f"layer{layer}.{f.name}", getattr(lw, f.name))
         self._put("embed.wte", w.wte)
-        self._put("embed.wpe", w.wpe)
+        if w.wpe is not None:
+            self._put("embed.wpe", w.wpe)
         self.store["head.wte"] = self.store["embed.wte"] if w.lm_head is None else round_to(w.lm_head, self.precision)
         self._put("head.lnf_g", w.lnf_g)
-        self._put("head.lnf_b", w.lnf_b)
+        if w.lnf_b is not None:
+            self._put("head.lnf_b", w.lnf_b)
+        self._weights = set(self.store)
 
     # ---- tensor access -----------------------------------------------------------------------------------------
     def get(self, ref: Ref) -> np.ndarray:
@@ -123,30 +173,66 @@ class Numerics:
                 self.buffers[a.buf] = round_to(causal_softmax(self.buffers[a.buf], 1.0, a.q_offset), self.precision)
             elif isinstance(a, ContextWrite):
                 self.write(a.dst, gemm(self.buffers[a.probs], self.get(a.v)))
+            elif isinstance(a, Rope):
+                src = np.ascontiguousarray(self.get(a.src))
+                positions = a.pos0 + np.arange(src.shape[0], dtype=np.int64)
+                self.write(a.dst, rope(src, positions, self.head_dim, self.theta))
+            elif isinstance(a, DecodeAttnPartial):
+                self.buffers[a.buf] = self._attend(a)
+            elif isinstance(a, DecodeAttnCombine):
+                self.write(a.dst, self._combine(a.bufs))
             elif isinstance(a, Free):
                 for key in a.keys:
                     self.buffers.pop(key, None)
             else:  # pragma: no cover - a new action type without an interpreter is a programming error
                 raise TypeError(f"no interpreter for action {type(a).__name__}")
 
+    def _attend(self, a: DecodeAttnPartial) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(max, sum of exp, exp-weighted V sum) of one query over the cache rows of one tile, in fp32."""
+        scores = gemm(np.ascontiguousarray(self.get(a.q)), np.ascontiguousarray(self.get(a.k).T))
+        scores *= np.float32(a.scale)
+        scores = round_to(scores, self.precision)  # scores are stored, as in prefill
+        peak = scores.max(axis=1, keepdims=True)
+        e = np.exp(scores - peak, dtype=np.float32)
+        return peak, e.sum(axis=1, keepdims=True, dtype=np.float32), gemm(e, np.ascontiguousarray(self.get(a.v)))
+
+    def _combine(self, bufs: tuple[str, ...]) -> np.ndarray:
+        peak, total, acc = self.buffers.pop(bufs[0])
+        for key in bufs[1:]:
+            m2, s2, o2 = self.buffers.pop(key)
+            new = np.maximum(peak, m2)
+            r1, r2 = np.exp(peak - new, dtype=np.float32), np.exp(m2 - new, dtype=np.float32)
+            peak, total, acc = new, total * r1 + s2 * r2, acc * r1 + o2 * r2
+        return acc / total
+
     def _elementwise(self, a: Elementwise) -> np.ndarray:
         if a.fn == "layernorm":
             gamma, beta = (self.get(p)[0] for p in a.params)
             return layernorm(np.ascontiguousarray(self.get(a.srcs[0])), gamma, beta, self.eps)
+        if a.fn == "rmsnorm":
+            return rmsnorm(np.ascontiguousarray(self.get(a.srcs[0])), self.get(a.params[0])[0], self.eps)
         if a.fn == "gelu":
             return gelu(np.ascontiguousarray(self.get(a.srcs[0])), self.activation)
+        if a.fn == "swiglu":
+            return silu_gate(np.ascontiguousarray(self.get(a.srcs[0])), np.ascontiguousarray(self.get(a.srcs[1])))
         if a.fn == "add":
             return self.get(a.srcs[0]) + self.get(a.srcs[1])
+        if a.fn == "copy":
+            return self.get(a.srcs[0])
         if a.fn == "embedding":
             (m0, m1), (c0, c1) = a.dst.rows, a.dst.cols
-            wte, wpe = self.store["embed.wte"][:, c0:c1], self.store["embed.wpe"][:, c0:c1]
+            wte = self.store["embed.wte"][:, c0:c1]
+            wpe = self.store["embed.wpe"][:, c0:c1] if "embed.wpe" in self.store else None
             parts = []
             flat = self.token_ids.reshape(-1)
             row = m0
             while row < m1:  # one piece per sequence the row block overlaps
                 s0 = row % self.seq
                 end = min(m1, row - s0 + self.seq)
-                parts.append(embedding(flat[row:end][None, :], wte, wpe, s0))
+                if wpe is None:  # rotary models: no position rows
+                    parts.append(np.ascontiguousarray(wte[flat[row:end]]))
+                else:
+                    parts.append(embedding(flat[row:end][None, :], wte, wpe, self.context + s0))
                 row = end
             if not parts:  # a tile row with no tokens (fewer tokens than tile rows)
                 return np.zeros((0, c1 - c0), dtype=np.float32)
