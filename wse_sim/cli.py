@@ -10,14 +10,22 @@ from pathlib import Path
 from .errors import UserError
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--trace", help="also write a Chrome trace-event JSON (Perfetto, chrome://tracing) to this file")
     r.add_argument("--trace-limit", type=_positive_int, help="keep only the first N trace slices per resource")
     r.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    srv = r.add_argument_group("serving (decode and generate place every layer on its own --grid region)")
+    srv.add_argument("--phase", choices=["prefill", "decode", "generate"], default="prefill",
+                     help="prefill: one forward pass over --seq tokens; decode: one new token after --context "
+                          "cached ones; generate: prefill --prompt-len tokens, then decode to --gen-tokens")
+    srv.add_argument("--context", type=_nonnegative_int, help="decode: tokens already in the KV cache")
+    srv.add_argument("--prompt-len", type=_positive_int, help="generate: prompt tokens (default: --seq)")
+    srv.add_argument("--gen-tokens", type=_positive_int, help="generate: tokens to generate (default 8)")
+    srv.add_argument("--layer-subset", type=_positive_int, metavar="K",
+                     help="simulate K layers and scale the layer time to the model's depth (published practice "
+                          "when a model does not fit the wafer)")
 
     sub.add_parser("models", help="list model presets")
     sub.add_parser("wafers", help="list wafer presets")
@@ -91,7 +109,8 @@ def _cmd_run(args) -> None:
     spec = RunSpec(
         model=args.model, wafer=args.wafer, mapping=args.mapping, seq=args.seq, batch=args.batch,
         precision=args.precision, grid=args.grid, tiles=args.tiles, tile=args.tile, numerics=args.numerics,
-        checkpoint=args.checkpoint, tokens=args.tokens, prompt=args.prompt, seed=args.seed,
+        checkpoint=args.checkpoint, tokens=args.tokens, prompt=args.prompt, seed=args.seed, phase=args.phase,
+        context=args.context, prompt_len=args.prompt_len, gen_tokens=args.gen_tokens, layer_subset=args.layer_subset,
     )
 
     def log(msg: str) -> None:

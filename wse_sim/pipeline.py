@@ -6,7 +6,7 @@ This is the only module that knows every layer; each layer below it only knows t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from .mapping import ModelPlan, TileGrid, get_mapping
 from .report.build import build_report
 from .sim import Engine, SimResult
 from .workloads import ModelConfig, get_preset, load_hf_config, lower_model
+from .workloads.graph import BYTES_PER_ELEM
 
 # Numerics are on by default up to this size (issue 3: "default for models up to 1.3B").
 NUMERICS_DEFAULT_MAX_PARAMS = 1_400_000_000
@@ -41,6 +42,13 @@ class RunSpec:
     tokens: str | None = None
     prompt: str | None = None
     seed: int = 0
+    phase: str = "prefill"  # prefill | decode | generate
+    context: int | None = None  # decode: tokens already in the KV cache
+    prompt_len: int | None = None  # generate: prompt tokens (default: seq)
+    gen_tokens: int | None = None  # generate: new tokens (the first from the prefill, then decode steps)
+    layer_subset: int | None = None  # simulate this many layers and scale to the model's depth
+
+PHASES = ("prefill", "decode", "generate")
 
 
 def _parse_pair(spec: str, what: str) -> tuple[int, int]:
@@ -79,7 +87,7 @@ def make_grid(spec: RunSpec, wafer: WaferSpec) -> TileGrid:
     return TileGrid.make(rows, cols, tr, tc)
 
 
-def input_tokens(spec: RunSpec, config: ModelConfig) -> np.ndarray:
+def input_tokens(spec: RunSpec, config: ModelConfig, seq: int | None = None) -> np.ndarray:
     from .workloads.tokens import encode_prompt, parse_token_list, random_tokens
 
     if spec.tokens and spec.prompt:
@@ -94,10 +102,11 @@ def input_tokens(spec: RunSpec, config: ModelConfig) -> np.ndarray:
             raise UserError("--prompt needs --checkpoint with tokenizer files")
         ids = encode_prompt(spec.checkpoint, spec.prompt)
     else:
-        return random_tokens(config.vocab_size, spec.batch, spec.seq, seed=spec.seed)
-    if ids.shape[1] != spec.seq or ids.shape[0] != spec.batch:
+        return random_tokens(config.vocab_size, spec.batch, seq or spec.seq, seed=spec.seed)
+    if ids.shape[1] != (seq or spec.seq) or ids.shape[0] != spec.batch:
         raise UserError(
-            f"the input has {ids.shape[0]}x{ids.shape[1]} tokens but --batch {spec.batch} --seq {spec.seq} was asked"
+            f"the input has {ids.shape[0]}x{ids.shape[1]} tokens but {spec.batch}x{seq or spec.seq} were needed "
+            f"(--batch x {'--seq' if seq is None else 'the prompt or context length'})"
         )
     return ids
 
@@ -129,10 +138,41 @@ def make_mapping(name: str):
     return get_mapping(name)
 
 
-def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False) -> RunOutput:
-    """Simulate ``spec``; ``record`` keeps every busy interval (for traces and timelines)."""
-    wafer = load_wafer(spec.wafer)
+def numerics_enabled(spec: RunSpec, config: ModelConfig) -> tuple[bool, str | None]:
+    """(on, reason when off): on by default up to NUMERICS_DEFAULT_MAX_PARAMS."""
+    if spec.numerics is None:
+        if config.param_count() <= NUMERICS_DEFAULT_MAX_PARAMS:
+            return True, None
+        return False, f"off by default above {NUMERICS_DEFAULT_MAX_PARAMS:,} parameters (use --numerics)"
+    return spec.numerics, None if spec.numerics else "disabled with --no-numerics"
+
+
+def model_weights(spec: RunSpec, config: ModelConfig, weights, log):
+    """The checkpoint's weights (cut to ``config.n_layer`` layers for a layer subset) or seeded random ones."""
+    if weights is None:
+        from .workloads.weights import random_weights
+
+        log(f"generating seeded random weights for {config.name} (seed {spec.seed}) ...")
+        return random_weights(config, seed=spec.seed)
+    if len(weights.layers) != config.n_layer:
+        weights = replace(weights, config=config, layers=weights.layers[:config.n_layer])
+    return weights
+
+
+def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False,
+        wafer: WaferSpec | None = None) -> RunOutput:
+    """Simulate ``spec``; ``record`` keeps every busy interval (for traces and timelines). ``wafer`` overrides
+    ``spec.wafer`` with a WaferSpec object (calibration varies its parameters)."""
+    if spec.phase not in PHASES:
+        raise UserError(f"unknown phase {spec.phase!r} (known: {', '.join(PHASES)})")
+    wafer = wafer or load_wafer(spec.wafer)
     config, weights = resolve_model(spec)
+    if spec.phase != "prefill":
+        from .serve import run_serving
+
+        return run_serving(spec, wafer, config, weights, progress, log, record)
+    if spec.layer_subset is not None:
+        raise UserError("--layer-subset applies to decode and generate (serving placement)")
     graph = lower_model(config, spec.batch, spec.seq, spec.precision)
     grid = make_grid(spec, wafer)
     mapping = make_mapping(spec.mapping)
@@ -141,24 +181,13 @@ def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False) 
     else:
         plan = mapping.plan(graph, wafer, grid)
 
-    numerics_on = spec.numerics
-    reason = None
-    if numerics_on is None:
-        numerics_on = config.param_count() <= NUMERICS_DEFAULT_MAX_PARAMS
-        if not numerics_on:
-            reason = f"off by default above {NUMERICS_DEFAULT_MAX_PARAMS:,} parameters (use --numerics)"
-    elif not numerics_on:
-        reason = "disabled with --no-numerics"
-
+    numerics_on, reason = numerics_enabled(spec, config)
     executor = tokens = None
     if numerics_on:
         from .sim.numerics import Numerics
-        from .workloads.weights import random_weights
 
         tokens = input_tokens(spec, config)
-        if weights is None:
-            log(f"generating seeded random weights for {config.name} (seed {spec.seed}) ...")
-            weights = random_weights(config, seed=spec.seed)
+        weights = model_weights(spec, config, weights, log)
         executor = Numerics(graph, weights, tokens)
 
     t0 = time.perf_counter()
@@ -173,5 +202,9 @@ def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False) 
         from .verify import compare_logits
 
         numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision))
-    report = build_report(spec, config, wafer, graph, plan, result, numerics_report)
+    seconds = result.total_cycles / wafer.clock_hz
+    serving = {"phase": "prefill", "ttft_s": seconds, "tpot_s": None,
+               "tokens_per_s_per_request": spec.seq / seconds if seconds else None,
+               "kv_cache_bytes": graph.tokens * config.kv_cache_bytes_per_token(BYTES_PER_ELEM[spec.precision])}
+    report = build_report(spec, config, wafer, graph, plan, result, numerics_report, serving)
     return RunOutput(report, logits, sim_wall, result, plan, wafer)

@@ -15,11 +15,15 @@ def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.argmax(a, axis=-1) == np.argmax(b, axis=-1)))
 
 
-def compare_logits(logits, executor, weights, tokens, precision: str) -> dict:
+def compare_logits(logits, executor, weights, tokens, precision: str, last_only: bool = False) -> dict:
+    """Errors of ``logits`` against both references; ``last_only``: ``logits`` are the last position's only
+    (a decode step after a cache of the earlier tokens)."""
     from .workloads.reference import reference_logits
 
     stored = weights.map_arrays(lambda a: round_to(a, precision))
     ref = reference_logits(stored, tokens)
+    if last_only:
+        ref = ref[:, -1:]
     out = {
         "precision": precision,
         "compared_tokens": int(tokens.size),
@@ -31,6 +35,8 @@ def compare_logits(logits, executor, weights, tokens, precision: str) -> dict:
         from .workloads.hf_reference import transformers_logits
 
         hf = transformers_logits(stored, tokens)
+        if last_only:
+            hf = hf[:, -1:]
     except ImportError as exc:
         out |= {"max_abs_err_vs_transformers": None, "top1_agreement": None, "transformers": f"unavailable: {exc}"}
         return out
@@ -40,3 +46,24 @@ def compare_logits(logits, executor, weights, tokens, precision: str) -> dict:
         "transformers_vs_reference_max_abs_err": float(np.max(np.abs(hf.astype(np.float64) - ref))),
     }
     return out
+
+
+def compare_tokens(generated: np.ndarray, weights, prompt: np.ndarray, precision: str) -> dict:
+    """Greedy tokens generated through the simulated path against ``transformers`` ``generate()`` on the same
+    (storage-rounded) weights, token for token."""
+    stored = weights.map_arrays(lambda a: round_to(a, precision))
+    out = {"precision": precision, "generated_tokens_compared": int(generated.size)}
+    try:
+        from .workloads.hf_reference import transformers_generate
+
+        hf = transformers_generate(stored, prompt, generated.shape[1])[:, prompt.shape[1]:]
+    except ImportError as exc:
+        return out | {"tokens_match_transformers": None, "transformers": f"unavailable: {exc}"}
+    same = generated == hf
+    first = np.argwhere(~same)
+    return out | {
+        "tokens_match_transformers": bool(same.all()),
+        "token_agreement": float(same.mean()),
+        "first_mismatch": None if not len(first) else {"sequence": int(first[0][0]), "step": int(first[0][1])},
+        "transformers_tokens": hf.tolist(),
+    }

@@ -171,7 +171,8 @@ class BlockLayout:
 
     # ---- elementwise -----------------------------------------------------------------------------------------
     def layernorm(self, op: OpSpec) -> OpPlan:
-        """LayerNorm or RMSNorm: per-row statistics all-reduced along each tile row, then normalised in place."""
+        """LayerNorm or RMSNorm: per-row statistics all-reduced along each tile row (a binary tree over the row's
+        PEs: one add stage per level, the signal crossing the row and back), then normalised in place."""
         g, TR, TC, d = self.grid, self.TR, self.TC, op.n
         x, y = op.inputs[0], op.name
         rms = op.kind == OpKind.RMSNORM
@@ -200,7 +201,7 @@ class BlockLayout:
             red = t.add(
                 TaskKind.TRANSFER, deps=tuple(stats), label=f"allreduce row {i}", links=self.row_transfer_links(i),
                 bytes_per_lane=self.rows_per_pe(i) * STAT_BYTES, hops=2 * g.row_hops(0, TC - 1),
-                stages=g.row_hops(0, TC - 1),
+                stages=math.ceil(math.log2(max(2, g.cols))),  # a binary reduction tree over the row's PEs
                 nbytes=2 * (TC - 1) * (m1 - m0) * STAT_BYTES,
                 actions=(Elementwise(fn, Ref(y, (m0, m1), (0, d)), (Ref(x, (m0, m1), (0, d)),), params),),
             )
@@ -445,17 +446,14 @@ class BlockLayout:
         """``<layer>.k_cache#<sequence>`` / ``v_cache``: ``[positions, kv_width]`` per sequence."""
         return f"{op_block}.{which}_cache#{bidx}"
 
-    def kv_cache_bytes_per_pe(self, i: int, j: int) -> int:
-        """One layer's K and V cache on tile (i, j): its positions over PE rows, its KV heads' columns over PE
-        columns, for every sequence."""
-        p0, p1 = self.cache_rows(i)
-        dh = self.graph.config.head_dim
-        return (self.graph.batch * ceil_div(p1 - p0, self.grid.height(i))
-                * ceil_div(2 * len(self.kv_heads_of(j)) * dh, self.grid.width(j)) * self.b)
-
-    def layer_kv_cache_bytes_per_pe(self) -> int:
-        """The fullest PE's share of one layer's KV cache."""
-        return max(self.kv_cache_bytes_per_pe(i, j) for i in range(self.TR) for j in range(self.TC))
+    def kv_cache_bytes_per_pe(self, positions: int) -> int:
+        """The fullest PE's share of one layer's K and V cache holding ``positions`` positions per sequence: on
+        tile (i, j), its positions over PE rows and its KV heads' columns over PE columns."""
+        g, dh = self.grid, self.graph.config.head_dim
+        e = split(positions, self.TR)
+        return max(self.graph.batch * ceil_div(e[i + 1] - e[i], g.height(i))
+                   * ceil_div(2 * len(self.kv_heads_of(j)) * dh, g.width(j)) * self.b
+                   for i in range(self.TR) for j in range(self.TC))
 
     def attn_decode(self, op: OpSpec) -> OpPlan:
         """Decode attention (flash-decoding on the grid): the new token's q | k | v move to their head columns,

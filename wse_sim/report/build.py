@@ -31,7 +31,9 @@ def _round(x: float, digits: int = 6) -> float:
 
 
 def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGraph, plan: ModelPlan,
-                 result: SimResult, numerics: dict) -> dict:
+                 result: SimResult, numerics: dict, serving: dict | None = None) -> dict:
+    """The report dict; ``serving`` (phase, ttft_s, tpot_s, tokens_per_s_per_request, kv_cache_bytes, ...) goes
+    in at the top level."""
     grid = plan.grid
     pes = grid.rows * grid.cols
     total = result.total_cycles
@@ -44,17 +46,21 @@ def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGra
     for op in result.ops:
         if op.block not in by_block:
             by_block[op.block] = {"name": op.block, "cycles": 0, "compute_cycles": 0, "fabric_cycles": 0,
+                                  "fabric_latency_cycles": 0, "fabric_serialization_cycles": 0,
                                   "stream_cycles": 0, "flops": 0, "ops": []}
             layers.append(by_block[op.block])
         layer = by_block[op.block]
         entry = {
             "name": op.name, "kind": op.kind, "cycles": op.cycles, "compute_cycles": op.compute_cycles,
-            "fabric_cycles": op.fabric_cycles, "stream_cycles": op.stream_cycles, "flops": op.flops,
+            "fabric_cycles": op.fabric_cycles, "fabric_latency_cycles": op.fabric_latency_cycles,
+            "fabric_serialization_cycles": op.fabric_serialization_cycles, "stream_cycles": op.stream_cycles,
+            "flops": op.flops,
             "stream_bytes": op.stream_bytes, "fabric_bytes": op.fabric_bytes,
             "sram_bytes_per_pe": op.sram_bytes_per_pe, "notes": op.notes,
         }
         layer["ops"].append(entry)
-        for key in ("cycles", "compute_cycles", "fabric_cycles", "stream_cycles", "flops"):
+        for key in ("cycles", "compute_cycles", "fabric_cycles", "fabric_latency_cycles",
+                    "fabric_serialization_cycles", "stream_cycles", "flops"):
             layer[key] += entry[key]
 
     busy = result.tile_busy_cycles / total if total else result.tile_busy_cycles
@@ -76,8 +82,9 @@ def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGra
             "tile_grid": [grid.tile_rows, grid.tile_cols], "tile_row_edges": list(grid.row_edges),
             "tile_col_edges": list(grid.col_edges),
         },
-        "run": {"seq": spec.seq, "batch": spec.batch, "tokens": graph.tokens, "precision": graph.precision,
-                "seed": spec.seed},
+        "run": {"seq": graph.seq, "batch": spec.batch, "tokens": graph.tokens, "precision": graph.precision,
+                "seed": spec.seed, "phase": graph.phase, "context": graph.context},
+        **(serving or {}),
         "total_cycles": total,
         "seconds": seconds,
         "tokens_per_s": graph.tokens / seconds if seconds else None,

@@ -12,7 +12,9 @@ regions overlap; its start is the latest end among ``after``.
 
 Each op's cycles are split along its critical path (walking back from its end through the dependency that
 finished last, or through the task that last held a resource this one waited for): time on compute tasks is
-``compute``, on transfers ``fabric``, on streams ``stream`` (exposed weight streaming).
+``compute``, on transfers ``fabric``, on streams ``stream`` (exposed weight streaming). Fabric time is further
+split into ``fabric_latency`` (a transfer's hop, stage and turn latency after its tail left) and
+``fabric_serialization`` (holding links, including waits for busy links).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class OpTiming:
     compute_cycles: int
     fabric_cycles: int
     stream_cycles: int
+    fabric_latency_cycles: int
     flops: int
     stream_bytes: int
     fabric_bytes: int
@@ -54,6 +57,10 @@ class OpTiming:
     @property
     def cycles(self) -> int:
         return self.end_cycles - self.start_cycles
+
+    @property
+    def fabric_serialization_cycles(self) -> int:
+        return self.fabric_cycles - self.fabric_latency_cycles
 
 
 @dataclass
@@ -128,6 +135,7 @@ class Engine:
         start_t = np.zeros(n)
         end_t = np.zeros(n)
         crit = np.full(n, -1, dtype=np.int64)
+        latency = np.zeros(n)  # transfers: cycles after the tail left its links (hops, stages, turns)
 
         tiles_shape = plan.grid.shape
         tile_res = {t: simpy.Resource(env, 1) for t in plan.grid.tiles()}
@@ -222,6 +230,7 @@ class Engine:
                     intervals.append(("tile", t.tile, int(env.now - cyc), int(env.now), k, t.label, 0, macs))
             elif t.kind == TaskKind.TRANSFER:
                 ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops, t.stages, t.turns)
+                latency[i] = lat
                 links = sorted(set(t.links))
                 reqs = [link(key).request() for key in links]
                 for r in reqs:
@@ -272,12 +281,13 @@ class Engine:
             if op_plan.after is not None:
                 prev = max((int(end_t[op_end[a]]) for a in op_plan.after), default=0)
             end = int(end_t[op_end[k]])
-            split = self._critical_split(tasks, op_end[k], prev, ready_t, start_t, end_t, crit)
+            split = self._critical_split(tasks, op_end[k], prev, ready_t, end_t, crit, latency)
             op = op_plan.op
             ops.append(OpTiming(
                 name=op.name, kind=str(op.kind), layer=op.layer, block=op.block, start_cycles=prev,
                 end_cycles=end, compute_cycles=split["compute"], fabric_cycles=split["fabric"],
-                stream_cycles=split["stream"], flops=op.flops, stream_bytes=op_stream_bytes[k],
+                stream_cycles=split["stream"], fabric_latency_cycles=split["fabric_latency"], flops=op.flops,
+                stream_bytes=op_stream_bytes[k],
                 fabric_bytes=op_fabric_bytes[k], sram_bytes_per_pe=op_plan.sram_bytes_per_pe, notes=op_plan.notes,
             ))
             prev = end
@@ -295,9 +305,10 @@ class Engine:
         )
 
     @staticmethod
-    def _critical_split(tasks, end_idx, op_start, ready_t, start_t, end_t, crit) -> dict[str, int]:
-        """Attribute [op_start, op end] to compute / fabric / stream along the critical path."""
-        out = {"compute": 0, "fabric": 0, "stream": 0}
+    def _critical_split(tasks, end_idx, op_start, ready_t, end_t, crit, latency) -> dict[str, int]:
+        """Attribute [op_start, op end] to compute / fabric / stream along the critical path (and the fabric part
+        to latency: the tail's hops, stages and turns; the rest of a transfer's time is serialization)."""
+        out = {"compute": 0, "fabric": 0, "stream": 0, "fabric_latency": 0}
         cur = end_idx
         last_cat = "compute"
         while cur >= 0 and end_t[cur] > op_start:
@@ -308,10 +319,12 @@ class Engine:
                 cur = crit[cur]
                 continue
             out[cat] += int(end_t[cur] - lo)
+            if cat == "fabric":
+                out["fabric_latency"] += int(min(latency[cur], end_t[cur] - lo))
             last_cat = cat
             cur = crit[cur]
         total = int(end_t[end_idx] - op_start)
-        gap = total - sum(out.values())
+        gap = total - out["compute"] - out["fabric"] - out["stream"]
         if gap:  # only possible when the walk ended before op_start (e.g. first op): give it to the last category
             out[last_cat] += gap
         return out

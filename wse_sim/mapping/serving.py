@@ -1,0 +1,286 @@
+"""Serving placement (WaferLLM-style): every weight resident, consecutive layers filling P x Q regions of the wafer.
+
+``--grid PxQ`` is the region one layer's operators run on. The wafer holds ``floor(rows / P) * floor(cols / Q)``
+such regions, visited in snake order so consecutive regions share an edge. Stages (layer 0 with the embedding,
+each further layer, then the LM head) are packed into regions in order: a region takes the next stage while its
+resident weights, its layers' KV cache and the largest working set still fit in every PE's SRAM, and the next
+stage starts a new region otherwise. A token walks the regions in order: when consecutive stages sit in
+different regions, the activations cross to the next region (every tile to the same tile of the next region,
+counted on the links in between).
+
+Inside a region, matmuls use the chosen resident mapping (``gemv-tree``, ``gemv-allreduce``, ... or ``auto``,
+which picks per matmul shape by simulated cycles); the KV cache is placed as :meth:`BlockLayout.attn_decode`
+reads it (positions over tile rows, KV heads over tile columns).
+
+When the model does not fit the wafer, planning fails with the regions needed and held; with a KV cache the
+message also gives the longest context that fits. ``layer_subset`` (the published practice) is applied by the
+caller: it lowers K layers and scales; see :func:`wse_sim.pipeline.run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ..arch import WaferSpec
+from ..errors import UserError
+from ..workloads import OpKind, OpSpec, WorkloadGraph
+from ..workloads.graph import BYTES_PER_ELEM
+from .collectives import Message
+from .layout import Builder
+from .plan import ModelPlan, OpPlan, SramOverflowError, Task, TaskKind, TileGrid, ceil_div, split
+from .registry import get_mapping
+from .resident import ResidentLayout
+
+RESIDENT_MAPPINGS = ("gemv-tree", "gemv-allreduce", "summa", "cannon", "meshgemm", "systolic")
+
+
+@dataclass(frozen=True)
+class Region:
+    """Region ``index`` in snake order at region row ``r``, region column ``c`` of the wafer."""
+
+    index: int
+    r: int
+    c: int
+
+
+def regions_on(wafer: WaferSpec, rows: int, cols: int) -> tuple[int, int]:
+    """(region rows, region columns) of ``rows x cols`` regions that fit on the wafer's mesh."""
+    return wafer.mesh_rows // rows, wafer.mesh_cols // cols
+
+
+def snake(n: int, per_row: int) -> list[Region]:
+    """The first ``n`` regions in boustrophedon order (left to right, then right to left, ...)."""
+    out = []
+    for k in range(n):
+        r, c = divmod(k, per_row)
+        out.append(Region(k, r, c if r % 2 == 0 else per_row - 1 - c))
+    return out
+
+
+def stage_of(op: OpSpec) -> int:
+    """Stage index: the embedding rides with layer 0, the head (final norm, LM head) is the last stage."""
+    return max(op.layer, 0)
+
+
+@dataclass
+class StageNeed:
+    kept_bytes_per_pe: int = 0  # resident weights and norm parameters
+    kv_bytes_per_pe: int = 0  # KV cache of the stage's layer (decode)
+    working_bytes_per_pe: int = 0  # largest op working set
+
+    def __add__(self, other: StageNeed) -> StageNeed:
+        return StageNeed(self.kept_bytes_per_pe + other.kept_bytes_per_pe,
+                         self.kv_bytes_per_pe + other.kv_bytes_per_pe,
+                         max(self.working_bytes_per_pe, other.working_bytes_per_pe))
+
+    @property
+    def total(self) -> int:
+        return self.kept_bytes_per_pe + self.kv_bytes_per_pe + self.working_bytes_per_pe
+
+
+def pack(needs: list[StageNeed], sram_bytes_per_pe: int) -> list[list[int]]:
+    """Consecutive stages per region: a region takes the next stage while the sum still fits."""
+    groups: list[list[int]] = []
+    current = None
+    for s, need in enumerate(needs):
+        if current is not None and (current + need).total <= sram_bytes_per_pe:
+            groups[-1].append(s)
+            current = current + need
+        else:
+            groups.append([s])
+            current = need
+    return groups
+
+
+class Serving:
+    """Plans a whole model for serving: weights resident, stages packed into regions (see module docstring).
+
+    ``inner``: a resident mapping name, or ``auto`` (``choose(graph, region_grid)`` returns
+    ``{shape key: mapping}``, injected by the pipeline since choosing simulates).
+    """
+
+    name = "serving"
+
+    def __init__(self, inner: str = "auto", choose: Callable | None = None, cache_positions: int | None = None):
+        if inner != "auto" and inner not in RESIDENT_MAPPINGS:
+            raise UserError(f"serving keeps weights resident: --mapping must be auto or one of "
+                            f"{', '.join(RESIDENT_MAPPINGS)}, not {inner!r}")
+        if inner == "auto" and choose is None:
+            raise UserError("serving with auto needs a chooser (built by wse_sim.pipeline)")
+        self.inner, self.choose = inner, choose
+        self.cache_positions = cache_positions  # SRAM reserved for this many cache positions (None: the graph's)
+
+    # ---- per-region planning ---------------------------------------------------------------------------------
+    def layouts(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid) -> tuple[dict, ResidentLayout]:
+        """({op name: layout for that matmul}, layout for everything else)."""
+        if self.inner == "auto":
+            by_shape = self.choose(graph, region)
+        else:
+            by_shape = None
+        cache: dict[str, ResidentLayout] = {}
+
+        def layout(name):
+            if name not in cache:
+                cache[name] = get_mapping(name).layout(graph, wafer, region)
+            return cache[name]
+
+        per_op = {}
+        for op in graph.ops():
+            if op.kind == OpKind.MATMUL:
+                name = by_shape[(op.m, op.k, op.n, op.bias is not None)] if by_shape else self.inner
+                per_op[op.name] = layout(name)
+        return per_op, layout("gemv-tree" if self.inner == "auto" else self.inner)
+
+    def kv_positions(self, graph: WorkloadGraph) -> int:
+        """Cache positions per sequence to reserve SRAM for (0: no cache, a plain prefill)."""
+        if self.cache_positions is not None:
+            return self.cache_positions
+        return graph.cache_positions if graph.phase == "decode" else 0
+
+    def stage_needs(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid):
+        """(ops, their region-local plans, per-stage SRAM needs without the cache, the layout that places the
+        cache). Plans are made without SRAM checks; the needs are checked after packing."""
+        if graph.config is None:
+            raise UserError("serving runs whole models; use `wse-sim gemm` for a single matmul")
+        per_op, base = self.layouts(graph, wafer, region)
+        ops = list(graph.ops())
+        for ctx in {id(c): c for c in (*per_op.values(), base)}.values():
+            ctx.enforce_sram = False
+        plans = [per_op.get(op.name, base).plan_op(op) for op in ops]
+        needs = [StageNeed() for _ in range(graph.config.n_layer + 1)]
+        for op, p in zip(ops, plans, strict=True):
+            need = needs[stage_of(op)]
+            need.kept_bytes_per_pe += per_op.get(op.name, base).kept_bytes_per_pe(op)
+            need.working_bytes_per_pe = max(need.working_bytes_per_pe, p.sram_bytes_per_pe)
+        return ops, plans, needs, base
+
+    @staticmethod
+    def with_cache(needs: list[StageNeed], kv_bytes_per_pe: int) -> list[StageNeed]:
+        """Needs with every layer stage holding its KV cache (the last stage, the head, holds none)."""
+        return [replace(n, kv_bytes_per_pe=kv_bytes_per_pe if s < len(needs) - 1 else 0) for s, n in enumerate(needs)]
+
+    @staticmethod
+    def fits(needs: list[StageNeed], sram: int, n_regions: int) -> bool:
+        return all(n.total <= sram for n in needs) and len(pack(needs, sram)) <= n_regions
+
+    def longest_context(self, needs, base: ResidentLayout, sram: int, n_regions: int, limit: int) -> int | None:
+        """Largest number of cached positions (per sequence) that still fits, up to ``limit``; None if none."""
+        lo, hi = 0, limit
+        if not self.fits(self.with_cache(needs, base.kv_cache_bytes_per_pe(1)), sram, n_regions):
+            return None
+        lo = 1
+        while lo < hi:  # invariant: lo fits
+            mid = (lo + hi + 1) // 2
+            if self.fits(self.with_cache(needs, base.kv_cache_bytes_per_pe(mid)), sram, n_regions):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def plan(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, n_regions: int) -> ModelPlan:
+        ops, plans, bare, base = self.stage_needs(graph, wafer, region)
+        positions = self.kv_positions(graph)
+        needs = self.with_cache(bare, base.kv_cache_bytes_per_pe(positions) if positions else 0)
+        sram = wafer.sram_bytes_per_pe
+        cfg = graph.config
+        n_stages = cfg.n_layer + 1
+        if not self.fits(needs, sram, n_regions):
+            hint = ""
+            if positions:
+                longest = self.longest_context(bare, base, sram, n_regions, cfg.n_positions)
+                hint = ("; no KV cache fits at all" if longest is None else
+                        f"; the longest context that fits is {longest - 1:,} tokens + the new one "
+                        f"({longest:,} cached positions per sequence)")
+            worst = max(range(n_stages), key=lambda s: needs[s].total)
+            if needs[worst].total > sram:
+                n = needs[worst]
+                what = "the LM head" if worst == n_stages - 1 else f"layer {worst}"
+                raise SramOverflowError(
+                    what, n.total, sram,
+                    f"serving on {region.rows}x{region.cols}-PE regions: {n.kept_bytes_per_pe:,} B/PE of resident "
+                    f"weights + {n.kv_bytes_per_pe:,} B/PE of KV cache ({positions:,} positions) + "
+                    f"{n.working_bytes_per_pe:,} B/PE working set; use a larger --grid" + hint)
+            raise UserError(
+                f"{cfg.name} needs {len(pack(needs, sram))} regions of {region.rows}x{region.cols} PEs "
+                f"({cfg.n_layer} layers + the LM head, packed by SRAM) but the wafer holds {n_regions}; simulate "
+                f"fewer layers with --layer-subset K and scale, or use more wafers or a larger --grid" + hint)
+        groups = pack(needs, sram)
+        region_of_stage = {s: g for g, members in enumerate(groups) for s in members}
+        return self.place(graph, wafer, region, ops, plans, region_of_stage, len(groups), needs, groups)
+
+    # ---- placing region plans on the wafer -------------------------------------------------------------------
+    def place(self, graph, wafer, region: TileGrid, ops, plans, region_of_stage, n_used, needs, groups) -> ModelPlan:
+        per_row = max(1, wafer.mesh_cols // region.cols)
+        regs = snake(n_used, min(per_row, n_used))
+        rows_used = max(r.r for r in regs) + 1
+        cols_used = max(r.c for r in regs) + 1
+        full = TileGrid(
+            region.rows * rows_used, region.cols * cols_used,
+            tuple(sorted({a * region.rows + e for a in range(rows_used) for e in region.row_edges})),
+            tuple(sorted({c * region.cols + e for c in range(cols_used) for e in region.col_edges})),
+        )
+        TR, TC = region.shape
+        b = BYTES_PER_ELEM[graph.precision]
+        d = graph.config.d_model
+        placed: list[OpPlan] = []
+        prev_region = None
+        for op, p in zip(ops, plans, strict=True):
+            reg = regs[region_of_stage[stage_of(op)]]
+            inbound: list[Task] = []
+            if prev_region is not None and reg.index != prev_region.index:
+                inbound = self.crossing(full, region, prev_region, reg, graph.tokens, d, b)
+            notes = f"region {reg.index} ({reg.r},{reg.c}); {p.notes}".rstrip("; ")
+            placed.append(replace(shift(p, reg.r * TR, reg.c * TC, inbound), mapping=self.name, notes=notes))
+            prev_region = reg
+        kept = [sum(needs[s].kept_bytes_per_pe + needs[s].kv_bytes_per_pe for s in g) for g in groups]
+        return ModelPlan(
+            mapping=self.name, grid=full, precision=graph.precision, ops=tuple(placed),
+            params={"placement": "serving", "inner": self.inner, "region_pes": [region.rows, region.cols],
+                    "region_tiles": [TR, TC], "regions_used": n_used, "regions_on_wafer": per_row *
+                    max(1, wafer.mesh_rows // region.rows),
+                    "stages_per_region": [len(g) for g in groups],
+                    "kv_cache_bytes_per_pe_per_layer": needs[0].kv_bytes_per_pe,
+                    "region_resident_bytes_per_pe": kept},
+            resident_bytes_per_pe=max(kept),
+        )
+
+    @staticmethod
+    def crossing(full: TileGrid, region: TileGrid, src: Region, dst: Region, tokens: int, d: int, b: int
+                 ) -> list[Task]:
+        """Activations ``[tokens, d]`` move from every tile of region ``src`` to the same tile of ``dst``."""
+        TR, TC = region.shape
+        t = Builder(full)
+        msgs = []
+        m_edges, d_edges = split(tokens, TR), split(d, TC)
+        for i in range(TR):
+            rows = m_edges[i + 1] - m_edges[i]
+            for j in range(TC):
+                cols = d_edges[j + 1] - d_edges[j]
+                if rows == 0 or cols == 0:
+                    continue
+                a = (src.r * TR + i, src.c * TC + j)
+                z = (dst.r * TR + i, dst.c * TC + j)
+                nbytes = rows * cols * b
+                lanes = (ceil_div(nbytes, region.height(i)), ceil_div(nbytes, region.width(j)))
+                msgs.append(Message(a, z, *lanes, nbytes))
+        t.send(msgs, label=f"activations region {src.index} -> {dst.index}")
+        return t.tasks
+
+
+def shift(op_plan: OpPlan, dr: int, dc: int, inbound: list[Task]) -> OpPlan:
+    """The op's tasks moved by (dr, dc) tiles, after ``inbound`` transfers (already in global coordinates)."""
+    n = len(inbound)
+
+    def tile(t):
+        return (t[0] + dr, t[1] + dc)
+
+    tasks = list(inbound)
+    first = tuple(range(n))
+    for task in op_plan.tasks:
+        moved = replace(task, deps=tuple(x + n for x in task.deps) or (first if task.kind != TaskKind.STREAM else ()),
+                        tile=tile(task.tile) if task.tile is not None else None,
+                        links=tuple((tile(a), tile(z)) for a, z in task.links),
+                        frees_buffer_of=task.frees_buffer_of + n if task.frees_buffer_of is not None else None)
+        tasks.append(moved)
+    return replace(op_plan, tasks=tuple(tasks))

@@ -1,0 +1,221 @@
+"""Serving runs: ``decode`` (one token after a KV cache) and ``generate`` (prefill, then decode steps).
+
+Both place the model with :class:`wse_sim.mapping.serving.Serving` (weights resident, layers filling ``--grid``
+regions). ``--layer-subset K`` lowers only K layers and scales the layer part of every pass to the model's
+depth, as published wafer results do; the report says so. With numerics on, the KV cache is filled by a
+prefill that runs through the same simulated path, and ``generate`` produces real greedy tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .arch import WaferSpec
+from .errors import UserError
+from .mapping import ModelPlan, TileGrid
+from .mapping.serving import RESIDENT_MAPPINGS, Serving, regions_on
+from .sim import Engine, SimResult
+from .workloads import ModelConfig, WorkloadGraph, lower_model
+from .workloads.graph import BYTES_PER_ELEM
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One simulated pass (a prefill or a decode step), with its cycles scaled to the model's full depth."""
+
+    graph: WorkloadGraph
+    plan: ModelPlan
+    result: SimResult
+    scaled_cycles: int
+
+
+def scale_cycles(result: SimResult, full_layers: int, simulated_layers: int) -> int:
+    """Total cycles with the layer blocks' cycles scaled from ``simulated_layers`` to ``full_layers``.
+
+    Serving passes run their ops one after another, so a pass's time is the sum of its blocks' times."""
+    if full_layers == simulated_layers:
+        return result.total_cycles
+    layer_cycles = sum(op.cycles for op in result.ops if op.block.startswith("layer"))
+    return round(result.total_cycles + layer_cycles * (full_layers / simulated_layers - 1))
+
+
+def make_chooser(wafer: WaferSpec, simulate):
+    """``choose(graph, region) -> {matmul shape key: mapping}`` by simulated cycles (memoized per shape set)."""
+    from .mapping.auto import Auto
+
+    auto = Auto(simulate=simulate, candidates=RESIDENT_MAPPINGS)
+    memo: dict = {}
+    decisions: dict = {}
+
+    def choose(graph: WorkloadGraph, region: TileGrid) -> dict:
+        one = replace(graph.config, n_layer=1)  # every layer has the same shapes; one layer + the head suffice
+        g = lower_model(one, graph.batch, graph.seq, graph.precision, graph.phase, graph.context)
+        key = (graph.batch, graph.seq, graph.phase, region)
+        if key not in memo:
+            search = auto.search(g, wafer, region)
+            memo[key] = {k: c.mapping for k, c in search.chosen.items()}
+            decisions[key] = [{"shape_mkn": list(k[:3]), "chosen": c.mapping,
+                               "candidates": [x.as_dict() for x in search.memo[k]]}
+                              for k, c in search.chosen.items()]
+        choose.decisions = decisions[key]
+        return memo[key]
+
+    choose.decisions = []
+    return choose
+
+
+class ServingRun:
+    """Plans and simulates the passes of one serving run on ``wafer``."""
+
+    def __init__(self, config: ModelConfig, wafer: WaferSpec, region: TileGrid, mapping: str, precision: str,
+                 batch: int, layer_subset: int | None, cache_positions: int, simulate, progress: bool = False):
+        if mapping != "auto" and mapping not in RESIDENT_MAPPINGS:
+            raise UserError(f"decode and generate keep weights resident: --mapping must be auto or one of "
+                            f"{', '.join(RESIDENT_MAPPINGS)}, not {mapping!r}")
+        self.full_config = config
+        if layer_subset is not None:
+            if not 1 <= layer_subset <= config.n_layer:
+                raise UserError(f"--layer-subset must be between 1 and {config.n_layer} for {config.name}, "
+                                f"got {layer_subset}")
+            config = replace(config, n_layer=layer_subset)
+        self.config, self.wafer, self.region = config, wafer, region
+        self.precision, self.batch, self.progress = precision, batch, progress
+        r, c = regions_on(wafer, region.rows, region.cols)
+        self.n_regions = r * c
+        self.chooser = make_chooser(wafer, simulate) if mapping == "auto" else None
+        self.serving = Serving(mapping, choose=self.chooser, cache_positions=cache_positions)
+
+    @property
+    def scaled(self) -> bool:
+        return self.config.n_layer != self.full_config.n_layer
+
+    def kv_cache_bytes(self, positions: int) -> int:
+        """KV cache of the full model for ``positions`` positions per sequence."""
+        return self.batch * positions * self.full_config.kv_cache_bytes_per_token(BYTES_PER_ELEM[self.precision])
+
+    def graph(self, seq: int, phase: str, context: int) -> WorkloadGraph:
+        return lower_model(self.config, self.batch, seq, self.precision, phase, context)
+
+    def run(self, graph: WorkloadGraph, numerics=None, record: bool = False) -> Pass:
+        plan = self.serving.plan(graph, self.wafer, self.region, self.n_regions)
+        if self.chooser is not None:
+            plan.params["decisions"] = self.chooser.decisions
+        result = Engine(self.wafer, plan, numerics=numerics, progress=self.progress, record=record).run()
+        return Pass(graph, plan, result, scale_cycles(result, self.full_config.n_layer, self.config.n_layer))
+
+
+def serving_summary(run: ServingRun, phase: str, prefill: Pass | None, steps: list[Pass], clock_hz: float,
+                    prompt_tokens: int, positions: int) -> dict:
+    """The report's serving fields (issue 6): phase, ttft_s, tpot_s, tokens_per_s_per_request, kv_cache_bytes."""
+    ttft = prefill.scaled_cycles / clock_hz if prefill else None
+    tpot = float(np.mean([s.scaled_cycles for s in steps])) / clock_hz if steps else None
+    if tpot:
+        tps = 1.0 / tpot
+    else:
+        tps = prompt_tokens / ttft if ttft else None
+    out = {
+        "phase": phase,
+        "ttft_s": ttft,
+        "tpot_s": tpot,
+        "tokens_per_s_per_request": tps,
+        "kv_cache_bytes": run.kv_cache_bytes(positions),
+        "kv_cache_positions_per_sequence": positions,
+        "layer_subset": {"simulated_layers": run.config.n_layer, "model_layers": run.full_config.n_layer,
+                         "scaled": run.scaled,
+                         "note": (f"simulated {run.config.n_layer} of {run.full_config.n_layer} layers; layer "
+                                  f"cycles scaled by {run.full_config.n_layer / run.config.n_layer:g}")
+                         if run.scaled else "all layers simulated"},
+        "regions": {"region_pes": [run.region.rows, run.region.cols], "regions_on_wafer": run.n_regions},
+    }
+    if prefill:
+        out["prefill_cycles_simulated"] = prefill.result.total_cycles
+        out["prefill_cycles_scaled"] = prefill.scaled_cycles
+    if steps:
+        out["decode_step_cycles_simulated"] = [s.result.total_cycles for s in steps]
+        out["decode_step_cycles_scaled"] = [s.scaled_cycles for s in steps]
+    return out
+
+
+def timed(fn, *args, **kw):
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - t0
+
+
+def run_serving(spec, wafer: WaferSpec, config: ModelConfig, weights, progress: bool, log, record: bool):
+    """``--phase decode`` and ``--phase generate`` (see the module docstring); returns a pipeline RunOutput."""
+    from .pipeline import RunOutput, input_tokens, make_grid, model_weights, numerics_enabled, simulated_cycles
+    from .report.build import build_report
+
+    if spec.phase == "decode":
+        if spec.context is None:
+            raise UserError("--phase decode needs --context C (tokens already in the KV cache)")
+        prompt, new = spec.context, 1
+    else:
+        prompt = spec.prompt_len if spec.prompt_len is not None else spec.seq
+        new = spec.gen_tokens if spec.gen_tokens is not None else 8
+        if prompt < 1 or new < 1:
+            raise UserError("--prompt-len and --gen-tokens must be at least 1")
+    positions = prompt + new - 1 if spec.phase == "generate" else prompt + 1  # cached at the last decode step
+    if prompt + new > config.n_positions:
+        raise UserError(f"{prompt} + {new} positions exceed the context of {config.name} "
+                        f"({config.n_positions} positions)")
+    region = make_grid(spec, wafer)
+    sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset,
+                    max(positions, 1), simulated_cycles, progress)
+    numerics_on, reason = numerics_enabled(spec, config)
+    executor = tokens = None
+    if numerics_on:
+        from .sim.numerics import Numerics
+
+        weights = model_weights(spec, sr.config, weights, log)
+        tokens = input_tokens(spec, config, prompt + (1 if spec.phase == "decode" else 0))
+    t0 = time.perf_counter()
+    prefill = None
+    if spec.phase == "generate" or numerics_on:  # with numerics, a decode's cache is filled by a real prefill
+        if prompt:
+            g = sr.graph(prompt, "prefill", 0)
+            if numerics_on:
+                executor = Numerics(g, weights, tokens[:, :prompt], cache_capacity=prompt + new)
+            prefill = sr.run(g, executor, record=record and spec.phase == "generate" and new == 1)
+    generated: list[np.ndarray] = []
+    steps: list[Pass] = []
+    if executor is not None and spec.phase == "generate":
+        generated.append(np.argmax(executor.output("head.lm_head").reshape(spec.batch, prompt, -1)[:, -1], axis=-1))
+    n_steps = 1 if spec.phase == "decode" else new - 1
+    for s in range(n_steps):
+        g = sr.graph(1, "decode", prompt + s)
+        if executor is not None:
+            if s == 0 and prefill is not None:
+                executor.fill_cache(prefill.graph)
+            step_ids = tokens[:, prompt:prompt + 1] if spec.phase == "decode" else generated[-1][:, None]
+            executor.next_pass(g, step_ids)
+        steps.append(sr.run(g, executor, record=record))
+        if executor is not None and spec.phase == "generate":
+            generated.append(np.argmax(executor.output("head.lm_head").reshape(spec.batch, -1), axis=-1))
+        if progress and spec.phase == "generate":
+            log(f"decode step {s + 1}/{n_steps}: {steps[-1].result.total_cycles:,} cycles")
+    sim_wall = time.perf_counter() - t0
+
+    main = steps[-1] if steps else prefill
+    numerics_report: dict = {"enabled": bool(numerics_on), "reason": reason}
+    logits = None
+    if executor is not None:
+        from .verify import compare_logits, compare_tokens
+
+        log("checking against the float64 reference and transformers ...")
+        if spec.phase == "decode":
+            logits = executor.output("head.lm_head").reshape(spec.batch, 1, -1)
+            numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision, last_only=True))
+        else:
+            gen = np.stack(generated, axis=1)
+            numerics_report.update(compare_tokens(gen, weights, tokens[:, :prompt], spec.precision))
+    serving = serving_summary(sr, spec.phase, prefill if spec.phase == "generate" else None, steps, wafer.clock_hz,
+                              prompt, positions)
+    if spec.phase == "generate" and executor is not None:
+        serving["generated_tokens"] = np.stack(generated, axis=1).tolist()
+    report = build_report(spec, sr.config, wafer, main.graph, main.plan, main.result, numerics_report, serving)
+    return RunOutput(report, logits, sim_wall, main.result, main.plan, wafer)
