@@ -6,15 +6,16 @@ Installed as ``wse_sim.workloads`` (see ``pyproject.toml``, setuptools ``package
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import PRESETS, ModelConfig, config_from_hf, get_preset, load_hf_config
 from .graph import OpKind, OpSpec, WorkloadGraph, lower_gemm, lower_model
-from .hf_reference import save_hf_checkpoint, to_hf_config, transformers_logits
+from .hf_reference import save_hf_checkpoint, to_hf_config, transformers_generate, transformers_logits
 from .reference import reference_logits
 from .tokens import encode_prompt, parse_token_list, random_tokens
-from .weights import LayerWeights, ModelWeights, random_weights
+from .weights import LayerWeights, LlamaLayerWeights, ModelWeights, layer_fields, random_weights
 
 __all__ = [
     "PRESETS",
     "CheckpointError",
     "LayerWeights",
+    "LlamaLayerWeights",
     "ModelConfig",
     "ModelWeights",
     "OpKind",
@@ -23,6 +24,7 @@ __all__ = [
     "config_from_hf",
     "encode_prompt",
     "get_preset",
+    "layer_fields",
     "load_checkpoint",
     "load_hf_config",
     "lower_gemm",
@@ -33,5 +35,6 @@ __all__ = [
     "reference_logits",
     "save_hf_checkpoint",
     "to_hf_config",
+    "transformers_generate",
     "transformers_logits",
 ]

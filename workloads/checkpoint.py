@@ -1,4 +1,4 @@
-"""Loading Hugging Face GPT-2 checkpoint folders (safetensors, sharded safetensors or pytorch_model.bin).
+"""Loading Hugging Face GPT-2, Llama and Qwen2 checkpoint folders (safetensors, sharded, pytorch_model.bin).
 
 Only ``numpy`` and ``safetensors`` are required. ``torch`` is used when present, to read ``.bin`` files
 and bf16 safetensors; without it bf16 is decoded from the raw bytes and ``.bin`` is refused.
@@ -21,10 +21,13 @@ from ..errors import UserError
 from .config import ConfigError, ModelConfig, load_hf_config
 from .weights import (
     HF_LAYER_NAMES,
+    HF_LLAMA_LAYER_NAMES,
+    HF_LLAMA_TOP_NAMES,
     HF_TOP_NAMES,
-    LAYER_FIELDS,
     LayerWeights,
+    LlamaLayerWeights,
     ModelWeights,
+    layer_fields,
     layer_shapes,
     top_shapes,
 )
@@ -34,9 +37,15 @@ SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 BIN_NAME = "pytorch_model.bin"
 BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 
-# Non-parameter buffers that older GPT-2 checkpoints store (causal mask and its fill value).
-_BUFFER_RE = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+# Non-parameter buffers (by canonical name) that older checkpoints store: GPT-2's causal mask and its fill
+# value, Llama's rotary inverse frequencies.
+_BUFFER_RE = {
+    "gpt2": re.compile(r"h\.\d+\.attn\.(bias|masked_bias)"),
+    "llama": re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"),
+}
 _PREFIX = "transformer."
+_LLAMA_PREFIX = "model."
+_HEAD = "lm_head.weight"
 
 
 class CheckpointError(UserError):
@@ -206,30 +215,90 @@ def _open_weights(folder: Path, stack: ExitStack) -> dict[str, _Tensor]:
     return tensors
 
 
-def _canonical(tensors: dict[str, _Tensor], folder: Path) -> dict[str, _Tensor]:
-    """Strip the optional ``transformer.`` prefix and drop the attention-mask buffers."""
+def _canonical_name(key: str, config: ModelConfig) -> str:
+    """GPT-2: the name without the optional ``transformer.`` prefix. Llama: the full ``model.`` name."""
+    if not config.is_llama:
+        return key.removeprefix(_PREFIX)
+    return key if key.startswith(_LLAMA_PREFIX) or key == _HEAD else _LLAMA_PREFIX + key
+
+
+def _canonical(tensors: dict[str, _Tensor], folder: Path, config: ModelConfig) -> dict[str, _Tensor]:
+    """Tensors by canonical name (see :func:`_canonical_name`), without the non-parameter buffers."""
+    prefix = _LLAMA_PREFIX if config.is_llama else _PREFIX
+    buffers = _BUFFER_RE[config.family]
     out: dict[str, _Tensor] = {}
     for key, t in tensors.items():
-        name = key.removeprefix(_PREFIX)
-        if _BUFFER_RE.fullmatch(name):
+        name = _canonical_name(key, config)
+        if buffers.fullmatch(name):
             continue
         if name in out:
             raise CheckpointError(
-                f"{folder}: tensor {name} is stored both with and without the 'transformer.' prefix"
+                f"{folder}: tensor {name} is stored both with and without the {prefix!r} prefix"
             )
         out[name] = t
     return out
 
 
-def _expected(config: ModelConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Checkpoint name (no prefix) -> (ModelWeights location, shape), excluding ``lm_head.weight``."""
-    tops = top_shapes(config)
-    exp = {hf: (field, tops[field]) for field, hf in HF_TOP_NAMES.items()}
-    shapes = layer_shapes(config)
+def _qkv_columns(config: ModelConfig) -> dict[str, slice]:
+    """Column ranges of q, k and v inside the fused ``w_qkv`` / ``b_qkv``."""
+    d, kv = config.d_model, config.kv_width
+    return {"q": slice(0, d), "k": slice(d, d + kv), "v": slice(d + kv, d + 2 * kv)}
+
+
+def _llama_entries(config: ModelConfig) -> list[tuple[str, str, str | None]]:
+    """The HF_LLAMA_LAYER_NAMES rows present for ``config`` (the q/k/v biases only with ``qkv_bias``)."""
+    present = layer_fields(config)
+    return [row for row in HF_LLAMA_LAYER_NAMES if row[1] in present]
+
+
+def _hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical checkpoint name -> shape as stored in the checkpoint, excluding ``lm_head.weight``."""
+    tops, shapes = top_shapes(config), layer_shapes(config)
+    if not config.is_llama:
+        out = {hf: tops[field] for field, hf in HF_TOP_NAMES.items()}
+        for i in range(config.n_layer):
+            out |= {f"h.{i}.{hf}": shapes[field] for field, hf in HF_LAYER_NAMES.items()}
+        return out
+    out = {hf: tops[field] for field, hf in HF_LLAMA_TOP_NAMES.items()}
+    cols = _qkv_columns(config)
     for i in range(config.n_layer):
-        for field, hf in HF_LAYER_NAMES.items():
-            exp[f"h.{i}.{hf}"] = (f"{i}.{field}", shapes[field])
-    return exp
+        for suffix, field, part in _llama_entries(config):
+            shape = shapes[field]
+            if part:
+                shape = (*shape[:-1], cols[part].stop - cols[part].start)
+            out[f"model.layers.{i}.{suffix}"] = shape[::-1]  # nn.Linear stores [out, in]
+    return out
+
+
+def _llama_layer(config: ModelConfig, i: int, read: Callable[[str], np.ndarray]) -> LlamaLayerWeights:
+    """Layer ``i`` from its HF tensors: transpose the ``nn.Linear`` weights, concatenate q | k | v."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for suffix, field, _ in _llama_entries(config):  # q, k, v appear in that order
+        parts.setdefault(field, []).append(read(f"model.layers.{i}.{suffix}").T)
+    return LlamaLayerWeights(**{field: _concat_columns(arrays) for field, arrays in parts.items()})
+
+
+def _concat_columns(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenate along the last axis into one new C-contiguous float32 array (inputs may be transposed views)."""
+    shape = (*arrays[0].shape[:-1], sum(a.shape[-1] for a in arrays))
+    return np.concatenate(arrays, axis=-1, out=np.empty(shape, dtype=np.float32))
+
+
+def _assemble(config: ModelConfig, read: Callable[[str], np.ndarray]) -> dict[str, object]:
+    """ModelWeights keyword arguments except ``config`` and ``lm_head``, reading tensors by canonical name.
+
+    Tensors are read as they are needed, so at most one layer's raw Llama tensors live beside the result.
+    """
+    if config.is_llama:
+        tops = {field: read(hf) for field, hf in HF_LLAMA_TOP_NAMES.items()}
+        layers = tuple(_llama_layer(config, i, read) for i in range(config.n_layer))
+        return {**tops, "wpe": None, "lnf_b": None, "layers": layers}
+    tops = {field: read(hf) for field, hf in HF_TOP_NAMES.items()}
+    layers = tuple(
+        LayerWeights(**{field: read(f"h.{i}.{hf}") for field, hf in HF_LAYER_NAMES.items()})
+        for i in range(config.n_layer)
+    )
+    return {**tops, "layers": layers}
 
 
 def _read(t: _Tensor, name: str) -> np.ndarray:
@@ -242,29 +311,104 @@ def _read(t: _Tensor, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def hf_state_dict(weights: ModelWeights, prefix: str = _PREFIX) -> dict[str, np.ndarray]:
-    """The Hugging Face ``GPT2LMHeadModel`` state dict of ``weights``; ``lm_head.weight`` is the head."""
+def hf_state_dict(weights: ModelWeights, prefix: str | None = None) -> dict[str, np.ndarray]:
+    """The Hugging Face state dict of ``weights``; ``lm_head.weight`` is the head (``wte`` when tied).
+
+    GPT-2: ``GPT2LMHeadModel`` names under ``prefix`` (default ``transformer.``). Llama family:
+    ``LlamaForCausalLM``/``Qwen2ForCausalLM`` names, matrices transposed to ``[out, in]`` and q | k | v split.
+    """
+    if weights.config.is_llama:
+        return _llama_state_dict(weights)
+    prefix = _PREFIX if prefix is None else prefix
     out = {prefix + hf: getattr(weights, field) for field, hf in HF_TOP_NAMES.items()}
     for i, layer in enumerate(weights.layers):
         for field, hf in HF_LAYER_NAMES.items():
             out[f"{prefix}h.{i}.{hf}"] = getattr(layer, field)
-    out["lm_head.weight"] = weights.head_weight()
+    out[_HEAD] = weights.head_weight()
     return out
 
 
-def _check_attention_options(config_json: Path) -> None:
-    """Refuse GPT-2 attention variants that ModelConfig cannot express (they would change the numerics)."""
+def _llama_state_dict(weights: ModelWeights) -> dict[str, np.ndarray]:
+    config = weights.config
+    cols = _qkv_columns(config)
+    out = {hf: getattr(weights, field) for field, hf in HF_LLAMA_TOP_NAMES.items()}
+    for i, layer in enumerate(weights.layers):
+        for suffix, field, part in _llama_entries(config):
+            arr = getattr(layer, field)
+            if part:
+                arr = arr[..., cols[part]]
+            out[f"model.layers.{i}.{suffix}"] = np.ascontiguousarray(arr.T)
+    out[_HEAD] = weights.head_weight()
+    return out
+
+
+def _check_unsupported_options(config_json: Path, config: ModelConfig) -> None:
+    """Refuse config.json options that ModelConfig cannot express (they would change the numerics)."""
     raw = json.loads(config_json.read_text())
-    for key, supported in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False)):
-        if raw.get(key, supported) != supported:
-            raise CheckpointError(f"{config_json}: {key}={raw[key]!r} is not supported (only {supported})")
+    if not config.is_llama:
+        for key, supported in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False)):
+            if raw.get(key, supported) != supported:
+                raise CheckpointError(f"{config_json}: {key}={raw[key]!r} is not supported (only {supported})")
+        return
+    if config.hf_model_type == "llama" and raw.get("attention_bias"):
+        raise CheckpointError(
+            f"{config_json}: attention_bias=true is not supported for llama (it also adds an o_proj bias)"
+        )
+    if raw.get("use_sliding_window"):
+        raise CheckpointError(f"{config_json}: use_sliding_window=true is not supported (full attention only)")
+    rope_type = (raw.get("rope_parameters") or {}).get("rope_type", "default")
+    if rope_type != "default":
+        raise CheckpointError(f"{config_json}: rope_type {rope_type!r} is not supported (only 'default')")
+
+
+def _model_label(config: ModelConfig) -> str:
+    return f"{config.n_layer}-layer {config.hf_model_type if config.is_llama else 'GPT-2'}"
+
+
+def _check_tensors(tensors: dict[str, _Tensor], config: ModelConfig, folder: Path) -> None:
+    """Every expected tensor present with its shape, nothing unexpected (``lm_head.weight`` is optional)."""
+    expected = _hf_shapes(config)
+    unexpected = sorted(set(tensors) - set(expected) - {_HEAD})
+    if unexpected:
+        raise CheckpointError(
+            f"{folder}: unexpected tensor {unexpected[0]} for a {_model_label(config)} "
+            f"({len(unexpected)} unexpected in all)"
+        )
+    for name in expected:
+        if name not in tensors:
+            raise CheckpointError(f"{folder}: missing tensor {name}")
+    if _HEAD in tensors:
+        expected[_HEAD] = (config.vocab_size, config.d_model)
+    for name, shape in expected.items():
+        if tensors[name].shape != shape:
+            raise CheckpointError(
+                f"{folder}: tensor {name} has shape {tensors[name].shape}, expected {shape} from config.json"
+            )
+
+
+def _resolve_head(config: ModelConfig, lm_head: np.ndarray | None, wte: np.ndarray, folder: Path) -> np.ndarray | None:
+    """The untied head, or None for a tied one (an explicit ``lm_head.weight`` must then equal the embedding)."""
+    if config.tie_word_embeddings:
+        if lm_head is not None and not np.array_equal(lm_head, wte):
+            embed = HF_LLAMA_TOP_NAMES["wte"] if config.is_llama else HF_TOP_NAMES["wte"]
+            raise CheckpointError(
+                f"{folder}: lm_head.weight differs from {embed} "
+                "but config.json ties them (tie_word_embeddings)"
+            )
+        return None
+    if lm_head is None:
+        raise CheckpointError(
+            f"{folder}: missing tensor lm_head.weight (config.json has tie_word_embeddings=false)"
+        )
+    return lm_head
 
 
 def load_checkpoint(path: str | Path) -> ModelWeights:
-    """Load a Hugging Face GPT-2 checkpoint folder into float32 :class:`ModelWeights`.
+    """Load a Hugging Face GPT-2, Llama or Qwen2 checkpoint folder into float32 :class:`ModelWeights`.
 
-    The config comes from ``config.json``. Tensor names may carry the ``transformer.`` prefix or not; the
-    attention-mask buffers are ignored. ``lm_head.weight`` absent or equal to ``wte`` means a tied head.
+    The config comes from ``config.json``. GPT-2 tensor names may carry the ``transformer.`` prefix or not,
+    Llama-family names the ``model.`` prefix or not; old attention-mask and rotary buffers are ignored.
+    ``lm_head.weight`` absent or equal to the token embedding means a tied head.
     """
     folder = Path(path)
     if not folder.exists():
@@ -277,55 +421,18 @@ def load_checkpoint(path: str | Path) -> ModelWeights:
         config = load_hf_config(folder)
     except ConfigError as exc:
         raise CheckpointError(f"{folder / 'config.json'}: {exc}") from None
-    _check_attention_options(folder / "config.json")
+    _check_unsupported_options(folder / "config.json", config)
 
     with ExitStack() as stack:
-        tensors = _canonical(_open_weights(folder, stack), folder)
-        expected = _expected(config)
-        unexpected = sorted(set(tensors) - set(expected) - {"lm_head.weight"})
-        if unexpected:
-            raise CheckpointError(
-                f"{folder}: unexpected tensor {unexpected[0]} for a {config.n_layer}-layer GPT-2 "
-                f"({len(unexpected)} unexpected in all)"
-            )
-        for name in expected:
-            if name not in tensors:
-                raise CheckpointError(f"{folder}: missing tensor {name}")
-        head_shape = (config.vocab_size, config.d_model)
-        checks = [(n, shape) for n, (_, shape) in expected.items()]
-        if "lm_head.weight" in tensors:
-            checks.append(("lm_head.weight", head_shape))
-        for name, shape in checks:
-            if tensors[name].shape != shape:
-                raise CheckpointError(
-                    f"{folder}: tensor {name} has shape {tensors[name].shape}, "
-                    f"expected {shape} from config.json"
-                )
-        arrays = {loc: _read(tensors[name], name) for name, (loc, _) in expected.items()}
-        lm_head = _read(tensors["lm_head.weight"], "lm_head.weight") if "lm_head.weight" in tensors else None
+        tensors = _canonical(_open_weights(folder, stack), folder, config)
+        _check_tensors(tensors, config, folder)
 
-    if config.tie_word_embeddings:
-        if lm_head is not None and not np.array_equal(lm_head, arrays["wte"]):
-            raise CheckpointError(
-                f"{folder}: lm_head.weight differs from wte.weight "
-                "but config.json ties them (tie_word_embeddings)"
-            )
-        lm_head = None
-    elif lm_head is None:
-        raise CheckpointError(
-            f"{folder}: missing tensor lm_head.weight (config.json has tie_word_embeddings=false)"
-        )
+        def read(name: str) -> np.ndarray:
+            return _read(tensors[name], name)
 
-    weights = ModelWeights(
-        config=config,
-        wte=arrays["wte"],
-        wpe=arrays["wpe"],
-        layers=tuple(
-            LayerWeights(**{f: arrays[f"{i}.{f}"] for f in LAYER_FIELDS}) for i in range(config.n_layer)
-        ),
-        lnf_g=arrays["lnf_g"],
-        lnf_b=arrays["lnf_b"],
-        lm_head=lm_head,
-    )
+        arrays = _assemble(config, read)
+        lm_head = read(_HEAD) if _HEAD in tensors else None
+
+    weights = ModelWeights(config=config, lm_head=_resolve_head(config, lm_head, arrays["wte"], folder), **arrays)
     weights.validate()
     return weights

@@ -73,7 +73,12 @@ class ModelConfig:
             raise ConfigError(
                 f"model {self.name!r}: n_kv_head {self.n_kv_head!r} must be a positive divisor of n_head {self.n_head}"
             )
+        if HF_MODEL_TYPES.get(self.hf_model_type) != self.family:
+            raise ConfigError(f"model {self.name!r}: hf_model_type {self.hf_model_type!r} is not a {self.family} model")
         if self.is_llama:
+            if self.qkv_bias != (self.hf_model_type == "qwen2"):
+                raise ConfigError(f"model {self.name!r}: q/k/v biases go with hf_model_type 'qwen2' (Qwen2); llama has "
+                                  f"none")
             if self.activation != "silu":
                 raise ConfigError(f"model {self.name!r}: the llama family uses activation 'silu'")
             if self.head_dim % 2:
@@ -192,13 +197,18 @@ def get_preset(name: str) -> ModelConfig:
 def _llama_from_hf(cfg: dict[str, Any], name: str, model_type: str) -> ModelConfig:
     if cfg.get("rope_scaling"):
         raise ConfigError(f"config {name!r}: rope_scaling {cfg['rope_scaling']!r} is not supported")
+    rope_type = (cfg.get("rope_parameters") or {}).get("rope_type", "default")
+    if rope_type != "default":
+        raise ConfigError(f"config {name!r}: rope_type {rope_type!r} is not supported (only the default rotary)")
+    if model_type == "llama" and cfg.get("attention_bias"):
+        raise ConfigError(f"config {name!r}: llama attention_bias (biases on q, k, v and o) is not supported")
     d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     if cfg.get("head_dim") not in (None, d // heads):
         raise ConfigError(f"config {name!r}: head_dim {cfg['head_dim']} != hidden_size / num_attention_heads")
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise ConfigError(f"config {name!r}: hidden_act {act!r} is not supported (expected 'silu')")
-    bias = bool(cfg.get("attention_bias", False)) or model_type == "qwen2"
+    bias = model_type == "qwen2"
     if cfg.get("mlp_bias"):
         raise ConfigError(f"config {name!r}: mlp_bias is not supported")
     rope = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)

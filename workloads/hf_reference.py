@@ -1,8 +1,8 @@
 """Running and saving :class:`ModelWeights` through Hugging Face ``transformers`` (optional extra).
 
 ``torch`` and ``transformers`` are imported inside the functions so the rest of the package works without
-them. The model is built in float32 with eager attention, the plain matmul-softmax-matmul path whose
-numerics the simulator mirrors.
+them. The model (``GPT2LMHeadModel``, ``LlamaForCausalLM`` or ``Qwen2ForCausalLM``) is built in float32 with
+eager attention, the plain matmul-softmax-matmul path whose numerics the simulator mirrors.
 """
 
 from __future__ import annotations
@@ -34,9 +34,19 @@ def _import_hf():
     return torch, transformers
 
 
-def to_hf_config(config: ModelConfig) -> transformers.GPT2Config:
-    """The ``GPT2Config`` of ``config``: no dropout, eager attention, bos/eos inside the vocabulary."""
+# hf_model_type -> (config class, model class) in transformers.
+_HF_CLASSES = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+}
+
+
+def to_hf_config(config: ModelConfig) -> transformers.PretrainedConfig:
+    """The ``GPT2Config``, ``LlamaConfig`` or ``Qwen2Config`` of ``config``: no dropout, eager attention."""
     _, transformers = _import_hf()
+    if config.is_llama:
+        return _llama_hf_config(config, transformers)
     special = config.vocab_size - 1  # GPT-2 uses 50256 = vocab - 1; valid for any vocabulary size
     return transformers.GPT2Config(
         vocab_size=config.vocab_size,
@@ -61,29 +71,81 @@ def to_hf_config(config: ModelConfig) -> transformers.GPT2Config:
     )
 
 
+def _llama_hf_config(config: ModelConfig, transformers):
+    """``LlamaConfig``/``Qwen2Config`` with plain rotary embeddings (no scaling) and full attention.
+
+    ``LlamaConfig.attention_bias`` would also put a bias on ``o_proj``, which ModelConfig cannot express, so
+    q/k/v biases need ``hf_model_type="qwen2"`` (whose attention has exactly those) and Qwen2 needs them.
+    Random weights have no tokenizer: no bos/eos/pad ids.
+    """
+    if config.hf_model_type not in ("llama", "qwen2"):
+        raise ValueError(f"model {config.name!r}: a llama-family model needs hf_model_type 'llama' or 'qwen2', "
+                         f"got {config.hf_model_type!r}")
+    if config.qkv_bias != (config.hf_model_type == "qwen2"):
+        raise ValueError(
+            f"model {config.name!r}: hf_model_type {config.hf_model_type!r} with qkv_bias={config.qkv_bias} has "
+            "no transformers equivalent (q/k/v biases alone are Qwen2; Llama's attention_bias also biases o_proj)"
+        )
+    config_cls, model_cls = _HF_CLASSES[config.hf_model_type]
+    extra = {"use_sliding_window": False} if config.hf_model_type == "qwen2" else {
+        "attention_bias": False, "mlp_bias": False}
+    return getattr(transformers, config_cls)(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.d_ff,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_kv_head,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.n_positions,
+        rms_norm_eps=config.layer_norm_epsilon,
+        hidden_act="silu",
+        rope_theta=config.rope_theta,
+        tie_word_embeddings=config.tie_word_embeddings,
+        attention_dropout=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        architectures=[model_cls],
+        attn_implementation="eager",
+        **extra,
+    )
+
+
+def _adopt_meta_rotary(model, hf_config) -> None:
+    """Rebuild rotary-embedding modules whose (non-persistent) frequency buffers stayed on the meta device."""
+    for name, module in list(model.named_modules()):
+        if name.endswith("rotary_emb") and any(b.is_meta for b in module.buffers()):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, type(module)(config=hf_config))
+
+
 def _build_model(weights: ModelWeights):
-    """A float32 eval-mode ``GPT2LMHeadModel`` holding copies of ``weights``."""
+    """A float32 eval-mode transformers causal LM holding copies of ``weights``."""
     torch, transformers = _import_hf()
     config = weights.config
     if config.tie_word_embeddings != (weights.lm_head is None):
         weights.validate()  # raises CheckpointError explaining the tied/untied mismatch
     hf_config = to_hf_config(config)
+    model_cls = getattr(transformers, _HF_CLASSES[config.hf_model_type][1])
     state = {k: torch.tensor(np.asarray(v, dtype=np.float32)) for k, v in hf_state_dict(weights).items()}
-    # Build on the meta device and adopt the tensors (skips a random init: ~3 s for the 111M model). Older
-    # transformers register non-persistent buffers that would stay on meta: fall back to a normal build.
+    # Build on the meta device and adopt the tensors (skips a random init: ~3 s for the 111M model); Llama's
+    # rotary buffers are computed, not loaded, so they are rebuilt. Buffers still on meta (other transformers
+    # versions) mean falling back to a normal build.
     with torch.device("meta"):
-        model = transformers.GPT2LMHeadModel(hf_config)
+        model = model_cls(hf_config)
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
+    _adopt_meta_rotary(model, hf_config)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-        model = transformers.GPT2LMHeadModel(hf_config)
+        model = model_cls(hf_config)
         model.load_state_dict(state, strict=True)
     model.config._attn_implementation = "eager"
     return model.to(torch.float32).eval()
 
 
 def transformers_logits(weights: ModelWeights, token_ids: np.ndarray) -> np.ndarray:
-    """Logits float32 ``[batch, seq, vocab]`` of ``transformers.GPT2LMHeadModel`` loaded with ``weights``."""
+    """Logits float32 ``[batch, seq, vocab]`` of the transformers model loaded with ``weights``."""
     torch, _ = _import_hf()
     ids = check_token_ids(token_ids, weights.config)
     model = _build_model(weights)
@@ -107,3 +169,31 @@ def save_hf_checkpoint(weights: ModelWeights, path: str | Path, safe_serializati
     else:
         model.config.save_pretrained(folder)
         torch.save(model.state_dict(), folder / BIN_NAME)
+
+
+def transformers_generate(weights: ModelWeights, prompt_ids: np.ndarray, new_tokens: int) -> np.ndarray:
+    """Greedy decoding with ``model.generate``: int64 ``[batch, P + new_tokens]``, the prompt first.
+
+    float32, eager attention, with the KV cache. No eos or pad token, so every row runs to ``new_tokens``
+    and each new token is the argmax of the logits (no logits processors).
+    """
+    torch, transformers = _import_hf()
+    ids = check_token_ids(prompt_ids, weights.config)
+    if not isinstance(new_tokens, int | np.integer) or new_tokens <= 0:
+        raise ValueError(f"new_tokens must be a positive integer, got {new_tokens!r}")
+    if ids.shape[1] + new_tokens > weights.config.n_positions:
+        raise ValueError(
+            f"prompt of {ids.shape[1]} plus {new_tokens} new tokens exceeds the context of {weights.config.name} "
+            f"({weights.config.n_positions} positions)"
+        )
+    model = _build_model(weights)
+    generation = transformers.GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=int(new_tokens), min_new_tokens=0, use_cache=True,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+    model.generation_config = generation
+    prompt = torch.from_numpy(np.ascontiguousarray(ids))
+    with torch.no_grad():
+        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                             generation_config=generation)
+    return out.numpy().astype(np.int64, copy=False)

@@ -1,4 +1,4 @@
-"""An independent float64 numpy forward pass of GPT-2, the numerics oracle for the simulator.
+"""An independent float64 numpy forward pass of GPT-2 and of the Llama family, the numerics oracle.
 
 Written for clarity rather than speed: one batch row at a time (bounding the attention scores to
 ``[n_head, seq, seq]``), weights upcast to float64 one layer at a time. It shares no code with the
@@ -8,12 +8,13 @@ simulator's kernels or with ``transformers``, so agreement with both is meaningf
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
 from .config import ModelConfig
 from .tokens import check_token_ids
-from .weights import LAYER_FIELDS, ModelWeights
+from .weights import ModelWeights, layer_fields
 
 _erf = np.frompyfunc(math.erf, 1, 1)  # exact erf elementwise, without a scipy dependency
 
@@ -42,17 +43,25 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def causal_softmax_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``softmax(q k^T / sqrt(dh)) v`` per head with a causal mask: ``[head, seq, dh]`` in and out."""
+    seq, dh = q.shape[1], q.shape[2]
+    scores = q @ k.transpose(0, 2, 1) / math.sqrt(dh)  # [head, seq, seq]
+    future = np.triu(np.ones((seq, seq), dtype=bool), k=1)  # position i may not see j > i
+    return softmax(np.where(future, -np.inf, scores)) @ v
+
+
+def _heads(x: np.ndarray, n: int) -> np.ndarray:
+    """``[seq, n * dh]`` -> ``[n, seq, dh]``."""
+    return x.reshape(x.shape[0], n, -1).transpose(1, 0, 2)
+
+
 def causal_attention(x: np.ndarray, w: dict[str, np.ndarray], n_head: int) -> np.ndarray:
     """Multi-head causal self-attention of one sequence ``x [seq, d]``, output projection included."""
     seq, d = x.shape
-    dh = d // n_head
     qkv = x @ w["w_qkv"] + w["b_qkv"]  # [seq, 3d], columns q | k | v
-    q, k, v = (qkv[:, i * d:(i + 1) * d].reshape(seq, n_head, dh).transpose(1, 0, 2) for i in range(3))
-    scores = q @ k.transpose(0, 2, 1) / math.sqrt(dh)  # [head, seq, seq]
-    future = np.triu(np.ones((seq, seq), dtype=bool), k=1)  # position i may not see j > i
-    scores = np.where(future, -np.inf, scores)
-    context = softmax(scores) @ v  # [head, seq, dh]
-    context = context.transpose(1, 0, 2).reshape(seq, d)
+    q, k, v = (_heads(qkv[:, i * d:(i + 1) * d], n_head) for i in range(3))
+    context = causal_softmax_attention(q, k, v).transpose(1, 0, 2).reshape(seq, d)
     return context @ w["w_attn_proj"] + w["b_attn_proj"]
 
 
@@ -64,22 +73,90 @@ def decoder_block(x: np.ndarray, w: dict[str, np.ndarray], config: ModelConfig) 
     return x + hidden @ w["w_fc_proj"] + w["b_fc_proj"]
 
 
+def rms_norm(x: np.ndarray, gain: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm over the last axis: ``x / sqrt(mean(x^2) + eps) * gain`` (no mean subtraction, no shift)."""
+    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * gain
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """``x * sigmoid(x)``, written as ``x / (1 + exp(-x))``."""
+    return x / (1.0 + np.exp(-x))
+
+
+def rotary_angles(seq: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """``cos`` and ``sin`` ``[seq, head_dim]`` of the rotary angles ``pos * theta^(-2i/head_dim)``.
+
+    Half-split layout: frequency ``i`` applies to dimensions ``i`` and ``i + head_dim/2`` (Hugging Face's
+    rotate-half convention, not the interleaved pairs of the original Llama code).
+    """
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # [head_dim/2]
+    angles = np.arange(seq, dtype=np.float64)[:, None] * inv_freq[None, :]
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles), np.sin(angles)
+
+
+def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate each pair ``(x[i], x[i + dh/2])`` of ``x [..., seq, dh]`` by its position's angle."""
+    half = x.shape[-1] // 2
+    rotated_half = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated_half * sin
+
+
+def grouped_query_attention(x: np.ndarray, w: dict[str, np.ndarray], config: ModelConfig,
+                            rope: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Causal GQA of one sequence ``x [seq, d]`` with rotary q and k, output projection included.
+
+    Query head ``h`` attends with key/value head ``h // (n_head / n_kv_head)``.
+    """
+    seq, d = x.shape
+    kv = config.kv_width
+    qkv = x @ w["w_qkv"]  # [seq, d + 2 kv], columns q | k | v
+    if "b_qkv" in w:
+        qkv = qkv + w["b_qkv"]
+    q = rotate(_heads(qkv[:, :d], config.n_head), *rope)
+    k = rotate(_heads(qkv[:, d:d + kv], config.n_kv_head), *rope)
+    v = _heads(qkv[:, d + kv:], config.n_kv_head)
+    group = config.n_head // config.n_kv_head
+    k, v = np.repeat(k, group, axis=0), np.repeat(v, group, axis=0)  # kv head j serves heads j*group ...
+    context = causal_softmax_attention(q, k, v).transpose(1, 0, 2).reshape(seq, d)
+    return context @ w["w_attn_proj"]
+
+
+def llama_block(x: np.ndarray, w: dict[str, np.ndarray], config: ModelConfig,
+                rope: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """One pre-RMSNorm Llama block on ``x [seq, d]``: GQA, then the SwiGLU MLP."""
+    eps = config.layer_norm_epsilon
+    x = x + grouped_query_attention(rms_norm(x, w["ln1_g"], eps), w, config, rope)
+    h = rms_norm(x, w["ln2_g"], eps)
+    return x + (silu(h @ w["w_gate"]) * (h @ w["w_up"])) @ w["w_down"]
+
+
 def reference_logits(weights: ModelWeights, token_ids: np.ndarray) -> np.ndarray:
-    """Logits float64 ``[batch, seq, vocab]`` of GPT-2 for int ``token_ids [batch, seq]``."""
+    """Logits float64 ``[batch, seq, vocab]`` for int ``token_ids [batch, seq]`` (GPT-2 or Llama family)."""
     config = weights.config
     ids = check_token_ids(token_ids, config)
     batch, seq = ids.shape
     f64 = np.float64
 
-    x = weights.wte[ids].astype(f64) + weights.wpe[:seq].astype(f64)  # [batch, seq, d]
+    x = weights.wte[ids].astype(f64)  # [batch, seq, d]
+    if config.is_llama:
+        rope = rotary_angles(seq, config.head_dim, config.rope_theta)
+        block = partial(llama_block, config=config, rope=rope)
+    else:
+        x += weights.wpe[:seq].astype(f64)
+        block = partial(decoder_block, config=config)
     for layer in weights.layers:
-        w = {name: getattr(layer, name).astype(f64) for name in LAYER_FIELDS}
+        w = {name: getattr(layer, name).astype(f64) for name in layer_fields(config)}
         for b in range(batch):
-            x[b] = decoder_block(x[b], w, config)
+            x[b] = block(x[b], w)
 
     head = weights.head_weight().astype(f64)  # [vocab, d]
-    gain, shift = weights.lnf_g.astype(f64), weights.lnf_b.astype(f64)
+    gain, eps = weights.lnf_g.astype(f64), config.layer_norm_epsilon
+    if config.is_llama:
+        final_norm = partial(rms_norm, gain=gain, eps=eps)
+    else:
+        final_norm = partial(layer_norm, gain=gain, shift=weights.lnf_b.astype(f64), eps=eps)
     logits = np.empty((batch, seq, config.vocab_size), dtype=f64)
     for b in range(batch):
-        logits[b] = layer_norm(x[b], gain, shift, config.layer_norm_epsilon) @ head.T
+        logits[b] = final_norm(x[b]) @ head.T
     return logits

@@ -16,7 +16,7 @@ import numpy as np
 from .arch import WaferSpec
 from .errors import UserError
 from .mapping import ModelPlan, TileGrid
-from .mapping.serving import RESIDENT_MAPPINGS, Serving, regions_on
+from .mapping.serving import RESIDENT_MAPPINGS, Serving, pack, regions_on
 from .sim import Engine, SimResult
 from .workloads import ModelConfig, WorkloadGraph, lower_model
 from .workloads.graph import BYTES_PER_ELEM
@@ -217,5 +217,37 @@ def run_serving(spec, wafer: WaferSpec, config: ModelConfig, weights, progress: 
                               prompt, positions)
     if spec.phase == "generate" and executor is not None:
         serving["generated_tokens"] = np.stack(generated, axis=1).tolist()
-    report = build_report(spec, sr.config, wafer, main.graph, main.plan, main.result, numerics_report, serving)
+    report = build_report(spec, sr.full_config, wafer, main.graph, main.plan, main.result, numerics_report,
+                          serving)
     return RunOutput(report, logits, sim_wall, main.result, main.plan, wafer)
+
+
+def capacity(spec, wafer: WaferSpec) -> dict:
+    """The longest KV-cache context that fits for ``spec``'s model, wafer, region grid, precision and batch."""
+    from .pipeline import make_grid, resolve_model, simulated_cycles
+
+    config, _ = resolve_model(spec)
+    region = make_grid(spec, wafer)
+    sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset, 1,
+                    simulated_cycles)
+    graph = sr.graph(1, "decode", 0)
+    _, _, needs, base = sr.serving.stage_needs(graph, wafer, region)
+    sram = wafer.sram_bytes_per_pe
+    longest = sr.serving.longest_context(needs, base, sram, sr.n_regions, config.n_positions)
+    out = {
+        "model": config.name, "wafer": wafer.name, "precision": spec.precision, "batch": spec.batch,
+        "region_pes": [region.rows, region.cols], "region_tiles": list(region.shape), "regions_on_wafer": sr.n_regions,
+        "simulated_layers": sr.config.n_layer, "model_layers": config.n_layer,
+        "weights_bytes": sum(op.weight_bytes for op in graph.ops() if op.kind != "embedding"),
+        "model_context": config.n_positions,
+    }
+    if longest is None:
+        return out | {"max_context_tokens": None, "reason": "the weights and working sets alone do not fit"}
+    ctx = longest - 1  # cached positions include the new token
+    return out | {
+        "max_context_tokens": ctx,
+        "limited_by": "the model's context" if longest == config.n_positions else "SRAM",
+        "kv_cache_bytes": sr.kv_cache_bytes(longest),
+        "kv_cache_bytes_per_pe_per_layer": base.kv_cache_bytes_per_pe(longest),
+        "regions_used": len(pack(sr.serving.with_cache(needs, base.kv_cache_bytes_per_pe(longest)), sram)),
+    }

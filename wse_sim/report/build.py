@@ -133,6 +133,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
                             f"{report['mapping']['tile_grid'][0]}x{report['mapping']['tile_grid'][1]}"),
         *_auto_rows(report),
         ("run", f"batch {report['run']['batch']} x seq {report['run']['seq']}, {report['run']['precision']}"),
+        *_serving_rows(report),
         ("total cycles", f"{report['total_cycles']:,}  ({report['seconds'] * 1e3:.4g} ms)"),
         ("tokens/s", f"{report['tokens_per_s']:,.0f}"),
         ("roofline bound", f"{report['roofline']['bound_cycles']:,} cycles "
@@ -145,7 +146,12 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         ("SRAM peak / PE", f"{report['sram_peak_bytes_per_pe']:,} of {report['sram_bytes_per_pe_available']:,} B"),
         ("tile busy (mean)", f"{report['utilization']['mean_busy_fraction'] * 100:.2f} %"),
     ]
-    if n.get("enabled"):
+    if n.get("enabled") and "tokens_match_transformers" in n:
+        match = n["tokens_match_transformers"]
+        rows.append(("tokens vs transformers", "n/a" if match is None else
+                     f"{'identical' if match else 'differ'} ({n['generated_tokens_compared']} greedy tokens, "
+                     f"agreement {n['token_agreement'] * 100:.1f} %)"))
+    elif n.get("enabled"):
         rows += [
             ("max |err| vs transformers", fmt_err("max_abs_err_vs_transformers")),
             ("max |err| vs float64 ref", fmt_err("max_abs_err_vs_reference")),
@@ -157,6 +163,28 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
                                                                        "stream_cycles")}
     tot = max(report["total_cycles"], 1)
     rows.append(("cycles split", ", ".join(f"{k.split('_')[0]} {v / tot * 100:.1f} %" for k, v in totals.items())))
+    return rows
+
+
+def _serving_rows(report: dict) -> list[tuple[str, str]]:
+    """Phase, latencies and KV cache of decode and generate runs (prefill runs show their TTFT only)."""
+    phase = report.get("phase")
+    if phase is None:
+        return []
+    rows = [("phase", phase)]
+    if report.get("ttft_s"):
+        rows.append(("TTFT", f"{report['ttft_s'] * 1e3:.4g} ms"))
+    if report.get("tpot_s"):
+        rows.append(("TPOT", f"{report['tpot_s'] * 1e6:.4g} us  ({report['tokens_per_s_per_request']:,.1f} "
+                             f"tokens/s per request)"))
+    if phase != "prefill":
+        rows.append(("KV cache", f"{report['kv_cache_bytes'] / 1e6:,.2f} MB "
+                                 f"({report['kv_cache_positions_per_sequence']:,} positions per sequence)"))
+        rows.append(("layers", report["layer_subset"]["note"]))
+        p = report["mapping"]["params"]
+        rows.append(("regions", f"{p['regions_used']} of {p['regions_on_wafer']} regions of "
+                                f"{p['region_pes'][0]}x{p['region_pes'][1]} PEs, stages per region "
+                                f"{p['stages_per_region']}"))
     return rows
 
 
