@@ -1,5 +1,7 @@
 """Wafer presets, TOML overrides and grid parsing."""
 
+import math
+
 import pytest
 
 from wse_sim.arch import get_wafer, load_wafer, parse_grid
@@ -67,13 +69,13 @@ def test_cost_formulas():
 def test_transfer_latency_adds_hops_stages_and_turns(tmp_path):
     w = get_wafer("wse2")
     ser, lat = transfer_cycles(w, bytes_per_lane=40, hops=10)
-    assert (ser, lat) == (10, 20)  # 40 B / 4 B per cycle; 10 hops x 2 cycles
+    assert (ser, lat) == (10, 10 * w.hop_latency_cycles)  # 40 B / 4 B per cycle; 10 hops
     _, lat_staged = transfer_cycles(w, 40, 10, stages=3, turns=1)
-    assert lat_staged - lat == 3 * w.stage_overhead_cycles + w.turn_cycles
+    assert lat_staged - lat == math.ceil(3 * w.stage_overhead_cycles) + w.turn_cycles  # stages rounded up together
     f = tmp_path / "w.toml"
     f.write_text('base = "wse2"\nturn_cycles = 7\nstage_overhead_cycles = 1.5\n')
     w2 = load_wafer(str(f))
-    assert transfer_cycles(w2, 40, 10, stages=2, turns=1)[1] == 20 + 3 + 7
+    assert transfer_cycles(w2, 40, 10, stages=2, turns=1)[1] == 10 * w.hop_latency_cycles + 3 + 7
 
 
 def test_routes_turn_once_when_they_change_dimension():
@@ -87,3 +89,46 @@ def test_routes_turn_once_when_they_change_dimension():
     assert bent.turns == 1 and bent.hops == 4 + 6
     # XY routing: along row 0 to column 3 (3 links, row lanes), then down column 3 (2 links, column lanes)
     assert len(bent.links) == 5 and bent.bytes_per_lane == 7
+
+
+def test_presets_come_from_commented_toml_files():
+    """Every value in a preset file carries a comment (its unit and source), inline or in the block above it."""
+    from wse_sim.arch.wafer import PRESET_DIR, PRESETS
+
+    assert list(PRESETS) == ["wse1", "wse2", "wse3", "tiny"]
+    for path in sorted(PRESET_DIR.glob("*.toml")):
+        lines = path.read_text().splitlines()
+        for k, line in enumerate(lines):
+            if "=" in line and not line.startswith("#") and line.split("=")[0].strip() not in ("name", "description",
+                                                                                               "base"):
+                assert "#" in line or lines[k - 1].startswith("#"), f"{path.name}: {line!r} has no comment"
+    w2, w3, tiny = get_wafer("wse2"), get_wafer("wse3"), get_wafer("tiny")
+    assert tiny.mesh_rows == 8 and tiny.stage_overhead_cycles == w2.stage_overhead_cycles  # base = "wse2"
+    assert w3.hop_latency_cycles == 2.0 and w3.stage_overhead_cycles == w2.stage_overhead_cycles  # C4; fitted beta
+    assert w3.interwafer_bytes_per_s == pytest.approx(1.3 * w2.interwafer_bytes_per_s)  # CS-3: +30 % I/O
+    assert w2.interwafer_bytes_per_s == 150e9 and 0 < w2.interwafer_latency_s < 1e-3
+    assert w2.reduce_fan_in == 32 and isinstance(w2.reduce_fan_in, int)
+    assert w2.link_bytes_per_cycle == w2.wavelet_bytes / w2.cycles_per_wavelet == 4
+    assert w2.to_dict()["link_bytes_per_cycle"] == 4  # reports keep the derived field
+
+
+def test_link_bytes_per_cycle_still_works_in_override_files(tmp_path):
+    f = tmp_path / "slow_links.toml"
+    f.write_text('base = "wse2"\nlink_bytes_per_cycle = 2.0\n')
+    w = load_wafer(str(f))
+    assert w.cycles_per_wavelet == 2.0 and w.link_bytes_per_cycle == 2.0
+    assert serialization_cycles(w, 10) == 6  # 3 wavelets of 4 bytes, 2 cycles each
+    f.write_text('base = "wse2"\nreduce_fan_in = 1\n')
+    with pytest.raises(UserError, match="reduce_fan_in must be at least 2"):
+        load_wafer(str(f))
+    f.write_text('base = "wse2"\nreduce_fan_in = 2.5\n')
+    with pytest.raises(UserError, match="reduce_fan_in must be an integer"):
+        load_wafer(str(f))
+
+
+def test_interwafer_cycles():
+    from wse_sim.arch.costs import interwafer_cycles
+
+    w = get_wafer("wse2")
+    assert interwafer_cycles(w, 0) == pytest.approx(w.interwafer_latency_s * w.clock_hz, abs=1)
+    assert interwafer_cycles(w, 150e6) - interwafer_cycles(w, 0) == pytest.approx(1e-3 * w.clock_hz, abs=1)

@@ -30,7 +30,7 @@ def transfer(link, nbytes_per_lane, hops=0):
 def test_transfers_on_one_link_serialise_and_different_links_overlap():
     link_a, link_b = ((0, 0), (0, 1)), ((1, 0), (1, 1))
     ser = 400 // 4  # 400 bytes per lane at 4 bytes/cycle
-    lat = 3 * 2  # 3 hops at 2 cycles
+    lat = 3 * int(WAFER.hop_latency_cycles)  # 3 hops at the preset's hop latency
     same = Engine(WAFER, one_op([transfer(link_a, 400, 3), transfer(link_a, 400, 3)])).run()
     assert same.total_cycles == 2 * ser + lat
     apart = Engine(WAFER, one_op([transfer(link_a, 400, 3), transfer(link_b, 400, 3)])).run()

@@ -137,17 +137,30 @@ def cannon_bytes(m, k, n, b, tr, ring):
     return shifts + skew
 
 
-def gemv_bytes(m, k, n, b, pe_rows, tr, tc, tree):
+def tree_root_col(width, fan_in):
+    """The PE column where gemv-tree's row sum ends, from its docstring: per level, groups of ``fan_in``
+    consecutive nodes reduce into their middle member (index ``len // 2``), until one node remains."""
+    nodes = list(range(width))
+    while len(nodes) > 1:
+        nodes = [g[len(g) // 2] for g in (nodes[s:s + fan_in] for s in range(0, len(nodes), fan_in))]
+    return nodes[0]
+
+
+def gemv_bytes(m, k, n, b, pe_cols, tr, tc, tree, fan_in=WSE2.reduce_fan_in):
     """All-gather of x down each tile column, the row reduction of fp32 partial vectors, and the relayout.
 
     The reduction moves fp32 partial vectors ``[M, n_i]``: a chain sends TC - 1 of them towards the west end and
-    multicasts the sum back (TC - 1 again), a tree sends TC - 1 (one per tree edge). The row sums ``y[:, n_i]``
-    then go to the block layout (tile (r, j) gets ``y[m_r, n_j]``) from tile (i, j) (chain: every tile has the
-    sum after the multicast) or from the root (i, 0) (tree).
+    multicasts the sum back (TC - 1 again), a tree sends TC - 1 (each tile's partial leaves its tile once). The row
+    sums ``y[:, n_i]`` then go to the block layout (tile (r, j) gets ``y[m_r, n_j]``) from tile (i, j) (chain:
+    every tile has the sum after the multicast) or from the tile holding the tree's root PE column. (The root
+    used to be tile column 0; MeshGEMV's two-way tree ends in the middle of the row, so the relayout now starts
+    there.)
     """
     n_row = edges(n, tr)  # N over tile rows (the weight layout)
     n_col = edges(n, tc)  # N over tile columns (the block layout)
     m_sizes = sizes(m, tr)
+    root_col = tree_root_col(pe_cols, fan_in)
+    root_tile = max(j for j, e in enumerate(edges(pe_cols, tc)[:-1]) if e <= root_col)
     gather = m * k * b * (tr - 1)
     reduce = 0
     for i in range(tr):
@@ -159,13 +172,13 @@ def gemv_bytes(m, k, n, b, pe_rows, tr, tc, tree):
             overlap = min(n_row[i + 1], n_col[j + 1]) - max(n_row[i], n_col[j])
             if overlap <= 0:
                 continue
-            src = (i, 0) if tree else (i, j)
+            src = (i, root_tile) if tree else (i, j)
             relayout += sum(m_sizes[r] * overlap * b for r in range(tr) if m_sizes[r] and (r, j) != src)
     return gather + reduce + relayout
 
 
 def expected_fabric_bytes(mapping, m, k, n, b, grid):
-    pe_rows, _, tr, tc = grid
+    _, pe_cols, tr, tc = grid
     if mapping == "weight-streaming":
         # Each chunk of W is broadcast down every tile column (delivered to all TR tiles: it enters at the edge),
         # and every tile row reduces TC - 1 fp32 partial blocks into the chunk's owner column.
@@ -178,7 +191,7 @@ def expected_fabric_bytes(mapping, m, k, n, b, grid):
         return cannon_bytes(m, k, n, b, tr, natural_ring(tr))
     if mapping == "meshgemm":
         return cannon_bytes(m, k, n, b, tr, interleaved_ring(tr))
-    return gemv_bytes(m, k, n, b, pe_rows, tr, tc, tree=mapping == "gemv-tree")
+    return gemv_bytes(m, k, n, b, pe_cols, tr, tc, tree=mapping == "gemv-tree")
 
 
 @pytest.mark.parametrize("mapping", MAPPINGS)
@@ -223,13 +236,14 @@ def test_meshgemm_beats_cannon_on_fabric_latency():
     mesh, _ = run_gemm("meshgemm", 2048, 2048, 2048, "fp16", grid)
     assert mesh.total_cycles < cannon.total_cycles
     assert mesh.fabric_bytes == cannon.fabric_bytes
-    assert mesh.ops[0].compute_cycles == cannon.ops[0].compute_cycles
+    # Same work on every tile. (With 1-cycle hops on wse2 MeshGEMM's critical path runs through its multiplies
+    # while Cannon's stays on the wrap-around, so the critical-path split differs; the work does not.)
+    assert (mesh.tile_busy_cycles == cannon.tile_busy_cycles).all()
     assert mesh.ops[0].fabric_cycles < cannon.ops[0].fabric_cycles
-    assert cannon.total_cycles - mesh.total_cycles == cannon.ops[0].fabric_cycles - mesh.ops[0].fabric_cycles
     # The wrap-around costs at least (q - 1) tile widths of hops on each of the q - 1 shifts.
     q, width = 24, 30
     hop_gap = (q - 1) * ((q - 1) * width - 2 * width) * WSE2.hop_latency_cycles
-    assert cannon.ops[0].fabric_cycles - mesh.ops[0].fabric_cycles >= 0.9 * hop_gap
+    assert cannon.total_cycles - mesh.total_cycles >= 0.9 * hop_gap
 
 
 def test_gemv_tree_beats_allreduce_for_decode():

@@ -70,11 +70,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list model presets")
     sub.add_parser("wafers", help="list wafer presets")
-    from . import cli_mapping, cli_serving, cli_viz
+    from . import cli_calibrate, cli_mapping, cli_serving, cli_viz
 
     cli_viz.add_parsers(sub)
     cli_mapping.add_parsers(sub)
     cli_serving.add_parsers(sub)
+    cli_calibrate.add_parsers(sub)
     return p
 
 
@@ -150,13 +151,14 @@ def _cmd_run(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from . import cli_mapping, cli_serving, cli_viz
+        from . import cli_calibrate, cli_mapping, cli_serving, cli_viz
 
         if args.command == "models":
             _cmd_models()
         elif args.command == "wafers":
             _cmd_wafers()
-        elif not (cli_viz.dispatch(args) or cli_mapping.dispatch(args) or cli_serving.dispatch(args)):
+        elif not (cli_viz.dispatch(args) or cli_mapping.dispatch(args) or cli_serving.dispatch(args)
+                  or cli_calibrate.dispatch(args)):
             _cmd_run(args)
     except UserError as exc:  # config, checkpoint, SRAM and input errors all derive from it
         print(f"wse-sim: error: {exc}", file=sys.stderr)

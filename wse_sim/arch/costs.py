@@ -20,9 +20,15 @@ def compute_cycles(wafer: WaferSpec, precision: str, macs_per_pe: float, elem_op
     return math.ceil((macs_per_pe + elem_ops_per_pe) / lanes)
 
 
+def wavelets(wafer: WaferSpec, nbytes: float) -> int:
+    """Wavelets (fabric messages of ``wafer.wavelet_bytes``) that carry ``nbytes``; a partial one is a whole one."""
+    return math.ceil(nbytes / wafer.wavelet_bytes)
+
+
 def serialization_cycles(wafer: WaferSpec, bytes_per_lane: float) -> int:
-    """Cycles to push ``bytes_per_lane`` through one PE-to-PE link (each lane of a tile edge is one link)."""
-    return math.ceil(bytes_per_lane / wafer.link_bytes_per_cycle)
+    """Cycles to push ``bytes_per_lane`` through one PE-to-PE link (each lane of a tile edge is one link): one
+    wavelet every ``cycles_per_wavelet``."""
+    return math.ceil(wavelets(wafer, bytes_per_lane) * wafer.cycles_per_wavelet)
 
 
 def hop_cycles(wafer: WaferSpec, hops: int) -> int:
@@ -49,3 +55,9 @@ def transfer_cycles(wafer: WaferSpec, bytes_per_lane: float, hops: int, stages: 
 def stream_cycles(wafer: WaferSpec, nbytes: float) -> int:
     """Cycles for ``nbytes`` of weights to cross the MemoryX -> wafer link."""
     return math.ceil(nbytes / wafer.memoryx_bytes_per_cycle)
+
+
+def interwafer_cycles(wafer: WaferSpec, nbytes: float) -> int:
+    """Cycles (of ``wafer``'s clock) for ``nbytes`` of activations to reach the next wafer of a pipeline: the
+    link's latency, then the bytes at its bandwidth."""
+    return math.ceil((wafer.interwafer_latency_s + nbytes / wafer.interwafer_bytes_per_s) * wafer.clock_hz)

@@ -1,0 +1,147 @@
+"""Calibration against published wafer measurements: every case near its figure, the report files, the fit, the CLI.
+
+Known misses are strict xfails with the reason (docs/validation.md has the numbers): if the model changes so that
+one of them passes, the xfail fails and the entry must move to the passing list.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from dataclasses import replace
+
+import pytest
+
+from wse_sim import calibration as cal
+from wse_sim.arch import get_wafer, load_wafer
+from wse_sim.arch.wafer import preset_path
+from wse_sim.cli import main
+from wse_sim.mapping.gemv import tree_root, two_way_tree
+
+WSE2 = get_wafer("wse2")
+
+TILE_LEVEL = ("the engine works at tile granularity (8x8 tiles): SUMMA's broadcasts and Cannon's shifts overlap "
+              "the multiplies, so it cannot show the per-step PE-level latency behind the published gap")
+KNOWN_MISSES = {
+    "C3-meshgemv-vs-allreduce": "the stage overhead fitted to MeshGEMV's C1 times (~18.6 cycles) makes the 511-stage "
+                                "chain ~8x slower, not 4.6x: one per-stage cost does not fit both",
+    "C3-meshgemm-vs-summa": TILE_LEVEL,
+    "C3-meshgemm-vs-cannon": TILE_LEVEL,
+    "C3-summa-efficiency-720": TILE_LEVEL,
+    "C3-cannon-efficiency-720": TILE_LEVEL,
+}
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("validation")
+    return out, cal.validate(WSE2, out)
+
+
+def _case_params():
+    return [pytest.param(c.name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[c.name]))
+            if c.name in KNOWN_MISSES else c.name for c in cal.cases()]
+
+
+@pytest.mark.parametrize("name", _case_params())
+def test_case_within_tolerance_of_published(validated, name):
+    _, results = validated
+    r = next(r for r in results if r.case.name == name)
+    assert r.ok, f"{name}: simulated {r.simulated:.4g} vs published {r.case.published:.4g} {r.case.unit} " \
+                 f"(ratio {r.ratio:.3f})\n{cal.format_results(results)}"
+
+
+def test_report_files_exist_and_agree(validated):
+    out, results = validated
+    rows = list(csv.DictReader(open(out / "validation.csv")))
+    assert [r["case"] for r in rows] == [r.case.name for r in results]
+    assert list(rows[0]) == ["case", "published", "simulated", "ratio", "unit"]
+    md = (out / "validation.md").read_text()
+    for row, r in zip(rows, results, strict=True):
+        assert float(row["simulated"]) == pytest.approx(r.simulated, rel=1e-3)
+        assert float(row["ratio"]) == pytest.approx(r.ratio, abs=1e-3)
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| {row['case']} |"))
+        assert f"| {row['simulated']} | {row['ratio']} | {row['unit']} |" in line
+    png = (out / "validation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert "validation.png" in md
+
+
+def test_meshgemv_tree_matches_the_published_kernel():
+    """P = 512, groups of 32: WaferLLM's root_2nd_phase = (group_num / 2) * g + g / 2 = 272; phase 1 has 16
+    stages over 16 PE hops, phase 2 has 8 stages over 256 hops (two_tree_allreduce_y in its repository)."""
+    levels = two_way_tree(512, 32)
+    assert len(levels) == 2 and tree_root(512, 32) == (16 // 2) * 32 + 32 // 2
+    for groups, (hops, stages) in zip(levels, [(16, 16), (256, 8)], strict=True):
+        arms = [(abs(arm[0] - g.root), len(arm)) for g in groups for arm in g.arms]
+        assert max(a for a, _ in arms) == hops and max(s for _, s in arms) == stages
+    report = cal.gemm_report(WSE2, 1, 16384, 16384, "gemv-tree", "512x512", "16x16", "fp16", True, True)
+    assert report["fabric_bytes"] > 0 and "two-way 32-ary tree" in report["notes"]
+
+
+def _synthetic(beta: float) -> tuple[cal.Case, ...]:
+    """The C1 cases with 'published' values simulated at a known stage overhead."""
+    truth = replace(WSE2, stage_overhead_cycles=beta)
+    return tuple(replace(c, published=c.simulate(truth)) for c in cal.cases() if c.fit)
+
+
+def test_fit_recovers_a_known_stage_overhead():
+    result = cal.fit(_synthetic(7.0), ["stage_overhead_cycles"], WSE2, start={"stage_overhead_cycles": 30.0})
+    assert result.values["stage_overhead_cycles"] == pytest.approx(7.0, abs=0.25)
+    assert result.cost < 1e-5 and result.wafer.stage_overhead_cycles == result.values["stage_overhead_cycles"]
+    assert all(abs(r) < 3e-3 for r in result.residuals.values())
+
+
+def test_fit_keeps_parameters_physical():
+    """A 'published' time below what 1-cycle hops allow pushes beta to its bound (alpha < beta), not below."""
+    fast = tuple(replace(c, published=c.published / 3) for c in cal.cases() if c.fit)
+    result = cal.fit(fast, ["stage_overhead_cycles"], WSE2)
+    lo, _ = cal.param_bounds("stage_overhead_cycles", WSE2)
+    assert lo <= result.values["stage_overhead_cycles"] <= lo + 0.05
+    with pytest.raises(Exception, match="not a fittable"):
+        cal.fit(fast, ["mesh_rows"], WSE2)
+
+
+def test_calibrate_write_is_deterministic_on_a_copy(tmp_path, capsys):
+    toml = tmp_path / "wse2.toml"
+    shutil.copy(preset_path("wse2"), toml)
+    before = toml.read_text()
+    args = ["calibrate", "--write", "--toml", str(toml), "--date", "2025-01-02"]
+    assert main(args) == 0
+    first = toml.read_text()
+    assert main(args) == 0
+    assert toml.read_text() == first  # the same fit and date write the same bytes
+    out = capsys.readouterr().out
+    assert "stage_overhead_cycles" in out and "C1-gemv-16k" in out and "cost" in out
+    changed = [(a, b) for a, b in zip(before.splitlines(), first.splitlines(), strict=True) if a != b]
+    assert all(b.startswith("stage_overhead_cycles = ") for _, b in changed)  # only the fitted line may change
+    line = next(ln for ln in first.splitlines() if ln.startswith("stage_overhead_cycles = "))
+    assert "fitted by `wse-sim calibrate` on 2025-01-02 to C1-gemv-16k, C1-gemv-32k" in line
+    fitted = load_wafer(str(toml)).stage_overhead_cycles
+    assert fitted == float(line.split("=")[1].split("#")[0]) == pytest.approx(WSE2.stage_overhead_cycles, abs=0.05)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["calibrate", "--params", "mesh_rows"]) == 2
+    assert main(["calibrate", "--cases", "nope"]) == 2
+    assert main(["calibrate", "--toml", str(tmp_path / "x.toml")]) == 2  # --toml without --write
+    assert main(["validate", "--cases", "nope", "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("wse-sim: error:") == 4 and not (tmp_path / "v").exists()
+
+
+def test_validate_cli_writes_the_report(tmp_path, capsys):
+    assert main(["validate", "--out", str(tmp_path), "--cases", "C1-gemv-16k,C1-gemv-32k"]) == 0
+    assert "2 of 2 cases within 10%" in capsys.readouterr().out
+    assert {p.name for p in tmp_path.iterdir()} == {"validation.csv", "validation.md", "validation.png"}
+
+
+def test_another_module_can_register_cases(monkeypatch):
+    monkeypatch.setattr(cal, "_REGISTERED", [])
+    case = cal.Case("X-constant", "a test figure", 2.0, "x", lambda wafer: 2.1)
+    cal.register(case)
+    assert cal.cases()[-1] is case and cal.run_cases([case], WSE2)[0].ok
+    with pytest.raises(ValueError, match="already registered"):
+        cal.register(case)
+    with pytest.raises(ValueError, match="bound"):
+        cal.Case("X-bad", "", 1.0, "x", lambda wafer: 1.0, bound="roughly")

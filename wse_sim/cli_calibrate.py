@@ -1,0 +1,81 @@
+"""``wse-sim calibrate`` (fit the unsourced cost parameters to published figures) and ``wse-sim validate``."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from .errors import UserError
+
+
+def add_parsers(sub) -> None:
+    c = sub.add_parser("calibrate", help="fit the wafer's unsourced cost parameters to published measurements")
+    c.add_argument("--wafer", default="wse2", help="preset name or .toml file to start from (default wse2)")
+    c.add_argument("--params", default="stage_overhead_cycles",
+                   help="comma-separated wafer parameters to fit (default: stage_overhead_cycles, the only one "
+                        "without a source)")
+    c.add_argument("--cases", help="comma-separated case names (default: the cases marked for fitting)")
+    c.add_argument("--write", action="store_true", help="write the fitted values into the wafer's TOML file")
+    c.add_argument("--toml", help="with --write: the TOML file to rewrite (default: the preset's own file, or "
+                                  "--wafer when it is a .toml)")
+    c.add_argument("--date", help="with --write: the date put in the comment, YYYY-MM-DD (default: today)")
+
+    v = sub.add_parser("validate", help="run every calibration case; write validation.csv, .md and .png")
+    v.add_argument("--out", default="out/validation", help="output folder (default out/validation)")
+    v.add_argument("--wafer", default="wse2", help="preset name or .toml file (default wse2)")
+    v.add_argument("--cases", help="comma-separated case names (default: all)")
+
+
+def dispatch(args) -> bool:
+    if args.command == "calibrate":
+        _cmd_calibrate(args)
+    elif args.command == "validate":
+        _cmd_validate(args)
+    else:
+        return False
+    return True
+
+
+def _cmd_calibrate(args) -> None:
+    from . import calibration as cal
+    from .arch import load_wafer
+    from .arch.wafer import preset_path
+
+    wafer = load_wafer(args.wafer)
+    params = [p.strip() for p in args.params.split(",") if p.strip()]
+    for p in params:
+        cal.param_bounds(p, wafer)  # unknown parameter: a clear error before any simulation
+    chosen = cal.select(args.cases) if args.cases else tuple(c for c in cal.cases() if c.fit)
+    date = args.date or datetime.date.today().isoformat()
+    if args.date:
+        try:
+            datetime.date.fromisoformat(args.date)
+        except ValueError:
+            raise UserError(f"--date wants YYYY-MM-DD, got {args.date!r}") from None
+    target = None
+    if args.write:
+        target = Path(args.toml) if args.toml else (Path(args.wafer) if args.wafer.endswith(".toml")
+                                                   else preset_path(args.wafer))
+        if not target.is_file():
+            raise UserError(f"--write: {target} is not a file")
+    elif args.toml or args.date:
+        raise UserError("--toml and --date only apply with --write")
+    result = cal.fit(chosen, params, wafer)
+    print(cal.format_fit(result))
+    if target is not None:
+        cal.write_fitted(target, result, date)
+        print(f"wrote {', '.join(f'{p} = {cal.format_value(v)}' for p, v in result.values.items())} to {target}")
+
+
+def _cmd_validate(args) -> None:
+    from . import calibration as cal
+    from .arch import load_wafer
+
+    wafer = load_wafer(args.wafer)
+    chosen = cal.select(args.cases)
+    results = cal.validate(wafer, args.out, chosen)
+    print(cal.format_results(results))
+    ok = sum(r.ok for r in results)
+    print(f"{ok} of {len(results)} cases within {cal.TOLERANCE:.0%} of the published figure")
+    out = Path(args.out)
+    print("wrote " + ", ".join(str(out / f) for f in ("validation.csv", "validation.md", "validation.png")))
