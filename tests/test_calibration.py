@@ -23,8 +23,13 @@ WSE2 = get_wafer("wse2")
 TILE_LEVEL = ("the engine works at tile granularity (8x8 tiles): SUMMA's broadcasts and Cannon's shifts overlap "
               "the multiplies, so it cannot show the per-step PE-level latency behind the published gap")
 KNOWN_MISSES = {
-    "C3-meshgemv-vs-allreduce": "the stage overhead fitted to MeshGEMV's C1 times (~18.6 cycles) makes the 511-stage "
-                                "chain ~8x slower, not 4.6x: one per-stage cost does not fit both",
+    "C3-meshgemv-vs-allreduce": "the stage overhead fitted to C1 and C2 (~21 cycles) makes the 511-stage chain "
+                                "~8.7x slower, not 4.6x: one per-stage cost does not fit both",
+    "C2 llama3-8b decode 420x420": "decode latency grows too fast with the grid (see the trend case): fitted to the "
+                                   "three grids, 420x420 comes out 10.2 % fast",
+    "C2 trend 420x420 / 660x660": "a decode token crosses each region ~17 times per layer here (block-layout "
+                                  "all-gathers and relayouts around every GEMV) against ~10 implied by the measured "
+                                  "slope: 1.35x from 420 to 660 instead of 1.20x",
     "C3-meshgemm-vs-summa": TILE_LEVEL,
     "C3-meshgemm-vs-cannon": TILE_LEVEL,
     "C3-summa-efficiency-720": TILE_LEVEL,
@@ -94,7 +99,7 @@ def test_fit_recovers_a_known_stage_overhead():
 
 def test_fit_keeps_parameters_physical():
     """A 'published' time below what 1-cycle hops allow pushes beta to its bound (alpha < beta), not below."""
-    fast = tuple(replace(c, published=c.published / 3) for c in cal.cases() if c.fit)
+    fast = tuple(replace(c, published=c.published / 3) for c in cal.cases() if c.fit and c.unit == "us")
     result = cal.fit(fast, ["stage_overhead_cycles"], WSE2)
     lo, _ = cal.param_bounds("stage_overhead_cycles", WSE2)
     assert lo <= result.values["stage_overhead_cycles"] <= lo + 0.05
@@ -106,7 +111,7 @@ def test_calibrate_write_is_deterministic_on_a_copy(tmp_path, capsys):
     toml = tmp_path / "wse2.toml"
     shutil.copy(preset_path("wse2"), toml)
     before = toml.read_text()
-    args = ["calibrate", "--write", "--toml", str(toml), "--date", "2025-01-02"]
+    args = ["calibrate", "--write", "--toml", str(toml), "--date", "2025-01-02", "--cases", "C1-gemv-16k,C1-gemv-32k"]
     assert main(args) == 0
     first = toml.read_text()
     assert main(args) == 0
@@ -118,7 +123,9 @@ def test_calibrate_write_is_deterministic_on_a_copy(tmp_path, capsys):
     line = next(ln for ln in first.splitlines() if ln.startswith("stage_overhead_cycles = "))
     assert "fitted by `wse-sim calibrate` on 2025-01-02 to C1-gemv-16k, C1-gemv-32k" in line
     fitted = load_wafer(str(toml)).stage_overhead_cycles
-    assert fitted == float(line.split("=")[1].split("#")[0]) == pytest.approx(WSE2.stage_overhead_cycles, abs=0.05)
+    expected = cal.fit(cal.select("C1-gemv-16k,C1-gemv-32k"), ["stage_overhead_cycles"], WSE2).values
+    assert fitted == float(line.split("=")[1].split("#")[0]) == pytest.approx(expected["stage_overhead_cycles"],
+                                                                             abs=0.05)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -31,7 +31,8 @@ TOLERANCE = 0.10  # a case passes within 10 % of its published value (or target)
 BAND = 0.25  # the plot's shaded band around y = x
 DEFAULT_FIT_PARAMS = ("stage_overhead_cycles",)
 BOUNDS = ("equal", "at_least", "at_most")
-CASE_MODULES: tuple[str, ...] = ()  # modules that call register() when imported; cases() imports them
+# modules that call register() when imported; cases() imports them
+CASE_MODULES: tuple[str, ...] = ("wse_sim.calibration_decode",)
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,24 @@ class Pass:
     scaled_cycles: int
 
 
-def scale_cycles(result: SimResult, full_layers: int, simulated_layers: int) -> int:
-    """Total cycles with the layer blocks' cycles scaled from ``simulated_layers`` to ``full_layers``.
+def block_spans(result: SimResult) -> dict[str, int]:
+    """Cycles of each block (embed, layerN, head) in a pass whose blocks follow each other: from the previous
+    block's last end to its own (ops inside a block may overlap)."""
+    ends: dict[str, int] = {}
+    for op in result.ops:
+        ends[op.block] = max(ends.get(op.block, 0), op.end_cycles)
+    spans, prev = {}, 0
+    for block, end in ends.items():
+        spans[block] = end - prev
+        prev = end
+    return spans
 
-    Serving passes run their ops one after another, so a pass's time is the sum of its blocks' times."""
+
+def scale_cycles(result: SimResult, full_layers: int, simulated_layers: int) -> int:
+    """Total cycles with the layer blocks' time scaled from ``simulated_layers`` to ``full_layers``."""
     if full_layers == simulated_layers:
         return result.total_cycles
-    layer_cycles = sum(op.cycles for op in result.ops if op.block.startswith("layer"))
+    layer_cycles = sum(c for block, c in block_spans(result).items() if block.startswith("layer"))
     return round(result.total_cycles + layer_cycles * (full_layers / simulated_layers - 1))
 
 

@@ -172,7 +172,8 @@ class BlockLayout:
     # ---- elementwise -----------------------------------------------------------------------------------------
     def layernorm(self, op: OpSpec) -> OpPlan:
         """LayerNorm or RMSNorm: per-row statistics all-reduced along each tile row (a binary tree over the row's
-        PEs: one add stage per level, the signal crossing the row and back), then normalised in place."""
+        PEs rooted in its middle: one add stage per level, half the row in and half back out), then normalised in
+        place."""
         g, TR, TC, d = self.grid, self.TR, self.TC, op.n
         x, y = op.inputs[0], op.name
         rms = op.kind == OpKind.RMSNORM
@@ -200,8 +201,10 @@ class BlockLayout:
             ]
             red = t.add(
                 TaskKind.TRANSFER, deps=tuple(stats), label=f"allreduce row {i}", links=self.row_transfer_links(i),
-                bytes_per_lane=self.rows_per_pe(i) * STAT_BYTES, hops=2 * g.row_hops(0, TC - 1),
-                stages=math.ceil(math.log2(max(2, g.cols))),  # a binary reduction tree over the row's PEs
+                # a binary tree rooted mid-row: the partial sums reach the middle PE and the result returns,
+                # one row width of hops in all, one add stage per level
+                bytes_per_lane=self.rows_per_pe(i) * STAT_BYTES, hops=g.row_hops(0, TC - 1),
+                stages=math.ceil(math.log2(max(2, g.cols))),
                 nbytes=2 * (TC - 1) * (m1 - m0) * STAT_BYTES,
                 actions=(Elementwise(fn, Ref(y, (m0, m1), (0, d)), (Ref(x, (m0, m1), (0, d)),), params),),
             )

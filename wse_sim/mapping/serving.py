@@ -224,14 +224,21 @@ class Serving:
         b = BYTES_PER_ELEM[graph.precision]
         d = graph.config.d_model
         placed: list[OpPlan] = []
+        index = {op.name: k for k, op in enumerate(ops)}
         prev_region = None
-        for op, p in zip(ops, plans, strict=True):
+        for k, (op, p) in enumerate(zip(ops, plans, strict=True)):
             reg = regs[region_of_stage[stage_of(op)]]
             inbound: list[Task] = []
             if prev_region is not None and reg.index != prev_region.index:
                 inbound = self.crossing(full, region, prev_region, reg, graph.tokens, d, b)
+            # Dataflow: an op waits for the ops whose outputs it reads (so SwiGLU's gate and up overlap), and for
+            # the previous op when it crosses regions (the crossing carries the previous op's output).
+            after = {index[src] for src in op.inputs if src in index}
+            if k and (inbound or not after):
+                after.add(k - 1)
             notes = f"region {reg.index} ({reg.r},{reg.c}); {p.notes}".rstrip("; ")
-            placed.append(replace(shift(p, reg.r * TR, reg.c * TC, inbound), mapping=self.name, notes=notes))
+            placed.append(replace(shift(p, reg.r * TR, reg.c * TC, inbound), mapping=self.name, notes=notes,
+                                  after=tuple(sorted(after))))
             prev_region = reg
         kept = [sum(needs[s].kept_bytes_per_pe + needs[s].kv_bytes_per_pe for s in g) for g in groups]
         return ModelPlan(
