@@ -25,7 +25,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
     g.add_argument("--numerics", action="store_true", help="multiply seeded random matrices; compare with float64")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--fan-in", type=_positive_int, default=2, help="gemv-tree: reduction tree fan-in (>= 2)")
+    g.add_argument("--fan-in", type=_positive_int, help="gemv-tree: reduction tree fan-in (>= 2; default: the wafer's)")
     g.add_argument("--out", default="out/gemm", help="output folder for report.json")
 
     c = sub.add_parser("compare", help="run one model under several mappings; table + compare.json/.csv/.png")

@@ -36,7 +36,7 @@ class GemmSpec:
     precision: str = "fp16"
     numerics: bool = False
     seed: int = 0
-    fan_in: int = 2  # gemv-tree's reduction fan-in
+    fan_in: int | None = None  # gemv-tree reduction fan-in; None: the wafer's reduce_fan_in
 
 
 def _grid(spec: GemmSpec, wafer) -> TileGrid:
