@@ -66,9 +66,9 @@ def test_decode_through_the_serving_path_matches_transformers(checkpoints, name)
     assert n["top1_agreement"] == 1.0
     assert report["phase"] == "decode" and report["tpot_s"] > 0
     assert report["tokens_per_s_per_request"] == pytest.approx(1 / report["tpot_s"])
-    # KV cache: K and V of both layers for context + 1 positions, fp32
-    kv_width = 24 if name != "tiny-gpt" else 72
-    assert report["kv_cache_bytes"] == 10 * 2 * 2 * kv_width * 4
+    # KV cache: K and V (each n_kv_head * head_dim wide) of both layers for context + 1 positions, fp32
+    cfg = {c.name: c for c in (LLAMA, QWEN, GPT)}[name]
+    assert report["kv_cache_bytes"] == 10 * cfg.n_layer * 2 * cfg.n_kv_head * (cfg.d_model // cfg.n_head) * 4
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt"])

@@ -53,29 +53,30 @@ def scale_cycles(result: SimResult, full_layers: int, simulated_layers: int) -> 
     return round(result.total_cycles + layer_cycles * (full_layers / simulated_layers - 1))
 
 
-def make_chooser(wafer: WaferSpec, simulate):
-    """``choose(graph, region) -> {matmul shape key: mapping}`` by simulated cycles (memoized per shape set)."""
-    from .mapping.auto import Auto
+class Chooser:
+    """``chooser(graph, region) -> {matmul shape key: mapping}`` by simulated cycles, memoized per pass shape;
+    ``decisions`` holds the last answer's candidates for the report."""
 
-    auto = Auto(simulate=simulate, candidates=RESIDENT_MAPPINGS)
-    memo: dict = {}
-    decisions: dict = {}
+    def __init__(self, wafer: WaferSpec, simulate):
+        from .mapping.auto import Auto
 
-    def choose(graph: WorkloadGraph, region: TileGrid) -> dict:
-        one = replace(graph.config, n_layer=1)  # every layer has the same shapes; one layer + the head suffice
-        g = lower_model(one, graph.batch, graph.seq, graph.precision, graph.phase, graph.context)
+        self.wafer = wafer
+        self.auto = Auto(simulate=simulate, candidates=RESIDENT_MAPPINGS)
+        self.memo: dict = {}
+        self.decisions: list = []
+
+    def __call__(self, graph: WorkloadGraph, region: TileGrid) -> dict:
         key = (graph.batch, graph.seq, graph.phase, region)
-        if key not in memo:
-            search = auto.search(g, wafer, region)
-            memo[key] = {k: c.mapping for k, c in search.chosen.items()}
-            decisions[key] = [{"shape_mkn": list(k[:3]), "chosen": c.mapping,
-                               "candidates": [x.as_dict() for x in search.memo[k]]}
-                              for k, c in search.chosen.items()]
-        choose.decisions = decisions[key]
-        return memo[key]
-
-    choose.decisions = []
-    return choose
+        if key not in self.memo:
+            one = replace(graph.config, n_layer=1)  # every layer has the same shapes; one layer + the head suffice
+            g = lower_model(one, graph.batch, graph.seq, graph.precision, graph.phase, graph.context)
+            search = self.auto.search(g, self.wafer, region)
+            chosen = {k: c.mapping for k, c in search.chosen.items()}
+            decisions = [{"shape_mkn": list(k[:3]), "chosen": c.mapping,
+                          "candidates": [x.as_dict() for x in search.memo[k]]} for k, c in search.chosen.items()]
+            self.memo[key] = chosen, decisions
+        chosen, self.decisions = self.memo[key]
+        return chosen
 
 
 class ServingRun:
@@ -96,7 +97,7 @@ class ServingRun:
         self.precision, self.batch, self.progress = precision, batch, progress
         r, c = regions_on(wafer, region.rows, region.cols)
         self.n_regions = r * c
-        self.chooser = make_chooser(wafer, simulate) if mapping == "auto" else None
+        self.chooser = Chooser(wafer, simulate) if mapping == "auto" else None
         self.serving = Serving(mapping, choose=self.chooser, cache_positions=cache_positions)
 
     @property
@@ -149,11 +150,6 @@ def serving_summary(run: ServingRun, phase: str, prefill: Pass | None, steps: li
         out["decode_step_cycles_scaled"] = [s.scaled_cycles for s in steps]
     return out
 
-
-def timed(fn, *args, **kw):
-    t0 = time.perf_counter()
-    out = fn(*args, **kw)
-    return out, time.perf_counter() - t0
 
 
 def run_serving(spec, wafer: WaferSpec, config: ModelConfig, weights, progress: bool, log, record: bool):

@@ -205,12 +205,13 @@ class Serving:
                 f"{cfg.name} needs {len(pack(needs, sram))} regions of {region.rows}x{region.cols} PEs "
                 f"({cfg.n_layer} layers + the LM head, packed by SRAM) but the wafer holds {n_regions}; simulate "
                 f"fewer layers with --layer-subset K and scale, or use more wafers or a larger --grid" + hint)
-        groups = pack(needs, sram)
-        region_of_stage = {s: g for g, members in enumerate(groups) for s in members}
-        return self.place(graph, wafer, region, ops, plans, region_of_stage, len(groups), needs, groups)
+        return self.place(graph, wafer, region, ops, plans, needs, pack(needs, sram), n_regions)
 
     # ---- placing region plans on the wafer -------------------------------------------------------------------
-    def place(self, graph, wafer, region: TileGrid, ops, plans, region_of_stage, n_used, needs, groups) -> ModelPlan:
+    def place(self, graph, wafer, region: TileGrid, ops, plans, needs, groups, n_regions: int) -> ModelPlan:
+        """The region plans on one global tile grid: stage groups in snake order, crossings between them."""
+        n_used = len(groups)
+        region_of_stage = {s: g for g, members in enumerate(groups) for s in members}
         per_row = max(1, wafer.mesh_cols // region.cols)
         regs = snake(n_used, min(per_row, n_used))
         rows_used = max(r.r for r in regs) + 1
@@ -244,8 +245,7 @@ class Serving:
         return ModelPlan(
             mapping=self.name, grid=full, precision=graph.precision, ops=tuple(placed),
             params={"placement": "serving", "inner": self.inner, "region_pes": [region.rows, region.cols],
-                    "region_tiles": [TR, TC], "regions_used": n_used, "regions_on_wafer": per_row *
-                    max(1, wafer.mesh_rows // region.rows),
+                    "region_tiles": [TR, TC], "regions_used": n_used, "regions_on_wafer": n_regions,
                     "stages_per_region": [len(g) for g in groups],
                     "kv_cache_bytes_per_pe_per_layer": needs[0].kv_bytes_per_pe,
                     "region_resident_bytes_per_pe": kept},
