@@ -127,8 +127,11 @@ def test_link_bytes_per_cycle_still_works_in_override_files(tmp_path):
 
 
 def test_interwafer_cycles():
+    """Serialization = bytes at the link's bandwidth; latency = the link's plus the on-wafer hops."""
     from wse_sim.arch.costs import interwafer_cycles
 
     w = get_wafer("wse2")
-    assert interwafer_cycles(w, 0) == pytest.approx(w.interwafer_latency_s * w.clock_hz, abs=1)
-    assert interwafer_cycles(w, 150e6) - interwafer_cycles(w, 0) == pytest.approx(1e-3 * w.clock_hz, abs=1)
+    assert interwafer_cycles(w, 0) == (0, pytest.approx(w.interwafer_latency_s * w.clock_hz, abs=1))
+    ser, lat = interwafer_cycles(w, 150e6, hops=300)
+    assert ser == pytest.approx(150e6 / w.interwafer_bytes_per_s * w.clock_hz, abs=1)
+    assert lat - interwafer_cycles(w, 0)[1] == 300 * w.hop_latency_cycles

@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--layer-subset", type=_positive_int, metavar="K",
                      help="simulate K layers and scale the layer time to the model's depth (published practice "
                           "when a model does not fit the wafer)")
+    srv.add_argument("--wafers", type=_positive_int, default=1, metavar="N",
+                     help="split the layers over N wafers in a pipeline joined by the inter-wafer link (decode "
+                          "and generate)")
 
     sub.add_parser("models", help="list model presets")
     sub.add_parser("wafers", help="list wafer presets")
@@ -113,6 +116,7 @@ def _cmd_run(args) -> None:
         precision=args.precision, grid=args.grid, tiles=args.tiles, tile=args.tile, numerics=args.numerics,
         checkpoint=args.checkpoint, tokens=args.tokens, prompt=args.prompt, seed=args.seed, phase=args.phase,
         context=args.context, prompt_len=args.prompt_len, gen_tokens=args.gen_tokens, layer_subset=args.layer_subset,
+        wafers=args.wafers,
     )
 
     def log(msg: str) -> None:

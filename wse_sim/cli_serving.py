@@ -18,6 +18,7 @@ def add_parsers(sub) -> None:
     c.add_argument("--batch", type=_positive_int, default=1, help="sequences whose caches share the SRAM")
     c.add_argument("--mapping", default="auto", help="matmul mapping inside a region (auto or a resident one)")
     c.add_argument("--layer-subset", type=_positive_int, metavar="K", help="only K layers must fit")
+    c.add_argument("--wafers", type=_positive_int, default=1, metavar="N", help="layers split over N wafers")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -30,13 +31,15 @@ def dispatch(args) -> bool:
 
     spec = RunSpec(model=args.model, wafer=args.wafer, grid=args.grid, tiles=args.tiles, tile=args.tile,
                    precision=args.precision, batch=args.batch, mapping=args.mapping, layer_subset=args.layer_subset,
-                   phase="decode")
+                   phase="decode", wafers=args.wafers)
     out = capacity(spec, load_wafer(args.wafer))
     if args.json:
         print(json.dumps(out, indent=1))
         return True
     r, c = out["region_pes"]
-    where = f"{out['model']} on {out['wafer']}, {r}x{c}-PE regions ({out['regions_on_wafer']} on the wafer), " \
+    on = f"{out['regions_on_wafer']} on the wafer" if out["wafers"] == 1 else \
+        f"{out['regions_on_wafer']} on each of {out['wafers']} wafers"
+    where = f"{out['model']} on {out['wafer']}, {r}x{c}-PE regions ({on}), " \
             f"{out['precision']}, batch {out['batch']}"
     if out["max_context_tokens"] is None:
         print(f"{where}: no context fits ({out['reason']})")

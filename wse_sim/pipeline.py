@@ -47,6 +47,7 @@ class RunSpec:
     prompt_len: int | None = None  # generate: prompt tokens (default: seq)
     gen_tokens: int | None = None  # generate: new tokens (the first from the prefill, then decode steps)
     layer_subset: int | None = None  # simulate this many layers and scale to the model's depth
+    wafers: int = 1  # decode and generate: layers split over this many wafers in a pipeline
 
 PHASES = ("prefill", "decode", "generate")
 
@@ -173,6 +174,10 @@ def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False,
         return run_serving(spec, wafer, config, weights, progress, log, record)
     if spec.layer_subset is not None:
         raise UserError("--layer-subset applies to decode and generate (serving placement)")
+    if spec.wafers != 1:
+        raise UserError("--wafers applies to decode and generate (resident weights, a layer pipeline); a prefill "
+                        "with weight streaming runs on one wafer (--phase generate reports the prefill's TTFT "
+                        "on N wafers)")
     graph = lower_model(config, spec.batch, spec.seq, spec.precision)
     grid = make_grid(spec, wafer)
     mapping = make_mapping(spec.mapping)

@@ -16,7 +16,7 @@ import numpy as np
 from .arch import WaferSpec
 from .errors import UserError
 from .mapping import ModelPlan, TileGrid
-from .mapping.serving import RESIDENT_MAPPINGS, Serving, pack, regions_on
+from .mapping.serving import RESIDENT_MAPPINGS, Serving, assign_wafers, regions_on, wafers_needed
 from .sim import Engine, SimResult
 from .workloads import ModelConfig, WorkloadGraph, lower_model
 from .workloads.graph import BYTES_PER_ELEM
@@ -46,10 +46,14 @@ def block_spans(result: SimResult) -> dict[str, int]:
 
 
 def scale_cycles(result: SimResult, full_layers: int, simulated_layers: int) -> int:
-    """Total cycles with the layer blocks' time scaled from ``simulated_layers`` to ``full_layers``."""
+    """Total cycles with the layer blocks' time scaled from ``simulated_layers`` to ``full_layers``.
+
+    Time crossing between wafers is not scaled: a pipeline over N wafers has N - 1 crossings however many
+    layers each wafer holds."""
     if full_layers == simulated_layers:
         return result.total_cycles
     layer_cycles = sum(c for block, c in block_spans(result).items() if block.startswith("layer"))
+    layer_cycles -= sum(op.interwafer_cycles for op in result.ops if op.block.startswith("layer"))
     return round(result.total_cycles + layer_cycles * (full_layers / simulated_layers - 1))
 
 
@@ -83,7 +87,8 @@ class ServingRun:
     """Plans and simulates the passes of one serving run on ``wafer``."""
 
     def __init__(self, config: ModelConfig, wafer: WaferSpec, region: TileGrid, mapping: str, precision: str,
-                 batch: int, layer_subset: int | None, cache_positions: int, simulate, progress: bool = False):
+                 batch: int, layer_subset: int | None, cache_positions: int, simulate, progress: bool = False,
+                 wafers: int = 1):
         if mapping != "auto" and mapping not in RESIDENT_MAPPINGS:
             raise UserError(f"decode and generate keep weights resident: --mapping must be auto or one of "
                             f"{', '.join(RESIDENT_MAPPINGS)}, not {mapping!r}")
@@ -95,8 +100,10 @@ class ServingRun:
             config = replace(config, n_layer=layer_subset)
         self.config, self.wafer, self.region = config, wafer, region
         self.precision, self.batch, self.progress = precision, batch, progress
+        if wafers < 1:
+            raise UserError(f"--wafers must be at least 1, got {wafers}")
         r, c = regions_on(wafer, region.rows, region.cols)
-        self.n_regions = r * c
+        self.n_regions, self.wafers = r * c, wafers
         self.chooser = Chooser(wafer, simulate) if mapping == "auto" else None
         self.serving = Serving(mapping, choose=self.chooser, cache_positions=cache_positions)
 
@@ -112,7 +119,7 @@ class ServingRun:
         return lower_model(self.config, self.batch, seq, self.precision, phase, context)
 
     def run(self, graph: WorkloadGraph, numerics=None, record: bool = False) -> Pass:
-        plan = self.serving.plan(graph, self.wafer, self.region, self.n_regions)
+        plan = self.serving.plan(graph, self.wafer, self.region, self.n_regions, self.wafers)
         if self.chooser is not None:
             plan.params["decisions"] = self.chooser.decisions
         result = Engine(self.wafer, plan, numerics=numerics, progress=self.progress, record=record).run()
@@ -142,6 +149,8 @@ def serving_summary(run: ServingRun, phase: str, prefill: Pass | None, steps: li
                          if run.scaled else "all layers simulated"},
         "regions": {"region_pes": [run.region.rows, run.region.cols], "regions_on_wafer": run.n_regions},
     }
+    last = steps[-1] if steps else prefill
+    out["wafers"] = wafer_summary(last.plan, last.result, run.wafer, last.scaled_cycles)
     if prefill:
         out["prefill_cycles_simulated"] = prefill.result.total_cycles
         out["prefill_cycles_scaled"] = prefill.scaled_cycles
@@ -150,6 +159,41 @@ def serving_summary(run: ServingRun, phase: str, prefill: Pass | None, steps: li
         out["decode_step_cycles_scaled"] = [s.scaled_cycles for s in steps]
     return out
 
+
+
+def wafer_summary(plan: ModelPlan, result: SimResult, wafer: WaferSpec, scaled_cycles: int | None = None) -> dict:
+    """Per-wafer utilization and time, and the inter-wafer links' share, of one pass (the report's ``wafers``).
+
+    ``busy_fraction``: PE-weighted busy time of the wafer's regions over the pass; ``cycles``: critical-path time
+    of the ops placed on it (a token's stay, including its arrival); ``link_busy_fraction``: the link's
+    serialization time over the pass; ``interwafer_critical_cycles``: crossing time on the critical path
+    (latency included), and its share of the pass's time scaled to the model's depth (``scaled_cycles``; the
+    crossings themselves are not scaled).
+    """
+    grid, total = plan.grid, max(result.total_cycles, 1)
+    n = plan.params["wafers"]
+    regions = plan.params["regions"]
+    stage_wafer = {s: r["wafer"] for r in regions for s in range(r["stages"][0], r["stages"][1] + 1)}
+    busy, pes = [0.0] * n, [0] * n
+    for r in regions:
+        r0, c0, r1, c1 = r["tile_box"]
+        for i in range(r0, r1):
+            for j in range(c0, c1):
+                busy[r["wafer"]] += float(result.tile_busy_cycles[i, j]) * grid.pes((i, j))
+                pes[r["wafer"]] += grid.pes((i, j))
+    cycles = [0] * n
+    for op in result.ops:
+        cycles[stage_wafer[max(op.layer, 0)]] += op.cycles
+    per = [{"wafer": w, "regions": sum(r["wafer"] == w for r in regions),
+            "stages": [min(s for s, x in stage_wafer.items() if x == w), max(s for s, x in stage_wafer.items()
+                                                                           if x == w)],
+            "busy_fraction": busy[w] / (pes[w] * total), "cycles": cycles[w]} for w in range(n)]
+    crit = sum(op.interwafer_cycles for op in result.ops)
+    links = [{"link": [w, w + 1], "busy_cycles": result.interwafer_busy_cycles.get(w, 0),
+              "busy_fraction": result.interwafer_busy_cycles.get(w, 0) / total} for w in range(n - 1)]
+    return {"count": n, "per_wafer": per, "links": links, "interwafer_bytes": result.interwafer_bytes,
+            "interwafer_critical_cycles": crit, "interwafer_share_of_time": crit / max(scaled_cycles or total, 1),
+            "link_bytes_per_s": wafer.interwafer_bytes_per_s, "link_latency_s": wafer.interwafer_latency_s}
 
 
 def run_serving(spec, wafer: WaferSpec, config: ModelConfig, weights, progress: bool, log, record: bool):
@@ -172,7 +216,7 @@ def run_serving(spec, wafer: WaferSpec, config: ModelConfig, weights, progress: 
                         f"({config.n_positions} positions)")
     region = make_grid(spec, wafer)
     sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset,
-                    max(positions, 1), simulated_cycles, progress)
+                    max(positions, 1), simulated_cycles, progress, spec.wafers)
     numerics_on, reason = numerics_enabled(spec, config)
     executor = tokens = None
     if numerics_on:
@@ -236,25 +280,30 @@ def capacity(spec, wafer: WaferSpec) -> dict:
     config, _ = resolve_model(spec)
     region = make_grid(spec, wafer)
     sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset, 1,
-                    simulated_cycles)
+                    simulated_cycles, wafers=spec.wafers)
     graph = sr.graph(1, "decode", 0)
     _, _, needs, base = sr.serving.stage_needs(graph, wafer, region)
     sram = wafer.sram_bytes_per_pe
-    longest = sr.serving.longest_context(needs, base, sram, sr.n_regions, config.n_positions)
+    longest = sr.serving.longest_context(needs, base, sram, sr.n_regions, config.n_positions, sr.wafers)
     out = {
         "model": config.name, "wafer": wafer.name, "precision": spec.precision, "batch": spec.batch,
         "region_pes": [region.rows, region.cols], "region_tiles": list(region.shape), "regions_on_wafer": sr.n_regions,
+        "wafers": sr.wafers,
         "simulated_layers": sr.config.n_layer, "model_layers": config.n_layer,
         "weights_bytes": sum(op.weight_bytes for op in graph.ops() if op.kind != "embedding"),
         "model_context": config.n_positions,
     }
     if longest is None:
-        return out | {"max_context_tokens": None, "reason": "the weights and working sets alone do not fit"}
+        least = wafers_needed(sr.serving.with_cache(needs, base.kv_cache_bytes_per_pe(1)), sram, sr.n_regions)
+        return out | {"max_context_tokens": None, "wafers_needed": least,
+                      "reason": "the weights and working sets alone do not fit"
+                      + (f" ({least} wafers would hold them)" if least and least > sr.wafers else "")}
     ctx = longest - 1  # cached positions include the new token
     return out | {
         "max_context_tokens": ctx,
         "limited_by": "the model's context" if longest == config.n_positions else "SRAM",
         "kv_cache_bytes": sr.kv_cache_bytes(longest),
         "kv_cache_bytes_per_pe_per_layer": base.kv_cache_bytes_per_pe(longest),
-        "regions_used": len(pack(sr.serving.with_cache(needs, base.kv_cache_bytes_per_pe(longest)), sram)),
+        "regions_used": sum(len(g) for g in assign_wafers(
+            sr.serving.with_cache(needs, base.kv_cache_bytes_per_pe(longest)), sram, sr.n_regions, sr.wafers)),
     }

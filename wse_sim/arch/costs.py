@@ -57,7 +57,9 @@ def stream_cycles(wafer: WaferSpec, nbytes: float) -> int:
     return math.ceil(nbytes / wafer.memoryx_bytes_per_cycle)
 
 
-def interwafer_cycles(wafer: WaferSpec, nbytes: float) -> int:
-    """Cycles (of ``wafer``'s clock) for ``nbytes`` of activations to reach the next wafer of a pipeline: the
-    link's latency, then the bytes at its bandwidth."""
-    return math.ceil((wafer.interwafer_latency_s + nbytes / wafer.interwafer_bytes_per_s) * wafer.clock_hz)
+def interwafer_cycles(wafer: WaferSpec, nbytes: float, hops: int = 0) -> tuple[int, int]:
+    """(serialization, latency) in ``wafer``'s cycles of ``nbytes`` of activations crossing to the next wafer of
+    a pipeline: the bytes at the inter-wafer link's bandwidth hold the link; the link's latency and ``hops`` PE
+    hops on the two wafers (to the edge and from it) follow."""
+    ser = math.ceil(nbytes / wafer.interwafer_bytes_per_s * wafer.clock_hz)
+    return ser, math.ceil(wafer.interwafer_latency_s * wafer.clock_hz) + hop_cycles(wafer, hops)

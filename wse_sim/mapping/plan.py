@@ -220,6 +220,7 @@ class TaskKind(StrEnum):
     TRANSFER = "transfer"  # fabric: holds its links for the serialization time, then adds hop latency
     COMPUTE = "compute"  # one tile's PEs busy
     BARRIER = "barrier"  # no cost: joins dependencies; may free a weight buffer
+    INTERWAFER = "interwafer"  # activations to the next wafer: holds inter-wafer link ``wafer_link``, then latency
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ class Task:
     frees_buffer_of: int | None = None  # barrier: index of the stream task whose weight buffer it releases
     actions: tuple[Action, ...] = ()
     ext_deps: tuple[tuple[int, int], ...] = ()  # (op index, task index) in earlier ops (ops with ``after``)
+    wafer_link: int = -1  # interwafer: the link from wafer ``wafer_link`` to the next one
 
 
 @dataclass(frozen=True)

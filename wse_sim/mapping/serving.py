@@ -12,15 +12,23 @@ Inside a region, matmuls use the chosen resident mapping (``gemv-tree``, ``gemv-
 which picks per matmul shape by simulated cycles); the KV cache is placed as :meth:`BlockLayout.attn_decode`
 reads it (positions over tile rows, KV heads over tile columns).
 
-When the model does not fit the wafer, planning fails with the regions needed and held; with a KV cache the
-message also gives the longest context that fits. ``layer_subset`` (the published practice) is applied by the
-caller: it lowers K layers and scales; see :func:`wse_sim.pipeline.run`.
+With ``wafers`` > 1 (``--wafers N``) the stages are split layer-wise over N wafers in a pipeline: contiguous
+stages, as even in count as the regions allow, each wafer's share packed into its own regions. A token leaves a
+wafer from its last region: the activations cross the inter-wafer link (its bandwidth and latency are wafer
+parameters) plus the PE hops from the region to the wafer's east edge and from the next wafer's west edge to
+its first region (where a wafer's I/O meets its fabric is not published: the edges facing each other are an
+assumption). Wafers sit side by side in the plan's tile grid, but no fabric link joins them.
+
+When the model does not fit, planning fails with the regions needed and held (and the fewest wafers that
+would hold it); with a KV cache the message also gives the longest context that fits. ``layer_subset`` (the
+published practice) is applied by the caller: it lowers K layers and scales; see :func:`wse_sim.serve`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 from ..arch import WaferSpec
 from ..errors import UserError
@@ -79,11 +87,12 @@ class StageNeed:
         return self.kept_bytes_per_pe + self.kv_bytes_per_pe + self.working_bytes_per_pe
 
 
-def pack(needs: list[StageNeed], sram_bytes_per_pe: int) -> list[list[int]]:
-    """Consecutive stages per region: a region takes the next stage while the sum still fits."""
+def pack(needs: list[StageNeed], sram_bytes_per_pe: int, first: int = 0) -> list[list[int]]:
+    """Consecutive stages per region (numbered from ``first``): a region takes the next stage while the sum
+    still fits."""
     groups: list[list[int]] = []
     current = None
-    for s, need in enumerate(needs):
+    for s, need in enumerate(needs, start=first):
         if current is not None and (current + need).total <= sram_bytes_per_pe:
             groups[-1].append(s)
             current = current + need
@@ -91,6 +100,33 @@ def pack(needs: list[StageNeed], sram_bytes_per_pe: int) -> list[list[int]]:
             groups.append([s])
             current = need
     return groups
+
+
+def assign_wafers(needs: list[StageNeed], sram: int, regions_per_wafer: int, wafers: int
+                  ) -> list[list[list[int]]] | None:
+    """Per wafer, its regions' stages; None when the stages do not fit ``wafers`` wafers.
+
+    First try stages split evenly by count (balanced layers, so a pipeline's wafers take similar time), each
+    share packed into that wafer's regions; when one share needs more regions than a wafer holds, deal the whole
+    model's regions out to the wafers in order instead (as even in regions as possible)."""
+    if any(n.total > sram for n in needs) or wafers > len(needs):
+        return None
+    edges = split(len(needs), wafers)
+    per = [pack(needs[a:b], sram, first=a) for a, b in pairwise(edges)]
+    if all(len(p) <= regions_per_wafer for p in per):
+        return per
+    groups = pack(needs, sram)
+    if len(groups) > regions_per_wafer * wafers or len(groups) < wafers:
+        return None
+    edges = split(len(groups), wafers)
+    return [groups[a:b] for a, b in pairwise(edges)]
+
+
+def wafers_needed(needs: list[StageNeed], sram: int, regions_per_wafer: int) -> int | None:
+    """The fewest wafers that hold the stages (None: a stage alone overflows a PE's SRAM)."""
+    if any(n.total > sram for n in needs):
+        return None
+    return next((w for w in range(1, len(needs) + 1) if assign_wafers(needs, sram, regions_per_wafer, w)), None)
 
 
 class Serving:
@@ -161,34 +197,41 @@ class Serving:
         return [replace(n, kv_bytes_per_pe=kv_bytes_per_pe if s < len(needs) - 1 else 0) for s, n in enumerate(needs)]
 
     @staticmethod
-    def fits(needs: list[StageNeed], sram: int, n_regions: int) -> bool:
-        return all(n.total <= sram for n in needs) and len(pack(needs, sram)) <= n_regions
+    def fits(needs: list[StageNeed], sram: int, n_regions: int, wafers: int = 1) -> bool:
+        return assign_wafers(needs, sram, n_regions, wafers) is not None
 
-    def longest_context(self, needs, base: ResidentLayout, sram: int, n_regions: int, limit: int) -> int | None:
+    def longest_context(self, needs, base: ResidentLayout, sram: int, n_regions: int, limit: int,
+                        wafers: int = 1) -> int | None:
         """Largest number of cached positions (per sequence) that still fits, up to ``limit``; None if none."""
         lo, hi = 0, limit
-        if not self.fits(self.with_cache(needs, base.kv_cache_bytes_per_pe(1)), sram, n_regions):
+        if not self.fits(self.with_cache(needs, base.kv_cache_bytes_per_pe(1)), sram, n_regions, wafers):
             return None
         lo = 1
         while lo < hi:  # invariant: lo fits
             mid = (lo + hi + 1) // 2
-            if self.fits(self.with_cache(needs, base.kv_cache_bytes_per_pe(mid)), sram, n_regions):
+            if self.fits(self.with_cache(needs, base.kv_cache_bytes_per_pe(mid)), sram, n_regions, wafers):
                 lo = mid
             else:
                 hi = mid - 1
         return lo
 
-    def plan(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, n_regions: int) -> ModelPlan:
+    def plan(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, n_regions: int,
+             wafers: int = 1) -> ModelPlan:
+        """``n_regions`` regions per wafer, ``wafers`` wafers in a layer pipeline."""
         ops, plans, bare, base = self.stage_needs(graph, wafer, region)
         positions = self.kv_positions(graph)
         needs = self.with_cache(bare, base.kv_cache_bytes_per_pe(positions) if positions else 0)
         sram = wafer.sram_bytes_per_pe
         cfg = graph.config
         n_stages = cfg.n_layer + 1
-        if not self.fits(needs, sram, n_regions):
+        if wafers > n_stages:
+            raise UserError(f"--wafers {wafers}: {cfg.name} has {n_stages} pipeline stages ({cfg.n_layer} layers + "
+                            f"the LM head); a wafer needs at least one")
+        per_wafer = assign_wafers(needs, sram, n_regions, wafers)
+        if per_wafer is None:
             hint = ""
             if positions:
-                longest = self.longest_context(bare, base, sram, n_regions, cfg.n_positions)
+                longest = self.longest_context(bare, base, sram, n_regions, cfg.n_positions, wafers)
                 hint = ("; no KV cache fits at all" if longest is None else
                         f"; the longest context that fits is {longest - 1:,} tokens + the new one "
                         f"({longest:,} cached positions per sequence)")
@@ -201,21 +244,32 @@ class Serving:
                     f"serving on {region.rows}x{region.cols}-PE regions: {n.kept_bytes_per_pe:,} B/PE of resident "
                     f"weights + {n.kv_bytes_per_pe:,} B/PE of KV cache ({positions:,} positions) + "
                     f"{n.working_bytes_per_pe:,} B/PE working set; use a larger --grid" + hint)
+            need = wafers_needed(needs, sram, n_regions)
+            held = f"{wafers} wafers hold {wafers * n_regions}" if wafers > 1 else f"the wafer holds {n_regions}"
             raise UserError(
                 f"{cfg.name} needs {len(pack(needs, sram))} regions of {region.rows}x{region.cols} PEs "
-                f"({cfg.n_layer} layers + the LM head, packed by SRAM) but the wafer holds {n_regions}; simulate "
-                f"fewer layers with --layer-subset K and scale, or use more wafers or a larger --grid" + hint)
-        return self.place(graph, wafer, region, ops, plans, needs, pack(needs, sram), n_regions)
+                f"({cfg.n_layer} layers + the LM head, packed by SRAM) but {held}; use --wafers {need} (a "
+                f"layer pipeline over {need} wafers), simulate fewer layers with --layer-subset K and scale, or "
+                f"use a larger --grid" + hint)
+        return self.place(graph, wafer, region, ops, plans, needs, per_wafer, n_regions)
 
-    # ---- placing region plans on the wafer -------------------------------------------------------------------
-    def place(self, graph, wafer, region: TileGrid, ops, plans, needs, groups, n_regions: int) -> ModelPlan:
-        """The region plans on one global tile grid: stage groups in snake order, crossings between them."""
-        n_used = len(groups)
-        region_of_stage = {s: g for g, members in enumerate(groups) for s in members}
+    # ---- placing region plans on the wafers ------------------------------------------------------------------
+    def place(self, graph, wafer, region: TileGrid, ops, plans, needs, per_wafer, n_regions: int) -> ModelPlan:
+        """The region plans on one global tile grid: each wafer's stage groups in snake order (wafers side by
+        side), crossings between regions and between wafers."""
         per_row = max(1, wafer.mesh_cols // region.cols)
-        regs = snake(n_used, min(per_row, n_used))
+        regs: list[Region] = []  # global region coordinates, in pipeline order
+        wafer_of: list[int] = []
+        groups: list[list[int]] = []
+        width = max(min(per_row, len(g)) for g in per_wafer)  # region columns each wafer takes in the plan grid
+        for w, wgroups in enumerate(per_wafer):
+            for reg in snake(len(wgroups), min(per_row, len(wgroups))):
+                regs.append(Region(len(regs), reg.r, w * width + reg.c))
+                wafer_of.append(w)
+            groups.extend(wgroups)
+        region_of_stage = {s: g for g, members in enumerate(groups) for s in members}
         rows_used = max(r.r for r in regs) + 1
-        cols_used = max(r.c for r in regs) + 1
+        cols_used = width * len(per_wafer)
         full = TileGrid(
             region.rows * rows_used, region.cols * cols_used,
             tuple(sorted({a * region.rows + e for a in range(rows_used) for e in region.row_edges})),
@@ -231,26 +285,45 @@ class Serving:
             reg = regs[region_of_stage[stage_of(op)]]
             inbound: list[Task] = []
             if prev_region is not None and reg.index != prev_region.index:
-                inbound = self.crossing(full, region, prev_region, reg, graph.tokens, d, b)
+                if wafer_of[reg.index] != wafer_of[prev_region.index]:
+                    inbound = self.wafer_crossing(wafer, region, width, prev_region, reg, wafer_of[prev_region.index],
+                                                  graph.tokens * d * b)
+                else:
+                    inbound = self.crossing(full, region, prev_region, reg, graph.tokens, d, b)
             # Dataflow: an op waits for the ops whose outputs it reads (so SwiGLU's gate and up overlap), and for
             # the previous op when it crosses regions (the crossing carries the previous op's output).
             after = {index[src] for src in op.inputs if src in index}
             if k and (inbound or not after):
                 after.add(k - 1)
-            notes = f"region {reg.index} ({reg.r},{reg.c}); {p.notes}".rstrip("; ")
+            where = f"wafer {wafer_of[reg.index]}, " if len(per_wafer) > 1 else ""
+            notes = f"{where}region {reg.index} ({reg.r},{reg.c}); {p.notes}".rstrip("; ")
             placed.append(replace(shift(p, reg.r * TR, reg.c * TC, inbound), mapping=self.name, notes=notes,
                                   after=tuple(sorted(after))))
             prev_region = reg
         kept = [sum(needs[s].kept_bytes_per_pe + needs[s].kv_bytes_per_pe for s in g) for g in groups]
+        regions = [{"index": r.index, "wafer": wafer_of[r.index], "stages": [g[0], g[-1]],
+                    "tile_box": [r.r * TR, r.c * TC, (r.r + 1) * TR, (r.c + 1) * TC]}
+                   for r, g in zip(regs, groups, strict=True)]
         return ModelPlan(
             mapping=self.name, grid=full, precision=graph.precision, ops=tuple(placed),
             params={"placement": "serving", "inner": self.inner, "region_pes": [region.rows, region.cols],
-                    "region_tiles": [TR, TC], "regions_used": n_used, "regions_on_wafer": n_regions,
+                    "region_tiles": [TR, TC], "regions_used": len(groups), "regions_on_wafer": n_regions,
+                    "wafers": len(per_wafer), "regions": regions,
                     "stages_per_region": [len(g) for g in groups],
                     "kv_cache_bytes_per_pe_per_layer": needs[0].kv_bytes_per_pe,
                     "region_resident_bytes_per_pe": kept},
             resident_bytes_per_pe=max(kept),
         )
+
+    @staticmethod
+    def wafer_crossing(wafer: WaferSpec, region: TileGrid, width: int, src: Region, dst: Region, link: int,
+                       nbytes: int) -> list[Task]:
+        """Activations (``nbytes``) from region ``src`` on wafer ``link`` to region ``dst`` on the next wafer: the
+        PE hops to this wafer's east edge and from the next wafer's west edge, and the inter-wafer link."""
+        out_hops = wafer.mesh_cols - (src.c % width + 1) * region.cols
+        in_hops = (dst.c % width) * region.cols
+        return [Task(TaskKind.INTERWAFER, label=f"activations wafer {link} -> {link + 1} (region {src.index} -> "
+                     f"{dst.index})", nbytes=nbytes, hops=out_hops + in_hops, wafer_link=link)]
 
     @staticmethod
     def crossing(full: TileGrid, region: TileGrid, src: Region, dst: Region, tokens: int, d: int, b: int

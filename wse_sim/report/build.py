@@ -47,20 +47,20 @@ def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGra
         if op.block not in by_block:
             by_block[op.block] = {"name": op.block, "cycles": 0, "compute_cycles": 0, "fabric_cycles": 0,
                                   "fabric_latency_cycles": 0, "fabric_serialization_cycles": 0,
-                                  "stream_cycles": 0, "flops": 0, "ops": []}
+                                  "stream_cycles": 0, "interwafer_cycles": 0, "flops": 0, "ops": []}
             layers.append(by_block[op.block])
         layer = by_block[op.block]
         entry = {
             "name": op.name, "kind": op.kind, "cycles": op.cycles, "compute_cycles": op.compute_cycles,
             "fabric_cycles": op.fabric_cycles, "fabric_latency_cycles": op.fabric_latency_cycles,
             "fabric_serialization_cycles": op.fabric_serialization_cycles, "stream_cycles": op.stream_cycles,
-            "flops": op.flops,
+            "interwafer_cycles": op.interwafer_cycles, "flops": op.flops,
             "stream_bytes": op.stream_bytes, "fabric_bytes": op.fabric_bytes,
             "sram_bytes_per_pe": op.sram_bytes_per_pe, "notes": op.notes,
         }
         layer["ops"].append(entry)
         for key in ("cycles", "compute_cycles", "fabric_cycles", "fabric_latency_cycles",
-                    "fabric_serialization_cycles", "stream_cycles", "flops"):
+                    "fabric_serialization_cycles", "stream_cycles", "interwafer_cycles", "flops"):
             layer[key] += entry[key]
 
     busy = result.tile_busy_cycles / total if total else result.tile_busy_cycles
@@ -159,9 +159,11 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         ]
     else:
         rows.append(("numerics", f"off: {n.get('reason')}"))
-    totals = {k: sum(layer[k] for layer in report["layers"]) for k in ("compute_cycles", "fabric_cycles",
-                                                                       "stream_cycles")}
-    tot = max(report["total_cycles"], 1)
+    kinds = ("compute_cycles", "fabric_cycles", "stream_cycles", "interwafer_cycles")
+    totals = {k: sum(layer.get(k, 0) for layer in report["layers"]) for k in kinds}
+    if not totals["interwafer_cycles"]:
+        del totals["interwafer_cycles"]
+    tot = max(sum(totals.values()), 1)  # ops may overlap (serving dataflow), so shares are of summed op time
     rows.append(("cycles split", ", ".join(f"{k.split('_')[0]} {v / tot * 100:.1f} %" for k, v in totals.items())))
     return rows
 
@@ -182,9 +184,16 @@ def _serving_rows(report: dict) -> list[tuple[str, str]]:
                                  f"({report['kv_cache_positions_per_sequence']:,} positions per sequence)"))
         rows.append(("layers", report["layer_subset"]["note"]))
         p = report["mapping"]["params"]
-        rows.append(("regions", f"{p['regions_used']} of {p['regions_on_wafer']} regions of "
-                                f"{p['region_pes'][0]}x{p['region_pes'][1]} PEs, stages per region "
-                                f"{p['stages_per_region']}"))
+        w = report.get("wafers") or {"count": 1}
+        held = f"{p['regions_on_wafer']} regions" if w["count"] == 1 else \
+            f"{w['count']} x {p['regions_on_wafer']} regions ({w['count']} wafers)"
+        rows.append(("regions", f"{p['regions_used']} of {held} of {p['region_pes'][0]}x{p['region_pes'][1]} PEs, "
+                                f"stages per region {p['stages_per_region']}"))
+        if w["count"] > 1:
+            rows.append(("wafers", ", ".join(f"#{x['wafer']} stages {x['stages'][0]}-{x['stages'][1]} busy "
+                                             f"{x['busy_fraction'] * 100:.2f} %" for x in w["per_wafer"])))
+            rows.append(("inter-wafer link", f"{w['interwafer_share_of_time'] * 100:.2f} % of the time on the "
+                                             f"critical path, {w['interwafer_bytes']:,} B"))
     return rows
 
 

@@ -19,7 +19,7 @@ from matplotlib.patches import Patch
 
 from ..errors import UserError
 
-CATEGORY_COLORS = {"compute": "#2b8cbe", "fabric": "#fdae61", "stream": "#d7191c"}
+CATEGORY_COLORS = {"compute": "#2b8cbe", "fabric": "#fdae61", "stream": "#d7191c", "interwafer": "#7b3294"}
 # Meshes larger than this many PEs on a side are drawn block-averaged.
 MAX_HEATMAP_CELLS = 500
 # Tile boundaries are overlaid while the tile grid has at most this many tiles on a side.
@@ -104,6 +104,24 @@ def _tile_edges(ax, m: dict) -> None:
         ax.vlines(ce, 0, re[-1], colors="white", linewidth=0.6, alpha=0.8)
 
 
+def _wafer_outlines(ax, report: dict) -> None:
+    """Multi-wafer serving: outline each wafer's regions and label it with its busy fraction."""
+    wafers = report.get("wafers") or {}
+    if wafers.get("count", 1) < 2:
+        return
+    m = report["mapping"]
+    re, ce = m["tile_row_edges"], m["tile_col_edges"]
+    for w in wafers["per_wafer"]:
+        boxes = [r["tile_box"] for r in m["params"]["regions"] if r["wafer"] == w["wafer"]]
+        r0, c0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+        r1, c1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+        ax.add_patch(plt.Rectangle((ce[c0], re[r0]), ce[c1] - ce[c0], re[r1] - re[r0], fill=False,
+                                   edgecolor="#e7298a", linewidth=2))
+        ax.text(ce[c0] + 0.02 * (ce[c1] - ce[c0]), re[r0] + 0.04 * re[-1], f"wafer {w['wafer']}: "
+                f"{w['busy_fraction'] * 100:.2g} % busy", color="#e7298a", fontsize=8, va="top",
+                bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0})
+
+
 def utilization_figure(report: dict):
     """PE heatmap of compute busy fraction (left) and link busy fraction on the fabric (right)."""
     m = report["mapping"]
@@ -116,7 +134,10 @@ def utilization_figure(report: dict):
     res = "per PE" if block == 1 else f"block-averaged over {block}x{block} PEs"
     ax_pe.set_title(f"PE compute busy fraction ({res}; mean "
                     f"{report['utilization']['mean_busy_fraction'] * 100:.2f} %)\nwhite lines: tile boundaries "
-                    f"({m['tile_grid'][0]}x{m['tile_grid'][1]} tiles)", fontsize=10)
+                    f"({m['tile_grid'][0]}x{m['tile_grid'][1]} tiles)"
+                    + ("; magenta: wafers (no fabric between them)" if (report.get("wafers") or {}).get("count", 1)
+                       > 1 else ""), fontsize=10)
+    _wafer_outlines(ax_pe, report)
     fig.colorbar(mesh, ax=ax_pe, label="busy fraction of total cycles", shrink=0.85)
 
     x, y, dx, dy, frac, _ = link_arrows(report)
@@ -288,7 +309,9 @@ def layers_figure(report: dict):
     unit_s, unit = _time_scale(report)
     clock = report["wafer"]["clock_hz"]
     for cat, color in CATEGORY_COLORS.items():
-        vals = np.array([layer[f"{cat}_cycles"] for layer in layers], dtype=float) / clock / unit_s
+        vals = np.array([layer.get(f"{cat}_cycles", 0) for layer in layers], dtype=float) / clock / unit_s
+        if cat == "interwafer" and not vals.any():
+            continue
         ax_bar.bar(x, vals, bottom=bottom, color=color, label="exposed weight stream" if cat == "stream" else cat)
         bottom += vals
     # Headroom for the legend; set explicitly since zero-height bars on top would pin the limit (sticky edges).

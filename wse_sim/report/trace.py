@@ -1,7 +1,8 @@
 """Chrome trace-event JSON (opens in Perfetto and chrome://tracing) from a recorded simulation.
 
-One process per resource group (tiles, links, MemoryX), one thread per resource, one complete ("X") slice per
-busy interval. Timestamps are simulated microseconds (cycles / clock); each slice's args keep the exact cycles.
+One process per resource group (tiles, links, MemoryX, inter-wafer links), one thread per resource, one complete
+("X") slice per busy interval. Timestamps are simulated microseconds (cycles / clock); each slice's args keep the
+exact cycles.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ..mapping import TileGrid
 from ..sim import SimResult
 from .timeline import link_direction
 
-GROUPS = {"tile": (1, "tiles"), "link": (2, "links"), "memoryx": (3, "MemoryX")}
+GROUPS = {"tile": (1, "tiles"), "link": (2, "links"), "memoryx": (3, "MemoryX"), "interwafer": (4, "inter-wafer links")}
 
 
 def _thread_name(group: str, res) -> str:
@@ -23,6 +24,8 @@ def _thread_name(group: str, res) -> str:
     if group == "link":
         (i, j), (i2, j2) = res
         return f"({i},{j})->({i2},{j2}) {link_direction(res)}"
+    if group == "interwafer":
+        return f"wafer {res} -> {res + 1}"
     return "ingress port"
 
 
@@ -40,6 +43,7 @@ def trace_events(result: SimResult, grid: TileGrid, clock_hz: float, limit: int 
     tid_of = {("link", res): n for n, res in enumerate(links)}
     tid_of.update({("tile", (i, j)): i * grid.tile_cols + j for i, j in grid.tiles()})
     tid_of[("memoryx", "memoryx")] = 0
+    tid_of.update({key: key[1] for key in by_res if key[0] == "interwafer"})
     keys = sorted(by_res, key=lambda key: (GROUPS[key[0]][0], tid_of[key]))
 
     meta = []

@@ -14,21 +14,23 @@ Each op's cycles are split along its critical path (walking back from its end th
 finished last, or through the task that last held a resource this one waited for): time on compute tasks is
 ``compute``, on transfers ``fabric``, on streams ``stream`` (exposed weight streaming). Fabric time is further
 split into ``fabric_latency`` (a transfer's hop, stage and turn latency after its tail left) and
-``fabric_serialization`` (holding links, including waits for busy links).
+``fabric_serialization`` (holding links, including waits for busy links). Multi-wafer plans add one resource per
+inter-wafer link (wafer w to w + 1): an ``interwafer`` task holds it for its bytes at the link's bandwidth, then
+the link's latency elapses; its critical-path time is ``interwafer``.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import simpy
 
 from ..arch import WaferSpec
-from ..arch.costs import compute_cycles, stream_cycles, transfer_cycles
+from ..arch.costs import compute_cycles, interwafer_cycles, stream_cycles, transfer_cycles
 from ..mapping.plan import ModelPlan, Task, TaskKind
 
 
@@ -53,6 +55,8 @@ class OpTiming:
     fabric_bytes: int
     sram_bytes_per_pe: int
     notes: str = ""
+    interwafer_cycles: int = 0  # critical-path time crossing to another wafer (multi-wafer serving)
+    interwafer_bytes: int = 0
 
     @property
     def cycles(self) -> int:
@@ -75,11 +79,14 @@ class SimResult:
     fabric_bytes: int
     tasks: int
     # With ``record=True``: one (group, resource, start, end, op index, label, bytes, MACs) per busy interval,
-    # group in {"tile", "link", "memoryx"}; a transfer has one interval per link it holds.
+    # group in {"tile", "link", "memoryx", "interwafer"}; a transfer has one interval per link it holds.
     intervals: list | None = None
+    interwafer_busy_cycles: dict = field(default_factory=dict)  # {link index (wafer w -> w + 1): cycles}
+    interwafer_bytes: int = 0
 
 
-_CATEGORY = {TaskKind.COMPUTE: "compute", TaskKind.TRANSFER: "fabric", TaskKind.STREAM: "stream"}
+_CATEGORY = {TaskKind.COMPUTE: "compute", TaskKind.TRANSFER: "fabric", TaskKind.STREAM: "stream",
+             TaskKind.INTERWAFER: "interwafer"}
 
 
 class Engine:
@@ -141,6 +148,8 @@ class Engine:
         tile_res = {t: simpy.Resource(env, 1) for t in plan.grid.tiles()}
         link_res: dict = {}
         memx = simpy.Resource(env, 1)
+        wafer_links: dict[int, simpy.Resource] = {}
+        wafer_link_busy: dict[int, int] = {}
         tile_busy = np.zeros(tiles_shape)
         tile_macs = np.zeros(tiles_shape)
         link_busy: dict = {}
@@ -150,6 +159,7 @@ class Engine:
         last_holder: dict = {}  # resource key -> (release time, task) of the last task that held it
         op_stream_bytes = [0] * len(plan.ops)
         op_fabric_bytes = [0] * len(plan.ops)
+        op_interwafer_bytes = [0] * len(plan.ops)
         intervals: list | None = [] if self.record else None
 
         # The last op of each block (embed, layerN, head; per micro-batch when they interleave) ends a layer.
@@ -263,6 +273,22 @@ class Engine:
                     intervals.append(("memoryx", "memoryx", int(env.now - cyc), int(env.now), k, t.label, t.nbytes,
                                       0))
                 op_stream_bytes[k] += t.nbytes
+            elif t.kind == TaskKind.INTERWAFER:
+                ser, lat = interwafer_cycles(wafer, t.nbytes, t.hops)
+                latency[i] = lat
+                key = ("interwafer", t.wafer_link)
+                res = wafer_links.setdefault(t.wafer_link, simpy.Resource(env, 1))
+                with res.request() as req:
+                    yield req
+                    acquired(i, (key,))
+                    yield env.timeout(ser)
+                    released(i, (key,))
+                wafer_link_busy[t.wafer_link] = wafer_link_busy.get(t.wafer_link, 0) + ser
+                if intervals is not None and ser:
+                    intervals.append(("interwafer", t.wafer_link, int(env.now - ser), int(env.now), k, t.label,
+                                      t.nbytes, 0))
+                yield env.timeout(lat)
+                op_interwafer_bytes[k] += t.nbytes
             finish(i)
 
         for i in range(n):
@@ -289,6 +315,7 @@ class Engine:
                 stream_cycles=split["stream"], fabric_latency_cycles=split["fabric_latency"], flops=op.flops,
                 stream_bytes=op_stream_bytes[k],
                 fabric_bytes=op_fabric_bytes[k], sram_bytes_per_pe=op_plan.sram_bytes_per_pe, notes=op_plan.notes,
+                interwafer_cycles=split["interwafer"], interwafer_bytes=op_interwafer_bytes[k],
             ))
             prev = end
         return SimResult(
@@ -302,13 +329,15 @@ class Engine:
             fabric_bytes=sum(op_fabric_bytes),
             tasks=n,
             intervals=intervals,
+            interwafer_busy_cycles=dict(sorted(wafer_link_busy.items())),
+            interwafer_bytes=sum(op_interwafer_bytes),
         )
 
     @staticmethod
     def _critical_split(tasks, end_idx, op_start, ready_t, end_t, crit, latency) -> dict[str, int]:
-        """Attribute [op_start, op end] to compute / fabric / stream along the critical path (and the fabric part
-        to latency: the tail's hops, stages and turns; the rest of a transfer's time is serialization)."""
-        out = {"compute": 0, "fabric": 0, "stream": 0, "fabric_latency": 0}
+        """Attribute [op_start, op end] to compute / fabric / stream / interwafer along the critical path (and the
+        fabric part to latency: the tail's hops, stages and turns; the rest of a transfer's time is serialization)."""
+        out = {"compute": 0, "fabric": 0, "stream": 0, "interwafer": 0, "fabric_latency": 0}
         cur = end_idx
         last_cat = "compute"
         while cur >= 0 and end_t[cur] > op_start:
@@ -324,7 +353,7 @@ class Engine:
             last_cat = cat
             cur = crit[cur]
         total = int(end_t[end_idx] - op_start)
-        gap = total - out["compute"] - out["fabric"] - out["stream"]
+        gap = total - out["compute"] - out["fabric"] - out["stream"] - out["interwafer"]
         if gap:  # only possible when the walk ended before op_start (e.g. first op): give it to the last category
             out[last_cat] += gap
         return out
