@@ -134,8 +134,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         *_auto_rows(report),
         ("run", f"batch {report['run']['batch']} x seq {report['run']['seq']}, {report['run']['precision']}"),
         *_serving_rows(report),
-        ("total cycles", f"{report['total_cycles']:,}  ({report['seconds'] * 1e3:.4g} ms)"),
-        ("tokens/s", f"{report['tokens_per_s']:,.0f}"),
+        *_pass_rows(report),
         ("roofline bound", f"{report['roofline']['bound_cycles']:,} cycles "
                            f"(compute {report['roofline']['compute_bound_cycles']:,}, "
                            f"stream {report['roofline']['stream_bound_cycles']:,})"),
@@ -166,6 +165,16 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     tot = max(sum(totals.values()), 1)  # ops may overlap (serving dataflow), so shares are of summed op time
     rows.append(("cycles split", ", ".join(f"{k.split('_')[0]} {v / tot * 100:.1f} %" for k, v in totals.items())))
     return rows
+
+
+def _pass_rows(report: dict) -> list[tuple[str, str]]:
+    """Cycles and tokens/s of the simulated pass; for a scaled layer subset, say the cycles are the subset's
+    (the TPOT / TTFT rows hold the scaled figures)."""
+    cycles = f"{report['total_cycles']:,}  ({report['seconds'] * 1e3:.4g} ms)"
+    subset = report.get("layer_subset") or {}
+    if subset.get("scaled"):
+        return [("simulated pass", f"{cycles}, {subset['simulated_layers']} of {subset['model_layers']} layers")]
+    return [("total cycles", cycles), ("tokens/s", f"{report['tokens_per_s']:,.0f}")]
 
 
 def _serving_rows(report: dict) -> list[tuple[str, str]]:
