@@ -124,6 +124,10 @@ def test_report_splits_time_per_wafer_and_op_splits_add_up(one_and_two):
     assert [p["stages"] for p in per] == [[0, 2], [3, 4]]  # 4 layers + the head, split 3 / 2
     assert sum(p["cycles"] for p in per) == sum(op["cycles"] for layer in r["layers"] for op in layer["ops"])
     assert all(0 < p["busy_fraction"] < 1 for p in per)
+    # One 100 x 100 region per wafer: the whole wafer's fraction is the region's diluted by the mesh
+    for p in per:
+        assert p["busy_fraction_of_wafer"] == pytest.approx(p["busy_fraction"] * 100 * 100 /
+                                                             (WSE2.mesh_rows * WSE2.mesh_cols))
     for layer in r["layers"]:
         for op in layer["ops"]:
             assert (op["compute_cycles"] + op["fabric_cycles"] + op["stream_cycles"] + op["interwafer_cycles"]

@@ -164,7 +164,8 @@ def serving_summary(run: ServingRun, phase: str, prefill: Pass | None, steps: li
 def wafer_summary(plan: ModelPlan, result: SimResult, wafer: WaferSpec, scaled_cycles: int | None = None) -> dict:
     """Per-wafer utilization and time, and the inter-wafer links' share, of one pass (the report's ``wafers``).
 
-    ``busy_fraction``: PE-weighted busy time of the wafer's regions over the pass; ``cycles``: critical-path time
+    ``busy_fraction``: PE-weighted busy time of the wafer's regions over the pass (``busy_fraction_of_wafer``: over
+    all the wafer's PEs, used or not); ``cycles``: critical-path time
     of the ops placed on it (a token's stay, including its arrival); ``link_busy_fraction``: the link's
     serialization time over the pass; ``interwafer_critical_cycles``: crossing time on the critical path
     (latency included), and its share of the pass's time scaled to the model's depth (``scaled_cycles``; the
@@ -187,7 +188,9 @@ def wafer_summary(plan: ModelPlan, result: SimResult, wafer: WaferSpec, scaled_c
     per = [{"wafer": w, "regions": sum(r["wafer"] == w for r in regions),
             "stages": [min(s for s, x in stage_wafer.items() if x == w), max(s for s, x in stage_wafer.items()
                                                                            if x == w)],
-            "busy_fraction": busy[w] / (pes[w] * total), "cycles": cycles[w]} for w in range(n)]
+            "busy_fraction": busy[w] / (pes[w] * total),
+            "busy_fraction_of_wafer": busy[w] / (wafer.mesh_rows * wafer.mesh_cols * total),
+            "cycles": cycles[w]} for w in range(n)]
     crit = sum(op.interwafer_cycles for op in result.ops)
     links = [{"link": [w, w + 1], "busy_cycles": result.interwafer_busy_cycles.get(w, 0),
               "busy_fraction": result.interwafer_busy_cycles.get(w, 0) / total} for w in range(n - 1)]
