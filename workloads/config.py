@@ -7,6 +7,7 @@ checked in the tests (Cerebras-GPT against models.md, Llama-family against ``tra
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,65 @@ class ConfigError(UserError):
     """A model config that cannot be used (unknown preset, malformed or inconsistent values)."""
 
 
+# RoPE variants: "default" is the plain rotary (no rope_scaling); "llama3" is Llama 3.1's frequency scaling.
+ROPE_TYPES = ("default", "llama3")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.1's RoPE frequency scaling (Hugging Face ``rope_type: "llama3"``).
+
+    The rotary inverse frequencies ``inv_freq = theta ** (-2i / head_dim)`` are rescaled by wavelength
+    ``wavelen = 2 pi / inv_freq`` against the pre-training context ``original_max_position_embeddings`` (L):
+    wavelengths below ``L / high_freq_factor`` keep their frequency, those above ``L / low_freq_factor`` are
+    divided by ``factor``, and in between ``inv_freq * ((1 - s) / factor + s)`` with
+    ``s = (L / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)``, as transformers'
+    ``_compute_llama3_parameters``. No attention scaling goes with it.
+    """
+
+    rope_type: str
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+    def __post_init__(self) -> None:
+        if self.rope_type != "llama3":
+            raise ConfigError(f"rope scaling: rope_type {self.rope_type!r} is not supported (only 'llama3')")
+        for field in ("factor", "low_freq_factor", "high_freq_factor"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(f"rope scaling: {field} must be a finite number, got {value!r}")
+            object.__setattr__(self, field, float(value))
+        if not self.factor >= 1.0:
+            raise ConfigError(f"rope scaling: factor must be >= 1, got {self.factor}")
+        if not 0.0 < self.low_freq_factor < self.high_freq_factor:
+            raise ConfigError(
+                f"rope scaling: need 0 < low_freq_factor < high_freq_factor, got {self.low_freq_factor} and "
+                f"{self.high_freq_factor}"
+            )
+        orig = self.original_max_position_embeddings
+        if isinstance(orig, bool) or not isinstance(orig, int) or orig <= 0:
+            raise ConfigError(
+                f"rope scaling: original_max_position_embeddings must be a positive integer, got {orig!r}"
+            )
+
+    def to_hf(self) -> dict[str, Any]:
+        """The Hugging Face ``rope_scaling`` / ``rope_parameters`` entries (without ``rope_theta``)."""
+        return {"rope_type": self.rope_type, "factor": self.factor, "low_freq_factor": self.low_freq_factor,
+                "high_freq_factor": self.high_freq_factor,
+                "original_max_position_embeddings": self.original_max_position_embeddings}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A pre-norm decoder.
 
     ``family="gpt2"``: learned positions, LayerNorm, fused QKV with bias, GELU MLP, (usually) tied LM head.
-    ``family="llama"``: rotary positions (``rope_theta``), RMSNorm (eps in ``layer_norm_epsilon``), grouped-query
-    attention (``n_kv_head`` key/value heads), SwiGLU MLP (gate, up, down; no biases), optional q/k/v biases
-    (``qkv_bias``, Qwen2), untied LM head. ``hf_model_type`` names the ``transformers`` class to check against.
+    ``family="llama"``: rotary positions (``rope_theta``; ``rope_scaling``: Llama 3.1's frequency scaling or
+    None), RMSNorm (eps in ``layer_norm_epsilon``), grouped-query attention (``n_kv_head`` key/value heads),
+    SwiGLU MLP (gate, up, down; no biases), optional q/k/v biases (``qkv_bias``, Qwen2), untied LM head.
+    ``hf_model_type`` names the ``transformers`` class to check against.
     """
 
     name: str
@@ -48,6 +100,7 @@ class ModelConfig:
     rope_theta: float = 10000.0  # llama family only
     qkv_bias: bool = True  # gpt2: always; llama: False, Qwen2: True
     hf_model_type: str = "gpt2"
+    rope_scaling: RopeScaling | None = None  # llama family only; None: the default rotary
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -85,6 +138,11 @@ class ModelConfig:
                 raise ConfigError(f"model {self.name!r}: rotary embeddings need an even head_dim, got {self.head_dim}")
             if not self.rope_theta > 0:
                 raise ConfigError(f"model {self.name!r}: rope_theta must be > 0")
+            if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+                raise ConfigError(f"model {self.name!r}: rope_scaling must be a RopeScaling or None, got "
+                                  f"{self.rope_scaling!r}")
+        elif self.rope_scaling is not None:
+            raise ConfigError(f"model {self.name!r}: rope_scaling needs the llama family (GPT-2 has no rotary)")
         elif self.n_kv_head != self.n_head or self.activation == "silu" or not self.qkv_bias:
             raise ConfigError(f"model {self.name!r}: GPT-2 models have n_kv_head = n_head, biases and a GELU MLP")
 
@@ -152,11 +210,13 @@ def _cerebras_gpt(size: str, d_model: int, n_layer: int, n_head: int) -> ModelCo
     )
 
 
-def _llama(name, hidden, layers, heads, kv_heads, ffn, vocab, theta, *, context, eps, hf_type="llama"):
+def _llama(name, hidden, layers, heads, kv_heads, ffn, vocab, theta, *, context, eps, hf_type="llama",
+           rope_scaling=None):
     return ModelConfig(
         name=name, vocab_size=vocab, n_positions=context, d_model=hidden, n_layer=layers, n_head=heads,
         d_ff=ffn, layer_norm_epsilon=eps, activation="silu", tie_word_embeddings=False, family="llama",
         n_kv_head=kv_heads, rope_theta=theta, qkv_bias=hf_type == "qwen2", hf_model_type=hf_type,
+        rope_scaling=rope_scaling,
     )
 
 
@@ -171,6 +231,21 @@ LLAMA_PRESETS = (
     _llama("qwen2-72b", 8192, 80, 64, 8, 29568, 152064, 1000000.0, context=32768, eps=1e-6, hf_type="qwen2"),
 )
 
+# Llama 3.1: the shapes and rope_theta of Llama 3 8B / 70B (models.md: "LLaMA3-70B (3.1 same shape)"). The
+# context (max_position_embeddings 131072) and the rope scaling below are NOT in ../shared/facts: they are the
+# values of Meta's published Hugging Face config.json of meta-llama/Llama-3.1-8B and meta-llama/Llama-3.1-70B
+# ("rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+# "original_max_position_embeddings": 8192}, "rms_norm_eps": 1e-05). Kept apart from LLAMA_PRESETS (the
+# default-rotary models); both are in PRESETS.
+LLAMA31_ROPE_SCALING = RopeScaling(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                   original_max_position_embeddings=8192)
+LLAMA31_PRESETS = (
+    _llama("llama3.1-8b", 4096, 32, 32, 8, 14336, 128256, 500000.0, context=131072, eps=1e-5,
+           rope_scaling=LLAMA31_ROPE_SCALING),
+    _llama("llama3.1-70b", 8192, 80, 64, 8, 28672, 128256, 500000.0, context=131072, eps=1e-5,
+           rope_scaling=LLAMA31_ROPE_SCALING),
+)
+
 # Source: ../shared/facts/models.md (Hugging Face config.json of cerebras/Cerebras-GPT-<size>).
 PRESETS: dict[str, ModelConfig] = {
     c.name: c
@@ -182,7 +257,9 @@ PRESETS: dict[str, ModelConfig] = {
         _cerebras_gpt("2.7b", 2560, 32, 32),
         _cerebras_gpt("6.7b", 4096, 32, 32),
         _cerebras_gpt("13b", 5120, 40, 40),
-        *LLAMA_PRESETS,
+        *LLAMA_PRESETS[:2],  # llama3-8b, llama3-70b, then their 3.1 versions
+        *LLAMA31_PRESETS,
+        *LLAMA_PRESETS[2:],
     )
 }
 
@@ -194,12 +271,60 @@ def get_preset(name: str) -> ModelConfig:
     return PRESETS[key]
 
 
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor")
+
+
+def _rope_from_hf(cfg: dict[str, Any], name: str) -> tuple[float, RopeScaling | None]:
+    """``(rope_theta, rope_scaling)`` of a Llama-family ``config.json``.
+
+    Older transformers versions (and Meta's Llama 3.1 files) write ``rope_theta`` at the top and the scaling as
+    ``rope_scaling``; recent ones (5.x) write both into ``rope_parameters`` (``rope_type`` "default" when
+    unscaled). As in transformers, ``rope_scaling`` wins over ``rope_parameters``, ``type`` is an old name of
+    ``rope_type``, and a llama3 scaling without ``original_max_position_embeddings`` takes it from a top-level
+    key of that name or else from ``max_position_embeddings``.
+    """
+    params = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or None
+    if not isinstance(params, dict) or (scaling is not None and not isinstance(scaling, dict)):
+        raise ConfigError(f"config {name!r}: rope_parameters / rope_scaling must be JSON objects")
+    key, rope = ("rope_scaling", scaling) if scaling is not None else ("rope_parameters", params)
+    if rope and "rope_type" not in rope and "type" not in rope and all(isinstance(v, dict) for v in rope.values()):
+        raise ConfigError(f"config {name!r}: per-layer-type {key} {rope!r} is not supported (one rotary for all "
+                          f"layers only)")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ConfigError(f"config {name!r}: {key} {rope!r} is not supported: rope_type {rope_type!r} (supported "
+                          f"rope types: {', '.join(map(repr, ROPE_TYPES))})")
+    for partial in (rope.get("partial_rotary_factor"), cfg.get("partial_rotary_factor")):
+        if partial not in (None, 1, 1.0):
+            raise ConfigError(f"config {name!r}: partial_rotary_factor {partial!r} is not supported (only 1: every "
+                              f"head dim rotates)")
+    theta = rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0  # transformers: the rope dict's first
+    if rope_type == "default":
+        return float(theta), None
+    missing = [k for k in _LLAMA3_KEYS if rope.get(k) is None]
+    if missing:
+        raise ConfigError(f"config {name!r}: {key} {rope!r} is not supported: rope_type 'llama3' needs "
+                          f"{', '.join(missing)}")
+    original = rope.get("original_max_position_embeddings")
+    top = cfg.get("original_max_position_embeddings")
+    if original is not None and top is not None and original != top:
+        raise ConfigError(f"config {name!r}: original_max_position_embeddings {top!r} differs from {key}'s "
+                          f"{original!r}")
+    original = original if original is not None else top if top is not None else cfg.get("max_position_embeddings",
+                                                                                          2048)
+    if isinstance(original, float) and original.is_integer():
+        original = int(original)
+    try:
+        scaling_cfg = RopeScaling(rope_type="llama3", **{k: rope[k] for k in _LLAMA3_KEYS},
+                                  original_max_position_embeddings=original)
+    except ConfigError as exc:
+        raise ConfigError(f"config {name!r}: {key} {rope!r}: {exc}") from None
+    return float(theta), scaling_cfg
+
+
 def _llama_from_hf(cfg: dict[str, Any], name: str, model_type: str) -> ModelConfig:
-    if cfg.get("rope_scaling"):
-        raise ConfigError(f"config {name!r}: rope_scaling {cfg['rope_scaling']!r} is not supported")
-    rope_type = (cfg.get("rope_parameters") or {}).get("rope_type", "default")
-    if rope_type != "default":
-        raise ConfigError(f"config {name!r}: rope_type {rope_type!r} is not supported (only the default rotary)")
+    theta, rope_scaling = _rope_from_hf(cfg, name)
     if model_type == "llama" and cfg.get("attention_bias"):
         raise ConfigError(f"config {name!r}: llama attention_bias (biases on q, k, v and o) is not supported")
     d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
@@ -211,7 +336,6 @@ def _llama_from_hf(cfg: dict[str, Any], name: str, model_type: str) -> ModelConf
     bias = model_type == "qwen2"
     if cfg.get("mlp_bias"):
         raise ConfigError(f"config {name!r}: mlp_bias is not supported")
-    rope = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     return ModelConfig(
         name=name,
         vocab_size=cfg["vocab_size"],
@@ -225,9 +349,10 @@ def _llama_from_hf(cfg: dict[str, Any], name: str, model_type: str) -> ModelConf
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         family="llama",
         n_kv_head=cfg.get("num_key_value_heads") or heads,
-        rope_theta=float(rope),
+        rope_theta=theta,
         qkv_bias=bias,
         hf_model_type=model_type,
+        rope_scaling=rope_scaling,
     )
 
 

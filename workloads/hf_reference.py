@@ -72,7 +72,11 @@ def to_hf_config(config: ModelConfig) -> transformers.PretrainedConfig:
 
 
 def _llama_hf_config(config: ModelConfig, transformers):
-    """``LlamaConfig``/``Qwen2Config`` with plain rotary embeddings (no scaling) and full attention.
+    """``LlamaConfig``/``Qwen2Config`` with full attention and ``config``'s rotary embeddings.
+
+    Llama 3.1's rope scaling goes in as ``rope_scaling={"rope_type": "llama3", ...}`` beside ``rope_theta``:
+    transformers 5 moves both into ``rope_parameters`` (which ``save_pretrained`` writes), older versions keep
+    them as they are; without scaling neither key is passed (the default rotary).
 
     ``LlamaConfig.attention_bias`` would also put a bias on ``o_proj``, which ModelConfig cannot express, so
     q/k/v biases need ``hf_model_type="qwen2"`` (whose attention has exactly those) and Qwen2 needs them.
@@ -89,6 +93,8 @@ def _llama_hf_config(config: ModelConfig, transformers):
     config_cls, model_cls = _HF_CLASSES[config.hf_model_type]
     extra = {"use_sliding_window": False} if config.hf_model_type == "qwen2" else {
         "attention_bias": False, "mlp_bias": False}
+    if config.rope_scaling is not None:
+        extra["rope_scaling"] = config.rope_scaling.to_hf()
     return getattr(transformers, config_cls)(
         vocab_size=config.vocab_size,
         hidden_size=config.d_model,

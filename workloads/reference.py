@@ -12,7 +12,7 @@ from functools import partial
 
 import numpy as np
 
-from .config import ModelConfig
+from .config import ModelConfig, RopeScaling
 from .tokens import check_token_ids
 from .weights import ModelWeights, layer_fields
 
@@ -83,13 +83,35 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def rotary_angles(seq: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+def llama3_inv_freq(inv_freq: np.ndarray, scaling: RopeScaling) -> np.ndarray:
+    """Llama 3.1's frequency scaling, in float64.
+
+    With ``L = original_max_position_embeddings`` and wavelength ``2 pi / inv_freq``: wavelengths under
+    ``L / high_freq_factor`` (high frequencies) are kept, those over ``L / low_freq_factor`` are slowed down by
+    ``factor``, and in between the frequency blends the two, ``inv_freq * ((1 - s) / factor + s)``, with
+    ``s = (L / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)`` going from 0 to 1 across
+    the band (Meta's ``apply_scaling`` in the Llama 3.1 reference code).
+    """
+    length = float(scaling.original_max_position_embeddings)
+    low, high, factor = scaling.low_freq_factor, scaling.high_freq_factor, scaling.factor
+    wavelength = 2.0 * math.pi / inv_freq
+    s = (length / wavelength - low) / (high - low)
+    blended = inv_freq * ((1.0 - s) / factor + s)
+    return np.where(wavelength < length / high, inv_freq,
+                    np.where(wavelength > length / low, inv_freq / factor, blended))
+
+
+def rotary_angles(seq: int, head_dim: int, theta: float,
+                  scaling: RopeScaling | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``cos`` and ``sin`` ``[seq, head_dim]`` of the rotary angles ``pos * theta^(-2i/head_dim)``.
 
     Half-split layout: frequency ``i`` applies to dimensions ``i`` and ``i + head_dim/2`` (Hugging Face's
-    rotate-half convention, not the interleaved pairs of the original Llama code).
+    rotate-half convention, not the interleaved pairs of the original Llama code). ``scaling``: Llama 3.1's
+    rope scaling of the frequencies (:func:`llama3_inv_freq`), or None.
     """
     inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # [head_dim/2]
+    if scaling is not None:
+        inv_freq = llama3_inv_freq(inv_freq, scaling)
     angles = np.arange(seq, dtype=np.float64)[:, None] * inv_freq[None, :]
     angles = np.concatenate([angles, angles], axis=-1)
     return np.cos(angles), np.sin(angles)
@@ -140,7 +162,7 @@ def reference_logits(weights: ModelWeights, token_ids: np.ndarray) -> np.ndarray
 
     x = weights.wte[ids].astype(f64)  # [batch, seq, d]
     if config.is_llama:
-        rope = rotary_angles(seq, config.head_dim, config.rope_theta)
+        rope = rotary_angles(seq, config.head_dim, config.rope_theta, config.rope_scaling)
         block = partial(llama_block, config=config, rope=rope)
     else:
         x += weights.wpe[:seq].astype(f64)

@@ -43,7 +43,7 @@ class Numerics:
         cfg = graph.config
         self.eps = cfg.layer_norm_epsilon
         self.activation = cfg.activation
-        self.theta, self.head_dim = cfg.rope_theta, cfg.head_dim
+        self.theta, self.head_dim, self.rope_scaling = cfg.rope_theta, cfg.head_dim, cfg.rope_scaling
         self.cache_capacity = cache_capacity or graph.cache_positions
         self._setup(graph)
         self.next_pass(graph, token_ids)
@@ -176,7 +176,7 @@ class Numerics:
             elif isinstance(a, Rope):
                 src = np.ascontiguousarray(self.get(a.src))
                 positions = a.pos0 + np.arange(src.shape[0], dtype=np.int64)
-                self.write(a.dst, rope(src, positions, self.head_dim, self.theta))
+                self.write(a.dst, rope(src, positions, self.head_dim, self.theta, self.rope_scaling))
             elif isinstance(a, DecodeAttnPartial):
                 self.buffers[a.buf] = self._attend(a)
             elif isinstance(a, DecodeAttnCombine):
