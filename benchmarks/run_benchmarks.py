@@ -5,8 +5,10 @@
       same weights (goal: simulator <= 2x torch)
   (c) numba GEMM vs numpy at 1024^3, from benchmarks/bench_gemm.py's run() when that file is present
   (d) the auto-mapper's search for Cerebras-GPT-13B on WSE-2, seq 2048, fp16 (goal: < 5 s), then building the plan
+  (e) serving: timing-only decode steps (LLaMA3-8B on WSE-2 regions, LLaMA3-70B over 4 WSE-3 wafers) and a
+      111M generate with numerics, wall time against what they simulate
 
-Usage: python benchmarks/run_benchmarks.py [--only a,b,c,d]     (``make bench`` runs all four)
+Usage: python benchmarks/run_benchmarks.py [--only a,b,c,d,e]     (``make bench`` runs all five)
 """
 
 from __future__ import annotations
@@ -252,12 +254,44 @@ def bench_auto(model: str = "cerebras-gpt-13b", seq: int = 2048, precision: str 
           f"{plan.resident_bytes_per_pe:,} B/PE, SRAM peak {plan.sram_peak_bytes_per_pe:,} B/PE\n")
 
 
-SECTIONS = {"a": bench_timing, "b": bench_numerics, "c": bench_kernels, "d": bench_auto}
+# ---- (e) serving --------------------------------------------------------------------------------------------------
+
+SERVING_CASES = (
+    ("llama3-8b decode, 540x540, 2 of 32 layers", {"model": "llama3-8b", "grid": "540x540", "phase": "decode",
+                                                  "context": 4096, "layer_subset": 2}),
+    ("llama3-8b decode, 540x540, all 32 layers", {"model": "llama3-8b", "grid": "540x540", "phase": "decode",
+                                                 "context": 4096}),
+    ("llama3-70b decode, wse3 x 4 wafers", {"model": "llama3-70b", "wafer": "wse3", "wafers": 4, "phase": "decode",
+                                           "context": 4096}),
+    ("111m generate 16 + 8 tokens, numerics", {"model": "cerebras-gpt-111m", "grid": "200x200", "phase": "generate",
+                                              "prompt_len": 16, "gen_tokens": 8, "numerics": True}),
+)
+
+
+def bench_serving() -> None:
+    from wse_sim.pipeline import RunSpec, run
+
+    print("(e) serving runs through pipeline.run(), fp16, 8x8 tiles per region, auto mapping")
+    rows = []
+    for label, kw in SERVING_CASES:
+        spec = RunSpec(**{"numerics": False, **kw})
+        t0 = time.perf_counter()
+        r = run(spec, log=lambda m: None).report
+        wall = time.perf_counter() - t0
+        rows.append([label, f"{wall:.2f}", f"{r['simulation']['tasks']:,}", f"{r['tpot_s'] * 1e6:,.1f}",
+                     f"{r['tokens_per_s_per_request']:,.0f}", r["wafers"]["count"]])
+        print(f"  done {label}: {wall:.2f} s", file=sys.stderr, flush=True)
+    print(table(["run", "wall s", "tasks (last pass)", "TPOT us", "tokens/s/request", "wafers"], rows))
+    print("wall = whole pipeline.run() (auto's per-shape search, every pass, report; generate also the checks "
+          "against transformers)\n")
+
+
+SECTIONS = {"a": bench_timing, "b": bench_numerics, "c": bench_kernels, "d": bench_auto, "e": bench_serving}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="a,b,c,d", help="comma-separated sections to run (a, b, c, d)")
+    p.add_argument("--only", default="a,b,c,d,e", help="comma-separated sections to run (a, b, c, d, e)")
     args = p.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in chosen if s not in SECTIONS]
