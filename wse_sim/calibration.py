@@ -154,7 +154,9 @@ def _gemv_chain_over_tree(wafer: WaferSpec) -> float:
 
 
 # C3 GEMM configurations: the paper's claims cover 2K/4K/8K square GEMMs on 360^2 .. 720^2 PEs; we take the
-# corners of that range. The tile grid is wse-sim gemm's default (8 x 8): the engine works at tile granularity.
+# corners of that range. The tile grid is wse-sim gemm's default (8 x 8): the engine works on tiles, and each tile
+# step of SUMMA, Cannon and MeshGEMM carries the latency of the PE-level steps it stands for (their modules and
+# wse_sim.arch.costs.pe_step), so the per-step latency behind the published gap shows at 8 x 8 tiles too.
 GEMM_SIZES, GEMM_GRIDS, GEMM_TILES = (2048, 4096, 8192), ("360x360", "720x720"), "8x8"
 
 

@@ -7,6 +7,7 @@ cycles. The engine and any analytical estimate use these same functions, so ther
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from .wafer import WaferSpec
 
@@ -63,3 +64,66 @@ def interwafer_cycles(wafer: WaferSpec, nbytes: float, hops: int = 0) -> tuple[i
     hops on the two wafers (to the edge and from it) follow."""
     ser = math.ceil(nbytes / wafer.interwafer_bytes_per_s * wafer.clock_hz)
     return ser, math.ceil(wafer.interwafer_latency_s * wafer.clock_hz) + hop_cycles(wafer, hops)
+
+
+# ---- PE-level steps of a GEMM k-loop ------------------------------------------------------------------------------
+# A block GEMM on a P x P PE mesh (SUMMA, Cannon, MeshGEMM) runs in P steps: each step a PE receives one block of A
+# and one of B (broadcast from the step's owner, or shifted from a ring neighbour) and multiplies them. The receive
+# is a fabric DSD operation whose completion the PE's software handles (it activates a task: x_done/y_done in the
+# vendor's SUMMA, x_finish/y_finish in WaferLLM's MeshGEMM) before the step may use the block: one routing stage
+# (the PLMR model's beta, ``stage_overhead_cycles``) per PE-level step.
+STEP_STAGES = 1
+
+
+class PeStep(NamedTuple):
+    """Cycles of one PE-level step: receive a block, multiply it (see :func:`pe_step`)."""
+
+    compute: int  # the step's FMACs on one PE
+    serialization: int  # the block's wavelets over the busiest link
+    latency: int  # hops, receive stages and turns of the block's longest route
+    cycles: int  # steady-state time per step
+
+    @property
+    def transfer(self) -> int:
+        return self.serialization + self.latency
+
+    @property
+    def bound(self) -> str:
+        """``compute`` when the multiply sets the pace, ``link`` when the block's wavelets do, else ``latency``."""
+        if self.cycles <= self.compute:
+            return "compute"
+        return "link" if self.cycles <= self.serialization else "latency"
+
+
+def pe_step(wafer: WaferSpec, precision: str, macs_per_pe: float, bytes_per_lane: float, hops: int,
+            stages: int = STEP_STAGES, turns: int = 0, buffers: int = 2, forwards: bool = False) -> PeStep:
+    """Steady-state cycles per PE-level step of a k-loop that receives a block into one of ``buffers`` receive
+    buffers and multiplies it.
+
+    A buffer is busy from the moment its block starts arriving until the multiply that reads it ends, so
+    ``buffers`` blocks are in flight or in use at once. With ``x`` = the transfer's serialization plus latency and
+    ``c`` = the multiply:
+
+    - one buffer: the next block can only start arriving once this step's multiply is done: ``x + c``;
+    - ``forwards`` (Cannon-style shifts): the block sent at step ``s + 1`` is the one received at step ``s``, so
+      transfers chain and overlap the multiply: ``max(c, x)``;
+    - otherwise (broadcasts of resident blocks, SUMMA with prefetch): each buffer cycles through a transfer and a
+      multiply, ``buffers`` steps per cycle, and neither the multiplies nor a link's wavelets overlap themselves:
+      ``max(c, ser, ceil((x + c) / buffers))``.
+
+    A tile of ``n`` PE-level steps of equal cost takes ``n`` times this (the engine reproduces it when a tile's
+    transfer carries the ``n`` blocks' bytes and ``n`` times one step's hops and stages); see
+    ``docs/validation.md`` (C3, GEMM).
+    """
+    if buffers < 1:
+        raise ValueError(f"buffers must be at least 1, got {buffers}")
+    c = compute_cycles(wafer, precision, macs_per_pe)
+    ser, lat = transfer_cycles(wafer, bytes_per_lane, hops, stages, turns)
+    x = ser + lat
+    if buffers == 1:
+        cycles = x + c
+    elif forwards:
+        cycles = max(c, x)
+    else:
+        cycles = max(c, ser, math.ceil((x + c) / buffers))
+    return PeStep(c, ser, lat, cycles)
