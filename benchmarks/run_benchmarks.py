@@ -1,6 +1,7 @@
 """Speed benchmarks of wse-sim: prints plain tables (this is not a test; nothing is asserted).
 
-  (a) timing-only forward of every Cerebras-GPT preset on WSE-2, seq 2048, batch 1, fp16 (goal: 13B < 10 s wall)
+  (a) timing-only forward of every preset (Cerebras-GPT, Llama family) on WSE-2, seq 2048, batch 1, fp16
+      (goal: 13B < 10 s wall)
   (b) numerics forward of Cerebras-GPT-111M, seq 512, fp32: the simulator vs transformers' GPT2LMHeadModel on the
       same weights (goal: simulator <= 2x torch)
   (c) numba GEMM vs numpy at 1024^3, from benchmarks/bench_gemm.py's run() when that file is present
@@ -259,8 +260,8 @@ def bench_auto(model: str = "cerebras-gpt-13b", seq: int = 2048, precision: str 
 SERVING_CASES = (
     ("llama3-8b decode, 540x540, 2 of 32 layers", {"model": "llama3-8b", "grid": "540x540", "phase": "decode",
                                                   "context": 4096, "layer_subset": 2}),
-    ("llama3-8b decode, 540x540, all 32 layers", {"model": "llama3-8b", "grid": "540x540", "phase": "decode",
-                                                 "context": 4096}),
+    ("llama3-8b decode, 420x420, 32 layers, 2 wafers", {"model": "llama3-8b", "grid": "420x420", "wafers": 2,
+                                                        "phase": "decode", "context": 4096}),
     ("llama3-70b decode, wse3 x 4 wafers", {"model": "llama3-70b", "wafer": "wse3", "wafers": 4, "phase": "decode",
                                            "context": 4096}),
     ("111m generate 16 + 8 tokens, numerics", {"model": "cerebras-gpt-111m", "grid": "200x200", "phase": "generate",
