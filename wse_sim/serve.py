@@ -16,7 +16,7 @@ import numpy as np
 from .arch import WaferSpec
 from .errors import UserError
 from .mapping import ModelPlan, TileGrid
-from .mapping.serving import RESIDENT_MAPPINGS, Serving, assign_wafers, regions_on, wafers_needed
+from .mapping.serving import RESIDENT_MAPPINGS, Serving, assign_wafers, regions_on, stage_of, wafers_needed
 from .sim import Engine, SimResult
 from .workloads import ModelConfig, WorkloadGraph, lower_model
 from .workloads.graph import BYTES_PER_ELEM
@@ -164,33 +164,29 @@ def serving_summary(run: ServingRun, phase: str, prefill: Pass | None, steps: li
 def wafer_summary(plan: ModelPlan, result: SimResult, wafer: WaferSpec, scaled_cycles: int | None = None) -> dict:
     """Per-wafer utilization and time, and the inter-wafer links' share, of one pass (the report's ``wafers``).
 
-    ``busy_fraction``: PE-weighted busy time of the wafer's regions over the pass (``busy_fraction_of_wafer``: over
-    all the wafer's PEs, used or not); ``cycles``: critical-path time
-    of the ops placed on it (a token's stay, including its arrival); ``link_busy_fraction``: the link's
-    serialization time over the pass; ``interwafer_critical_cycles``: crossing time on the critical path
-    (latency included), and its share of the pass's time scaled to the model's depth (``scaled_cycles``; the
-    crossings themselves are not scaled).
+    Per wafer: ``busy_fraction``, the PE-weighted busy time of its regions over the pass
+    (``busy_fraction_of_wafer``: over all its PEs, used or not), and ``cycles``, the time of the ops placed on it
+    (a token's stay, including its arrival). Per link: ``busy_fraction``, its serialization time over the pass.
+    ``interwafer_critical_cycles``: crossing time on the critical path (latency included), and its share of the
+    pass's time scaled to the model's depth (``scaled_cycles``; the crossings themselves are not scaled).
     """
     grid, total = plan.grid, max(result.total_cycles, 1)
     n = plan.params["wafers"]
-    regions = plan.params["regions"]
-    stage_wafer = {s: r["wafer"] for r in regions for s in range(r["stages"][0], r["stages"][1] + 1)}
-    busy, pes = [0.0] * n, [0] * n
-    for r in regions:
-        r0, c0, r1, c1 = r["tile_box"]
-        for i in range(r0, r1):
-            for j in range(c0, c1):
-                busy[r["wafer"]] += float(result.tile_busy_cycles[i, j]) * grid.pes((i, j))
-                pes[r["wafer"]] += grid.pes((i, j))
+    on = [[r for r in plan.params["regions"] if r["wafer"] == w] for w in range(n)]
+    wafer_of_stage = {s: r["wafer"] for r in plan.params["regions"]
+                      for s in range(r["stages"][0], r["stages"][1] + 1)}
     cycles = [0] * n
     for op in result.ops:
-        cycles[stage_wafer[max(op.layer, 0)]] += op.cycles
-    per = [{"wafer": w, "regions": sum(r["wafer"] == w for r in regions),
-            "stages": [min(s for s, x in stage_wafer.items() if x == w), max(s for s, x in stage_wafer.items()
-                                                                           if x == w)],
-            "busy_fraction": busy[w] / (pes[w] * total),
-            "busy_fraction_of_wafer": busy[w] / (wafer.mesh_rows * wafer.mesh_cols * total),
-            "cycles": cycles[w]} for w in range(n)]
+        cycles[wafer_of_stage[stage_of(op)]] += op.cycles
+    per = []
+    for w, regions in enumerate(on):
+        tiles = [(i, j) for r in regions for i in range(r["tile_box"][0], r["tile_box"][2])
+                 for j in range(r["tile_box"][1], r["tile_box"][3])]
+        busy = sum(float(result.tile_busy_cycles[t]) * grid.pes(t) for t in tiles)
+        per.append({"wafer": w, "regions": len(regions), "stages": [regions[0]["stages"][0], regions[-1]["stages"][1]],
+                    "busy_fraction": busy / (sum(grid.pes(t) for t in tiles) * total),
+                    "busy_fraction_of_wafer": busy / (wafer.mesh_rows * wafer.mesh_cols * total),
+                    "cycles": cycles[w]})
     crit = sum(op.interwafer_cycles for op in result.ops)
     links = [{"link": [w, w + 1], "busy_cycles": result.interwafer_busy_cycles.get(w, 0),
               "busy_fraction": result.interwafer_busy_cycles.get(w, 0) / total} for w in range(n - 1)]

@@ -146,9 +146,8 @@ class Engine:
 
         tiles_shape = plan.grid.shape
         tile_res = {t: simpy.Resource(env, 1) for t in plan.grid.tiles()}
-        link_res: dict = {}
+        link_res: dict = {}  # fabric links by (tile, tile), inter-wafer links by ("interwafer", w): created on use
         memx = simpy.Resource(env, 1)
-        wafer_links: dict[int, simpy.Resource] = {}
         wafer_link_busy: dict[int, int] = {}
         tile_busy = np.zeros(tiles_shape)
         tile_macs = np.zeros(tiles_shape)
@@ -277,8 +276,7 @@ class Engine:
                 ser, lat = interwafer_cycles(wafer, t.nbytes, t.hops)
                 latency[i] = lat
                 key = ("interwafer", t.wafer_link)
-                res = wafer_links.setdefault(t.wafer_link, simpy.Resource(env, 1))
-                with res.request() as req:
+                with link(key).request() as req:
                     yield req
                     acquired(i, (key,))
                     yield env.timeout(ser)
