@@ -20,19 +20,13 @@ from wse_sim.mapping.gemv import tree_root, two_way_tree
 
 WSE2 = get_wafer("wse2")
 
-TILE_LEVEL = ("with PE-level steps SUMMA and Cannon are latency-bound on small blocks, but a step's multiply costs its "
-              "FMACs at peak rate and its software one routing stage, so MeshGEMM's tiny-block steps (29 cycles at 2K "
-              "on 720x720) come out too fast: 19x / 25x there, 1.1x / 1.0x at 8K on 360x360, geomean 4.2x / 4.0x")
+TILE_LEVEL = ("MeshGEMM's PE steps at 2K on 720x720 (3x3 blocks, 7 cycles of FMACs) cost their shift's phase and "
+              "stage (~100 cycles); SUMMA's and Cannon's cost the same plus a broadcast or wrap-around across the "
+              "row (~360-720 hops): {} there, {} at 8K on 360x360, geomean {}: inside the published 2-3x range "
+              "but above its middle, the documented target")
 KNOWN_MISSES = {
-    "C3-meshgemv-vs-allreduce": "the stage overhead fitted to C1 and C2 (~21 cycles) makes the 511-stage chain "
-                                "~8.7x slower, not 4.6x: one per-stage cost does not fit both",
-    "C2 llama3-8b decode 420x420": "decode latency grows too fast with the grid (see the trend case): fitted to the "
-                                   "three grids, 420x420 comes out 10.2 % fast",
-    "C2 trend 420x420 / 660x660": "a decode token crosses each region ~17 times per layer here (block-layout "
-                                  "all-gathers and relayouts around every GEMV) against ~10 implied by the measured "
-                                  "slope: 1.35x from 420 to 660 instead of 1.20x",
-    "C3-meshgemm-vs-summa": TILE_LEVEL,
-    "C3-meshgemm-vs-cannon": TILE_LEVEL,
+    "C3-meshgemm-vs-summa": TILE_LEVEL.format("6.3x", "1.2x", "2.99x"),
+    "C3-meshgemm-vs-cannon": TILE_LEVEL.format("8.1x", "1.0x", "2.87x"),
 }
 
 
@@ -83,10 +77,14 @@ def test_meshgemv_tree_matches_the_published_kernel():
     assert report["fabric_bytes"] > 0 and "two-way 32-ary tree" in report["notes"]
 
 
-def _synthetic(beta: float) -> tuple[cal.Case, ...]:
-    """The C1 cases with 'published' values simulated at a known stage overhead."""
-    truth = replace(WSE2, stage_overhead_cycles=beta)
-    return tuple(replace(c, published=c.simulate(truth)) for c in cal.cases() if c.fit)
+GEMV_CASES = ("C1-gemv-16k", "C1-gemv-32k", "C3-meshgemv-vs-allreduce")  # fast: one GEMV each
+
+
+def _synthetic(beta: float, phase: float | None = None, names: tuple[str, ...] = GEMV_CASES[:2]):
+    """Cases with 'published' values simulated at a known stage (and phase) overhead."""
+    truth = replace(WSE2, stage_overhead_cycles=beta,
+                    phase_overhead_cycles=WSE2.phase_overhead_cycles if phase is None else phase)
+    return tuple(replace(c, published=c.simulate(truth)) for c in cal.select(",".join(names)))
 
 
 def test_fit_recovers_a_known_stage_overhead():
@@ -94,6 +92,16 @@ def test_fit_recovers_a_known_stage_overhead():
     assert result.values["stage_overhead_cycles"] == pytest.approx(7.0, abs=0.25)
     assert result.cost < 1e-5 and result.wafer.stage_overhead_cycles == result.values["stage_overhead_cycles"]
     assert all(abs(r) < 3e-3 for r in result.residuals.values())
+
+
+def test_fit_recovers_stage_and_phase_overheads_together():
+    """Both unsourced parameters at once from the three GEMV figures: C1's two sizes alone cannot separate them,
+    the 511-stage chain against the 24-stage tree does."""
+    result = cal.fit(_synthetic(6.0, 120.0, GEMV_CASES), list(cal.DEFAULT_FIT_PARAMS), WSE2,
+                     start={"stage_overhead_cycles": 20.0, "phase_overhead_cycles": 10.0})
+    assert result.values["stage_overhead_cycles"] == pytest.approx(6.0, abs=0.3)
+    assert result.values["phase_overhead_cycles"] == pytest.approx(120.0, abs=3.0)
+    assert result.cost < 1e-5
 
 
 def test_fit_keeps_parameters_physical():
@@ -110,7 +118,8 @@ def test_calibrate_write_is_deterministic_on_a_copy(tmp_path, capsys):
     toml = tmp_path / "wse2.toml"
     shutil.copy(preset_path("wse2"), toml)
     before = toml.read_text()
-    args = ["calibrate", "--write", "--toml", str(toml), "--date", "2025-01-02", "--cases", "C1-gemv-16k,C1-gemv-32k"]
+    args = ["calibrate", "--write", "--toml", str(toml), "--date", "2025-01-02", "--cases", "C1-gemv-16k,C1-gemv-32k",
+            "--params", "stage_overhead_cycles"]
     assert main(args) == 0
     first = toml.read_text()
     assert main(args) == 0

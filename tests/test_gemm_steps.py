@@ -16,46 +16,50 @@ import pytest
 from wse_sim.workloads import lower_gemm
 
 from wse_sim.arch import get_wafer
-from wse_sim.arch.costs import STEP_STAGES, pe_step
+from wse_sim.arch.costs import STEP_PHASES, STEP_STAGES, pe_step
 from wse_sim.mapping import TileGrid, get_mapping
 from wse_sim.mapping.plan import TaskKind
 from wse_sim.sim import Engine
 
 WSE2 = get_wafer("wse2")
 GEMMS = ("summa", "cannon", "meshgemm")
-BETA = math.ceil(WSE2.stage_overhead_cycles)  # one receive stage per PE-level step: 22 cycles on wse2
+# one receive stage and one phase (a fabric operation started) per PE-level step
+STEP = math.ceil(WSE2.stage_overhead_cycles) + math.ceil(WSE2.phase_overhead_cycles)
 
 
 # ---- the cost function ------------------------------------------------------------------------------------------
 def test_pe_step_closed_forms():
-    """400 fp16 FMACs (100 cycles at 4 per cycle), 288 bytes (72 wavelets), 10 hops and one stage (10 + 22)."""
-    c, ser, lat = 100, 72, 10 + BETA
+    """400 fp16 FMACs (100 cycles at 4 per cycle), 288 bytes (72 wavelets), 10 hops, one stage and one phase."""
+    c, ser, lat = 100, 72, 10 + STEP
     one = pe_step(WSE2, "fp16", 400, 288, 10, buffers=1)
     assert (one.compute, one.serialization, one.latency) == (c, ser, lat)
     assert one.cycles == c + ser + lat and one.transfer == ser + lat and one.bound == "latency"
     # Shifts forward what they received: they chain, and overlap the multiply.
-    assert pe_step(WSE2, "fp16", 400, 288, 10, forwards=True).cycles == max(c, ser + lat) == 104
-    assert pe_step(WSE2, "fp16", 800, 288, 10, forwards=True).bound == "compute"
+    assert pe_step(WSE2, "fp16", 400, 288, 10, forwards=True).cycles == max(c, ser + lat)
+    assert pe_step(WSE2, "fp16", 4 * (ser + lat + 1), 288, 10, forwards=True).bound == "compute"
     # Independent broadcasts into two buffers: a buffer cycles through a transfer and a multiply.
     assert pe_step(WSE2, "fp16", 400, 288, 10, buffers=2).cycles == max(c, ser, math.ceil((ser + lat + c) / 2))
-    assert pe_step(WSE2, "fp16", 400, 288, 500, buffers=3).cycles == math.ceil((ser + 500 + BETA + c) / 3)
+    assert pe_step(WSE2, "fp16", 400, 288, 500, buffers=3).cycles == math.ceil((ser + 500 + STEP + c) / 3)
     # A link-bound step: huge block, tiny multiply, deep prefetch.
     fat = pe_step(WSE2, "fp16", 4, 40_000, 1, buffers=8)
     assert fat.cycles == fat.serialization == 10_000 and fat.bound == "link"
-    # fp32 runs at one FMAC per cycle; stages and turns add their wafer costs.
-    s = pe_step(WSE2, "fp32", 400, 0, 0, stages=2, turns=1, buffers=1)
+    # fp32 runs at one FMAC per cycle; stages, turns and phases add their wafer costs.
+    s = pe_step(WSE2, "fp32", 400, 0, 0, stages=2, turns=1, buffers=1, phases=0)
     assert s == (400, 0, math.ceil(2 * WSE2.stage_overhead_cycles) + math.ceil(WSE2.turn_cycles), s.cycles)
+    three = pe_step(WSE2, "fp32", 400, 0, 0, stages=0, buffers=1, phases=3)
+    assert three.latency == math.ceil(3 * WSE2.phase_overhead_cycles) > 0
     with pytest.raises(ValueError, match="buffers"):
         pe_step(WSE2, "fp16", 1, 1, 1, buffers=0)
 
 
 def test_pe_step_scales_with_the_steps_a_tile_stands_for():
-    """A tile step of n equal PE steps: n times the bytes, hops and stages, and n times the time (up to rounding)."""
+    """A tile step of n equal PE steps: n times the bytes, hops, stages and phases, and n times the time (up to
+    rounding)."""
     for kw in ({"buffers": 1}, {"forwards": True}, {"buffers": 2}):
         one = pe_step(WSE2, "fp16", 144, 72, 7, **kw)
         n = 9
-        tile = pe_step(WSE2, "fp16", 144 * n, 72 * n, 7 * n, stages=n * STEP_STAGES, **kw)
-        assert abs(tile.cycles - n * one.cycles) <= n
+        tile = pe_step(WSE2, "fp16", 144 * n, 72 * n, 7 * n, stages=n * STEP_STAGES, phases=n * STEP_PHASES, **kw)
+        assert abs(tile.cycles - n * one.cycles) <= 2 * n  # stage and phase costs each round up once per step
 
 
 # ---- what the plans carry ---------------------------------------------------------------------------------------
@@ -67,13 +71,13 @@ def _transfers(mapping, m, k, n, grid, label):
 
 def test_pe_level_plans_carry_pe_routes():
     """One PE per tile (12x12): SUMMA's step-s broadcast reaches max(s, 11 - s) PEs away, Cannon's wrap-around
-    crosses the row (11 hops), MeshGEMM's ring moves at most two PEs; one receive stage per step."""
+    crosses the row (11 hops), MeshGEMM's ring moves at most two PEs; one receive stage and one phase per step."""
     for t in _transfers("summa", 12, 12, 12, (12, 12, 12, 12), "A panel"):
         s = int(t.label.split()[2])
-        assert (t.hops, t.stages) == (max(s, 11 - s), 1)
+        assert (t.hops, t.stages, t.phases) == (max(s, 11 - s), 1, 1)
     for name, hops in (("cannon", 11), ("meshgemm", 2)):
         shifts = _transfers(name, 12, 12, 12, (12, 12, 12, 12), "shift")
-        assert shifts and all((t.hops, t.stages) == (hops, 1) for t in shifts)
+        assert shifts and all((t.hops, t.stages, t.phases) == (hops, 1, 1) for t in shifts)
         assert not any("last step" in t.label for t in shifts)  # one PE per tile: nothing inside a tile step
 
 
@@ -81,13 +85,13 @@ def test_tile_level_plans_carry_n_pe_routes():
     """48x48 PEs in 4x4 tiles (12x12 PEs each), 48^3: a tile step stands for 12 PE steps."""
     for t in _transfers("summa", 48, 48, 48, (48, 48, 4, 4), "A panel"):
         s = int(t.label.split()[2])
-        assert t.hops == sum(max(p, 47 - p) for p in range(12 * s, 12 * s + 12)) and t.stages == 12
+        assert t.hops == sum(max(p, 47 - p) for p in range(12 * s, 12 * s + 12)) and t.stages == t.phases == 12
     for name, hops in (("cannon", 47), ("meshgemm", 2)):
         shifts = _transfers(name, 48, 48, 48, (48, 48, 4, 4), "shift")
         tile_shifts = [t for t in shifts if "last step" not in t.label]
         last = [t for t in shifts if "last step" in t.label]
-        assert all((t.hops, t.stages) == (12 * hops, 12) for t in tile_shifts)
-        assert len(last) == 8 and all((t.hops, t.stages, t.nbytes) == (11 * hops, 11, 0) for t in last)
+        assert all((t.hops, t.stages, t.phases) == (12 * hops, 12, 12) for t in tile_shifts)
+        assert len(last) == 8 and all((t.hops, t.stages, t.phases, t.nbytes) == (11 * hops, 11, 11, 0) for t in last)
         # 3 tile shifts of 12 PE shifts and 11 in the last step: the 47 shifts of the PE-level algorithm.
         assert sum(t.stages for t in shifts if t.label.startswith("shift A row 0")) == 47
 
@@ -131,12 +135,12 @@ def c3_8k():
 
 def test_meshgemm_compute_bound_summa_and_cannon_latency_bound_at_720(c3_8k):
     """8192^3 fp16 on 720x720 PEs: 12x12 blocks per PE, 410 cycles of FMACs per step. MeshGEMM's 2-hop shift
-    (72 wavelets, 2 hops, one stage) hides behind the multiply; SUMMA's broadcast crosses ~3/4 of a row and its
-    single buffer adds it to the multiply; Cannon's wrap-around crosses all 719 PEs every step."""
+    (72 wavelets, 2 hops, one stage, one phase) hides behind the multiply; SUMMA's broadcast crosses ~3/4 of a
+    row and its single buffer adds it to the multiply; Cannon's wrap-around crosses all 719 PEs every step."""
     mesh, summa, cannon = (c3_8k[n][0] for n in ("meshgemm", "summa", "cannon"))
     assert all(s.bound == "compute" and s.cycles == s.compute == 410 for s in mesh)
     assert all(s.bound == "latency" and s.cycles == s.compute + s.transfer for s in summa)
-    assert all(s.bound == "latency" and s.latency == 719 + BETA for s in cannon)
+    assert all(s.bound == "latency" and s.latency == 719 + STEP for s in cannon)
     assert min(s.cycles for s in summa) > 2 * 410 and min(s.cycles for s in cannon) > 1.9 * 410
 
 

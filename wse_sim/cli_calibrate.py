@@ -5,20 +5,22 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from .calibration import DEFAULT_FIT_PARAMS
 from .errors import UserError
 
 
 def add_parsers(sub) -> None:
     c = sub.add_parser("calibrate", help="fit the wafer's unsourced cost parameters to published measurements")
     c.add_argument("--wafer", default="wse2", help="preset name or .toml file to start from (default wse2)")
-    c.add_argument("--params", default="stage_overhead_cycles",
-                   help="comma-separated wafer parameters to fit (default: stage_overhead_cycles, the only one "
-                        "without a source)")
+    c.add_argument("--params", default=",".join(DEFAULT_FIT_PARAMS),
+                   help=f"comma-separated wafer parameters to fit (default: {','.join(DEFAULT_FIT_PARAMS)}, the "
+                        "ones without a source)")
     c.add_argument("--cases", help="comma-separated case names (default: the cases marked for fitting)")
     c.add_argument("--write", action="store_true", help="write the fitted values into the wafer's TOML file")
     c.add_argument("--toml", help="with --write: the TOML file to rewrite (default: the preset's own file, or "
                                   "--wafer when it is a .toml)")
     c.add_argument("--date", help="with --write: the date put in the comment, YYYY-MM-DD (default: today)")
+    c.add_argument("--quiet", action="store_true", help="no progress line per evaluation")
 
     v = sub.add_parser("validate", help="run every calibration case; write validation.csv, .md and .png")
     v.add_argument("--out", default="out/validation", help="output folder (default out/validation)")
@@ -60,11 +62,26 @@ def _cmd_calibrate(args) -> None:
             raise UserError(f"--write: {target} is not a file")
     elif args.toml or args.date:
         raise UserError("--toml and --date only apply with --write")
-    result = cal.fit(chosen, params, wafer)
+    result = cal.fit(chosen, params, wafer, on_eval=None if args.quiet else _fit_progress())
     print(cal.format_fit(result))
     if target is not None:
         cal.write_fitted(target, result, date)
         print(f"wrote {', '.join(f'{p} = {cal.format_value(v)}' for p, v in result.values.items())} to {target}")
+
+
+def _fit_progress():
+    """A tqdm counter of fit evaluations (their number is not known in advance) showing the latest point."""
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(desc="fit evaluations", unit="eval", leave=False, disable=not sys.stderr.isatty())
+
+    def on_eval(values: dict[str, float], cost: float) -> None:
+        bar.set_postfix_str(", ".join(f"{p}={v:.4g}" for p, v in values.items()) + f", cost={cost:.4g}")
+        bar.update()
+
+    return on_eval
 
 
 def _cmd_validate(args) -> None:

@@ -42,14 +42,20 @@ def stage_cycles(wafer: WaferSpec, stages: int) -> int:
     return math.ceil(stages * wafer.stage_overhead_cycles)
 
 
+def phase_cycles(wafer: WaferSpec, phases: int) -> int:
+    """Software cost of starting ``phases`` fabric operations (a collective phase each), whatever their length."""
+    return math.ceil(phases * wafer.phase_overhead_cycles)
+
+
 def transfer_cycles(wafer: WaferSpec, bytes_per_lane: float, hops: int, stages: int = 0,
-                    turns: int = 0) -> tuple[int, int]:
+                    turns: int = 0, phases: int = 0) -> tuple[int, int]:
     """(serialization, latency) of a pipelined transfer: links are held for the first, the tail adds the second.
 
     The latency is the head's hop latency, plus the overhead of each stage that combines and re-sends it, plus
-    the extra cycles of each turn of its route.
+    the extra cycles of each turn of its route, plus the start of each fabric operation (phase) it stands for.
     """
-    latency = hop_cycles(wafer, hops) + stage_cycles(wafer, stages) + math.ceil(turns * wafer.turn_cycles)
+    latency = (hop_cycles(wafer, hops) + stage_cycles(wafer, stages) + math.ceil(turns * wafer.turn_cycles)
+               + phase_cycles(wafer, phases))
     return serialization_cycles(wafer, bytes_per_lane), latency
 
 
@@ -71,8 +77,10 @@ def interwafer_cycles(wafer: WaferSpec, nbytes: float, hops: int = 0) -> tuple[i
 # and one of B (broadcast from the step's owner, or shifted from a ring neighbour) and multiplies them. The receive
 # is a fabric DSD operation whose completion the PE's software handles (it activates a task: x_done/y_done in the
 # vendor's SUMMA, x_finish/y_finish in WaferLLM's MeshGEMM) before the step may use the block: one routing stage
-# (the PLMR model's beta, ``stage_overhead_cycles``) per PE-level step.
+# (the PLMR model's beta, ``stage_overhead_cycles``) per PE-level step. Each step is also one fabric operation
+# started anew (its broadcast or shift): one phase (``phase_overhead_cycles``).
 STEP_STAGES = 1
+STEP_PHASES = 1
 
 
 class PeStep(NamedTuple):
@@ -96,7 +104,8 @@ class PeStep(NamedTuple):
 
 
 def pe_step(wafer: WaferSpec, precision: str, macs_per_pe: float, bytes_per_lane: float, hops: int,
-            stages: int = STEP_STAGES, turns: int = 0, buffers: int = 2, forwards: bool = False) -> PeStep:
+            stages: int = STEP_STAGES, turns: int = 0, buffers: int = 2, forwards: bool = False,
+            phases: int = STEP_PHASES) -> PeStep:
     """Steady-state cycles per PE-level step of a k-loop that receives a block into one of ``buffers`` receive
     buffers and multiplies it.
 
@@ -112,13 +121,13 @@ def pe_step(wafer: WaferSpec, precision: str, macs_per_pe: float, bytes_per_lane
       ``max(c, ser, ceil((x + c) / buffers))``.
 
     A tile of ``n`` PE-level steps of equal cost takes ``n`` times this (the engine reproduces it when a tile's
-    transfer carries the ``n`` blocks' bytes and ``n`` times one step's hops and stages); see
+    transfer carries the ``n`` blocks' bytes and ``n`` times one step's hops, stages and phases); see
     ``docs/validation.md`` (C3, GEMM).
     """
     if buffers < 1:
         raise ValueError(f"buffers must be at least 1, got {buffers}")
     c = compute_cycles(wafer, precision, macs_per_pe)
-    ser, lat = transfer_cycles(wafer, bytes_per_lane, hops, stages, turns)
+    ser, lat = transfer_cycles(wafer, bytes_per_lane, hops, stages, turns, phases)
     x = ser + lat
     if buffers == 1:
         cycles = x + c

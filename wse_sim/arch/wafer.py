@@ -18,6 +18,7 @@ KIB = 1024
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESET_ORDER = ("wse1", "wse2", "wse3", "tiny")  # listing order of `wse-sim wafers`; other files follow sorted
 INT_FIELDS = ("mesh_rows", "mesh_cols", "wavelet_bytes", "reduce_fan_in")
+NON_NEGATIVE_FIELDS = ("phase_overhead_cycles",)  # zero switches the cost off; every other number is positive
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ class WaferSpec:
 
     The fabric cost model's physical parameters: ``cycles_per_wavelet`` (a ``wavelet_bytes`` message crossing one
     link), ``hop_latency_cycles`` (router to router), ``turn_cycles`` (a route changing dimension),
-    ``stage_overhead_cycles`` (software at a PE that receives, combines and re-sends: the PLMR model's beta) and
+    ``stage_overhead_cycles`` (software at a PE that receives, combines and re-sends: the PLMR model's beta),
+    ``phase_overhead_cycles`` (starting one fabric operation: once per collective phase, whatever its length) and
     ``reduce_fan_in`` (members per group of a reduction tree). ``link_bytes_per_cycle`` derives from the first two.
     """
 
@@ -40,6 +42,7 @@ class WaferSpec:
     hop_latency_cycles: float  # router-to-router latency per PE hop
     stage_overhead_cycles: float  # software cost at a PE that receives, combines and re-sends (PLMR beta)
     turn_cycles: float  # extra latency when a route turns from a row into a column
+    phase_overhead_cycles: float  # starting one fabric operation (a collective phase, a PE-level GEMM step); >= 0
     memoryx_bytes_per_s: float  # MemoryX -> wafer weight-stream bandwidth
     memoryx_capacity_bytes: float
     description: str = ""
@@ -54,8 +57,10 @@ class WaferSpec:
             if f.name in ("name", "description"):
                 continue
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise UserError(f"wafer {self.name!r}: {f.name} must be a positive number, got {value!r}")
+            ok = value >= 0 if f.name in NON_NEGATIVE_FIELDS else value > 0
+            if isinstance(value, bool) or not isinstance(value, int | float) or not ok:
+                kind = "a non-negative" if f.name in NON_NEGATIVE_FIELDS else "a positive"
+                raise UserError(f"wafer {self.name!r}: {f.name} must be {kind} number, got {value!r}")
         for key in INT_FIELDS:
             if not isinstance(getattr(self, key), int):
                 raise UserError(f"wafer {self.name!r}: {key} must be an integer, got {getattr(self, key)!r}")

@@ -16,8 +16,9 @@ multiply, the next step waiting for both). A shift forwards the block received b
 chain and a step takes ``max(multiply, shift)`` (:func:`~wse_sim.arch.costs.pe_step` with ``forwards``). A tile
 step stands for ``n = min(k-block width, tile width)`` PE-level steps, and its shift carries the ``n`` blocks'
 bytes with ``n`` times the PE-level shift's route: the longest ring-neighbour move over the whole PE row
-(:meth:`CannonLayout.pe_ring_hops`; the natural ring's wrap-around crosses all ``cols - 1`` PEs) and one receive
-stage (:data:`~wse_sim.arch.costs.STEP_STAGES`). The tile shift into step ``s + 1`` stands for the PE-level
+(:meth:`CannonLayout.pe_ring_hops`; the natural ring's wrap-around crosses all ``cols - 1`` PEs), one phase (a
+fabric operation started, :data:`~wse_sim.arch.costs.STEP_PHASES`) and one receive stage
+(:data:`~wse_sim.arch.costs.STEP_STAGES`). The tile shift into step ``s + 1`` stands for the PE-level
 shifts made during tile step ``s`` (``n - 1`` inside it, one into the next); the last tile step's own ``n - 1``
 follow the last tile shift ("in last step", no tile-level payload: its blocks are counted by the tile shifts), and
 the output waits for them.
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from ..arch.costs import STEP_STAGES, PeStep, pe_step
+from ..arch.costs import STEP_PHASES, STEP_STAGES, PeStep, pe_step
 from ..errors import UserError
 from ..workloads import OpSpec
 from .collectives import Message, route
@@ -81,7 +82,7 @@ class CannonLayout(ResidentLayout):
             return ()
         return (t.add(TaskKind.TRANSFER, deps=deps, label=label, links=r.links,
                       bytes_per_lane=r.bytes_per_lane * fraction, hops=n * hops, stages=n * STEP_STAGES,
-                      turns=n * r.turns, nbytes=r.nbytes if payload else 0),)
+                      phases=n * STEP_PHASES, turns=n * r.turns, nbytes=r.nbytes if payload else 0),)
 
     def weight_bytes_per_pe(self, op: OpSpec) -> int:
         """The resident B slot: blocks of every k-block width pass through it as B shifts, so the widest sets it."""

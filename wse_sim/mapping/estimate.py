@@ -24,7 +24,7 @@ def bound_cycles(wafer: WaferSpec, precision: str, plan: OpPlan) -> int:
             dur = compute_cycles(wafer, precision, t.macs_per_pe, t.elem_ops_per_pe)
             load[t.tile] = load.get(t.tile, 0) + dur
         elif t.kind == TaskKind.TRANSFER:
-            ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops, t.stages, t.turns)
+            ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops, t.stages, t.turns, t.phases)
             dur = ser + lat
             for link in set(t.links):
                 load[link] = load.get(link, 0) + ser

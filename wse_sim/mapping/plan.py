@@ -236,6 +236,7 @@ class Task:
     hops: int = 0
     stages: int = 0  # receive-combine-send steps on the path (reductions); each costs the wafer's stage overhead
     turns: int = 0  # row-to-column turns on the longest route; each costs the wafer's turn cycles
+    phases: int = 1  # transfer: fabric operations it stands for (PE-level steps); each costs the phase overhead
     nbytes: int = 0  # bytes delivered in total (stream, or transfer payload x destinations), for accounting
     frees_buffer_of: int | None = None  # barrier: index of the stream task whose weight buffer it releases
     actions: tuple[Action, ...] = ()

@@ -10,9 +10,10 @@ PE-level steps. On the PEs, SUMMA is a loop of one step per PE column: the PE co
 ``K`` broadcasts its A block along every PE row (and the owning PE row its B block down every PE column), then
 every PE multiplies. A tile step ``s`` stands for ``n = min(|k_s|, width(s))`` of them, one per PE column of tile
 column ``s``. Each PE-level broadcast travels from its source PE column to the far end of the row (``max(c,
-cols - 1 - c)`` hops for source column ``c``) and ends in one receive stage at every PE
+cols - 1 - c)`` hops for source column ``c``), is one fabric operation started anew
+(:data:`~wse_sim.arch.costs.STEP_PHASES`) and ends in one receive stage at every PE
 (:data:`~wse_sim.arch.costs.STEP_STAGES`), so a tile step's broadcast carries the sum of its ``n`` PE-level
-routes' hops and ``n`` stages, beside the ``n`` blocks' bytes. The vendor's SUMMA (Cerebras csl-examples,
+routes' hops, ``n`` phases and ``n`` stages, beside the ``n`` blocks' bytes. The vendor's SUMMA (Cerebras csl-examples,
 ``benchmarks/gemm-collectives_2d/pe.csl``) keeps one receive buffer per operand (``A_buffer``, ``B_buffer``) and
 issues step ``s + 1``'s broadcasts after step ``s``'s multiply, so a step costs its broadcast plus its multiply
 (:func:`~wse_sim.arch.costs.pe_step` with one buffer); :data:`PANEL_BUFFERS` = 1 here reproduces that at tile
@@ -27,7 +28,7 @@ Communication: every A panel reaches ``TC - 1`` other tiles and every B panel ``
 
 from __future__ import annotations
 
-from ..arch.costs import STEP_STAGES, PeStep, pe_step
+from ..arch.costs import STEP_PHASES, STEP_STAGES, PeStep, pe_step
 from ..workloads import OpSpec
 from .layout import Builder
 from .plan import MatmulBlock, OpPlan, Ref, TaskKind, ceil_div, split
@@ -94,7 +95,7 @@ class SummaLayout(ResidentLayout):
                         links=g.row_path(i, s, 0) + g.row_path(i, s, TC - 1),
                         bytes_per_lane=self.rows_per_pe(i) * ks * b,
                         hops=broadcast_hops(g.col_edges, s, n) if n else max(g.row_hops(0, s), g.row_hops(s, TC - 1)),
-                        stages=n * STEP_STAGES, nbytes=(m1 - m0) * ks * b * (TC - 1),
+                        stages=n * STEP_STAGES, phases=max(n * STEP_PHASES, 1), nbytes=(m1 - m0) * ks * b * (TC - 1),
                     ),)
             if TR > 1:
                 for j in range(TC):
@@ -105,7 +106,7 @@ class SummaLayout(ResidentLayout):
                         links=g.col_path(j, r, 0) + g.col_path(j, r, TR - 1),
                         bytes_per_lane=ks * self.cols_per_pe(N, j) * b,
                         hops=broadcast_hops(g.row_edges, r, n) if n else max(g.col_hops(0, r), g.col_hops(r, TR - 1)),
-                        stages=n * STEP_STAGES, nbytes=ks * (n1 - n0) * b * (TR - 1),
+                        stages=n * STEP_STAGES, phases=max(n * STEP_PHASES, 1), nbytes=ks * (n1 - n0) * b * (TR - 1),
                     ),)
             for i in range(TR):
                 m0, m1 = self.rows(i)

@@ -238,7 +238,7 @@ class Engine:
                 if intervals is not None and cyc:
                     intervals.append(("tile", t.tile, int(env.now - cyc), int(env.now), k, t.label, 0, macs))
             elif t.kind == TaskKind.TRANSFER:
-                ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops, t.stages, t.turns)
+                ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops, t.stages, t.turns, t.phases)
                 latency[i] = lat
                 links = sorted(set(t.links))
                 reqs = [link(key).request() for key in links]
