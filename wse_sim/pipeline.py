@@ -13,6 +13,7 @@ import numpy as np
 
 from .arch import WaferSpec, load_wafer, parse_grid
 from .errors import UserError
+from .gc_pause import gc_paused
 from .mapping import ModelPlan, TileGrid, get_mapping
 from .report.build import build_report
 from .sim import Engine, SimResult
@@ -181,10 +182,11 @@ def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False,
     graph = lower_model(config, spec.batch, spec.seq, spec.precision)
     grid = make_grid(spec, wafer)
     mapping = make_mapping(spec.mapping)
-    if spec.mapping == "auto":  # the auto-mapper also searches tile grids unless the user fixed one
-        plan = mapping.plan(graph, wafer, grid, fixed_tiles=bool(spec.tiles or spec.tile))
-    else:
-        plan = mapping.plan(graph, wafer, grid)
+    with gc_paused():  # hundreds of thousands of tasks, no cycles: see wse_sim.gc_pause
+        if spec.mapping == "auto":  # the auto-mapper also searches tile grids unless the user fixed one
+            plan = mapping.plan(graph, wafer, grid, fixed_tiles=bool(spec.tiles or spec.tile))
+        else:
+            plan = mapping.plan(graph, wafer, grid)
 
     numerics_on, reason = numerics_enabled(spec, config)
     executor = tokens = None

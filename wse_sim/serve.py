@@ -15,6 +15,7 @@ import numpy as np
 
 from .arch import WaferSpec
 from .errors import UserError
+from .gc_pause import gc_paused
 from .mapping import ModelPlan, TileGrid
 from .mapping.serving import RESIDENT_MAPPINGS, Serving, assign_wafers, regions_on, stage_of, wafers_needed
 from .sim import Engine, SimResult
@@ -119,7 +120,8 @@ class ServingRun:
         return lower_model(self.config, self.batch, seq, self.precision, phase, context)
 
     def run(self, graph: WorkloadGraph, numerics=None, record: bool = False) -> Pass:
-        plan = self.serving.plan(graph, self.wafer, self.region, self.n_regions, self.wafers)
+        with gc_paused():  # many tasks, no cycles: see wse_sim.gc_pause
+            plan = self.serving.plan(graph, self.wafer, self.region, self.n_regions, self.wafers)
         if self.chooser is not None:
             plan.params["decisions"] = self.chooser.decisions
         result = Engine(self.wafer, plan, numerics=numerics, progress=self.progress, record=record).run()

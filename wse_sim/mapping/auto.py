@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from ..arch import WaferSpec
 from ..errors import UserError
+from ..gc_pause import gc_paused
 from ..workloads import OpKind, OpSpec, WorkloadGraph
 from .estimate import bound_cycles
 from .layout import BlockLayout
@@ -104,6 +105,7 @@ class Auto:
         shapes = [grid.shape, *(self.tile_grids or CANDIDATE_TILE_GRIDS)]
         return list(dict.fromkeys((min(tr, grid.rows), min(tc, grid.cols)) for tr, tc in shapes))
 
+    @gc_paused()  # plans and simulations allocate many objects and no cycles: see wse_sim.gc_pause
     def search(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid) -> Search:
         """Rank and simulate the candidates of every distinct matmul shape on one tile grid."""
         if self.simulate is None:
@@ -121,13 +123,12 @@ class Auto:
 
         memo: dict[tuple, list[Candidate]] = {}
         count: dict[tuple, int] = {}
-        rep: dict[tuple, OpSpec] = {}  # one op of each shape
+        plans: dict[tuple, dict[str, OpPlan]] = {}  # shape key -> feasible candidates' plans, for the SRAM fallback
         for op in graph.ops():
             if op.kind != OpKind.MATMUL:
                 continue
             key = _shape_key(op)
             count[key] = count.get(key, 0) + 1
-            rep.setdefault(key, op)
             if key in memo:
                 continue
             cands = []
@@ -152,6 +153,7 @@ class Auto:
                     break  # pruned: its lower bound cannot beat what is already simulated
                 c.simulated_cycles = simulate(c.plan)
                 best_sim = c.simulated_cycles if best_sim is None else min(best_sim, c.simulated_cycles)
+            plans[key] = {c.mapping: c.plan for c in cands if c.plan is not None}
             for c in cands:
                 c.plan = None  # plans hold real op names; the final plan is built per op in build()
             if best_sim is None:
@@ -188,12 +190,13 @@ class Auto:
             if fb is None:
                 break  # nothing smaller fits; build() reports the overflow
             if fb.simulated_cycles is None:
-                fb.simulated_cycles = simulate(layouts[fb.mapping].matmul(rep[k]))
+                fb.simulated_cycles = simulate(plans[k][fb.mapping])
             demoted.setdefault(k, chosen[k].mapping)
             chosen[k] = fb
         total = sum(count[k] * self._estimate(chosen[k]) for k in memo)
         return Search(grid, layouts, memo, chosen, demoted, total)
 
+    @gc_paused()
     def build(self, graph: WorkloadGraph, wafer: WaferSpec, search: Search) -> ModelPlan:
         """Plan every op with the chosen mappings; if SRAM still overflows, demote more shapes and retry."""
         layouts, memo, chosen = search.layouts, search.memo, dict(search.chosen)

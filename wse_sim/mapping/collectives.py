@@ -10,6 +10,7 @@ step is still counted exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .plan import Link, Tile, TileGrid
 
@@ -44,6 +45,15 @@ def pe_hops(grid: TileGrid, src: Tile, dst: Tile) -> int:
     return abs(grid.row_edges[dst[0]] - grid.row_edges[src[0]]) + abs(grid.col_edges[dst[1]] - grid.col_edges[src[1]])
 
 
+@lru_cache(maxsize=65536)
+def xy_route(grid: TileGrid, src: Tile, dst: Tile) -> tuple[tuple[Link, ...], tuple[Link, ...], int, int]:
+    """A message's dimension-order route: (links along the source row, links down the destination column, PE hops,
+    1 if it turns from the row into the column else 0). Cached: collective steps send between the same tiles over
+    and over (every step of a Cannon ring, every layer of a model)."""
+    (i0, j0), (i1, j1) = src, dst
+    return grid.row_path(i0, j0, j1), grid.col_path(j1, i0, i1), pe_hops(grid, src, dst), int(i0 != i1 and j0 != j1)
+
+
 def route(grid: TileGrid, messages: list[Message]) -> Routed:
     load: dict[Link, float] = {}
     hops = 0
@@ -52,12 +62,12 @@ def route(grid: TileGrid, messages: list[Message]) -> Routed:
     for m in messages:
         if m.src == m.dst:
             continue
-        (i0, j0), (i1, j1) = m.src, m.dst
-        turns = max(turns, int(i0 != i1 and j0 != j1))
-        for link in grid.row_path(i0, j0, j1):
+        row_links, col_links, m_hops, m_turns = xy_route(grid, m.src, m.dst)
+        turns = max(turns, m_turns)
+        for link in row_links:
             load[link] = load.get(link, 0.0) + m.row_lane_bytes
-        for link in grid.col_path(j1, i0, i1):
+        for link in col_links:
             load[link] = load.get(link, 0.0) + m.col_lane_bytes
-        hops = max(hops, pe_hops(grid, m.src, m.dst))
+        hops = max(hops, m_hops)
         nbytes += m.nbytes
     return Routed(tuple(sorted(load)), max(load.values(), default=0.0), hops, nbytes, turns)

@@ -19,19 +19,26 @@ from .plan import OpPlan, TaskKind
 def bound_cycles(wafer: WaferSpec, precision: str, plan: OpPlan) -> int:
     finish: list[int] = []
     load: dict = {}
+    transfers: dict[tuple, tuple[int, int]] = {}  # (serialization, latency) by size and route: most repeat
     for t in plan.tasks:  # tasks only depend on earlier tasks of the op
-        if t.kind == TaskKind.COMPUTE:
+        kind = t.kind
+        if kind == TaskKind.COMPUTE:
             dur = compute_cycles(wafer, precision, t.macs_per_pe, t.elem_ops_per_pe)
             load[t.tile] = load.get(t.tile, 0) + dur
-        elif t.kind == TaskKind.TRANSFER:
-            ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops, t.stages, t.turns, t.phases)
+        elif kind == TaskKind.TRANSFER:
+            key = (t.bytes_per_lane, t.hops, t.stages, t.turns, t.phases)
+            cost = transfers.get(key)
+            if cost is None:
+                cost = transfers[key] = transfer_cycles(wafer, *key)
+            ser, lat = cost
             dur = ser + lat
             for link in set(t.links):
                 load[link] = load.get(link, 0) + ser
-        elif t.kind == TaskKind.STREAM:
+        elif kind == TaskKind.STREAM:
             dur = stream_cycles(wafer, t.nbytes)
             load["memoryx"] = load.get("memoryx", 0) + dur
         else:
             dur = 0
-        finish.append(max((finish[d] for d in t.deps), default=0) + dur)
+        deps = t.deps
+        finish.append((max(map(finish.__getitem__, deps)) if deps else 0) + dur)
     return max(max(finish, default=0), max(load.values(), default=0))

@@ -46,6 +46,15 @@ class TileGrid:
         tile_rows, tile_cols = min(tile_rows, rows), min(tile_cols, cols)
         return cls(rows, cols, split(rows, tile_rows), split(cols, tile_cols))
 
+    def __hash__(self) -> int:
+        """The hash of the fields (as the dataclass would compute it), computed once: grids key the path and hop
+        caches below and the planners' route cache, which hash them on every lookup."""
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.rows, self.cols, self.row_edges, self.col_edges))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     @property
     def tile_rows(self) -> int:
         return len(self.row_edges) - 1

@@ -28,6 +28,8 @@ Communication: every A panel reaches ``TC - 1`` other tiles and every B panel ``
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..arch.costs import STEP_PHASES, STEP_STAGES, PeStep, pe_step
 from ..workloads import OpSpec
 from .layout import Builder
@@ -45,9 +47,12 @@ def pe_steps(k_width: int, extent: int) -> int:
     return min(k_width, extent)
 
 
+@lru_cache(maxsize=4096)
 def broadcast_hops(edges: tuple[int, ...], t: int, n: int) -> int:
     """Summed PE hops of ``n`` PE-level broadcasts from the PE lines of tile line ``t`` (spread evenly over it) to
-    the far end of a line of ``edges[-1]`` PEs: a broadcast from PE ``p`` reaches both ends, ``max(p, last - p)``."""
+    the far end of a line of ``edges[-1]`` PEs: a broadcast from PE ``p`` reaches both ends, ``max(p, last - p)``.
+
+    Cached: a plan asks it for every tile row (or column) of every step, the same ``n`` sums each time."""
     lo, extent, last = edges[t], edges[t + 1] - edges[t], edges[-1] - 1
     return sum(max(p, last - p) for p in (lo + u * extent // n for u in range(n)))
 

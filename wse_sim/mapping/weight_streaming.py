@@ -97,49 +97,49 @@ class StreamingLayout(BlockLayout):
         widest = max(n1 - n0 for _, n0, n1 in chunks)
         sram = resident + per_col * widest
 
+        # What every chunk repeats, per tile column j and tile row i: the slice of K, the rows and the block of x.
+        k_span = [self.cols(K, j) for j in range(TC)]
+        k_per_pe = [self.cols_per_pe(K, j) for j in range(TC)]
+        m_span = [self.rows(i) for i in range(TR)]
+        m_per_pe = [self.rows_per_pe(i) for i in range(TR)]
+        x_block = [[Ref(x, m_span[i], k_span[j]) for j in range(TC)] for i in range(TR)]
+        down = [g.col_path(j, 0, TR - 1) for j in range(TC)]
+        down_hops = g.col_hops(0, TR - 1) + 1
+
         t = Builder()
         for c, n0, n1 in chunks:
             nc = n1 - n0
             s = t.add(TaskKind.STREAM, label=f"stream[{n0}:{n1}]", nbytes=(K * nc + (nc if bias else 0)) * b)
-            bcast = []
-            for j in range(TC):
-                k0, k1 = self.cols(K, j)
-                bcast.append(t.add(
-                    TaskKind.TRANSFER, deps=(s,), label=f"bcast col {j}",
-                    links=g.col_path(j, 0, TR - 1), bytes_per_lane=self.cols_per_pe(K, j) * nc * b,
-                    hops=g.col_hops(0, TR - 1) + 1, nbytes=(k1 - k0) * nc * b * TR,
-                ))
-            computes = {}
+            bcast = [t.add(TaskKind.TRANSFER, deps=(s,), label=f"bcast col {j}", links=down[j],
+                           bytes_per_lane=k_per_pe[j] * nc * b, hops=down_hops,
+                           nbytes=(k_span[j][1] - k_span[j][0]) * nc * b * TR)
+                     for j in range(TC)]
+            w_block = [Ref(w_name, k_span[j], (n0, n1), transpose=w_transposed) for j in range(TC)]
+            keys = [[f"{y}#{n0},{i},{j}" for j in range(TC)] for i in range(TR)]
+            computes = [[t.add(TaskKind.COMPUTE, deps=(bcast[j],), tile=(i, j), label="gemm",
+                               macs_per_pe=m_per_pe[i] * k_per_pe[j] * nc,
+                               actions=(MatmulBlock(out=keys[i][j], a=x_block[i][j], b=w_block[j]),))
+                         for j in range(TC)]
+                        for i in range(TR)]
+            arm = max(g.row_hops(0, c), g.row_hops(c, TC - 1))  # the longer arm of the reduction into column c
             for i in range(TR):
-                m0, m1 = self.rows(i)
-                for j in range(TC):
-                    k0, k1 = self.cols(K, j)
-                    computes[i, j] = t.add(
-                        TaskKind.COMPUTE, deps=(bcast[j],), tile=(i, j), label="gemm",
-                        macs_per_pe=self.rows_per_pe(i) * self.cols_per_pe(K, j) * nc,
-                        actions=(MatmulBlock(
-                            out=f"{y}#{n0},{i},{j}", a=Ref(x, (m0, m1), (k0, k1)),
-                            b=Ref(w_name, (k0, k1), (n0, n1), transpose=w_transposed),
-                        ),),
-                    )
-            for i in range(TR):
-                m0, m1 = self.rows(i)
-                keys = [f"{y}#{n0},{i},{j}" for j in range(TC)]
-                groups = tuple(grp for grp in (tuple(keys[: c + 1]), tuple(reversed(keys[c + 1:]))) if grp)
+                m0, m1 = m_span[i]
+                row_keys = keys[i]
+                groups = tuple(grp for grp in (tuple(row_keys[: c + 1]), tuple(reversed(row_keys[c + 1:]))) if grp)
                 t.add(
-                    TaskKind.TRANSFER, deps=tuple(computes[i, j] for j in range(TC)), label=f"reduce row {i}",
+                    TaskKind.TRANSFER, deps=tuple(computes[i]), label=f"reduce row {i}",
                     links=g.row_path(i, 0, c) + g.row_path(i, TC - 1, c),
-                    bytes_per_lane=self.rows_per_pe(i) * nc * ACC_BYTES,
-                    hops=max(g.row_hops(0, c), g.row_hops(c, TC - 1)),
-                    stages=max(g.row_hops(0, c), g.row_hops(c, TC - 1)),  # every PE on an arm adds and forwards
+                    bytes_per_lane=m_per_pe[i] * nc * ACC_BYTES,
+                    hops=arm, stages=arm,  # every PE on an arm adds and forwards
                     nbytes=(TC - 1) * (m1 - m0) * nc * ACC_BYTES,
                     actions=(
                         ReduceWrite(dst=Ref(y, (m0, m1), (n0, n1)), groups=groups,
                                     bias=Ref(bias, (0, 1), (n0, n1)) if bias else None),
-                        Free(tuple(keys)),
+                        Free(tuple(row_keys)),
                     ),
                 )
-            t.add(TaskKind.BARRIER, deps=tuple(computes.values()), label="weights consumed", frees_buffer_of=s)
+            t.add(TaskKind.BARRIER, deps=tuple(idx for row in computes for idx in row), label="weights consumed",
+                  frees_buffer_of=s)
         return OpPlan(
             op=op, mapping="weight-streaming", tasks=t.finish(), sram_bytes_per_pe=sram,
             notes=f"{len(chunks)} weight chunks of <= {widest} columns",

@@ -31,6 +31,7 @@ import simpy
 
 from ..arch import WaferSpec
 from ..arch.costs import compute_cycles, interwafer_cycles, stream_cycles, transfer_cycles
+from ..gc_pause import gc_paused
 from ..mapping.plan import ModelPlan, Task, TaskKind
 
 
@@ -89,6 +90,44 @@ _CATEGORY = {TaskKind.COMPUTE: "compute", TaskKind.TRANSFER: "fabric", TaskKind.
              TaskKind.INTERWAFER: "interwafer"}
 
 
+class _Resource:
+    """A resource one task holds at a time (a tile's PEs, a link, the MemoryX port), granted first come, first served.
+
+    It triggers exactly the events ``simpy.Resource(env, capacity=1)`` triggers, at the same points and in the same
+    order, so every simulated time is the same: a request is granted at once when the resource is free and nobody
+    waits (else it queues); a release frees the resource at once and triggers a release event whose processing
+    grants the oldest waiter, unless a request made before that already did (SimPy serves the oldest waiter then
+    too). What it leaves out is SimPy's generic put/get queue machinery and its no-op callbacks, which took more
+    than half of the engine's time on large plans. ``tests/test_engine_fastpaths.py`` checks the grant order against
+    ``simpy.Resource``.
+    """
+
+    __slots__ = ("_busy", "_env", "_waiting")
+
+    def __init__(self, env: simpy.Environment):
+        self._env = env
+        self._busy = False
+        self._waiting: deque[simpy.Event] = deque()
+
+    def request(self) -> simpy.Event:
+        """An event that triggers when the caller holds the resource."""
+        req = simpy.Event(self._env)
+        self._waiting.append(req)
+        self._grant()
+        return req
+
+    def release(self) -> None:
+        self._busy = False
+        done = simpy.Event(self._env)
+        done.callbacks.append(self._grant)
+        done.succeed()
+
+    def _grant(self, _event: simpy.Event | None = None) -> None:
+        if not self._busy and self._waiting:
+            self._busy = True
+            self._waiting.popleft().succeed()
+
+
 class Engine:
     """Simulates a :class:`ModelPlan` on a wafer; optionally runs numeric actions as tasks complete."""
 
@@ -97,6 +136,7 @@ class Engine:
         self.wafer, self.plan, self.numerics = wafer, plan, numerics
         self.progress, self.record = progress, record
 
+    @gc_paused()  # millions of short-lived events, no cycles: see wse_sim.gc_pause
     def run(self) -> SimResult:
         plan, wafer = self.plan, self.wafer
         env = simpy.Environment()
@@ -138,19 +178,20 @@ class Engine:
             for p in d:
                 succ[p].append(i)
 
-        ready_t = np.zeros(n)
-        start_t = np.zeros(n)
-        end_t = np.zeros(n)
-        crit = np.full(n, -1, dtype=np.int64)
-        latency = np.zeros(n)  # transfers: cycles after the tail left its links (hops, stages, turns)
+        # Per-task times in integer cycles (plain lists: much faster to index one by one than numpy arrays).
+        ready_t = [0] * n
+        start_t = [0] * n
+        end_t = [0] * n
+        crit = [-1] * n
+        latency = [0] * n  # transfers: cycles after the tail left its links (hops, stages, turns)
 
-        tiles_shape = plan.grid.shape
-        tile_res = {t: simpy.Resource(env, 1) for t in plan.grid.tiles()}
+        tile_res = {t: _Resource(env) for t in plan.grid.tiles()}
         link_res: dict = {}  # fabric links by (tile, tile), inter-wafer links by ("interwafer", w): created on use
-        memx = simpy.Resource(env, 1)
+        memx = _Resource(env)
         wafer_link_busy: dict[int, int] = {}
-        tile_busy = np.zeros(tiles_shape)
-        tile_macs = np.zeros(tiles_shape)
+        # Per-tile float sums, added in the same order as into the float64 arrays of the result: the same bits.
+        tile_busy: dict = {}
+        tile_macs: dict = {}
         link_busy: dict = {}
         memx_busy = [0]
         free_slots = [plan.stream_buffers]
@@ -173,7 +214,7 @@ class Engine:
         def link(key):
             r = link_res.get(key)
             if r is None:
-                r = link_res[key] = simpy.Resource(env, 1)
+                r = link_res[key] = _Resource(env)
             return r
 
         def finish(i: int) -> None:
@@ -226,15 +267,16 @@ class Engine:
         def run_task(i: int, t: Task):
             k = op_of[i]
             if t.kind == TaskKind.COMPUTE:
-                with tile_res[t.tile].request() as req:
-                    yield req
-                    acquired(i, (t.tile,))
-                    cyc = compute_cycles(wafer, precision, t.macs_per_pe, t.elem_ops_per_pe)
-                    yield env.timeout(cyc)
-                    released(i, (t.tile,))
+                res = tile_res[t.tile]
+                yield res.request()
+                acquired(i, (t.tile,))
+                cyc = compute_cycles(wafer, precision, t.macs_per_pe, t.elem_ops_per_pe)
+                yield env.timeout(cyc)
+                released(i, (t.tile,))
+                res.release()
                 macs = t.macs_per_pe * plan.grid.pes(t.tile)
-                tile_busy[t.tile] += cyc
-                tile_macs[t.tile] += macs
+                tile_busy[t.tile] = tile_busy.get(t.tile, 0.0) + cyc
+                tile_macs[t.tile] = tile_macs.get(t.tile, 0.0) + macs
                 if intervals is not None and cyc:
                     intervals.append(("tile", t.tile, int(env.now - cyc), int(env.now), k, t.label, 0, macs))
             elif t.kind == TaskKind.TRANSFER:
@@ -242,13 +284,12 @@ class Engine:
                 latency[i] = lat
                 links = sorted(set(t.links))
                 reqs = [link(key).request() for key in links]
-                for r in reqs:
-                    yield r
+                yield from reqs  # each in turn (a request event's value is None, which yield from passes on)
                 acquired(i, links)
                 yield env.timeout(ser)
                 released(i, links)
-                for key, r in zip(links, reqs, strict=True):
-                    link(key).release(r)
+                for key in links:
+                    link(key).release()
                     link_busy[key] = link_busy.get(key, 0) + ser
                     if intervals is not None and ser:
                         intervals.append(("link", key, int(env.now - ser), int(env.now), k, t.label, t.nbytes, 0))
@@ -261,12 +302,12 @@ class Engine:
                     ev = env.event()
                     slot_waiters.append((ev, i))
                     yield ev
-                with memx.request() as req:
-                    yield req
-                    acquired(i, ("memoryx",))
-                    cyc = stream_cycles(wafer, t.nbytes)
-                    yield env.timeout(cyc)
-                    released(i, ("memoryx",))
+                yield memx.request()
+                acquired(i, ("memoryx",))
+                cyc = stream_cycles(wafer, t.nbytes)
+                yield env.timeout(cyc)
+                released(i, ("memoryx",))
+                memx.release()
                 memx_busy[0] += cyc
                 if intervals is not None and cyc:
                     intervals.append(("memoryx", "memoryx", int(env.now - cyc), int(env.now), k, t.label, t.nbytes,
@@ -276,11 +317,12 @@ class Engine:
                 ser, lat = interwafer_cycles(wafer, t.nbytes, t.hops)
                 latency[i] = lat
                 key = ("interwafer", t.wafer_link)
-                with link(key).request() as req:
-                    yield req
-                    acquired(i, (key,))
-                    yield env.timeout(ser)
-                    released(i, (key,))
+                res = link(key)
+                yield res.request()
+                acquired(i, (key,))
+                yield env.timeout(ser)
+                released(i, (key,))
+                res.release()
                 wafer_link_busy[t.wafer_link] = wafer_link_busy.get(t.wafer_link, 0) + ser
                 if intervals is not None and ser:
                     intervals.append(("interwafer", t.wafer_link, int(env.now - ser), int(env.now), k, t.label,
@@ -298,6 +340,10 @@ class Engine:
         unfinished = [i for i in range(n) if remaining[i] > 0]
         if unfinished:  # a plan bug, never user input
             raise RuntimeError(f"{len(unfinished)} tasks never became ready (first: {tasks[unfinished[0]].label})")
+        # The nested functions refer to each other, so their closures outlive this call until the cyclic collector
+        # finds them: drop the per-task dependency lists (a list per task, twice) now instead.
+        deps.clear()
+        succ.clear()
 
         ops: list[OpTiming] = []
         prev = 0
@@ -316,11 +362,17 @@ class Engine:
                 interwafer_cycles=split["interwafer"], interwafer_bytes=op_interwafer_bytes[k],
             ))
             prev = end
+        tiles_shape = plan.grid.shape
+        busy_arr, macs_arr = np.zeros(tiles_shape), np.zeros(tiles_shape)
+        for tile, cyc in tile_busy.items():
+            busy_arr[tile] = cyc
+        for tile, macs in tile_macs.items():
+            macs_arr[tile] = macs
         return SimResult(
             total_cycles=int(env.now) if n else 0,
             ops=ops,
-            tile_busy_cycles=tile_busy,
-            tile_macs=tile_macs,
+            tile_busy_cycles=busy_arr,
+            tile_macs=macs_arr,
             link_busy_cycles=link_busy,
             memoryx_busy_cycles=memx_busy[0],
             stream_bytes=sum(op_stream_bytes),
