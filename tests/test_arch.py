@@ -32,6 +32,9 @@ def test_toml_overrides_a_preset(tmp_path):
         ("clock_hz = ", "malformed TOML"),
         ("bogus = 3", "unknown key"),
         ("mesh_rows = -4", "mesh_rows must be a positive"),
+        ('clock_hz = "fast"', "clock_hz must be a positive"),
+        ("phase_overhead_cycles = -1.0", "phase_overhead_cycles must be a non-negative"),
+        ('phase_overhead_cycles = "x"', "phase_overhead_cycles must be a non-negative"),
         ('base = "wse9"', "unknown wafer"),
     ],
 )
@@ -40,6 +43,12 @@ def test_bad_toml_is_a_user_error(tmp_path, text, match):
     f.write_text(text)
     with pytest.raises(UserError, match=match):
         load_wafer(str(f))
+
+
+def test_phase_overhead_may_be_zero(tmp_path):
+    f = tmp_path / "nophase.toml"
+    f.write_text("phase_overhead_cycles = 0.0")
+    assert load_wafer(str(f)).phase_overhead_cycles == 0.0
 
 
 def test_unknown_wafer_and_missing_file():

@@ -43,7 +43,7 @@ class Case:
     documented target (``published_text`` keeps the source's wording). ``bound`` says how: ``equal`` (within
     ``tolerance``), ``at_least`` / ``at_most`` (a one-sided figure such as "> 70 %": passes unless more than
     ``tolerance`` on the wrong side). ``fit`` marks the cases :func:`fit` uses by default: those that depend on
-    the unsourced parameters and whose setup is published, plus one whose setup is assumed (:data:`FIT_NOTE`).
+    the unsourced parameters and whose setup is published, plus C3-meshgemv-vs-allreduce (why: beside it).
     """
 
     name: str
@@ -195,7 +195,7 @@ BUILTIN_CASES: tuple[Case, ...] = (
          "pipelined-allreduce GEMV", 4.6, "x", _gemv_chain_over_tree, "about 4.6x faster",
          "gemv-allreduce (a chain through every PE of the row, then a multicast back) over gemv-tree, both as the "
          f"C1 16K kernel on {GEMV_GRID} PEs; the paper does not give the shape or grid of its 4.6x (assumed C1's)",
-         fit=True),  # the one figure that separates beta (511 stages vs 24) from the phase cost: FIT_NOTE
+         fit=True),  # fitted although its setup is assumed: below
     Case("C3-meshgemm-vs-summa", f"calibration.md C3: {_WAFERLLM}, Sec. 7.2, MeshGEMM vs SUMMA (vendor default)",
          2.5, "x", _speedup_over("summa"), "2-3x faster", f"SUMMA cycles over MeshGEMM cycles, {_GEMM_SETUP}"),
     Case("C3-meshgemm-vs-cannon", f"calibration.md C3: {_WAFERLLM}, Sec. 7.2, MeshGEMM vs Cannon",
@@ -212,7 +212,6 @@ BUILTIN_CASES: tuple[Case, ...] = (
 # per-stage cost (beta) from the per-phase cost. Their kernels have a few dozen stages per phase, so any beta from
 # ~1.5 to ~10 cycles with a matching phase cost fits them about equally (docs/validation.md); the vendor's chain
 # allreduce has 511 stages in 2 phases against the tree's 24 in 3, so their ratio pins beta.
-FIT_NOTE = "C3-meshgemv-vs-allreduce"
 
 _REGISTERED: list[Case] = []
 

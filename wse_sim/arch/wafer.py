@@ -57,9 +57,10 @@ class WaferSpec:
             if f.name in ("name", "description"):
                 continue
             value = getattr(self, f.name)
-            ok = value >= 0 if f.name in NON_NEGATIVE_FIELDS else value > 0
-            if isinstance(value, bool) or not isinstance(value, int | float) or not ok:
-                kind = "a non-negative" if f.name in NON_NEGATIVE_FIELDS else "a positive"
+            zero_ok = f.name in NON_NEGATIVE_FIELDS
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (value >= 0 if zero_ok
+                                                                                     else value > 0):
+                kind = "a non-negative" if zero_ok else "a positive"
                 raise UserError(f"wafer {self.name!r}: {f.name} must be {kind} number, got {value!r}")
         for key in INT_FIELDS:
             if not isinstance(getattr(self, key), int):
