@@ -93,6 +93,6 @@ def _cmd_validate(args) -> None:
     results = cal.validate(wafer, args.out, chosen)
     print(cal.format_results(results))
     ok = sum(r.ok for r in results)
-    print(f"{ok} of {len(results)} cases within {cal.TOLERANCE:.0%} of the published figure")
+    print(f"{ok} of {len(results)} cases within {cal.TOLERANCE:.0%} of the published figure (or bound, or range)")
     out = Path(args.out)
     print("wrote " + ", ".join(str(out / f) for f in ("validation.csv", "validation.md", "validation.png")))
