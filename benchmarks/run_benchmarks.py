@@ -109,8 +109,7 @@ def bench_numerics(model: str = "cerebras-gpt-111m", seq: int = 512, precision: 
     from wse_sim.workloads.hf_reference import _build_model, transformers_logits
 
     from wse_sim.arch import load_wafer
-    from wse_sim.mapping import get_mapping
-    from wse_sim.pipeline import RunSpec, make_grid
+    from wse_sim.pipeline import RunSpec, make_grid, make_mapping
     from wse_sim.sim import Engine
     from wse_sim.sim.numerics import Numerics
 
@@ -126,7 +125,7 @@ def bench_numerics(model: str = "cerebras-gpt-111m", seq: int = 512, precision: 
 
     t0 = time.perf_counter()
     graph = lower_model(config, 1, seq, precision)
-    plan = get_mapping(spec.mapping).plan(graph, wafer, make_grid(spec, wafer))
+    plan = make_mapping(spec.mapping).plan(graph, wafer, make_grid(spec, wafer))
     t_plan = time.perf_counter() - t0
 
     # Warm-up run: numba compiles (or loads cached) kernels on first call.
