@@ -88,3 +88,27 @@ def test_tile_grid_hash_is_the_fields_hash():
     assert hash(g) == hash((g.rows, g.cols, g.row_edges, g.col_edges))
     assert hash(g) == hash(TileGrid.make(100, 90, 8, 7)) and g == TileGrid.make(100, 90, 8, 7)
     assert g != TileGrid.make(100, 90, 7, 8)
+
+
+def test_layout_memos_are_per_instance_and_freed_with_it():
+    """Planning memoises layout helpers on the layout itself: two layouts do not share answers, and a finished
+    plan leaves no layout alive (``functools.cache`` on a method kept every one for the life of the process)."""
+    from wse_sim.workloads import lower_gemm
+
+    from wse_sim.arch import get_wafer
+    from wse_sim.mapping import get_mapping
+    from wse_sim.mapping.cannon import CannonLayout
+    from wse_sim.mapping.layout import BlockLayout
+
+    def alive() -> int:
+        gc.collect()
+        return sum(issubclass(type(o), BlockLayout) for o in gc.get_objects())  # type(): no __class__ lookups
+
+    wafer, graph = get_wafer("wse2"), lower_gemm(48, 40, 56, "fp32")
+    before = alive()
+    for name in ("summa", "cannon", "meshgemm"):
+        get_mapping(name).plan(graph, wafer, TileGrid.make(12, 12, 3, 3))
+    assert alive() == before
+    small, large = (CannonLayout(graph, wafer, TileGrid.make(n, n, 3, 3)) for n in (6, 12))
+    assert (small.rows_per_pe(0), large.rows_per_pe(0)) == (8, 4)  # 16 rows per tile over 2 and 4 PE rows
+    assert small.rows_per_pe(0) is small.rows_per_pe(0) and "rows_per_pe" in vars(small)

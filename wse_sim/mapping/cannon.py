@@ -30,14 +30,12 @@ with the grid (every PE-level shift pays ``cols - 1`` hops), which is what :mod:
 
 from __future__ import annotations
 
-from functools import cache
-
 from ..arch.costs import STEP_PHASES, STEP_STAGES, PeStep, pe_step
 from ..errors import UserError
 from ..workloads import OpSpec
 from .collectives import Message, route
 from .layout import Builder
-from .plan import MatmulBlock, OpPlan, Ref, TaskKind, ceil_div, split
+from .plan import MatmulBlock, OpPlan, Ref, TaskKind, ceil_div, memo_method, split
 from .registry import register
 from .resident import Operands, ResidentLayout, ResidentMapping
 
@@ -55,7 +53,7 @@ class CannonLayout(ResidentLayout):
                             f"(use --tiles QxQ)")
         return self.TR
 
-    @cache  # noqa: B019  (one layout per plan call; bounded by its grid)
+    @memo_method
     def kblock(self, i: int, j: int, s: int) -> int:
         """Physical k-block index tile (i, j) multiplies at step ``s``."""
         q = self.TR
@@ -63,11 +61,11 @@ class CannonLayout(ResidentLayout):
         rpos = self._ring_pos(q)
         return ring[(rpos[i] + rpos[j] + s) % q]
 
-    @cache  # noqa: B019
+    @memo_method
     def _ring_pos(self, q: int) -> dict[int, int]:
         return {p: r for r, p in enumerate(self.ring(q))}
 
-    @cache  # noqa: B019
+    @memo_method
     def pe_ring_hops(self, extent: int) -> int:
         """PE hops of the longest move of one PE-level shift when the ring runs over ``extent`` PEs."""
         ring = self.ring(extent)

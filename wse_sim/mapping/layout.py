@@ -13,7 +13,6 @@ scores, causal softmax and context for its query rows and heads (keys past its l
 from __future__ import annotations
 
 import math
-from functools import cache
 
 from ..arch import WaferSpec
 from ..workloads import OpKind, OpSpec, WorkloadGraph
@@ -35,6 +34,7 @@ from .plan import (
     TaskKind,
     TileGrid,
     ceil_div,
+    memo_method,
     split,
 )
 
@@ -96,7 +96,7 @@ class BlockLayout:
     def rows(self, i: int) -> tuple[int, int]:
         return self.m_edges[i], self.m_edges[i + 1]
 
-    @cache  # noqa: B019  (one layout per plan call; bounded by its grid)
+    @memo_method
     def rows_per_pe(self, i: int) -> int:
         return ceil_div(self.m_edges[i + 1] - self.m_edges[i], self.grid.height(i))
 
@@ -104,7 +104,7 @@ class BlockLayout:
         e = split(width, self.TC)
         return e[j], e[j + 1]
 
-    @cache  # noqa: B019
+    @memo_method
     def cols_per_pe(self, width: int, j: int) -> int:
         lo, hi = self.cols(width, j)
         return ceil_div(hi - lo, self.grid.width(j))
@@ -262,12 +262,12 @@ class BlockLayout:
                       sram_bytes_per_pe=self.check_sram(op, sram, "embedding rows"))
 
     # ---- attention -------------------------------------------------------------------------------------------
-    @cache  # noqa: B019
+    @memo_method
     def kv_heads_of(self, j: int) -> tuple[int, ...]:
         """KV heads owned by tile column ``j`` (``g % TC == j``); their query heads come with them."""
         return tuple(g for g in range(self.graph.config.n_kv_head) if g % self.TC == j)
 
-    @cache  # noqa: B019
+    @memo_method
     def heads_of(self, j: int) -> tuple[int, ...]:
         cfg = self.graph.config
         group = cfg.n_head // cfg.n_kv_head
@@ -294,7 +294,7 @@ class BlockLayout:
             if hi > lo:
                 yield bidx, lo, hi
 
-    @cache  # noqa: B019
+    @memo_method
     def attn_work_per_pe(self, i: int, j: int) -> int:
         """Per-PE (query row x key x head) count for tile (i, j): PE rows take queries, PE columns take keys."""
         seq = self.graph.seq

@@ -32,6 +32,26 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+class memo_method:  # a decorator, named like functools.cached_property
+    """Memoise a method per instance, freed with it (``functools.cache`` on a method keeps every instance it has
+    seen alive for the life of the process: a sweep's layouts, each with its graph). On first access the
+    instance gets its own ``functools.cache`` of the bound method, so later calls cost what ``cache`` costs."""
+
+    def __init__(self, method):
+        self.method = method
+        self.name = method.__name__
+        self.__doc__ = method.__doc__
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        bound = obj.__dict__[self.name] = cache(self.method.__get__(obj, objtype))
+        return bound
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """A region of ``rows x cols`` PEs cut into tiles at the given PE-row and PE-column edges."""
