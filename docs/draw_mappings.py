@@ -218,15 +218,17 @@ def gemv(out: Path, name: str):
     for t in tasks_labelled(plan, r"all-gather x col \d+"):
         link_arrows(ax_g, t.links, GREEN)
     if name == "gemv-tree":
-        tile_grid(ax_r, {(i, j): f"y[n{i}]" if j == 0 else "" for i in range(Q) for j in range(Q)},
-                  {(i, 0): ROOT_FILL for i in range(Q)},
-                  "2. binary tree over each row\n(levels inside tiles, then across tiles)")
-        for t in tasks_labelled(plan, r"tree level stride \d+ row \d+"):
-            stride = int(re.search(r"stride (\d+)", t.label).group(1))
-            cols = sorted({j for link in t.links for _, j in link})
-            row = t.links[0][0][0]
-            level = stride.bit_length()
-            message(ax_r, (row, cols[-1]), (row, cols[0]), RED if level == 1 else BLUE, label=f"L{level}")
+        levels = tasks_labelled(plan, r"tree level \d+ row \d+")
+        roots = set()  # where a level's arms end: tiles its links enter but never leave
+        for t in levels:
+            roots |= {dst for _, dst in t.links} - {src for src, _ in t.links}
+        tile_grid(ax_r, {(i, j): f"y[n{i}]" if (i, j) in roots else "" for i in range(Q) for j in range(Q)},
+                  {tile: ROOT_FILL for tile in roots},
+                  f"2. tree over each row (MeshGEMV): groups of <= {WAFER.reduce_fan_in} PEs reduce\n"
+                  f"into their middle by a chain from each end ({GRID.cols} PEs: one group)")
+        for t in levels:
+            level = int(re.search(r"level (\d+)", t.label).group(1))
+            link_arrows(ax_r, t.links, RED if level == 0 else BLUE)
     else:
         tile_grid(ax_r, {(i, j): f"y[n{i}]" for i in range(Q) for j in range(Q)},
                   {(i, 0): ROOT_FILL for i in range(Q)},
