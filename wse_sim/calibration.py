@@ -476,7 +476,9 @@ def validation_markdown(results: list[CaseResult], wafer: WaferSpec) -> str:
 
 
 def _range_note(c: Case) -> str:
-    return "" if c.published_range is None else f" to the middle of {_compared_with(c)[3:]}"
+    if c.published_range is None:
+        return ""
+    return f" to the middle of {fmt(c.published_range[0])}-{fmt(c.published_range[1])}"
 
 
 def write_validation_plot(results: list[CaseResult], wafer: WaferSpec, path: Path) -> Path:
