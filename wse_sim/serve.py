@@ -162,7 +162,6 @@ def serving_summary(run: ServingRun, phase: str, prefill: Pass | None, steps: li
     return out
 
 
-
 def wafer_summary(plan: ModelPlan, result: SimResult, wafer: WaferSpec, scaled_cycles: int | None = None) -> dict:
     """Per-wafer utilization and time, and the inter-wafer links' share, of one pass (the report's ``wafers``).
 
