@@ -4,23 +4,45 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
 
-.PHONY: demo test lint bench gallery clean
+LOCK := requirements.lock
+PIP_TOOLS := pip-tools==7.7.0
+
+.PHONY: demo test test-latest lock lint bench gallery clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-# torch first, pinned: a CPU wheel of 2.13.0 is on this machine; an unpinned torch would pull a CUDA build.
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+# Every package from the lock (pinned, torch the CPU build), then the project itself without resolving anything.
+$(VENV)/.installed-test: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install -q -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	touch $@
 
 demo: $(VENV)/.installed-test
 	$(BIN)/wse-sim run --model cerebras-gpt-111m --wafer wse2 --seq 512 --batch 1 --precision fp16 --out $(OUT)
 
+# -P: the repository root stays off sys.path, so the top-level kernels/ cannot shadow the PyPI package `kernels`
+# that transformers imports (wse_sim.kernels is installed from kernels/ by the editable install).
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -P -m pytest
+
+# Refresh the lock from pyproject.toml and lock.in, taking the newest releases (then run `make test`).
+lock:
+	$(PY) -m venv .venv-lock
+	.venv-lock/bin/pip install -q $(PIP_TOOLS)
+	.venv-lock/bin/pip-compile -q --upgrade --strip-extras --extra test --no-emit-index-url --no-emit-find-links \
+		--output-file $(LOCK) pyproject.toml lock.in
+
+# The test suite (without slow tests) against the newest releases instead of the lock, in its own .venv-latest:
+# what a fresh clone would meet after `make lock`.
+test-latest:
+	rm -rf .venv-latest
+	$(PY) -m venv .venv-latest
+	.venv-latest/bin/pip install -q torch==2.13.0
+	.venv-latest/bin/pip install -q --upgrade -e ".[test]"
+	.venv-latest/bin/python -P -m pytest -m "not slow"
 
 # README gallery: the demo's heatmap, timeline and per-layer plots, and a sweep plot, copied to docs/img/.
 GALLERY_SWEEP := out/gallery-sweep
@@ -33,4 +55,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run_benchmarks.py
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) .venv-lock .venv-latest out build *.egg-info

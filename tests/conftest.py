@@ -10,6 +10,11 @@ from typing import Any
 
 import pytest
 from wse_sim.workloads.config import ModelConfig
+from wse_sim.workloads.hf_reference import import_transformers
+
+# The independent reference is part of the test environment: missing or broken, it fails the whole run here
+# (with the reason), so no test can quietly turn into a skip.
+import_transformers()
 
 TINY = {"vocab_size": 101, "n_positions": 64, "d_model": 48, "n_layer": 2, "n_head": 3, "d_ff": 192}
 
@@ -36,8 +41,8 @@ def tiny_checkpoint(tmp_path_factory) -> Callable[..., TinyCheckpoint]:
     Builds a random ``GPT2LMHeadModel`` whose every parameter (biases and LayerNorm included) is perturbed
     away from the HF init, so a loader or forward pass that drops a tensor shows up in the logits.
     """
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
 
     def make(activation: str = "gelu", safe_serialization: bool = True, seed: int = 0,
              **overrides: Any) -> TinyCheckpoint:

@@ -62,9 +62,9 @@ def test_rmsnorm_matches_float64(m, d, scale, eps, seed):
 
 
 def test_rmsnorm_matches_transformers_llama_and_qwen2():
-    torch = pytest.importorskip("torch")
-    llama = pytest.importorskip("transformers.models.llama.modeling_llama")
-    qwen2 = pytest.importorskip("transformers.models.qwen2.modeling_qwen2")
+    import torch
+    import transformers.models.llama.modeling_llama as llama
+    import transformers.models.qwen2.modeling_qwen2 as qwen2
     rng = np.random.default_rng(20)
     d, eps = 576, 1e-5
     x, gamma = _f32(rng, 2, 17, d, scale=3.0), _f32(rng, d)
@@ -180,9 +180,9 @@ def test_rope_offset_blocks_match_full_sequence():
 
 @pytest.mark.parametrize(("head_dim", "theta", "start"), [(64, 500000.0, 70000), (16, 10000.0, 0), (6, 1e6, 5)])
 def test_rope_matches_transformers(head_dim, theta, start):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+    import torch
+    import transformers
+    import transformers.models.llama.modeling_llama as llama
     rng = np.random.default_rng(24)
     m, n_heads = 21, 3
     x = _f32(rng, m, n_heads * head_dim, scale=3.0)
@@ -267,7 +267,7 @@ def test_silu_gate_matches_float64(m, f, scale, seed):
 
 
 def test_silu_gate_matches_torch():
-    torch = pytest.importorskip("torch")
+    import torch
     rng = np.random.default_rng(25)
     edges = np.array([0.0, -0.0, 1e-6, -1e-6, 20.0, -20.0, 88.0, -88.0, -87.5, -88.8, -100.0], np.float32)
     gate = np.concatenate([_f32(rng, 20000, scale=5.0), edges])

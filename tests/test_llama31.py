@@ -13,6 +13,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
+import transformers
+import transformers.modeling_rope_utils as rope_utils
 from wse_sim.kernels import rope
 from wse_sim.kernels.llama import rope_inv_freq
 from wse_sim.workloads.checkpoint import CheckpointError, load_checkpoint
@@ -31,10 +34,6 @@ from wse_sim.workloads.tokens import random_tokens
 from wse_sim.workloads.weights import random_weights
 
 from wse_sim.pipeline import RunSpec, run
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-rope_utils = pytest.importorskip("transformers.modeling_rope_utils")
 
 VOCAB = 97
 # float64 reference vs float32 transformers; the brief's bound is 1e-5. Measured errors are in the report.

@@ -11,6 +11,9 @@ import json
 
 import numpy as np
 import pytest
+import safetensors.torch as safetensors_torch
+import torch
+import transformers
 from wse_sim.workloads.checkpoint import CheckpointError, hf_state_dict, load_checkpoint
 from wse_sim.workloads.config import LLAMA_PRESETS, ConfigError, ModelConfig, config_from_hf
 from wse_sim.workloads.hf_reference import (
@@ -22,10 +25,6 @@ from wse_sim.workloads.hf_reference import (
 from wse_sim.workloads.reference import reference_logits
 from wse_sim.workloads.tokens import random_tokens
 from wse_sim.workloads.weights import LlamaLayerWeights, ModelWeights, layer_fields, random_weights
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 # float64 reference vs float32 transformers: measured 2e-7 to 4e-7 on these models (logits up to ~1.7). The
 # brief's bound is 1e-4; this one is tight enough that halving rope_theta fails it (checked below).

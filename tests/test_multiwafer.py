@@ -20,8 +20,6 @@ from wse_sim.mapping.serving import StageNeed, assign_wafers, pack, wafers_neede
 from wse_sim.pipeline import RunSpec, run
 from wse_sim.report.trace import trace_events
 
-pytest.importorskip("transformers")
-
 WSE2 = get_wafer("wse2")
 # Eight layers whose fp32 weights (about 4.5 MB) overflow the 8 x 8-PE "tiny" wafer (3 MB of SRAM).
 BIG = ModelConfig(name="tiny-llama-8l", vocab_size=97, n_positions=64, d_model=96, n_layer=8, n_head=6, d_ff=400,

@@ -4,11 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from wse_sim.cli import main
 from wse_sim.pipeline import RunSpec, run
-
-torch = pytest.importorskip("torch")
 
 
 def hf_logits(model, ids):

@@ -19,8 +19,6 @@ from wse_sim.serve import capacity
 from wse_sim.sim import Engine
 from wse_sim.sim.numerics import Numerics
 
-pytest.importorskip("transformers")
-
 TINY = get_wafer("tiny")  # 8 x 8 PEs
 
 # Odd sizes and grouped-query attention with 3 query heads per KV head; Qwen2 adds q/k/v biases.

@@ -7,6 +7,7 @@ eager attention, the plain matmul-softmax-matmul path whose numerics the simulat
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,14 +24,49 @@ if TYPE_CHECKING:
 _INSTALL_HINT = "pip install 'wse-sim[reference]'"
 
 
-def _import_hf():
+class ReferenceImportError(RuntimeError):
+    """torch and transformers are installed but do not import: the reference is broken, not optional.
+
+    Distinct from ``ImportError`` (the extra is not installed), which callers may report as "unavailable".
+    """
+
+
+def _shadowed_kernels_folder() -> Path | None:
+    """Our ``kernels/`` folder when it stands in for the PyPI package ``kernels`` (which transformers imports).
+
+    That happens when the repository root is on ``sys.path`` (``python -m ...`` or a notebook started there).
+    """
+    try:
+        spec = importlib.util.find_spec("kernels")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).resolve().parent
+    return folder if (folder.parent / "wse_sim" / "__init__.py").is_file() else None  # our checkout's kernels/
+
+
+def import_transformers():
+    """``(torch, transformers)``; ``ImportError`` if either is not installed, ``ReferenceImportError`` if it is
+    installed but fails to import (the exception named)."""
+    missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"the transformers reference needs {' and '.join(missing)} (not installed): {_INSTALL_HINT}")
+    shadow = _shadowed_kernels_folder()
+    if shadow is not None:
+        raise ReferenceImportError(
+            f"transformers cannot import its dependency 'kernels': {shadow} shadows it because the repository "
+            "root is on sys.path; run Python with -P or from another folder"
+        )
     try:
         import torch
         import transformers
-    except ImportError as exc:
-        raise ImportError(
-            f"the transformers reference needs torch and transformers ({exc}): {_INSTALL_HINT}"
-        ) from None
+
+        transformers.PreTrainedModel  # noqa: B018 (transformers imports lazily: this loads its model machinery)
+    except Exception as exc:
+        raise ReferenceImportError(
+            f"transformers is installed but failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
     return torch, transformers
 
 
@@ -44,7 +80,7 @@ _HF_CLASSES = {
 
 def to_hf_config(config: ModelConfig) -> transformers.PretrainedConfig:
     """The ``GPT2Config``, ``LlamaConfig`` or ``Qwen2Config`` of ``config``: no dropout, eager attention."""
-    _, transformers = _import_hf()
+    _, transformers = import_transformers()
     if config.is_llama:
         return _llama_hf_config(config, transformers)
     special = config.vocab_size - 1  # GPT-2 uses 50256 = vocab - 1; valid for any vocabulary size
@@ -128,7 +164,7 @@ def _adopt_meta_rotary(model, hf_config) -> None:
 
 def _build_model(weights: ModelWeights):
     """A float32 eval-mode transformers causal LM holding copies of ``weights``."""
-    torch, transformers = _import_hf()
+    torch, transformers = import_transformers()
     config = weights.config
     if config.tie_word_embeddings != (weights.lm_head is None):
         weights.validate()  # raises CheckpointError explaining the tied/untied mismatch
@@ -152,7 +188,7 @@ def _build_model(weights: ModelWeights):
 
 def transformers_logits(weights: ModelWeights, token_ids: np.ndarray) -> np.ndarray:
     """Logits float32 ``[batch, seq, vocab]`` of the transformers model loaded with ``weights``."""
-    torch, _ = _import_hf()
+    torch, _ = import_transformers()
     ids = check_token_ids(token_ids, weights.config)
     model = _build_model(weights)
     with torch.no_grad():
@@ -165,7 +201,7 @@ def save_hf_checkpoint(weights: ModelWeights, path: str | Path, safe_serializati
     ``safe_serialization`` picks ``model.safetensors`` (via ``save_pretrained``) or ``pytorch_model.bin``
     (``torch.save`` of the state dict: transformers 5 no longer writes ``.bin`` itself, but still loads it).
     """
-    torch, _ = _import_hf()
+    torch, _ = import_transformers()
     weights.validate()
     model = _build_model(weights)
     folder = Path(path)
@@ -183,7 +219,7 @@ def transformers_generate(weights: ModelWeights, prompt_ids: np.ndarray, new_tok
     float32, eager attention, with the KV cache. No eos or pad token, so every row runs to ``new_tokens``
     and each new token is the argmax of the logits (no logits processors).
     """
-    torch, transformers = _import_hf()
+    torch, transformers = import_transformers()
     ids = check_token_ids(prompt_ids, weights.config)
     if not isinstance(new_tokens, int | np.integer) or new_tokens <= 0:
         raise ValueError(f"new_tokens must be a positive integer, got {new_tokens!r}")

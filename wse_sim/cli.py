@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .workloads.hf_reference import ReferenceImportError
 
 
 def _int_at_least(text: str, low: int) -> int:
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not (cli_viz.dispatch(args) or cli_mapping.dispatch(args) or cli_serving.dispatch(args)
                   or cli_calibrate.dispatch(args)):
             _cmd_run(args)
-    except UserError as exc:  # config, checkpoint, SRAM and input errors all derive from it
+    except (UserError, ReferenceImportError) as exc:  # config, checkpoint, SRAM and input errors derive from UserError
         print(f"wse-sim: error: {exc}", file=sys.stderr)
         return 2
     return 0

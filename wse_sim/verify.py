@@ -37,7 +37,7 @@ def compare_logits(logits, executor, weights, tokens, precision: str, last_only:
         hf = transformers_logits(stored, tokens)
         if last_only:
             hf = hf[:, -1:]
-    except ImportError as exc:
+    except ImportError as exc:  # not installed (an optional extra); installed but broken raises
         out |= {"max_abs_err_vs_transformers": None, "top1_agreement": None, "transformers": f"unavailable: {exc}"}
         return out
     out |= {
@@ -57,7 +57,7 @@ def compare_tokens(generated: np.ndarray, weights, prompt: np.ndarray, precision
         from .workloads.hf_reference import transformers_generate
 
         hf = transformers_generate(stored, prompt, generated.shape[1])[:, prompt.shape[1]:]
-    except ImportError as exc:
+    except ImportError as exc:  # not installed (an optional extra); installed but broken raises
         return out | {"tokens_match_transformers": None, "transformers": f"unavailable: {exc}"}
     same = generated == hf
     first = np.argwhere(~same)
