@@ -10,7 +10,7 @@ from conftest import TINY
 from matplotlib.collections import PolyCollection, QuadMesh
 from matplotlib.quiver import Quiver
 
-from wse_sim.pipeline import RunSpec, run
+from wse_sim.app import RunSpec, run
 from wse_sim.report import plots
 from wse_sim.report.timeline import DIRECTIONS, TOP_LINK_LANES, merge_segments
 
