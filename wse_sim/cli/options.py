@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+from ..app import PRECISIONS
 
 
 def int_at_least(text: str, low: int) -> int:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 
 from ..arch import WaferSpec
+from ..kernels.precision import BYTES_PER_ELEM
 from ..workloads import OpKind, OpSpec, WorkloadGraph
-from ..workloads.graph import BYTES_PER_ELEM
+from ..workloads.graph import FLOPS_PER_ELEM, NORM_STATS_FLOPS_PER_ELEM, ROPE_FLOPS_PER_ELEM
 from .collectives import Message, route
 from .plan import (
     ContextWrite,
@@ -179,6 +180,8 @@ class BlockLayout:
         rms = op.kind == OpKind.RMSNORM
         fn = "rmsnorm" if rms else "layernorm"
         npar = self.n_params(op)
+        stats_ops = NORM_STATS_FLOPS_PER_ELEM[op.kind]  # the graph's count, split at the row all-reduce
+        apply_ops = FLOPS_PER_ELEM[op.kind] - stats_ops
         params = tuple(Ref(weight_tensor(op, a), (0, 1), (0, d)) for a in (op.gamma, op.beta) if a is not None)
         t = Builder()
         s = None
@@ -196,7 +199,7 @@ class BlockLayout:
             m0, m1 = self.rows(i)
             stats = [
                 t.add(TaskKind.COMPUTE, tile=(i, j), label="norm stats",
-                      elem_ops_per_pe=(2 if rms else 3) * self.rows_per_pe(i) * self.cols_per_pe(d, j))
+                      elem_ops_per_pe=stats_ops * self.rows_per_pe(i) * self.cols_per_pe(d, j))
                 for j in range(TC)
             ]
             red = t.add(
@@ -210,7 +213,7 @@ class BlockLayout:
             )
             norm.extend(
                 t.add(TaskKind.COMPUTE, deps=(red, *bcast[j]), tile=(i, j), label="norm apply",
-                      elem_ops_per_pe=(npar + 3) * self.rows_per_pe(i) * self.cols_per_pe(d, j))
+                      elem_ops_per_pe=apply_ops * self.rows_per_pe(i) * self.cols_per_pe(d, j))
                 for j in range(TC)
             )
         if s is not None:
@@ -226,7 +229,7 @@ class BlockLayout:
         TR, TC, width = self.TR, self.TC, op.n
         fn = {OpKind.GELU: "gelu", OpKind.SWIGLU: "swiglu"}.get(op.kind, "add")
         t = Builder()
-        per_elem = op.flops // (op.m * op.n)
+        per_elem = FLOPS_PER_ELEM[op.kind]
         for i in range(TR):
             m0, m1 = self.rows(i)
             for j in range(TC):
@@ -253,7 +256,7 @@ class BlockLayout:
             for i in range(TR):
                 m0, m1 = self.rows(i)
                 t.add(TaskKind.COMPUTE, deps=(bc,), tile=(i, j), label="embed add",
-                      elem_ops_per_pe=self.rows_per_pe(i) * self.cols_per_pe(d, j),
+                      elem_ops_per_pe=FLOPS_PER_ELEM[op.kind] * self.rows_per_pe(i) * self.cols_per_pe(d, j),
                       actions=(Elementwise("embedding", Ref(op.name, (m0, m1), (c0, c1)), ()),))
         t.add(TaskKind.BARRIER, deps=tuple(range(len(t.tasks))), label="rows consumed", frees_buffer_of=s)
         sram = max(self.resident_bytes_per_pe([d], i, j) + 2 * self.block_bytes_per_pe(d, i, j)
@@ -347,7 +350,7 @@ class BlockLayout:
                                  pos0_of(bidx, lo)))
         width = (len(self.heads_of(j)) + len(self.kv_heads_of(j))) * dh
         return t.add(TaskKind.COMPUTE, deps=deps, tile=(i, j), label="rope",
-                     elem_ops_per_pe=3 * self.rows_per_pe(i) * ceil_div(width, self.grid.width(j)),
+                     elem_ops_per_pe=ROPE_FLOPS_PER_ELEM * self.rows_per_pe(i) * ceil_div(width, self.grid.width(j)),
                      actions=tuple(acts))
 
     def attn_scores(self, op: OpSpec) -> OpPlan:
@@ -398,7 +401,7 @@ class BlockLayout:
                 acts = tuple(SoftmaxBlock(self.buf(op.block, bidx, h, i), lo - bidx * seq)
                              for bidx, lo, _ in self.segments(i) for h in heads)
                 t.add(TaskKind.COMPUTE, tile=(i, j), label="softmax",
-                      elem_ops_per_pe=5 * self.attn_work_per_pe(i, j), actions=acts)
+                      elem_ops_per_pe=FLOPS_PER_ELEM[op.kind] * self.attn_work_per_pe(i, j), actions=acts)
         return OpPlan(op=op, mapping=self.name, tasks=t.finish(), sram_bytes_per_pe=self.attn_sram(op))
 
     def _context_home(self, t: Builder, deps_of_row, label: str, src_row=None) -> None:
@@ -515,7 +518,8 @@ class BlockLayout:
                             Ref(self.cache_tensor(op.block, "v", bidx), (p0, p1), cols), scale))
                 work = self.graph.batch * ceil_div(p1 - p0, g.height(i)) * ceil_div(len(heads) * dh, g.width(j))
                 partials[i] = t.add(TaskKind.COMPUTE, deps=(bcast,), tile=(i, j), label="attend to cache rows",
-                                    macs_per_pe=2 * work, elem_ops_per_pe=5 * work // dh + 1,
+                                    macs_per_pe=2 * work,
+                                    elem_ops_per_pe=FLOPS_PER_ELEM[OpKind.SOFTMAX] * work // dh + 1,
                                     actions=tuple(acts))
             # Reduce: a binary tree over each tile's PE rows, then a chain up the column to tile row 0.
             vec = self.M * len(heads) * (dh + 2) * ACC_BYTES

@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..workloads import OpSpec
 
 Tile = tuple[int, int]  # (tile row, tile col)
+DEFAULT_TILES = (8, 8)  # tile rows x columns when a run names none (capped by its grid)
 Link = tuple[Tile, Tile]  # directed link between adjacent tiles
 
 

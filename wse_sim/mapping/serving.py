@@ -32,8 +32,8 @@ from itertools import pairwise
 
 from ..arch import WaferSpec
 from ..errors import UserError
+from ..kernels.precision import BYTES_PER_ELEM
 from ..workloads import OpKind, OpSpec, WorkloadGraph
-from ..workloads.graph import BYTES_PER_ELEM
 from .collectives import Message
 from .layout import Builder
 from .plan import ModelPlan, OpPlan, SramOverflowError, Task, TaskKind, TileGrid, ceil_div, split

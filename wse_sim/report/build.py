@@ -20,8 +20,7 @@ def roofline_cycles(wafer: WaferSpec, graph: WorkloadGraph, pes: int, streamed_b
     """Lower bounds: all FLOPs at the grid's peak rate, and the plan's streamed bytes at MemoryX bandwidth
     (``streamed_bytes``; every weight when not given, as in weight streaming; resident-weight plans stream only
     embedding rows)."""
-    peak_flops_per_cycle = 2.0 * wafer.fmac_per_pe_per_cycle(graph.precision) * pes
-    compute = math.ceil(graph.total_flops / peak_flops_per_cycle)
+    compute = math.ceil(graph.total_flops / wafer.peak_flops_per_cycle(graph.precision, pes))
     stream = stream_cycles(wafer, graph.streamed_weight_bytes if streamed_bytes is None else streamed_bytes)
     return {"compute_bound_cycles": compute, "stream_bound_cycles": stream, "bound_cycles": max(compute, stream)}
 
