@@ -9,7 +9,7 @@ different regions, the activations cross to the next region (every tile to the s
 counted on the links in between).
 
 Inside a region, matmuls use the chosen resident mapping (``gemv-tree``, ``gemv-allreduce``, ... or ``auto``,
-which picks per matmul shape by simulated cycles); the KV cache is placed as :meth:`BlockLayout.attn_decode`
+which picks per matmul shape by simulated cycles); the KV cache is placed as :func:`.ops_decode.plan_attn_decode`
 reads it (positions over tile rows, KV heads over tile columns).
 
 With ``wafers`` > 1 (``--wafers N``) the stages are split layer-wise over N wafers in a pipeline: contiguous
