@@ -140,6 +140,7 @@ class _Program:
 
 
 def _flatten(plan: ModelPlan) -> _Program:
+    """The plan's tasks in program order, each with its dependencies (see :class:`_Program`)."""
     tasks: list[Task] = []
     op_of: list[int] = []
     deps: list[list[int]] = []
@@ -199,15 +200,16 @@ class Engine:
 class _Run:
     """One simulation of a plan: SimPy processes, one per task, that hold the task's resources for its cost.
 
-    A task starts when its last dependency finishes (:meth:`launch`); its kind's handler (``_HANDLERS``) holds
-    its resources and tallies their busy time; :meth:`finish` starts the successors it was the last wait of.
+    A task starts when its last dependency finishes (:meth:`launch`): its kind's handler (``_HANDLERS``), a SimPy
+    process, holds its resources for its cost, tallies their busy time and calls :meth:`finish`, which starts the
+    successors it was the last wait of.
     Per-task times feed the critical-path split of each op's cycles (see the module docstring).
     """
 
     bar = None  # a progress bar ticked at the end of each block
 
     def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None, record: bool):
-        self.wafer, self.plan, self.numerics = wafer, plan, numerics
+        self.wafer, self.plan, self.numerics, self.precision = wafer, plan, numerics, plan.precision
         self.env = simpy.Environment()
         prog = _flatten(plan)
         self.tasks, self.op_of, self.deps, self.op_end = prog.tasks, prog.op_of, prog.deps, prog.op_end
@@ -256,14 +258,10 @@ class _Run:
         t = self.tasks[i]
         if t.kind == TaskKind.BARRIER:
             self.finish(i)
-        else:
-            self.env.process(self._process(i, t))
-
-    def _process(self, i: int, t: Task):
-        cost = task_cost(self.wafer, self.plan.precision, t)
+            return
+        cost = task_cost(self.wafer, self.precision, t)
         self.latency[i] = cost.latency_cycles
-        yield from _HANDLERS[t.kind](self, i, t, cost)
-        self.finish(i)
+        self.env.process(_HANDLERS[t.kind](self, i, t, cost))  # the handler ends with finish(i)
 
     def finish(self, i: int) -> None:
         """Task ``i`` ended: run its numerics, free the weight buffer it marks consumed, launch its successors."""
@@ -286,17 +284,18 @@ class _Run:
         """Request every resource of ``keys`` at once, hold them all ``cycles`` once granted, release them.
 
         A task that waited for busy resources is on the critical path of whoever released them last."""
-        env, resources = self.env, self.resources
+        env, resources, last_holder = self.env, self.resources, self.last_holder
         held = [resources.get(key) or resources.setdefault(key, _Resource(env)) for key in keys]
         yield from [r.request() for r in held]  # each in turn (a request event's value is None)
         if env.now > self.ready_t[i]:
-            last = [self.last_holder[key] for key in keys if key in self.last_holder]
+            last = [last_holder[key] for key in keys if key in last_holder]
             if last:
                 self.crit[i] = max(last)[1]
                 self.ready_t[i] = env.now
         yield env.timeout(cycles)
+        released = (env.now, i)
         for key in keys:
-            self.last_holder[key] = (env.now, i)
+            last_holder[key] = released
         for r in held:
             r.release()
 
@@ -325,6 +324,7 @@ class _Run:
         self.tile_busy[t.tile] = self.tile_busy.get(t.tile, 0.0) + cyc
         self.tile_macs[t.tile] = self.tile_macs.get(t.tile, 0.0) + macs
         self._record("tile", t.tile, i, cyc, 0, macs)
+        self.finish(i)
 
     def _transfer(self, i: int, t: Task, cost: TaskCost):
         ser, links = cost.hold_cycles, t.resources()
@@ -334,6 +334,7 @@ class _Run:
             self._record("link", key, i, ser, t.nbytes, 0)
         yield self.env.timeout(cost.latency_cycles)
         self.op_bytes[t.kind][self.op_of[i]] += t.nbytes
+        self.finish(i)
 
     def _stream(self, i: int, t: Task, cost: TaskCost):
         if self.free_slots > 0:
@@ -346,6 +347,7 @@ class _Run:
         self.memoryx_busy += cost.hold_cycles
         self._record("memoryx", "memoryx", i, cost.hold_cycles, t.nbytes, 0)
         self.op_bytes[t.kind][self.op_of[i]] += t.nbytes
+        self.finish(i)
 
     def _interwafer(self, i: int, t: Task, cost: TaskCost):
         ser = cost.hold_cycles
@@ -354,6 +356,7 @@ class _Run:
         self._record("interwafer", t.wafer_link, i, ser, t.nbytes, 0)
         yield self.env.timeout(cost.latency_cycles)
         self.op_bytes[t.kind][self.op_of[i]] += t.nbytes
+        self.finish(i)
 
     # ---- the result --------------------------------------------------------------------------------------------
     def result(self) -> SimResult:
