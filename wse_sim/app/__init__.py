@@ -12,8 +12,9 @@ The Python API::
 """
 
 from ..kernels.precision import PRECISIONS
+from ..mapping import DEFAULT_TILES
 from ..workloads.hf_reference import ReferenceImportError
 from .run import run
 from .scenario import RunOutput, RunSpec, Scenario
 
-__all__ = ["PRECISIONS", "ReferenceImportError", "RunOutput", "RunSpec", "Scenario", "run"]
+__all__ = ["DEFAULT_TILES", "PRECISIONS", "ReferenceImportError", "RunOutput", "RunSpec", "Scenario", "run"]
