@@ -22,9 +22,9 @@ def bound_cycles(wafer: WaferSpec, precision: str, plan: OpPlan) -> int:
     finish: list[int] = []
     load: dict = {}
     for t in plan.tasks:  # tasks only depend on earlier tasks of the op
-        cost = task_cost(wafer, precision, t)
+        hold, latency = task_cost(wafer, precision, t)
         for key in t.resources():
-            load[key] = load.get(key, 0) + cost.hold_cycles
+            load[key] = load.get(key, 0) + hold
         deps = t.deps
-        finish.append((max(map(finish.__getitem__, deps)) if deps else 0) + cost.cycles)
+        finish.append((max(map(finish.__getitem__, deps)) if deps else 0) + hold + latency)
     return max(max(finish, default=0), max(load.values(), default=0))
