@@ -27,9 +27,10 @@ from ..workloads import OpKind, OpSpec, WorkloadGraph
 from .estimate import bound_cycles
 from .layout import BlockLayout
 from .plan import ModelPlan, OpPlan, SramOverflowError, TileGrid
-from .registry import get_mapping, register
+from .registry import get_mapping, mapping_info, register
 from .resident import ResidentLayout
 
+# The search order (candidates with equal bounds are simulated in this order).
 CANDIDATE_MAPPINGS = ("weight-streaming", "summa", "cannon", "meshgemm", "systolic", "gemv-tree", "gemv-allreduce")
 # Tile grids tried when the user does not fix one (``--tiles``); PE-level granularity is too slow for whole models.
 CANDIDATE_TILE_GRIDS = ((8, 8), (12, 12))
@@ -73,20 +74,38 @@ def _shape_key(op: OpSpec) -> tuple:
     return (op.m, op.k, op.n, op.bias is not None)
 
 
-@register("auto")
+def resident_candidates() -> tuple[str, ...]:
+    """The resident candidates, GEMV mappings first (serving decodes): what serving's auto-mapper tries."""
+    resident = (name for name in CANDIDATE_MAPPINGS if mapping_info(name).resident)
+    return tuple(sorted(resident, key=lambda name: not mapping_info(name).gemv))
+
+
+def streaming_mapping() -> str:
+    """The candidate mapping that streams weights: non-matmul ops are planned on its layout."""
+    return next(name for name in CANDIDATE_MAPPINGS if not mapping_info(name).resident)
+
+
+def streaming_candidate(candidates: list[Candidate]) -> Candidate:
+    """The candidate that keeps no weight resident: always feasible, the last resort when SRAM runs out."""
+    return next(c for c in candidates if not mapping_info(c.mapping).resident)
+
+
+@register("auto", searches=True)
 class Auto:
     name = "auto"
 
     def __init__(self, simulate: Simulate | None = None, candidates: tuple[str, ...] = CANDIDATE_MAPPINGS,
-                 tile_grids=None):
+                 tile_grids=None, fixed_tiles: bool = False):
         self.simulate = simulate  # the engine, injected from above (mappings never import the simulator)
         self.candidates = candidates
         self.tile_grids = tile_grids  # None: the grid given to plan() plus CANDIDATE_TILE_GRIDS
+        self.fixed_tiles = fixed_tiles  # the user fixed the tile grid: search no other
 
-    def plan(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid, fixed_tiles: bool = False) -> ModelPlan:
+    def plan(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid, fixed_tiles: bool | None = None
+             ) -> ModelPlan:
         best = None
         errors = []
-        for tr, tc in self.grid_shapes(grid, fixed_tiles):
+        for tr, tc in self.grid_shapes(grid, self.fixed_tiles if fixed_tiles is None else fixed_tiles):
             g = TileGrid.make(grid.rows, grid.cols, tr, tc)
             try:
                 search = self.search(graph, wafer, g)
@@ -113,7 +132,7 @@ class Auto:
                             "wse_sim.pipeline.make_mapping('auto')")
         layouts: dict[str, BlockLayout] = {}
         for name in self.candidates:
-            if name in ("cannon", "meshgemm") and grid.tile_rows != grid.tile_cols:
+            if mapping_info(name).square_tiles and grid.tile_rows != grid.tile_cols:
                 continue
             layouts[name] = get_mapping(name).layout(graph, wafer, grid)
 
@@ -201,7 +220,8 @@ class Auto:
         """Plan every op with the chosen mappings; if SRAM still overflows, demote more shapes and retry."""
         layouts, memo, chosen = search.layouts, search.memo, dict(search.chosen)
         demoted = dict(search.demoted)  # shape key -> the mapping it had before SRAM forced a smaller one
-        base = get_mapping("weight-streaming").layout(graph, wafer, search.grid)
+        streaming = streaming_mapping()
+        base = get_mapping(streaming).layout(graph, wafer, search.grid)
         ops = list(graph.ops())
         while True:
             kept = {k for k, c in chosen.items() if c.kept_bytes_per_pe}
@@ -216,7 +236,7 @@ class Auto:
                         op_plans.append(base.plan_op(op))
                         continue
                     key = _shape_key(op)
-                    name = chosen[key].mapping if key in kept else "weight-streaming"
+                    name = chosen[key].mapping if key in kept else streaming
                     p = (layouts[name] if name in layouts else base).matmul(op)
                     op_plans.append(replace(p, notes=f"auto chose {name}: {p.notes}"))
                 break
@@ -225,7 +245,7 @@ class Auto:
                     raise
                 k = min(kept, key=lambda k: chosen[k].kept_bytes_per_pe)
                 demoted.setdefault(k, chosen[k].mapping)
-                chosen[k] = next(c for c in memo[k] if c.mapping == "weight-streaming")
+                chosen[k] = streaming_candidate(memo[k])
         decisions = []
         for key, cands in memo.items():
             names = [op.name for op in ops if op.kind == OpKind.MATMUL and _shape_key(op) == key]

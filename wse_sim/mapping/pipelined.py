@@ -63,7 +63,7 @@ def _place(op_plan: OpPlan, row: int, inbound: list[Task]) -> OpPlan:
     return replace(op_plan, tasks=tuple(tasks))
 
 
-@register("pipelined")
+@register("pipelined", resident=True, whole_model=True)
 class Pipelined:
     name = "pipelined"
 

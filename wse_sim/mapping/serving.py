@@ -34,13 +34,19 @@ from ..arch import WaferSpec
 from ..errors import UserError
 from ..workloads import OpKind, OpSpec, WorkloadGraph
 from ..workloads.graph import BYTES_PER_ELEM
+from .auto import resident_candidates
 from .collectives import Message
 from .layout import Builder
 from .plan import ModelPlan, OpPlan, SramOverflowError, Task, TaskKind, TileGrid, ceil_div, split
-from .registry import get_mapping
+from .registry import get_mapping, mapping_info
 from .resident import ResidentLayout
 
-RESIDENT_MAPPINGS = ("gemv-tree", "gemv-allreduce", "summa", "cannon", "meshgemm", "systolic")
+
+def check_inner(name: str, what: str = "serving keeps weights resident") -> None:
+    """A UserError unless ``name`` can run matmuls inside a serving region: a resident candidate, or a search."""
+    if not mapping_info(name).searches and name not in resident_candidates():
+        raise UserError(f"{what}: --mapping must be auto or one of {', '.join(resident_candidates())}, "
+                        f"not {name!r}")
 
 
 @dataclass(frozen=True)
@@ -139,21 +145,17 @@ class Serving:
     name = "serving"
 
     def __init__(self, inner: str = "auto", choose: Callable | None = None, cache_positions: int | None = None):
-        if inner != "auto" and inner not in RESIDENT_MAPPINGS:
-            raise UserError(f"serving keeps weights resident: --mapping must be auto or one of "
-                            f"{', '.join(RESIDENT_MAPPINGS)}, not {inner!r}")
-        if inner == "auto" and choose is None:
-            raise UserError("serving with auto needs a chooser (built by wse_sim.pipeline)")
+        check_inner(inner)
+        self.searches = mapping_info(inner).searches
+        if self.searches and choose is None:
+            raise UserError(f"serving with {inner} needs a chooser (built by wse_sim.app.serve)")
         self.inner, self.choose = inner, choose
         self.cache_positions = cache_positions  # SRAM reserved for this many cache positions (None: the graph's)
 
     # ---- per-region planning ---------------------------------------------------------------------------------
     def layouts(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid) -> tuple[dict, ResidentLayout]:
         """({op name: layout for that matmul}, layout for everything else)."""
-        if self.inner == "auto":
-            by_shape = self.choose(graph, region)
-        else:
-            by_shape = None
+        by_shape = self.choose(graph, region) if self.searches else None
         cache: dict[str, ResidentLayout] = {}
 
         def layout(name):
@@ -166,7 +168,7 @@ class Serving:
             if op.kind == OpKind.MATMUL:
                 name = by_shape[(op.m, op.k, op.n, op.bias is not None)] if by_shape else self.inner
                 per_op[op.name] = layout(name)
-        return per_op, layout("gemv-tree" if self.inner == "auto" else self.inner)
+        return per_op, layout(resident_candidates()[0] if self.searches else self.inner)
 
     def kv_positions(self, graph: WorkloadGraph) -> int:
         """Cache positions per sequence to reserve SRAM for (0: no cache, a plain prefill)."""
