@@ -130,14 +130,11 @@ class Auto:
         if self.simulate is None:
             raise UserError("auto needs a simulator to confirm its estimates: build it with "
                             "wse_sim.pipeline.make_mapping('auto')")
-        layouts: dict[str, BlockLayout] = {}
-        for name in self.candidates:
-            if mapping_info(name).square_tiles and grid.tile_rows != grid.tile_cols:
-                continue
-            layouts[name] = get_mapping(name).layout(graph, wafer, grid)
+        layouts = {name: get_mapping(name).layout(graph, wafer, grid) for name in self.candidates
+                   if not (mapping_info(name).square_tiles and grid.tile_rows != grid.tile_cols)}
 
         def simulate(op_plan: OpPlan) -> int:
-            return self.simulate(wafer, ModelPlan(mapping="auto", grid=grid, precision=graph.precision,
+            return self.simulate(wafer, ModelPlan(mapping=self.name, grid=grid, precision=graph.precision,
                                                   ops=(op_plan,)))
 
         memo: dict[tuple, list[Candidate]] = {}
@@ -150,28 +147,8 @@ class Auto:
             count[key] = count.get(key, 0) + 1
             if key in memo:
                 continue
-            cands = []
-            for name, ctx in layouts.items():
-                c = Candidate(name)
-                try:
-                    plan = ctx.matmul(op)
-                    c.bound_cycles = bound_cycles(wafer, graph.precision, plan)
-                    c.working_bytes_per_pe = plan.sram_bytes_per_pe
-                    if isinstance(ctx, ResidentLayout):
-                        c.kept_bytes_per_pe = ctx.kept_bytes_per_pe(op)
-                        if c.kept_bytes_per_pe + plan.sram_bytes_per_pe > wafer.sram_bytes_per_pe:
-                            raise SramOverflowError(op.name, c.kept_bytes_per_pe + plan.sram_bytes_per_pe,
-                                                    wafer.sram_bytes_per_pe, "resident weights + working set")
-                    c.plan = plan
-                except (SramOverflowError, UserError) as exc:
-                    c.infeasible = str(exc)
-                cands.append(c)
-            best_sim = None
-            for c in sorted((c for c in cands if c.plan is not None), key=lambda c: c.bound_cycles):
-                if best_sim is not None and c.bound_cycles >= best_sim:
-                    break  # pruned: its lower bound cannot beat what is already simulated
-                c.simulated_cycles = simulate(c.plan)
-                best_sim = c.simulated_cycles if best_sim is None else min(best_sim, c.simulated_cycles)
+            cands = [self._rank(name, ctx, op, wafer, graph.precision) for name, ctx in layouts.items()]
+            best_sim = self._confirm(cands, simulate)
             plans[key] = {c.mapping: c.plan for c in cands if c.plan is not None}
             for c in cands:
                 c.plan = None  # plans hold real op names; the final plan is built per op in build()
@@ -182,16 +159,53 @@ class Auto:
 
         chosen = {key: min((c for c in cands if c.simulated_cycles is not None),
                            key=lambda c: (c.simulated_cycles, c.mapping)) for key, cands in memo.items()}
-        # Resident weights of all ops chosen resident must fit beside the largest working set. Until they do, the
-        # shape that loses least per byte freed moves to its best candidate with a smaller footprint (weight
-        # streaming keeps nothing resident, so this ends).
+        demoted = self._fit_resident(memo, chosen, count, lambda k, c: simulate(plans[k][c.mapping]),
+                                     wafer.sram_bytes_per_pe)
+        total = sum(count[k] * self._estimate(chosen[k]) for k in memo)
+        return Search(grid, layouts, memo, chosen, demoted, total)
+
+    @staticmethod
+    def _rank(name: str, ctx: BlockLayout, op: OpSpec, wafer: WaferSpec, precision: str) -> Candidate:
+        """Candidate ``name`` for ``op``: its plan and analytical bound, or why it does not fit."""
+        c = Candidate(name)
+        try:
+            plan = ctx.matmul(op)
+            c.bound_cycles = bound_cycles(wafer, precision, plan)
+            c.working_bytes_per_pe = plan.sram_bytes_per_pe
+            if isinstance(ctx, ResidentLayout):
+                c.kept_bytes_per_pe = ctx.kept_bytes_per_pe(op)
+                if c.kept_bytes_per_pe + plan.sram_bytes_per_pe > wafer.sram_bytes_per_pe:
+                    raise SramOverflowError(op.name, c.kept_bytes_per_pe + plan.sram_bytes_per_pe,
+                                            wafer.sram_bytes_per_pe, "resident weights + working set")
+            c.plan = plan
+        except (SramOverflowError, UserError) as exc:
+            c.infeasible = str(exc)
+        return c
+
+    @staticmethod
+    def _confirm(cands: list[Candidate], simulate: Callable[[OpPlan], int]) -> int | None:
+        """Simulate the feasible candidates in order of their bounds until the next bound cannot beat the best
+        simulated time (branch and bound); returns that time (None: nothing feasible)."""
+        best_sim = None
+        for c in sorted((c for c in cands if c.plan is not None), key=lambda c: c.bound_cycles):
+            if best_sim is not None and c.bound_cycles >= best_sim:
+                break  # pruned: its lower bound cannot beat what is already simulated
+            c.simulated_cycles = simulate(c.plan)
+            best_sim = c.simulated_cycles if best_sim is None else min(best_sim, c.simulated_cycles)
+        return best_sim
+
+    def _fit_resident(self, memo: dict, chosen: dict, count: dict, simulate: Callable[[tuple, Candidate], int],
+                      sram: int) -> dict[tuple, str]:
+        """Resident weights of all ops chosen resident must fit beside the largest working set. Until they do, the
+        shape that loses least per byte freed moves (in ``chosen``) to its best candidate with a smaller
+        footprint (weight streaming keeps nothing resident, so this ends). Returns {shape key: mapping it had}."""
         demoted: dict[tuple, str] = {}
         while True:
             kept = {k: c for k, c in chosen.items() if c.kept_bytes_per_pe}
             reserved = sum(count[k] * c.kept_bytes_per_pe for k, c in kept.items())
             working = max((c.working_bytes_per_pe for c in kept.values()), default=0)
-            if not kept or reserved + working <= wafer.sram_bytes_per_pe:
-                break
+            if not kept or reserved + working <= sram:
+                return demoted
 
             def fallback(k):
                 smaller = [c for c in memo[k] if not c.infeasible and c.kept_bytes_per_pe < chosen[k].kept_bytes_per_pe]
@@ -207,13 +221,11 @@ class Auto:
             k = min(kept, key=loss_per_byte)
             fb = fallback(k)
             if fb is None:
-                break  # nothing smaller fits; build() reports the overflow
+                return demoted  # nothing smaller fits; build() reports the overflow
             if fb.simulated_cycles is None:
-                fb.simulated_cycles = simulate(plans[k][fb.mapping])
+                fb.simulated_cycles = simulate(k, fb)
             demoted.setdefault(k, chosen[k].mapping)
             chosen[k] = fb
-        total = sum(count[k] * self._estimate(chosen[k]) for k in memo)
-        return Search(grid, layouts, memo, chosen, demoted, total)
 
     @gc_paused()
     def build(self, graph: WorkloadGraph, wafer: WaferSpec, search: Search) -> ModelPlan:
@@ -260,7 +272,7 @@ class Auto:
             decisions.append(entry)
         for d in decisions:
             d["ops"] = d["ops"] if len(d["ops"]) <= 4 else [*d["ops"][:3], f"... {len(d['ops'])} ops"]
-        return ModelPlan(mapping="auto", grid=search.grid, precision=graph.precision, ops=tuple(op_plans),
+        return ModelPlan(mapping=self.name, grid=search.grid, precision=graph.precision, ops=tuple(op_plans),
                          params={"tile_grid": list(search.grid.shape), "estimated_matmul_cycles": search.total_cycles,
                                  "decisions": decisions},
                          resident_bytes_per_pe=reserved)
