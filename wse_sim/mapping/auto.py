@@ -9,7 +9,7 @@ streaming. The tile grid with the least total matmul time wins. Non-matmul ops u
 layout's plans in every case.
 
 The engine is injected (``simulate``): the mapping layer never imports the simulator, so data still flows one
-way; :func:`wse_sim.pipeline.make_mapping` wires them together.
+way; :func:`wse_sim.app.scenario.make_mapping` wires them together.
 
 The decisions, with every runner-up's bound and simulated cycles (or why it was infeasible), go into the plan's
 ``params["decisions"]`` and from there into report.json.
@@ -36,7 +36,7 @@ CANDIDATE_MAPPINGS = ("weight-streaming", "summa", "cannon", "meshgemm", "systol
 CANDIDATE_TILE_GRIDS = ((8, 8), (12, 12))
 
 
-# (wafer, plan) -> simulated cycles: the discrete-event engine, passed in by wse_sim.pipeline.make_mapping.
+# (wafer, plan) -> simulated cycles: the discrete-event engine, passed in by wse_sim.app.scenario.make_mapping.
 Simulate = Callable[[WaferSpec, ModelPlan], int]
 
 
@@ -129,7 +129,7 @@ class Auto:
         """Rank and simulate the candidates of every distinct matmul shape on one tile grid."""
         if self.simulate is None:
             raise UserError("auto needs a simulator to confirm its estimates: build it with "
-                            "wse_sim.pipeline.make_mapping('auto')")
+                            "wse_sim.app.scenario.make_mapping('auto')")
         layouts = {name: get_mapping(name).layout(graph, wafer, grid) for name in self.candidates
                    if not (mapping_info(name).square_tiles and grid.tile_rows != grid.tile_cols)}
 
