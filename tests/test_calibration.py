@@ -1,7 +1,8 @@
 """Calibration against published wafer measurements: every case near its figure, the report files, the fit, the CLI.
 
 Every case must pass (a hard assertion that prints the whole table when one does not); docs/validation.md has the
-numbers and where the model is weak.
+numbers and where the model is weak. The wafer is a frozen copy of the wse2 preset (tests/data/wse2-frozen.toml), so
+``wse-sim calibrate --write`` refitting the preset cannot break these tests.
 """
 
 from __future__ import annotations
@@ -10,18 +11,19 @@ import csv
 import math
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from wse_sim.app import calibrate as cal
 from wse_sim.app.calibrate import registry
 from wse_sim.app.calibrate.validate import compared_with
-from wse_sim.arch import get_wafer, load_wafer
-from wse_sim.arch.wafer import preset_path
+from wse_sim.arch import load_wafer
 from wse_sim.cli import main
 from wse_sim.mapping.gemv import tree_root, two_way_tree
 
-WSE2 = get_wafer("wse2")
+FROZEN = Path(__file__).parent / "data" / "wse2-frozen.toml"  # wse_sim/arch/presets/wse2.toml as fitted
+WSE2 = load_wafer(str(FROZEN))
 
 @pytest.fixture(scope="module")
 def validated(tmp_path_factory):
@@ -105,10 +107,10 @@ def test_fit_keeps_parameters_physical():
 
 def test_calibrate_write_is_deterministic_on_a_copy(tmp_path, capsys):
     toml = tmp_path / "wse2.toml"
-    shutil.copy(preset_path("wse2"), toml)
+    shutil.copy(FROZEN, toml)
     before = toml.read_text()
-    args = ["calibrate", "--write", "--toml", str(toml), "--date", "2025-01-02", "--cases", "C1-gemv-16k,C1-gemv-32k",
-            "--params", "stage_overhead_cycles"]
+    args = ["calibrate", "--wafer", str(FROZEN), "--write", "--toml", str(toml), "--date", "2025-01-02",
+            "--cases", "C1-gemv-16k,C1-gemv-32k", "--params", "stage_overhead_cycles"]
     assert main(args) == 0
     first = toml.read_text()
     assert main(args) == 0
@@ -135,7 +137,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_validate_cli_writes_the_report(tmp_path, capsys):
-    assert main(["validate", "--out", str(tmp_path), "--cases", "C1-gemv-16k,C1-gemv-32k"]) == 0
+    args = ["validate", "--wafer", str(FROZEN), "--out", str(tmp_path), "--cases", "C1-gemv-16k,C1-gemv-32k"]
+    assert main(args) == 0
     assert "2 of 2 cases within 10%" in capsys.readouterr().out
     assert {p.name for p in tmp_path.iterdir()} == {"validation.csv", "validation.md", "validation.png"}
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import UserError
+from ..mapping import mapping_info
 from .run import run
 from .scenario import RunSpec
 
@@ -48,7 +49,7 @@ def compare(spec: RunSpec, mappings: list[str], log=print, out: Path | None = No
             "top1_agreement": n.get("top1_agreement"),
             "reason": None if n.get("enabled") else f"numerics {n.get('reason')}",
         }
-        if name == "auto":
+        if mapping_info(name).searches:
             chosen = sorted({d["chosen"] for d in report["mapping"]["params"]["decisions"]})
             row["reason"] = "auto chose " + ", ".join(chosen)
         rows.append(row)

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..arch import load_wafer
+from ..arch import WaferSpec, load_wafer
 from ..errors import UserError
-from ..mapping import ModelPlan, TileGrid
-from ..mapping.gemv import GemvTree
+from ..mapping import ModelPlan, TileGrid, mapping_info
 from ..sim import Engine
 from ..sim.numerics import Numerics
 from ..workloads import lower_gemm
@@ -37,7 +36,7 @@ class GemmSpec:
     precision: str = "fp16"
     numerics: bool = False
     seed: int = 0
-    fan_in: int | None = None  # gemv-tree reduction fan-in; None: the wafer's reduce_fan_in
+    fan_in: int | None = None  # gemv-tree reduction fan-in; None: the wafer's reduce_fan_in (an option only if set)
 
 
 def _grid(spec: GemmSpec, wafer) -> TileGrid:
@@ -46,18 +45,15 @@ def _grid(spec: GemmSpec, wafer) -> TileGrid:
     return make_grid(wafer, spec.grid, tiles, spec.tile)
 
 
-def plan_gemm(spec: GemmSpec):
-    wafer = load_wafer(spec.wafer)
+def plan_gemm(spec: GemmSpec, wafer: WaferSpec | None = None, **options):
+    """(wafer, graph, plan) of ``spec``'s matmul; ``wafer`` overrides ``spec.wafer`` (fits pass objects) and
+    ``options`` go to the mapping with ``spec.fan_in`` when set."""
+    wafer = wafer or load_wafer(spec.wafer)
     graph = lower_gemm(spec.m, spec.k, spec.n, spec.precision)
-    grid = _grid(spec, wafer)
-    mapping = make_mapping(spec.mapping)
-    if spec.mapping == "gemv-tree":
-        mapping = GemvTree(fan_in=spec.fan_in)
-    if spec.mapping == "auto":
-        plan = mapping.plan(graph, wafer, grid, fixed_tiles=bool(spec.tiles or spec.tile))
-    else:
-        plan = mapping.plan(graph, wafer, grid)
-    return wafer, graph, plan
+    if spec.fan_in is not None:
+        options["fan_in"] = spec.fan_in
+    mapping = make_mapping(spec.mapping, fixed_tiles=bool(spec.tiles or spec.tile), **options)
+    return wafer, graph, mapping.plan(graph, wafer, _grid(spec, wafer))
 
 
 def run_gemm(spec: GemmSpec) -> dict:
@@ -87,10 +83,11 @@ def gemm_report(spec, wafer, graph, plan: ModelPlan, result, wall_s, executor, a
     seconds = total / wafer.clock_hz
     flops = 2 * spec.m * spec.k * spec.n
     peak = wafer.peak_flops_per_s(spec.precision, pes)
+    searched = mapping_info(plan.mapping).searches
     report = {
         "shape": {"m": spec.m, "k": spec.k, "n": spec.n, "gemv": spec.m == 1},
         "wafer": wafer.name,
-        "mapping": plan.ops[0].mapping if plan.mapping == "auto" else plan.mapping,
+        "mapping": plan.ops[0].mapping if searched else plan.mapping,
         "mapping_requested": spec.mapping,
         "grid_pes": [grid.rows, grid.cols],
         "tile_grid": list(grid.shape),
@@ -109,7 +106,7 @@ def gemm_report(spec, wafer, graph, plan: ModelPlan, result, wall_s, executor, a
         "notes": plan.ops[0].notes,
         "simulation": {"tasks": result.tasks, "wall_s": round(wall_s, 3)},
     }
-    if plan.mapping == "auto":
+    if searched:
         report["auto"] = plan.params
     if executor is not None:
         ref = a.astype(np.float64) @ b.astype(np.float64)

@@ -25,12 +25,9 @@ def run_prefill(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
                         "with weight streaming runs on one wafer (--phase generate reports the prefill's TTFT "
                         "on N wafers)")
     graph = lower_model(config, spec.batch, spec.seq, spec.precision)
-    mapping = make_mapping(spec.mapping)
+    mapping = make_mapping(spec.mapping, fixed_tiles=bool(spec.tiles or spec.tile))
     with gc_paused():  # hundreds of thousands of tasks, no cycles: see wse_sim.gc_pause
-        if spec.mapping == "auto":  # the auto-mapper also searches tile grids unless the user fixed one
-            plan = mapping.plan(graph, wafer, scn.grid, fixed_tiles=bool(spec.tiles or spec.tile))
-        else:
-            plan = mapping.plan(graph, wafer, scn.grid)
+        plan = mapping.plan(graph, wafer, scn.grid)
 
     numerics_on, reason = numerics_enabled(spec, config)
     executor = tokens = weights = None

@@ -11,8 +11,7 @@ import numpy as np
 
 from ..arch import WaferSpec, load_wafer, parse_grid
 from ..errors import UserError
-from ..mapping import DEFAULT_TILES, ModelPlan, TileGrid, get_mapping
-from ..mapping.auto import Auto
+from ..mapping import DEFAULT_TILES, ModelPlan, TileGrid, get_mapping, mapping_info
 from ..sim import Engine, SimResult
 from ..workloads import ModelConfig, get_preset, load_hf_config
 from ..workloads.checkpoint import load_checkpoint
@@ -129,11 +128,12 @@ def simulated_cycles(wafer: WaferSpec, plan: ModelPlan) -> int:
     return Engine(wafer, plan).run().total_cycles
 
 
-def make_mapping(name: str):
-    """The registered mapping ``name``; ``auto`` gets the engine to confirm its estimates."""
-    if name == "auto":
-        return Auto(simulate=simulated_cycles)
-    return get_mapping(name)
+def make_mapping(name: str, fixed_tiles: bool = False, **options):
+    """The registered mapping ``name`` with ``options``; one that searches gets the engine to confirm its
+    estimates, and searches no other tile grid when the user fixed one (``fixed_tiles``)."""
+    if mapping_info(name).searches:
+        options |= {"simulate": simulated_cycles, "fixed_tiles": fixed_tiles}
+    return get_mapping(name, **options)
 
 
 def numerics_enabled(spec: RunSpec, config: ModelConfig) -> tuple[bool, str | None]:

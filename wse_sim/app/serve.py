@@ -16,9 +16,9 @@ import numpy as np
 from ..arch import WaferSpec
 from ..errors import UserError
 from ..gc_pause import gc_paused
-from ..mapping import ModelPlan, TileGrid
-from ..mapping.auto import Auto
-from ..mapping.serving import RESIDENT_MAPPINGS, Serving, assign_wafers, regions_on, stage_of, wafers_needed
+from ..mapping import ModelPlan, TileGrid, get_mapping, mapping_info
+from ..mapping.auto import resident_candidates
+from ..mapping.serving import Serving, assign_wafers, check_inner, regions_on, stage_of, wafers_needed
 from ..report.build import build_report
 from ..sim import Engine, SimResult
 from ..sim.numerics import Numerics
@@ -79,7 +79,7 @@ class Chooser:
 
     def __init__(self, wafer: WaferSpec, simulate):
         self.wafer = wafer
-        self.auto = Auto(simulate=simulate, candidates=RESIDENT_MAPPINGS)
+        self.auto = get_mapping("auto", simulate=simulate, candidates=resident_candidates())
         self.memo: dict = {}
         self.decisions: list = []
 
@@ -103,9 +103,7 @@ class ServingRun:
     def __init__(self, config: ModelConfig, wafer: WaferSpec, region: TileGrid, mapping: str, precision: str,
                  batch: int, layer_subset: int | None, cache_positions: int, simulate, progress: bool = False,
                  wafers: int = 1):
-        if mapping != "auto" and mapping not in RESIDENT_MAPPINGS:
-            raise UserError(f"decode and generate keep weights resident: --mapping must be auto or one of "
-                            f"{', '.join(RESIDENT_MAPPINGS)}, not {mapping!r}")
+        check_inner(mapping, "decode and generate keep weights resident")
         self.full_config = config
         if layer_subset is not None:
             if not 1 <= layer_subset <= config.n_layer:
@@ -118,7 +116,7 @@ class ServingRun:
             raise UserError(f"--wafers must be at least 1, got {wafers}")
         r, c = regions_on(wafer, region.rows, region.cols)
         self.n_regions, self.wafers = r * c, wafers
-        self.chooser = Chooser(wafer, simulate) if mapping == "auto" else None
+        self.chooser = Chooser(wafer, simulate) if mapping_info(mapping).searches else None
         self.serving = Serving(mapping, choose=self.chooser, cache_positions=cache_positions)
 
     @property

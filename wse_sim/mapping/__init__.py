@@ -2,10 +2,11 @@
 
 from . import auto, cannon, gemv, meshgemm, pipelined, summa, systolic, weight_streaming  # noqa: F401  (each registers its mapping)
 from .plan import DEFAULT_TILES, ModelPlan, OpPlan, SramOverflowError, Task, TaskKind, TileGrid, split
-from .registry import get_mapping, mapping_names, register
+from .registry import MappingInfo, get_mapping, mapping_info, mapping_names, register
 
 __all__ = [
     "DEFAULT_TILES",
+    "MappingInfo",
     "ModelPlan",
     "OpPlan",
     "SramOverflowError",
@@ -13,6 +14,7 @@ __all__ = [
     "TaskKind",
     "TileGrid",
     "get_mapping",
+    "mapping_info",
     "mapping_names",
     "register",
     "split",

@@ -9,7 +9,7 @@ streaming. The tile grid with the least total matmul time wins. Non-matmul ops u
 layout's plans in every case.
 
 The engine is injected (``simulate``): the mapping layer never imports the simulator, so data still flows one
-way; :func:`wse_sim.pipeline.make_mapping` wires them together.
+way; :func:`wse_sim.app.scenario.make_mapping` wires them together.
 
 The decisions, with every runner-up's bound and simulated cycles (or why it was infeasible), go into the plan's
 ``params["decisions"]`` and from there into report.json.
@@ -27,15 +27,16 @@ from ..workloads import OpKind, OpSpec, WorkloadGraph
 from .estimate import bound_cycles
 from .layout import BlockLayout
 from .plan import DEFAULT_TILES, ModelPlan, OpPlan, SramOverflowError, TileGrid
-from .registry import get_mapping, register
+from .registry import get_mapping, mapping_info, register
 from .resident import ResidentLayout
 
+# The search order (candidates with equal bounds are simulated in this order).
 CANDIDATE_MAPPINGS = ("weight-streaming", "summa", "cannon", "meshgemm", "systolic", "gemv-tree", "gemv-allreduce")
 # Tile grids tried when the user does not fix one (``--tiles``); PE-level granularity is too slow for whole models.
 CANDIDATE_TILE_GRIDS = (DEFAULT_TILES, (12, 12))
 
 
-# (wafer, plan) -> simulated cycles: the discrete-event engine, passed in by wse_sim.pipeline.make_mapping.
+# (wafer, plan) -> simulated cycles: the discrete-event engine, passed in by wse_sim.app.scenario.make_mapping.
 Simulate = Callable[[WaferSpec, ModelPlan], int]
 
 
@@ -73,20 +74,38 @@ def _shape_key(op: OpSpec) -> tuple:
     return (op.m, op.k, op.n, op.bias is not None)
 
 
-@register("auto")
+def resident_candidates() -> tuple[str, ...]:
+    """The resident candidates, GEMV mappings first (serving decodes): what serving's auto-mapper tries."""
+    resident = (name for name in CANDIDATE_MAPPINGS if mapping_info(name).resident)
+    return tuple(sorted(resident, key=lambda name: not mapping_info(name).gemv))
+
+
+def streaming_mapping() -> str:
+    """The candidate mapping that streams weights: non-matmul ops are planned on its layout."""
+    return next(name for name in CANDIDATE_MAPPINGS if not mapping_info(name).resident)
+
+
+def streaming_candidate(candidates: list[Candidate]) -> Candidate:
+    """The candidate that keeps no weight resident: always feasible, the last resort when SRAM runs out."""
+    return next(c for c in candidates if not mapping_info(c.mapping).resident)
+
+
+@register("auto", searches=True)
 class Auto:
     name = "auto"
 
     def __init__(self, simulate: Simulate | None = None, candidates: tuple[str, ...] = CANDIDATE_MAPPINGS,
-                 tile_grids=None):
+                 tile_grids=None, fixed_tiles: bool = False):
         self.simulate = simulate  # the engine, injected from above (mappings never import the simulator)
         self.candidates = candidates
         self.tile_grids = tile_grids  # None: the grid given to plan() plus CANDIDATE_TILE_GRIDS
+        self.fixed_tiles = fixed_tiles  # the user fixed the tile grid: search no other
 
-    def plan(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid, fixed_tiles: bool = False) -> ModelPlan:
+    def plan(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid, fixed_tiles: bool | None = None
+             ) -> ModelPlan:
         best = None
         errors = []
-        for tr, tc in self.grid_shapes(grid, fixed_tiles):
+        for tr, tc in self.grid_shapes(grid, self.fixed_tiles if fixed_tiles is None else fixed_tiles):
             g = TileGrid.make(grid.rows, grid.cols, tr, tc)
             try:
                 search = self.search(graph, wafer, g)
@@ -110,15 +129,12 @@ class Auto:
         """Rank and simulate the candidates of every distinct matmul shape on one tile grid."""
         if self.simulate is None:
             raise UserError("auto needs a simulator to confirm its estimates: build it with "
-                            "wse_sim.pipeline.make_mapping('auto')")
-        layouts: dict[str, BlockLayout] = {}
-        for name in self.candidates:
-            if name in ("cannon", "meshgemm") and grid.tile_rows != grid.tile_cols:
-                continue
-            layouts[name] = get_mapping(name).layout(graph, wafer, grid)
+                            "wse_sim.app.scenario.make_mapping('auto')")
+        layouts = {name: get_mapping(name).layout(graph, wafer, grid) for name in self.candidates
+                   if not (mapping_info(name).square_tiles and grid.tile_rows != grid.tile_cols)}
 
         def simulate(op_plan: OpPlan) -> int:
-            return self.simulate(wafer, ModelPlan(mapping="auto", grid=grid, precision=graph.precision,
+            return self.simulate(wafer, ModelPlan(mapping=self.name, grid=grid, precision=graph.precision,
                                                   ops=(op_plan,)))
 
         memo: dict[tuple, list[Candidate]] = {}
@@ -131,28 +147,8 @@ class Auto:
             count[key] = count.get(key, 0) + 1
             if key in memo:
                 continue
-            cands = []
-            for name, ctx in layouts.items():
-                c = Candidate(name)
-                try:
-                    plan = ctx.matmul(op)
-                    c.bound_cycles = bound_cycles(wafer, graph.precision, plan)
-                    c.working_bytes_per_pe = plan.sram_bytes_per_pe
-                    if isinstance(ctx, ResidentLayout):
-                        c.kept_bytes_per_pe = ctx.kept_bytes_per_pe(op)
-                        if c.kept_bytes_per_pe + plan.sram_bytes_per_pe > wafer.sram_bytes_per_pe:
-                            raise SramOverflowError(op.name, c.kept_bytes_per_pe + plan.sram_bytes_per_pe,
-                                                    wafer.sram_bytes_per_pe, "resident weights + working set")
-                    c.plan = plan
-                except (SramOverflowError, UserError) as exc:
-                    c.infeasible = str(exc)
-                cands.append(c)
-            best_sim = None
-            for c in sorted((c for c in cands if c.plan is not None), key=lambda c: c.bound_cycles):
-                if best_sim is not None and c.bound_cycles >= best_sim:
-                    break  # pruned: its lower bound cannot beat what is already simulated
-                c.simulated_cycles = simulate(c.plan)
-                best_sim = c.simulated_cycles if best_sim is None else min(best_sim, c.simulated_cycles)
+            cands = [self._rank(name, ctx, op, wafer, graph.precision) for name, ctx in layouts.items()]
+            best_sim = self._confirm(cands, simulate)
             plans[key] = {c.mapping: c.plan for c in cands if c.plan is not None}
             for c in cands:
                 c.plan = None  # plans hold real op names; the final plan is built per op in build()
@@ -163,16 +159,53 @@ class Auto:
 
         chosen = {key: min((c for c in cands if c.simulated_cycles is not None),
                            key=lambda c: (c.simulated_cycles, c.mapping)) for key, cands in memo.items()}
-        # Resident weights of all ops chosen resident must fit beside the largest working set. Until they do, the
-        # shape that loses least per byte freed moves to its best candidate with a smaller footprint (weight
-        # streaming keeps nothing resident, so this ends).
+        demoted = self._fit_resident(memo, chosen, count, lambda k, c: simulate(plans[k][c.mapping]),
+                                     wafer.sram_bytes_per_pe)
+        total = sum(count[k] * self._estimate(chosen[k]) for k in memo)
+        return Search(grid, layouts, memo, chosen, demoted, total)
+
+    @staticmethod
+    def _rank(name: str, ctx: BlockLayout, op: OpSpec, wafer: WaferSpec, precision: str) -> Candidate:
+        """Candidate ``name`` for ``op``: its plan and analytical bound, or why it does not fit."""
+        c = Candidate(name)
+        try:
+            plan = ctx.matmul(op)
+            c.bound_cycles = bound_cycles(wafer, precision, plan)
+            c.working_bytes_per_pe = plan.sram_bytes_per_pe
+            if isinstance(ctx, ResidentLayout):
+                c.kept_bytes_per_pe = ctx.kept_bytes_per_pe(op)
+                if c.kept_bytes_per_pe + plan.sram_bytes_per_pe > wafer.sram_bytes_per_pe:
+                    raise SramOverflowError(op.name, c.kept_bytes_per_pe + plan.sram_bytes_per_pe,
+                                            wafer.sram_bytes_per_pe, "resident weights + working set")
+            c.plan = plan
+        except (SramOverflowError, UserError) as exc:
+            c.infeasible = str(exc)
+        return c
+
+    @staticmethod
+    def _confirm(cands: list[Candidate], simulate: Callable[[OpPlan], int]) -> int | None:
+        """Simulate the feasible candidates in order of their bounds until the next bound cannot beat the best
+        simulated time (branch and bound); returns that time (None: nothing feasible)."""
+        best_sim = None
+        for c in sorted((c for c in cands if c.plan is not None), key=lambda c: c.bound_cycles):
+            if best_sim is not None and c.bound_cycles >= best_sim:
+                break  # pruned: its lower bound cannot beat what is already simulated
+            c.simulated_cycles = simulate(c.plan)
+            best_sim = c.simulated_cycles if best_sim is None else min(best_sim, c.simulated_cycles)
+        return best_sim
+
+    def _fit_resident(self, memo: dict, chosen: dict, count: dict, simulate: Callable[[tuple, Candidate], int],
+                      sram: int) -> dict[tuple, str]:
+        """Resident weights of all ops chosen resident must fit beside the largest working set. Until they do, the
+        shape that loses least per byte freed moves (in ``chosen``) to its best candidate with a smaller
+        footprint (weight streaming keeps nothing resident, so this ends). Returns {shape key: mapping it had}."""
         demoted: dict[tuple, str] = {}
         while True:
             kept = {k: c for k, c in chosen.items() if c.kept_bytes_per_pe}
             reserved = sum(count[k] * c.kept_bytes_per_pe for k, c in kept.items())
             working = max((c.working_bytes_per_pe for c in kept.values()), default=0)
-            if not kept or reserved + working <= wafer.sram_bytes_per_pe:
-                break
+            if not kept or reserved + working <= sram:
+                return demoted
 
             def fallback(k):
                 smaller = [c for c in memo[k] if not c.infeasible and c.kept_bytes_per_pe < chosen[k].kept_bytes_per_pe]
@@ -188,20 +221,19 @@ class Auto:
             k = min(kept, key=loss_per_byte)
             fb = fallback(k)
             if fb is None:
-                break  # nothing smaller fits; build() reports the overflow
+                return demoted  # nothing smaller fits; build() reports the overflow
             if fb.simulated_cycles is None:
-                fb.simulated_cycles = simulate(plans[k][fb.mapping])
+                fb.simulated_cycles = simulate(k, fb)
             demoted.setdefault(k, chosen[k].mapping)
             chosen[k] = fb
-        total = sum(count[k] * self._estimate(chosen[k]) for k in memo)
-        return Search(grid, layouts, memo, chosen, demoted, total)
 
     @gc_paused()
     def build(self, graph: WorkloadGraph, wafer: WaferSpec, search: Search) -> ModelPlan:
         """Plan every op with the chosen mappings; if SRAM still overflows, demote more shapes and retry."""
         layouts, memo, chosen = search.layouts, search.memo, dict(search.chosen)
         demoted = dict(search.demoted)  # shape key -> the mapping it had before SRAM forced a smaller one
-        base = get_mapping("weight-streaming").layout(graph, wafer, search.grid)
+        streaming = streaming_mapping()
+        base = get_mapping(streaming).layout(graph, wafer, search.grid)
         ops = list(graph.ops())
         while True:
             kept = {k for k, c in chosen.items() if c.kept_bytes_per_pe}
@@ -216,7 +248,7 @@ class Auto:
                         op_plans.append(base.plan_op(op))
                         continue
                     key = _shape_key(op)
-                    name = chosen[key].mapping if key in kept else "weight-streaming"
+                    name = chosen[key].mapping if key in kept else streaming
                     p = (layouts[name] if name in layouts else base).matmul(op)
                     op_plans.append(replace(p, notes=f"auto chose {name}: {p.notes}"))
                 break
@@ -225,7 +257,7 @@ class Auto:
                     raise
                 k = min(kept, key=lambda k: chosen[k].kept_bytes_per_pe)
                 demoted.setdefault(k, chosen[k].mapping)
-                chosen[k] = next(c for c in memo[k] if c.mapping == "weight-streaming")
+                chosen[k] = streaming_candidate(memo[k])
         decisions = []
         for key, cands in memo.items():
             names = [op.name for op in ops if op.kind == OpKind.MATMUL and _shape_key(op) == key]
@@ -240,7 +272,7 @@ class Auto:
             decisions.append(entry)
         for d in decisions:
             d["ops"] = d["ops"] if len(d["ops"]) <= 4 else [*d["ops"][:3], f"... {len(d['ops'])} ops"]
-        return ModelPlan(mapping="auto", grid=search.grid, precision=graph.precision, ops=tuple(op_plans),
+        return ModelPlan(mapping=self.name, grid=search.grid, precision=graph.precision, ops=tuple(op_plans),
                          params={"tile_grid": list(search.grid.shape), "estimated_matmul_cycles": search.total_cycles,
                                  "decisions": decisions},
                          resident_bytes_per_pe=reserved)

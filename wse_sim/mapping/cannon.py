@@ -118,7 +118,7 @@ class CannonLayout(ResidentLayout):
                        lane / n, hops, buffers=2, forwards=True)
 
 
-@register("cannon")
+@register("cannon", resident=True, square_tiles=True)
 class Cannon(ResidentMapping):
     name = "cannon"
     layout_cls = CannonLayout

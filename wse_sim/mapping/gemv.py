@@ -223,13 +223,13 @@ class _GemvMapping(ResidentMapping):
         return ctx
 
 
-@register("gemv-allreduce")
+@register("gemv-allreduce", resident=True, gemv=True)
 class GemvAllreduce(_GemvMapping):
     name = "gemv-allreduce"
     layout_cls = GemvLayout
 
 
-@register("gemv-tree")
+@register("gemv-tree", resident=True, gemv=True)
 class GemvTree(_GemvMapping):
     name = "gemv-tree"
     layout_cls = GemvTreeLayout

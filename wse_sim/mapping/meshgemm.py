@@ -27,7 +27,7 @@ class MeshGemmLayout(CannonLayout):
         return interleaved_ring(q)
 
 
-@register("meshgemm")
+@register("meshgemm", resident=True, square_tiles=True)
 class MeshGemm(ResidentMapping):
     name = "meshgemm"
     layout_cls = MeshGemmLayout

@@ -17,12 +17,14 @@ the grid's SRAM, then per stage (weights + activations + buffers per PE).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from itertools import accumulate
 
 from ..arch import WaferSpec
 from ..errors import UserError
 from ..kernels.precision import BYTES_PER_ELEM
 from ..workloads import OpKind, WorkloadGraph
+from .placement import shift, stage_count, stage_of
 from .plan import ModelPlan, OpPlan, SramOverflowError, Task, TaskKind, TileGrid, ceil_div, split
 from .registry import register
 from .summa import SummaLayout
@@ -39,31 +41,23 @@ class StageLayout(SummaLayout):
         self.m_edges = (r0, r1)
 
 
-def _shift(task: Task, row: int, offset: int) -> Task:
-    """Move a task planned on a one-tile-row grid to tile row ``row``; its dependencies move by ``offset``."""
-    def tile(t):
-        return (t[0] + row, t[1])
+@dataclass(frozen=True)
+class Bands:
+    """The grid cut into one band of PE rows per stage."""
 
-    return replace(task, deps=tuple(d + offset for d in task.deps),
-                   tile=tile(task.tile) if task.tile is not None else None,
-                   links=tuple((tile(a), tile(b)) for a, b in task.links),
-                   frees_buffer_of=task.frees_buffer_of + offset if task.frees_buffer_of is not None else None)
+    heights: tuple[int, ...]
+    row_edges: tuple[int, ...]  # PE row where each band starts, and the grid's end
+    full: TileGrid  # the whole grid, one tile row per band
+    grids: tuple[TileGrid, ...]  # each band on its own (one tile row)
 
-
-def _place(op_plan: OpPlan, row: int, inbound: list[Task]) -> OpPlan:
-    """The op's tasks moved to tile row ``row``, after ``inbound`` transfers that bring its input."""
-    n = len(inbound)
-    first = tuple(range(n))
-    tasks = list(inbound)
-    for t in op_plan.tasks:
-        moved = _shift(t, row, n)
-        if n and not t.deps and t.kind != TaskKind.STREAM:
-            moved = replace(moved, deps=first)
-        tasks.append(moved)
-    return replace(op_plan, tasks=tuple(tasks))
+    @classmethod
+    def of(cls, grid: TileGrid, heights: list[int]) -> Bands:
+        edges = (0, *accumulate(heights))
+        return cls(tuple(heights), edges, TileGrid(grid.rows, grid.cols, edges, grid.col_edges),
+                   tuple(TileGrid(h, grid.cols, (0, h), grid.col_edges) for h in heights))
 
 
-@register("pipelined")
+@register("pipelined", resident=True, whole_model=True)
 class Pipelined:
     name = "pipelined"
 
@@ -74,12 +68,51 @@ class Pipelined:
         if graph.config is None:
             raise UserError("pipelined runs whole models; use another mapping for a single matmul")
         ops = list(graph.ops())
-        blocks = [name for name, _ in graph.blocks]
-        stage_of = {blk: max(0, i - 1) for i, blk in enumerate(blocks)}  # embed shares layer 0's band
-        n_stages = len(blocks) - 1
+        n_stages = stage_count(graph)
         if n_stages > grid.rows:
             raise UserError(f"pipelined needs at least one PE row per stage: {n_stages} stages, {grid.rows} rows")
+        weight_bytes, sram_total = self._check_weights_fit(wafer, grid, ops)
+        n_mb = self.microbatches or graph.batch
+        if graph.batch % n_mb:
+            raise UserError(f"pipelined: {graph.batch} sequences do not split into {n_mb} equal micro-batches")
+        rows = graph.batch // n_mb * graph.seq  # token rows per micro-batch
+        heights = self._rebalance(graph, wafer, grid, ops, self._band_heights(grid, ops, n_stages), rows)
+        bands = Bands.of(grid, heights)
+        # Per stage: resident weights (layouts of the first micro-batch; the same for every micro-batch).
+        kept = [0] * n_stages
+        first_layouts = [StageLayout(graph, wafer, band, 0, rows) for band in bands.grids]
+        for op in ops:
+            kept[stage_of(op)] += first_layouts[stage_of(op)].kept_bytes_per_pe(op)
+        op_plans: list[OpPlan] = []
+        index: dict[tuple[int, str], int] = {}
+        for u in range(n_mb):
+            layouts = [StageLayout(graph, wafer, band, u * rows, (u + 1) * rows) for band in bands.grids]
+            for ctx, reserved in zip(layouts, kept, strict=True):
+                ctx.reserved_bytes_per_pe = reserved
+            prev = None
+            for op in ops:
+                s = stage_of(op)
+                inbound = self._inbound(graph, bands, stage_of(prev), s, rows) if prev else []
+                p = shift(self._plan_op(layouts[s], op, s, bands, kept[s]), s, 0, inbound)
+                after = [index[u, prev.name]] if prev else []
+                if u:
+                    after.append(index[u - 1, op.name])
+                index[u, op.name] = len(op_plans)
+                op_plans.append(replace(p, mapping=self.name, after=tuple(after),
+                                        notes=f"stage {s} (PE rows {bands.row_edges[s]}-"
+                                              f"{bands.row_edges[s + 1] - 1}), micro-batch {u}"))
+                prev = op
+        return ModelPlan(
+            mapping=self.name, grid=bands.full, precision=graph.precision, ops=tuple(op_plans),
+            params={"stages": n_stages, "microbatches": n_mb, "stage_pe_rows": heights,
+                    "stage_resident_bytes_per_pe": kept, "weights_bytes": weight_bytes,
+                    "grid_sram_bytes": sram_total},
+            resident_bytes_per_pe=max(kept),
+        )
 
+    @staticmethod
+    def _check_weights_fit(wafer: WaferSpec, grid: TileGrid, ops) -> tuple[int, int]:
+        """(weight bytes, the grid's SRAM bytes); an SramOverflowError when the weights alone exceed it."""
         weight_bytes = sum(op.weight_bytes for op in ops if op.kind != OpKind.EMBEDDING)
         sram_total = grid.rows * grid.cols * wafer.sram_bytes_per_pe
         if weight_bytes > sram_total:
@@ -88,85 +121,48 @@ class Pipelined:
                 f"pipelined keeps every weight resident: the weights alone ({weight_bytes / 1e9:.2f} GB) exceed "
                 f"the SRAM of the {grid.rows}x{grid.cols} grid ({sram_total / 1e9:.2f} GB)", per_pe=False,
             )
+        return weight_bytes, sram_total
 
-        # Bands: PE rows per stage in proportion to the larger of its share of FLOPs (balanced stage times) and
-        # of weights (so each band's SRAM is filled evenly); at least one row each.
+    @staticmethod
+    def _band_heights(grid: TileGrid, ops, n_stages: int) -> list[int]:
+        """PE rows per stage in proportion to the larger of its share of FLOPs (balanced stage times) and of
+        weights (so each band's SRAM is filled evenly); at least one row each."""
         flops, weights = [0] * n_stages, [0] * n_stages
         for op in ops:
-            flops[stage_of[op.block]] += op.flops
-            weights[stage_of[op.block]] += op.weight_bytes if op.kind != OpKind.EMBEDDING else 0
+            flops[stage_of(op)] += op.flops
+            weights[stage_of(op)] += op.weight_bytes if op.kind != OpKind.EMBEDDING else 0
         share = [max(f / sum(flops), w / max(sum(weights), 1)) for f, w in zip(flops, weights, strict=True)]
         heights = [max(1, int(grid.rows * x / sum(share))) for x in share]
         while sum(heights) > grid.rows:
             heights[heights.index(max(heights))] -= 1
         heights[heights.index(max(heights))] += grid.rows - sum(heights)
-        n_mb = self.microbatches or graph.batch
-        if graph.batch % n_mb:
-            raise UserError(f"pipelined: {graph.batch} sequences do not split into {n_mb} equal micro-batches")
-        seqs = graph.batch // n_mb
-        heights = self._rebalance(graph, wafer, grid, ops, stage_of, heights, seqs * graph.seq)
-        row_edges = [0]
-        for h in heights:
-            row_edges.append(row_edges[-1] + h)
-        tc = grid.tile_cols
-        full = TileGrid(grid.rows, grid.cols, tuple(row_edges), grid.col_edges)
-        bands = [TileGrid(h, grid.cols, (0, h), grid.col_edges) for h in heights]
+        return heights
 
+    @staticmethod
+    def _plan_op(ctx: StageLayout, op, s: int, bands: Bands, kept: int) -> OpPlan:
+        """The op on its band; an SRAM overflow names the stage and its budget."""
+        try:
+            return ctx.plan_op(op)
+        except SramOverflowError as exc:
+            raise SramOverflowError(
+                exc.op_name, exc.needed, exc.available,
+                f"pipelined stage {s} ({bands.heights[s]} of {bands.full.rows} PE rows): {kept:,} B/PE of resident "
+                f"weights + {exc.needed - kept:,} B/PE working set (activations, buffers, accumulators)",
+            ) from None
+
+    @staticmethod
+    def _inbound(graph: WorkloadGraph, bands: Bands, src: int, dst: int, rows: int) -> list[Task]:
+        """Activations ``[rows, d_model]`` flowing down from band ``src`` to band ``dst`` (none within a band)."""
+        if src == dst:
+            return []
         b = BYTES_PER_ELEM[graph.precision]
-
-        # Per stage: resident weights (layouts of the first micro-batch; the same for every micro-batch).
-        kept = [0] * n_stages
-        first_layouts = [StageLayout(graph, wafer, bands[s], 0, seqs * graph.seq) for s in range(n_stages)]
-        for op in ops:
-            kept[stage_of[op.block]] += first_layouts[stage_of[op.block]].kept_bytes_per_pe(op)
-
-        op_plans: list[OpPlan] = []
-        index: dict[tuple[int, str], int] = {}
-        for u in range(n_mb):
-            r0, r1 = u * seqs * graph.seq, (u + 1) * seqs * graph.seq
-            layouts = [StageLayout(graph, wafer, bands[s], r0, r1) for s in range(n_stages)]
-            for s, ctx in enumerate(layouts):
-                ctx.reserved_bytes_per_pe = kept[s]
-            prev_name = None
-            prev_stage = None
-            for op in ops:
-                s = stage_of[op.block]
-                ctx = layouts[s]
-                try:
-                    p = ctx.plan_op(op)
-                except SramOverflowError as exc:
-                    raise SramOverflowError(
-                        exc.op_name, exc.needed, exc.available,
-                        f"pipelined stage {s} ({heights[s]} of {grid.rows} PE rows): {kept[s]:,} B/PE of resident "
-                        f"weights + {exc.needed - kept[s]:,} B/PE working set (activations, buffers, accumulators)",
-                    ) from None
-                inbound = []
-                if prev_stage is not None and s != prev_stage:
-                    d_edges = split(graph.config.d_model, tc)
-                    for j in range(tc):
-                        c0, c1 = d_edges[j], d_edges[j + 1]
-                        inbound.append(Task(
-                            TaskKind.TRANSFER, label=f"activations band {prev_stage} -> {s}, col {j}",
-                            links=tuple(((i, j), (i + 1, j)) for i in range(prev_stage, s)),
-                            bytes_per_lane=(r1 - r0) * ceil_div(c1 - c0, full.width(j)) * b,
-                            hops=row_edges[s] - row_edges[prev_stage], nbytes=(r1 - r0) * (c1 - c0) * b,
-                        ))
-                p = _place(p, s, inbound)
-                after = [index[u, prev_name]] if prev_name else []
-                if u:
-                    after.append(index[u - 1, op.name])
-                index[u, op.name] = len(op_plans)
-                op_plans.append(replace(p, mapping=self.name, after=tuple(after),
-                                        notes=f"stage {s} (PE rows {row_edges[s]}-{row_edges[s + 1] - 1}), "
-                                              f"micro-batch {u}"))
-                prev_name, prev_stage = op.name, s
-        return ModelPlan(
-            mapping=self.name, grid=full, precision=graph.precision, ops=tuple(op_plans),
-            params={"stages": n_stages, "microbatches": n_mb, "stage_pe_rows": heights,
-                    "stage_resident_bytes_per_pe": kept, "weights_bytes": weight_bytes,
-                    "grid_sram_bytes": sram_total},
-            resident_bytes_per_pe=max(kept),
-        )
+        full, tc = bands.full, bands.full.tile_cols
+        d_edges = split(graph.config.d_model, tc)
+        return [Task(TaskKind.TRANSFER, label=f"activations band {src} -> {dst}, col {j}",
+                     links=tuple(((i, j), (i + 1, j)) for i in range(src, dst)),
+                     bytes_per_lane=rows * ceil_div(d_edges[j + 1] - d_edges[j], full.width(j)) * b,
+                     hops=bands.row_edges[dst] - bands.row_edges[src], nbytes=rows * (d_edges[j + 1] - d_edges[j]) * b)
+                for j in range(tc)]
 
     @staticmethod
     def stage_need(graph, wafer, grid, ops, height: int, rows: int) -> int:
@@ -177,14 +173,14 @@ class Pipelined:
         kept = sum(ctx.kept_bytes_per_pe(op) for op in ops)
         return kept + max(ctx.plan_op(op).sram_bytes_per_pe for op in ops)
 
-    def _rebalance(self, graph, wafer, grid, ops, stage_of, heights, rows) -> list[int]:
+    def _rebalance(self, graph, wafer, grid, ops, heights, rows) -> list[int]:
         """Move PE rows from stages with SRAM to spare to stages that overflow (their FLOP share set the start).
 
         A stage's bytes per PE fall roughly as 1 / its height, so an overflowing stage asks for
         ``height * need / SRAM`` rows (+1), taken from the stages with the most spare, none below its own need.
         """
         sram = wafer.sram_bytes_per_pe
-        by_stage = [[op for op in ops if stage_of[op.block] == s] for s in range(len(heights))]
+        by_stage = [[op for op in ops if stage_of(op) == s] for s in range(len(heights))]
         heights = list(heights)
         need = [self.stage_need(graph, wafer, grid, by_stage[s], h, rows) for s, h in enumerate(heights)]
         for _ in range(4 * len(heights)):

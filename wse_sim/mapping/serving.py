@@ -33,14 +33,21 @@ from itertools import pairwise
 from ..arch import WaferSpec
 from ..errors import UserError
 from ..kernels.precision import BYTES_PER_ELEM
-from ..workloads import OpKind, OpSpec, WorkloadGraph
+from ..workloads import OpKind, WorkloadGraph
+from .auto import resident_candidates
 from .collectives import Message
 from .layout import Builder
+from .placement import shift, stage_count, stage_of
 from .plan import ModelPlan, OpPlan, SramOverflowError, Task, TaskKind, TileGrid, ceil_div, split
-from .registry import get_mapping
+from .registry import get_mapping, mapping_info
 from .resident import ResidentLayout
 
-RESIDENT_MAPPINGS = ("gemv-tree", "gemv-allreduce", "summa", "cannon", "meshgemm", "systolic")
+
+def check_inner(name: str, what: str = "serving keeps weights resident") -> None:
+    """A UserError unless ``name`` can run matmuls inside a serving region: a resident candidate, or a search."""
+    if not mapping_info(name).searches and name not in resident_candidates():
+        raise UserError(f"{what}: --mapping must be auto or one of {', '.join(resident_candidates())}, "
+                        f"not {name!r}")
 
 
 @dataclass(frozen=True)
@@ -64,11 +71,6 @@ def snake(n: int, per_row: int) -> list[Region]:
         r, c = divmod(k, per_row)
         out.append(Region(k, r, c if r % 2 == 0 else per_row - 1 - c))
     return out
-
-
-def stage_of(op: OpSpec) -> int:
-    """Stage index: the embedding rides with layer 0, the head (final norm, LM head) is the last stage."""
-    return max(op.layer, 0)
 
 
 @dataclass
@@ -139,21 +141,17 @@ class Serving:
     name = "serving"
 
     def __init__(self, inner: str = "auto", choose: Callable | None = None, cache_positions: int | None = None):
-        if inner != "auto" and inner not in RESIDENT_MAPPINGS:
-            raise UserError(f"serving keeps weights resident: --mapping must be auto or one of "
-                            f"{', '.join(RESIDENT_MAPPINGS)}, not {inner!r}")
-        if inner == "auto" and choose is None:
-            raise UserError("serving with auto needs a chooser (built by wse_sim.pipeline)")
+        check_inner(inner)
+        self.searches = mapping_info(inner).searches
+        if self.searches and choose is None:
+            raise UserError(f"serving with {inner} needs a chooser (built by wse_sim.app.serve)")
         self.inner, self.choose = inner, choose
         self.cache_positions = cache_positions  # SRAM reserved for this many cache positions (None: the graph's)
 
     # ---- per-region planning ---------------------------------------------------------------------------------
     def layouts(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid) -> tuple[dict, ResidentLayout]:
         """({op name: layout for that matmul}, layout for everything else)."""
-        if self.inner == "auto":
-            by_shape = self.choose(graph, region)
-        else:
-            by_shape = None
+        by_shape = self.choose(graph, region) if self.searches else None
         cache: dict[str, ResidentLayout] = {}
 
         def layout(name):
@@ -166,7 +164,7 @@ class Serving:
             if op.kind == OpKind.MATMUL:
                 name = by_shape[(op.m, op.k, op.n, op.bias is not None)] if by_shape else self.inner
                 per_op[op.name] = layout(name)
-        return per_op, layout("gemv-tree" if self.inner == "auto" else self.inner)
+        return per_op, layout(resident_candidates()[0] if self.searches else self.inner)
 
     def kv_positions(self, graph: WorkloadGraph) -> int:
         """Cache positions per sequence to reserve SRAM for (0: no cache, a plain prefill)."""
@@ -184,7 +182,7 @@ class Serving:
         for ctx in {id(c): c for c in (*per_op.values(), base)}.values():
             ctx.enforce_sram = False
         plans = [per_op.get(op.name, base).plan_op(op) for op in ops]
-        needs = [StageNeed() for _ in range(graph.config.n_layer + 1)]
+        needs = [StageNeed() for _ in range(stage_count(graph))]
         for op, p in zip(ops, plans, strict=True):
             need = needs[stage_of(op)]
             need.kept_bytes_per_pe += per_op.get(op.name, base).kept_bytes_per_pe(op)
@@ -223,7 +221,7 @@ class Serving:
         needs = self.with_cache(bare, base.kv_cache_bytes_per_pe(positions) if positions else 0)
         sram = wafer.sram_bytes_per_pe
         cfg = graph.config
-        n_stages = cfg.n_layer + 1
+        n_stages = stage_count(graph)
         if wafers > n_stages:
             raise UserError(f"--wafers {wafers}: {cfg.name} has {n_stages} pipeline stages ({cfg.n_layer} layers + "
                             f"the LM head); a wafer needs at least one")
@@ -347,20 +345,3 @@ class Serving:
         t.send(msgs, label=f"activations region {src.index} -> {dst.index}")
         return t.tasks
 
-
-def shift(op_plan: OpPlan, dr: int, dc: int, inbound: list[Task]) -> OpPlan:
-    """The op's tasks moved by (dr, dc) tiles, after ``inbound`` transfers (already in global coordinates)."""
-    n = len(inbound)
-
-    def tile(t):
-        return (t[0] + dr, t[1] + dc)
-
-    tasks = list(inbound)
-    first = tuple(range(n))
-    for task in op_plan.tasks:
-        moved = replace(task, deps=tuple(x + n for x in task.deps) or (first if task.kind != TaskKind.STREAM else ()),
-                        tile=tile(task.tile) if task.tile is not None else None,
-                        links=tuple((tile(a), tile(z)) for a, z in task.links),
-                        frees_buffer_of=task.frees_buffer_of + n if task.frees_buffer_of is not None else None)
-        tasks.append(moved)
-    return replace(op_plan, tasks=tuple(tasks))

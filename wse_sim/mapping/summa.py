@@ -159,7 +159,7 @@ class PeSummaLayout(SummaLayout):
     pe_level_steps = True
 
 
-@register("summa")
+@register("summa", resident=True)
 class Summa(ResidentMapping):
     name = "summa"
     layout_cls = PeSummaLayout

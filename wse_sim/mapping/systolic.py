@@ -66,7 +66,7 @@ class SystolicLayout(ResidentLayout):
                       notes=f"{TC} A panels per tile row, store-and-forward; B columns replicated x{TR}")
 
 
-@register("systolic")
+@register("systolic", resident=True)
 class Systolic(ResidentMapping):
     name = "systolic"
     layout_cls = SystolicLayout

@@ -8,13 +8,9 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from ...arch import WaferSpec
-from ...mapping import get_mapping
-from ...mapping.gemv import GemvAllreduce, GemvTree
 from ...sim import Engine
-from ...workloads import lower_gemm
-from ..gemm import GemmSpec
+from ..gemm import GemmSpec, plan_gemm
 from ..gemm import gemm_report as build
-from ..scenario import make_grid
 from .case import Case, geomean
 
 
@@ -23,17 +19,11 @@ def gemm_report(wafer: WaferSpec, m: int, k: int, n: int, mapping: str, grid: st
                 precision: str = "fp16", x_replicated: bool = False, y_replicated: bool = False) -> dict:
     """``wse-sim gemm``'s report for one matmul on ``wafer`` (an object, so fits need no files). Cached: the
     same run serves several cases and a fit's repeated residuals."""
-    graph = lower_gemm(m, k, n, precision)
-    tile_grid = make_grid(wafer, grid, tiles)
-    if mapping in ("gemv-tree", "gemv-allreduce"):
-        cls = GemvTree if mapping == "gemv-tree" else GemvAllreduce
-        plan_maker = cls(x_replicated=x_replicated, y_replicated=y_replicated)
-    else:
-        plan_maker = get_mapping(mapping)
-    plan = plan_maker.plan(graph, wafer, tile_grid)
+    spec = GemmSpec(m=m, k=k, n=n, wafer=wafer.name, grid=grid, tiles=tiles, mapping=mapping, precision=precision)
+    layouts = {"x_replicated": x_replicated, "y_replicated": y_replicated}
+    _, graph, plan = plan_gemm(spec, wafer, **{k: v for k, v in layouts.items() if v})  # GEMV mappings' options
     t0 = time.perf_counter()
     result = Engine(wafer, plan).run()
-    spec = GemmSpec(m=m, k=k, n=n, wafer=wafer.name, grid=grid, tiles=tiles, mapping=mapping, precision=precision)
     return build(spec, wafer, graph, plan, result, time.perf_counter() - t0, None, None, None)
 
 
