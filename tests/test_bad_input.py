@@ -1,6 +1,12 @@
 """Bad input and interrupted runs (issue 14 part 2): one-line errors, exit 2, nothing written."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +58,66 @@ def test_pe_level_whole_wafer_refused_then_allowed_by_the_limit(tmp_path, capsys
     monkeypatch.setenv("WSE_SIM_MAX_MEMORY_GB", "1e9")
     assert make_grid(load_wafer("wse2"), tile="4x4").tile_rows > 100  # allowed once the limit is raised
 
+
+TINY_CONFIG = {"model_type": "gpt2", "n_embd": 48, "n_layer": 2, "n_head": 3, "vocab_size": 101,
+               "n_positions": 64, "activation_function": "gelu_new"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A small run's model, wafer and sizes (the config lives outside each test's tmp_path)."""
+    config = tmp_path_factory.mktemp("model") / "config.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    return ["--model", str(config), "--wafer", "tiny", "--seq", "4", "--tiles", "2x2"]
+
+
+@pytest.mark.parametrize(
+    ("option", "make", "needle"),
+    [
+        ("--out", lambda d: (d / "f").write_text("x") and d / "f", "is a file, not a folder"),
+        ("--out", lambda d: d / "ro" / "sub", "is not writable"),
+        ("--save-logits", lambda d: d / "missing" / "l.npy", "does not exist"),
+        ("--trace", lambda d: d, "is a folder, not a file"),
+    ],
+)
+def test_output_paths_checked_before_the_run(tiny_run, tmp_path, capsys, monkeypatch, option, make, needle):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    if needle == "is not writable" and os.access(tmp_path / "ro", os.W_OK):
+        pytest.skip("running as root: every folder is writable")
+    monkeypatch.setattr("wse_sim.cli.run.run", lambda *a, **k: pytest.fail("simulated despite a bad path"))
+    args = ["--out", str(tmp_path / "o")] if option != "--out" else []
+    rc = main(["run", *tiny_run, "--no-numerics", "--quiet", *args, option, str(make(tmp_path))])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists() and not (tmp_path / "ro" / "sub").exists()
+
+
+@pytest.mark.parametrize("how", ["sigint", "sigterm"])
+def test_interrupted_while_writing_leaves_nothing_and_exits_130(tiny_run, tmp_path, capsys, monkeypatch, how):
+    def interrupted(report, out_dir, fmt):
+        (Path(out_dir) / "utilization.png").write_bytes(b"half")
+        if how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("wse_sim.report.plots.write_plots", interrupted)
+    out, trace = tmp_path / "a" / "o", tmp_path / "t.json"
+    rc = main(["run", *tiny_run, "--no-numerics", "--quiet", "--out", str(out), "--trace", str(trace)])
+    assert rc == 130
+    assert capsys.readouterr().err.strip() == "wse-sim: interrupted"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_outputs_land_complete(tiny_run, tmp_path, capsys):
+    out, trace = tmp_path / "o", tmp_path / "t.json"
+    assert main(["run", *tiny_run, "--no-numerics", "--quiet", "--out", str(out), "--trace", str(trace)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["layers.png", "report.json", "timeline.png", "utilization.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "t.json"]
+    assert json.loads(trace.read_text())
+
+
+def test_closed_pipe_is_quiet():
+    cli = Path(sys.executable).with_name("wse-sim")
+    proc = subprocess.run(f"'{cli}' models | head -1", shell=True, capture_output=True, text=True, check=True)
+    assert proc.stdout.startswith("name") and proc.stderr == ""
