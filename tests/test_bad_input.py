@@ -121,3 +121,33 @@ def test_closed_pipe_is_quiet():
     cli = Path(sys.executable).with_name("wse-sim")
     proc = subprocess.run(f"'{cli}' models | head -1", shell=True, capture_output=True, text=True, check=True)
     assert proc.stdout.startswith("name") and proc.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--tokens", "1,2,3"], "3 tokens"),
+        (["--prompt", "hello"], "--prompt needs --checkpoint"),
+        (["--context", "3"], "--context applies to --phase decode"),
+    ],
+)
+def test_inputs_ignored_in_silence_are_errors(tiny_run, tmp_path, capsys, args, needle):
+    rc = main(["run", *tiny_run, "--no-numerics", "--quiet", "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and not (tmp_path / "o").exists()
+
+
+def test_tokens_take_batch_times_seq_ids(tiny_run):
+    from wse_sim.workloads import load_hf_config
+
+    from wse_sim.app.scenario import RunSpec, input_tokens
+
+    spec = RunSpec(tokens="1,2,3,4,5,6,7,8", batch=2, seq=4)
+    ids = input_tokens(spec, load_hf_config(Path(tiny_run[1])))
+    assert ids.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+
+
+def test_generate_uses_every_position(tiny_run, tmp_path):
+    base = ["run", *tiny_run, "--no-numerics", "--quiet", "--phase", "generate", "--tiles", "1x1"]
+    assert main([*base, "--prompt-len", "60", "--gen-tokens", "5", "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--prompt-len", "60", "--gen-tokens", "6", "--out", str(tmp_path / "b")]) == 2

@@ -149,6 +149,8 @@ def input_tokens(spec: RunSpec, config: ModelConfig, seq: int | None = None) -> 
         ids = encode_prompt(spec.checkpoint, spec.prompt)
     else:
         return random_tokens(config.vocab_size, spec.batch, seq or spec.seq, seed=spec.seed)
+    if ids.size == spec.batch * (seq or spec.seq):  # batch*seq ids, row-major
+        ids = ids.reshape(spec.batch, seq or spec.seq)
     if ids.shape[1] != (seq or spec.seq) or ids.shape[0] != spec.batch:
         raise UserError(
             f"the input has {ids.shape[0]}x{ids.shape[1]} tokens but {spec.batch}x{seq or spec.seq} were needed "
@@ -217,6 +219,12 @@ class Scenario:
         """Check ``spec.phase``, load the wafer (``wafer`` overrides ``spec.wafer``), the model and the grid."""
         if spec.phase not in PHASES:
             raise UserError(f"unknown phase {spec.phase!r} (known: {', '.join(PHASES)})")
+        if spec.prompt and not spec.checkpoint:
+            raise UserError("--prompt needs --checkpoint with tokenizer files")
+        if spec.context is not None and spec.phase != "decode":
+            raise UserError(f"--context applies to --phase decode, not {spec.phase}")
         wafer = wafer or load_wafer(spec.wafer)
         config, weights = resolve_model(spec)
+        if spec.tokens and spec.phase == "prefill":
+            input_tokens(spec, config)  # the length is checked even when numerics are off
         return cls(spec, wafer, config, weights, make_grid(wafer, spec.grid, spec.tiles, spec.tile))
