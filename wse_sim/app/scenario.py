@@ -4,6 +4,7 @@ weights, PE grid) every use case builds from it. Shared by prefill, serving, gem
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,6 +21,17 @@ from ..workloads.weights import random_weights
 
 # Numerics are on by default up to this size (issue 3: "default for models up to 1.3B").
 NUMERICS_DEFAULT_MAX_PARAMS = 1_400_000_000
+
+# Peak memory of a run, estimated up front so a run that cannot fit is refused instead of swapping the machine.
+# Measured with /usr/bin/time (max RSS) on `wse-sim run --no-numerics --seq 16 --tile 1x1` of a 2-layer GPT-2
+# config: grids 16x16, 32x32, 48x48 (256, 1024, 2304 tiles) peaked at 0.32, 1.34, 4.07 GB, i.e. about 36 kB per
+# tiles**1.5 above the 0.19 GB base (routes grow with the grid's side; 4 layers instead of 2 changed it by 2 %);
+# default 8x8 tiles on 4000x4000 and 8000x4000 meshes peaked at 0.36 and 0.49 GB, about 10 bytes per PE.
+MEMORY_BASE_BYTES = 200e6
+MEMORY_BYTES_PER_TILE_ROUTE = 40e3  # times tiles**1.5
+MEMORY_BYTES_PER_PE = 12
+MAX_MEMORY_GB = 8.0  # default limit; the environment variable below overrides it
+MAX_MEMORY_ENV = "WSE_SIM_MAX_MEMORY_GB"
 
 
 @dataclass(frozen=True)
@@ -82,9 +94,42 @@ def make_grid(wafer: WaferSpec, grid: str | None = None, tiles: str | None = Non
         h, w = _parse_pair(tile, "tile")
         if h > rows or w > cols:
             raise UserError(f"tile {h}x{w} is larger than the grid {rows}x{cols}")
-        return TileGrid.make(rows, cols, -(-rows // h), -(-cols // w))
+        return check_memory(TileGrid.make(rows, cols, -(-rows // h), -(-cols // w)))
     tr, tc = _parse_pair(tiles, "tiles") if tiles else DEFAULT_TILES
-    return TileGrid.make(rows, cols, tr, tc)
+    if tiles and (tr > rows or tc > cols):
+        raise UserError(f"tiles {tr}x{tc} is more than the grid {rows}x{cols} has PEs (at most {rows}x{cols})")
+    return check_memory(TileGrid.make(rows, cols, tr, tc))
+
+
+def memory_estimate_bytes(grid: TileGrid) -> float:
+    """Peak memory of a simulation on ``grid`` (see MEMORY_BYTES_PER_TILE_ROUTE for how it was measured)."""
+    tiles = grid.tile_rows * grid.tile_cols
+    return MEMORY_BASE_BYTES + MEMORY_BYTES_PER_TILE_ROUTE * tiles**1.5 + MEMORY_BYTES_PER_PE * grid.rows * grid.cols
+
+
+def max_memory_gb() -> float:
+    """The memory limit in GB: ``$WSE_SIM_MAX_MEMORY_GB``, else MAX_MEMORY_GB."""
+    text = os.environ.get(MAX_MEMORY_ENV)
+    if not text:
+        return MAX_MEMORY_GB
+    try:
+        limit = float(text)
+    except ValueError:
+        raise UserError(f"{MAX_MEMORY_ENV}={text!r} is not a number") from None
+    if not limit > 0:
+        raise UserError(f"{MAX_MEMORY_ENV}={text!r} must be positive")
+    return limit
+
+
+def check_memory(grid: TileGrid) -> TileGrid:
+    """``grid``, or a :class:`UserError` when its memory estimate exceeds the limit."""
+    need, limit = memory_estimate_bytes(grid) / 1e9, max_memory_gb()
+    if need > limit:
+        raise UserError(
+            f"estimated memory {need:,.1f} GB ({grid.tile_rows}x{grid.tile_cols} tiles, {grid.rows}x{grid.cols} PEs) "
+            f"exceeds the limit of {limit:g} GB: use fewer tiles or a smaller --grid, or set {MAX_MEMORY_ENV}"
+        )
+    return grid
 
 
 def input_tokens(spec: RunSpec, config: ModelConfig, seq: int | None = None) -> np.ndarray:
@@ -102,6 +147,8 @@ def input_tokens(spec: RunSpec, config: ModelConfig, seq: int | None = None) -> 
         ids = encode_prompt(spec.checkpoint, spec.prompt)
     else:
         return random_tokens(config.vocab_size, spec.batch, seq or spec.seq, seed=spec.seed)
+    if ids.size == spec.batch * (seq or spec.seq):  # batch*seq ids, row-major
+        ids = ids.reshape(spec.batch, seq or spec.seq)
     if ids.shape[1] != (seq or spec.seq) or ids.shape[0] != spec.batch:
         raise UserError(
             f"the input has {ids.shape[0]}x{ids.shape[1]} tokens but {spec.batch}x{seq or spec.seq} were needed "
@@ -171,6 +218,12 @@ class Scenario:
         """Check ``spec.phase``, load the wafer (``wafer`` overrides ``spec.wafer``), the model and the grid."""
         if spec.phase not in PHASES:
             raise UserError(f"unknown phase {spec.phase!r} (known: {', '.join(PHASES)})")
+        if spec.prompt and not spec.checkpoint:
+            raise UserError("--prompt needs --checkpoint with tokenizer files")
+        if spec.context is not None and spec.phase != "decode":
+            raise UserError(f"--context applies to --phase decode, not {spec.phase}")
         wafer = wafer or load_wafer(spec.wafer)
         config, weights = resolve_model(spec)
+        if spec.tokens and spec.phase == "prefill":
+            input_tokens(spec, config)  # the length is checked even when numerics are off
         return cls(spec, wafer, config, weights, make_grid(wafer, spec.grid, spec.tiles, spec.tile))

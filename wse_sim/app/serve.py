@@ -220,9 +220,9 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
         if prompt < 1 or new < 1:
             raise UserError("--prompt-len and --gen-tokens must be at least 1")
     positions = prompt + new - 1 if spec.phase == "generate" else prompt + 1  # cached at the last decode step
-    if prompt + new > config.n_positions:
-        raise UserError(f"{prompt} + {new} positions exceed the context of {config.name} "
-                        f"({config.n_positions} positions)")
+    if max(positions, prompt + 1) > config.n_positions:  # generate: the last new token is never fed back
+        raise UserError(f"{prompt} + {new} tokens need {max(positions, prompt + 1)} positions, which exceed the "
+                        f"context of {config.name} ({config.n_positions} positions)")
     sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset,
                     max(positions, 1), simulated_cycles, progress, spec.wafers)
     numerics_on, reason = numerics_enabled(spec, config)

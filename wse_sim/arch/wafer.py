@@ -8,6 +8,7 @@ preset and override some of its keys, as user TOML files do.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
@@ -19,6 +20,11 @@ PRESET_DIR = Path(__file__).with_name("presets")
 PRESET_ORDER = ("wse1", "wse2", "wse3", "tiny")  # listing order of `wse-sim wafers`; other files follow sorted
 INT_FIELDS = ("mesh_rows", "mesh_cols", "wavelet_bytes", "reduce_fan_in")
 NON_NEGATIVE_FIELDS = ("phase_overhead_cycles",)  # zero switches the cost off; every other number is positive
+
+
+def _is_number(value) -> bool:
+    """A finite int or float (not a bool, inf or nan)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -58,10 +64,9 @@ class WaferSpec:
                 continue
             value = getattr(self, f.name)
             zero_ok = f.name in NON_NEGATIVE_FIELDS
-            if isinstance(value, bool) or not isinstance(value, int | float) or not (value >= 0 if zero_ok
-                                                                                     else value > 0):
+            if not _is_number(value) or not (value >= 0 if zero_ok else value > 0):
                 kind = "a non-negative" if zero_ok else "a positive"
-                raise UserError(f"wafer {self.name!r}: {f.name} must be {kind} number, got {value!r}")
+                raise UserError(f"wafer {self.name!r}: {f.name} must be {kind} finite number, got {value!r}")
         for key in INT_FIELDS:
             if not isinstance(getattr(self, key), int):
                 raise UserError(f"wafer {self.name!r}: {key} must be an integer, got {getattr(self, key)!r}")
@@ -116,8 +121,8 @@ def apply_overrides(base: WaferSpec, data: dict, where: str) -> WaferSpec:
         raise UserError(f"wafer file {where}: unknown key(s) {', '.join(unknown)} (known: {known})")
     if "link_bytes_per_cycle" in data:
         link = data.pop("link_bytes_per_cycle")
-        if isinstance(link, bool) or not isinstance(link, int | float) or not link > 0:
-            raise UserError(f"wafer file {where}: link_bytes_per_cycle must be a positive number, got {link!r}")
+        if not _is_number(link) or not link > 0:
+            raise UserError(f"wafer file {where}: link_bytes_per_cycle must be a positive finite number, got {link!r}")
         data["cycles_per_wavelet"] = data.get("wavelet_bytes", base.wavelet_bytes) / link
     return replace(base, **data)
 

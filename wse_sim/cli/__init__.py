@@ -5,7 +5,10 @@ and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 
 from ..app import ReferenceImportError
 from ..errors import UserError
@@ -22,13 +25,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(_signum, _frame) -> None:
+    """SIGTERM: unwind like Ctrl-C, so staged outputs are discarded and the run exits 130."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand: exit 0, 2 on a user error, 130 when interrupted, 141 when stdout's reader went away."""
     args = parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # only there may handlers be set
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except (UserError, ReferenceImportError) as exc:  # config, checkpoint, SRAM and input errors derive from UserError
         print(f"wse-sim: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("wse-sim: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..report.build import format_summary
 from ..report.trace import write_trace
 from .options import add_numerics, add_shared, nonnegative_int, positive_int
+from .outputs import Staged, check_file, check_folder
 
 
 def add_parsers(sub) -> None:
@@ -61,14 +62,24 @@ def spec_of(args) -> RunSpec:
     )
 
 
-def cmd_run(args) -> None:
-    from ..report.plots import check_format, write_plots  # matplotlib: imported only when a command draws
-
-    check_format(args.format)
+def check_outputs(args) -> None:
+    """Every output path of ``wse-sim run``, checked before the simulation starts."""
     if args.trace_limit and not args.trace:
         raise UserError("--trace-limit needs --trace FILE")
     if args.save_logits and not args.save_logits.endswith(".npy"):
         raise UserError(f"--save-logits wants a .npy file name, got {args.save_logits!r}")
+    check_folder(args.out, "--out")
+    if args.trace:
+        check_file(args.trace, "--trace", make_folder=True)
+    if args.save_logits:
+        check_file(args.save_logits, "--save-logits")
+
+
+def cmd_run(args) -> None:
+    from ..report.plots import check_format, write_plots  # matplotlib: imported only when a command draws
+
+    check_format(args.format)
+    check_outputs(args)
 
     def log(msg: str) -> None:
         if not args.quiet:
@@ -79,18 +90,21 @@ def cmd_run(args) -> None:
     if args.save_logits and logits is None:
         raise UserError("--save-logits needs numerics on (drop --no-numerics)")
 
-    # Everything succeeded: only now write outputs.
+    # Everything succeeded: only now write outputs, to temporary names moved into place together.
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    plots = write_plots(report, out, args.format)
-    if args.trace:
-        info = {k: report[k]["name"] for k in ("model", "wafer", "mapping")} | {"run": report["run"]}
-        write_trace(args.trace, out_run.result, out_run.plan.grid, out_run.wafer.clock_hz, args.trace_limit, info)
-    if args.save_logits:
-        import numpy as np
+    with Staged() as staged:
+        tmp = staged.folder(out)
+        (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        plots = [out / p.name for p in write_plots(report, tmp, args.format)]
+        if args.trace:
+            info = {k: report[k]["name"] for k in ("model", "wafer", "mapping")} | {"run": report["run"]}
+            write_trace(staged.file(args.trace), out_run.result, out_run.plan.grid, out_run.wafer.clock_hz,
+                        args.trace_limit, info)
+        if args.save_logits:
+            import numpy as np
 
-        np.save(args.save_logits, logits)
+            np.save(staged.file(args.save_logits), logits)
+        staged.commit()
     note = " (numerics inside; reference checks not counted)" if logits is not None else ""
     print(format_summary(report, [("simulation wall time", f"{wall:.2f} s{note}")]))
     written = [out / "report.json", *plots, *([args.trace] if args.trace else []),
