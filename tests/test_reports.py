@@ -1,0 +1,72 @@
+"""Reports that say what the user asked (issue 14 part 3): a generate run's whole request, the tool version and
+inputs, the JSON Schema, ops.csv and the TOML run config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wse_sim.cli import main
+
+GPT = {"model_type": "gpt2", "n_embd": 72, "n_layer": 2, "n_head": 6, "vocab_size": 97, "n_positions": 64,
+       "n_inner": 130, "activation_function": "gelu_new"}
+TINY = ["--wafer", "tiny", "--precision", "fp32", "--quiet", "--no-numerics", "--grid", "4x4", "--tiles", "2x2"]
+PHASES = {
+    "prefill": ["--seq", "12", "--batch", "2"],
+    "decode": ["--phase", "decode", "--context", "9"],
+    "generate": ["--phase", "generate", "--prompt-len", "6", "--gen-tokens", "4", "--batch", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("gpt")
+    (folder / "config.json").write_text(json.dumps(GPT))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def runs(gpt, tmp_path_factory) -> dict:
+    """phase -> (output folder, report dict, printed summary) of one CLI run each."""
+    out = {}
+    for phase, argv in PHASES.items():
+        folder = tmp_path_factory.mktemp(phase)
+        assert main(["run", "--model", gpt, *TINY, *argv, "--out", str(folder)]) == 0
+        out[phase] = folder, json.loads((folder / "report.json").read_text())
+    return out
+
+
+def test_generate_report_covers_the_whole_request(runs, capsys):
+    report = runs["generate"][1]
+    req, clock = report["request"], report["wafer"]["clock_hz"]
+    steps = report["decode_step_cycles_scaled"]
+    assert req["decode_steps"] == len(steps) == 3
+    assert req["cycles"]["prefill"] == report["prefill_cycles_scaled"]
+    assert req["cycles"]["decode"] == sum(steps)
+    assert report["total_cycles"] == req["cycles"]["total"] == report["prefill_cycles_scaled"] + sum(steps)
+    assert req["ttft_s"] == pytest.approx(report["ttft_s"])
+    assert req["tpot_s_per_step"] == pytest.approx([c / clock for c in steps])
+    assert req["tpot_s"] == pytest.approx(sum(req["tpot_s_per_step"]) / len(steps))
+    assert report["seconds"] == req["e2e_latency_s"] == pytest.approx(req["ttft_s"] + sum(req["tpot_s_per_step"]))
+    assert req["output_tokens"] == 2 * 4
+    assert report["tokens_per_s"] == pytest.approx(req["output_tokens"] / req["e2e_latency_s"])
+    assert sum(req["cycle_share"].values()) == pytest.approx(1.0)
+    last = report["last_pass"]
+    assert last["total_cycles"] == report["decode_step_cycles_simulated"][-1]
+    assert "layers" in last["fields"] and last["pass"] == "the last decode step"
+
+
+def test_generate_summary_says_prompt_and_request(gpt, tmp_path, capsys):
+    assert main(["run", "--model", gpt, *TINY, *PHASES["generate"], "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "seq 1" not in printed and "prompt 6 + 4 generated tokens" in printed
+    assert f"{report['total_cycles']:,} cycles" in printed and "request total" in printed
+    assert f"{report['last_pass']['total_cycles']:,} cycles (the last decode step" in printed
+
+
+def test_prefill_and_decode_reports_have_no_request(runs):
+    for phase in ("prefill", "decode"):
+        report = runs[phase][1]
+        assert "request" not in report and "last_pass" not in report
