@@ -70,3 +70,39 @@ def test_prefill_and_decode_reports_have_no_request(runs):
     for phase in ("prefill", "decode"):
         report = runs[phase][1]
         assert "request" not in report and "last_pass" not in report
+
+
+def test_version_flag_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith(f"wse-sim {version('wse-sim')}")
+
+
+def test_report_records_tool_and_every_input(runs):
+    from dataclasses import fields
+    from importlib.metadata import version
+
+    from wse_sim.app import RunSpec
+
+    for phase, (_, report) in runs.items():
+        assert report["tool"]["name"] == "wse-sim" and report["tool"]["version"] == version("wse-sim")
+        commit = report["tool"]["git_commit"]
+        assert commit is None or len(commit) == 40
+        assert set(report["inputs"]) == {f.name for f in fields(RunSpec)}
+        assert report["inputs"]["phase"] == phase
+    assert runs["generate"][1]["inputs"]["gen_tokens"] == 4
+
+
+def test_git_commit_is_none_outside_a_checkout(tmp_path, monkeypatch):
+    from wse_sim.report import provenance
+
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", tmp_path)
+    provenance.git_commit.cache_clear()
+    try:
+        assert provenance.git_commit() is None
+        assert provenance.version_line() == f"wse-sim {provenance.tool_version()}"
+    finally:
+        provenance.git_commit.cache_clear()

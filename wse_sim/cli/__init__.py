@@ -9,6 +9,7 @@ import sys
 
 from ..app import ReferenceImportError
 from ..errors import UserError
+from ..report.provenance import version_line
 from . import calibrate, catalog, mapping, run, serving, viz
 
 SUBCOMMANDS = (run, catalog, mapping, serving, viz, calibrate)  # each has add_parsers(sub), in help order
@@ -16,6 +17,7 @@ SUBCOMMANDS = (run, catalog, mapping, serving, viz, calibrate)  # each has add_p
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wse-sim", description="Simulate transformer workloads on a wafer-scale engine.")
+    p.add_argument("--version", action="version", version=version_line())
     sub = p.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
         module.add_parsers(sub)

@@ -11,6 +11,7 @@ from ..arch.costs import stream_cycles
 from ..mapping import ModelPlan
 from ..sim import SimResult
 from ..workloads import ModelConfig, WorkloadGraph
+from .provenance import inputs_of, tool_info
 from .timeline import link_busy_fraction, timeline_summary
 
 SCHEMA_VERSION = 1
@@ -114,7 +115,13 @@ def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGra
         "timeline": timeline_summary(result, grid),
         "simulation": {"engine": "simpy", "tasks": result.tasks},
         "numerics": numerics,
+        **provenance(spec),
     }
+
+
+def provenance(spec) -> dict:
+    """The report's ``tool`` (name, version, git commit) and ``inputs`` (every field of the run's spec)."""
+    return {"tool": tool_info(), "inputs": inputs_of(spec)}
 
 
 LAST_PASS_FIELDS = ("run", "layers", "bandwidth", "flops", "flops_per_s", "mfu", "roofline", "utilization", "timeline",
