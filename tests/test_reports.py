@@ -4,6 +4,7 @@ inputs, the JSON Schema, ops.csv and the TOML run config."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,55 @@ def test_git_commit_is_none_outside_a_checkout(tmp_path, monkeypatch):
         assert provenance.version_line() == f"wse-sim {provenance.tool_version()}"
     finally:
         provenance.git_commit.cache_clear()
+
+
+SCHEMA = Path(__file__).resolve().parent.parent / "docs" / "report.schema.json"
+JSON_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def _is(value, name: str) -> bool:
+    """JSON Schema's type test (integer includes 1.0; booleans are not numbers)."""
+    if name in ("number", "integer") and isinstance(value, bool):
+        return False
+    if name == "number":
+        return isinstance(value, int | float)
+    if name == "integer":
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    return isinstance(value, JSON_TYPES[name])
+
+
+def schema_errors(value, schema: dict, path: str = "$") -> list[str]:
+    """The subset of draft 2020-12 the report schema uses: type, enum, const, required, properties, items."""
+    types = schema.get("type")
+    if types is not None and not any(_is(value, t) for t in ([types] if isinstance(types, str) else types)):
+        return [f"{path}: {type(value).__name__} is not {types}"]
+    errors = []
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: {value!r} not in {schema['enum']}")
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{path}: {value!r} != {schema['const']!r}")
+    if isinstance(value, dict):
+        errors += [f"{path}: missing {k!r}" for k in schema.get("required", ()) if k not in value]
+        for k, sub in schema.get("properties", {}).items():
+            if k in value:
+                errors += schema_errors(value[k], sub, f"{path}.{k}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            errors += schema_errors(item, schema["items"], f"{path}[{i}]")
+    return errors
+
+
+def test_the_validator_catches_what_the_schema_forbids(runs):
+    schema = json.loads(SCHEMA.read_text())
+    report = runs["generate"][1]
+    assert schema_errors({k: v for k, v in report.items() if k != "tool"}, schema) == ["$: missing 'tool'"]
+    assert schema_errors(report | {"total_cycles": "many"}, schema) == ["$.total_cycles: str is not integer"]
+    broken = report | {"request": report["request"] | {"tpot_s_per_step": [None]}}
+    assert schema_errors(broken, schema) == ["$.request.tpot_s_per_step[0]: NoneType is not number"]
+
+
+@pytest.mark.parametrize("phase", sorted(PHASES))
+def test_reports_follow_the_json_schema(runs, phase):
+    schema = json.loads(SCHEMA.read_text())
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema_errors(runs[phase][1], schema) == []
