@@ -159,3 +159,20 @@ def test_reports_follow_the_json_schema(runs, phase):
     schema = json.loads(SCHEMA.read_text())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema_errors(runs[phase][1], schema) == []
+
+
+@pytest.mark.parametrize("phase", sorted(PHASES))
+def test_ops_csv_has_one_row_per_op_of_the_report(runs, phase):
+    import csv
+
+    from wse_sim.report.tables import OP_COLUMNS
+
+    folder, report = runs[phase]
+    rows = list(csv.DictReader((folder / "ops.csv").open()))
+    ops = [(layer["name"], op) for layer in report["layers"] for op in layer["ops"]]
+    assert len(rows) == len(ops)
+    clock = report["wafer"]["clock_hz"]
+    for row, (block, op) in zip(rows, ops, strict=True):
+        assert (row["block"], row["op"], row["kind"]) == (block, op["name"], op["kind"])
+        assert {c: int(row[c]) for c, _ in OP_COLUMNS} == {c: op[k] for c, k in OP_COLUMNS}
+        assert float(row["latency_us"]) == pytest.approx(op["cycles"] / clock * 1e6, rel=1e-5)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..app import RunSpec, run
 from ..errors import UserError
 from ..report.build import format_summary
+from ..report.tables import ops_csv
 from ..report.trace import write_trace
 from .options import add_numerics, add_shared, nonnegative_int, positive_int
 
@@ -83,6 +84,7 @@ def cmd_run(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "ops.csv").write_text(ops_csv(report))
     plots = write_plots(report, out, args.format)
     if args.trace:
         info = {k: report[k]["name"] for k in ("model", "wafer", "mapping")} | {"run": report["run"]}
@@ -93,6 +95,6 @@ def cmd_run(args) -> None:
         np.save(args.save_logits, logits)
     note = " (numerics inside; reference checks not counted)" if logits is not None else ""
     print(format_summary(report, [("simulation wall time", f"{wall:.2f} s{note}")]))
-    written = [out / "report.json", *plots, *([args.trace] if args.trace else []),
+    written = [out / "report.json", out / "ops.csv", *plots, *([args.trace] if args.trace else []),
                *([args.save_logits] if args.save_logits else [])]
     print("wrote " + ", ".join(str(p) for p in written))
