@@ -176,3 +176,41 @@ def test_ops_csv_has_one_row_per_op_of_the_report(runs, phase):
         assert (row["block"], row["op"], row["kind"]) == (block, op["name"], op["kind"])
         assert {c: int(row[c]) for c, _ in OP_COLUMNS} == {c: op[k] for c, k in OP_COLUMNS}
         assert float(row["latency_us"]) == pytest.approx(op["cycles"] / clock * 1e6, rel=1e-5)
+
+
+def _toml(path: Path, values: dict) -> str:
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    return str(path)
+
+
+def test_config_file_gives_the_same_report_as_the_flags(gpt, runs, tmp_path):
+    """Every key of the file is a flag; the generate run from a file matches the one from flags."""
+    keys = {"model": gpt, "wafer": "tiny", "precision": "fp32", "quiet": True, "numerics": False, "grid": "4x4",
+            "tiles": "2x2", "phase": "generate", "prompt-len": 6, "gen_tokens": 4, "batch": 2,
+            "out": str(tmp_path / "out")}
+    assert main(["run", "--config", _toml(tmp_path / "run.toml", keys)]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["inputs"] == runs["generate"][1]["inputs"]
+    assert report["total_cycles"] == runs["generate"][1]["total_cycles"]
+
+
+def test_command_line_flags_override_the_config_file(gpt, tmp_path):
+    keys = {"model": gpt, "wafer": "tiny", "precision": "fp32", "quiet": True, "numerics": True, "grid": "4x4",
+            "tiles": "2x2", "phase": "decode", "context": 9, "out": str(tmp_path / "ignored")}
+    path = _toml(tmp_path / "run.toml", keys)
+    assert main(["run", "--config", path, "--no-numerics", "--context", "5", "--out", str(tmp_path / "out")]) == 0
+    inputs = json.loads((tmp_path / "out" / "report.json").read_text())["inputs"]
+    assert (inputs["numerics"], inputs["context"], inputs["phase"]) == (False, 5, "decode")
+    assert not (tmp_path / "ignored").exists()
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"sequence": 12}, "unknown key 'sequence'"),
+    ({"seq": 0}, "seq: must be at least 1"),
+    ({"quiet": "yes"}, "quiet must be true or false"),
+    ({"phase": "train"}, "'train' is not one of prefill, decode, generate"),
+    ({"grid": 4}, "grid must be a string"),
+])
+def test_config_file_errors_name_the_key(tmp_path, capsys, values, message):
+    assert main(["run", "--config", _toml(tmp_path / "run.toml", values)]) == 2
+    assert message in capsys.readouterr().err

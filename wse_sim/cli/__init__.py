@@ -27,6 +27,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if getattr(args, "config", None):
+            args = run.with_config(parser, argv, args.config)
         args.func(args)
     except (UserError, ReferenceImportError) as exc:  # config, checkpoint, SRAM and input errors derive from UserError
         print(f"wse-sim: error: {exc}", file=sys.stderr)
