@@ -214,3 +214,29 @@ def test_command_line_flags_override_the_config_file(gpt, tmp_path):
 def test_config_file_errors_name_the_key(tmp_path, capsys, values, message):
     assert main(["run", "--config", _toml(tmp_path / "run.toml", values)]) == 2
     assert message in capsys.readouterr().err
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_documents_the_python_api_and_its_config_example(tmp_path):
+    import re
+    import tomllib
+    from dataclasses import fields
+
+    from wse_sim.app import RunOutput, RunSpec
+    from wse_sim.cli import parser
+    from wse_sim.cli.run import RUN_PARSER, config_values
+
+    text = README.read_text()
+    api = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    assert all(f"`{f.name}`" in api for f in fields(RunSpec))
+    assert all(f"| `{f.name}` |" in api for f in fields(RunOutput))
+    code = re.search(r"```python\n(.*?)```", api, re.S).group(1)
+    compile(code, "README", "exec")
+    assert "from wse_sim.app import RunSpec, run" in code
+    toml = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
+    parser()
+    (tmp_path / "run.toml").write_text(toml)
+    expected = {k.replace("-", "_"): v for k, v in tomllib.loads(toml).items()}
+    assert config_values(str(tmp_path / "run.toml"), RUN_PARSER[0]) == expected
