@@ -240,3 +240,14 @@ def test_readme_documents_the_python_api_and_its_config_example(tmp_path):
     (tmp_path / "run.toml").write_text(toml)
     expected = {k.replace("-", "_"): v for k, v in tomllib.loads(toml).items()}
     assert config_values(str(tmp_path / "run.toml"), RUN_PARSER[0]) == expected
+
+
+def test_plots_draw_the_last_pass_of_a_generate_run(runs):
+    from wse_sim.report.build import last_pass_view
+
+    report = runs["generate"][1]
+    view = last_pass_view(report)
+    for key in ("total_cycles", "seconds", "tokens_per_s"):
+        assert view[key] == report["last_pass"][key]
+    assert max(end for lane in view["timeline"]["lanes"] for end in lane["end_cycles"]) <= view["total_cycles"]
+    assert last_pass_view(runs["prefill"][1]) is runs["prefill"][1]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..app import RunSpec, run
 from ..errors import UserError
-from ..report.build import format_summary
+from ..report.build import format_summary, last_pass_view
 from ..report.tables import ops_csv
 from ..report.trace import write_trace
 from .options import add_numerics, add_shared, nonnegative_int, positive_int
@@ -138,7 +138,7 @@ def cmd_run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "ops.csv").write_text(ops_csv(report))
-    plots = write_plots(report, out, args.format)
+    plots = write_plots(last_pass_view(report), out, args.format)  # the plots draw the last pass
     if args.trace:
         info = {k: report[k]["name"] for k in ("model", "wafer", "mapping")} | {"run": report["run"]}
         write_trace(args.trace, out_run.result, out_run.plan.grid, out_run.wafer.clock_hz, args.trace_limit, info)
