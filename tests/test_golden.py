@@ -53,7 +53,7 @@ CASES = {
                      "--no-numerics", *SMALL, "--quiet"], "compare.json"),
 }
 VOLATILE = {"wall_s", "sim_wall_s", "max_abs_err_vs_transformers", "top1_agreement",
-            "transformers_vs_reference_max_abs_err", "transformers"}
+            "transformers_vs_reference_max_abs_err", "transformers", "tool"}  # tool: version and git commit
 
 
 def _normalise(value):

@@ -19,7 +19,7 @@ from ..gc_pause import gc_paused
 from ..mapping import ModelPlan, TileGrid, get_mapping, mapping_info
 from ..mapping.auto import resident_candidates
 from ..mapping.serving import Serving, assign_wafers, check_inner, regions_on, stage_of, wafers_needed
-from ..report.build import build_report
+from ..report.build import build_report, with_request
 from ..sim import Engine, SimResult
 from ..sim.numerics import Numerics
 from ..workloads import ModelConfig, WorkloadGraph, lower_model
@@ -173,6 +173,26 @@ def serving_summary(run: ServingRun, phase: str, prefill: Pass | None, steps: li
     return out
 
 
+def request_summary(prefill: Pass | None, steps: list[Pass], clock_hz: float, batch: int, prompt_tokens: int) -> dict:
+    """A generate request end to end: TTFT, TPOT per decode step and mean, end-to-end latency (TTFT + every decode
+    step), output tokens per second over it, and the cycles of each phase (scaled to the model's depth)."""
+    prefill_cycles = prefill.scaled_cycles if prefill else 0
+    step_cycles = [s.scaled_cycles for s in steps]
+    total = prefill_cycles + sum(step_cycles)
+    output = batch * (len(steps) + (1 if prefill else 0))  # the prefill yields the first token
+    return {
+        "prompt_tokens": prompt_tokens, "output_tokens": output, "decode_steps": len(steps),
+        "ttft_s": prefill_cycles / clock_hz,
+        "tpot_s": float(np.mean(step_cycles)) / clock_hz if steps else None,
+        "tpot_s_per_step": [c / clock_hz for c in step_cycles],
+        "e2e_latency_s": total / clock_hz,
+        "tokens_per_s": output * clock_hz / total if total else None,
+        "cycles": {"prefill": prefill_cycles, "decode": sum(step_cycles), "total": total},
+        "cycle_share": {"prefill": prefill_cycles / total if total else 0.0,
+                        "decode": sum(step_cycles) / total if total else 0.0},
+    }
+
+
 def wafer_summary(plan: ModelPlan, result: SimResult, wafer: WaferSpec, scaled_cycles: int | None = None) -> dict:
     """Per-wafer utilization and time, and the inter-wafer links' share, of one pass (the report's ``wafers``).
 
@@ -274,6 +294,8 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
         serving["generated_tokens"] = np.stack(generated, axis=1).tolist()
     report = build_report(spec, sr.full_config, wafer, main.graph, main.plan, main.result, numerics_report,
                           serving)
+    if spec.phase == "generate":
+        report = with_request(report, request_summary(prefill, steps, wafer.clock_hz, spec.batch, prompt))
     return RunOutput(report, logits, sim_wall, main.result, main.plan, wafer)
 
 

@@ -12,6 +12,7 @@ import threading
 
 from ..app import ReferenceImportError
 from ..errors import UserError
+from ..report.provenance import version_line
 from . import calibrate, catalog, mapping, run, serving, viz
 
 SUBCOMMANDS = (run, catalog, mapping, serving, viz, calibrate)  # each has add_parsers(sub), in help order
@@ -19,6 +20,7 @@ SUBCOMMANDS = (run, catalog, mapping, serving, viz, calibrate)  # each has add_p
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wse-sim", description="Simulate transformer workloads on a wafer-scale engine.")
+    p.add_argument("--version", action="version", version=version_line())
     sub = p.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
         module.add_parsers(sub)
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()  # only there may handlers be set
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
+        if getattr(args, "config", None):
+            args = run.with_config(parser, argv, args.config)
         args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except (UserError, ReferenceImportError) as exc:  # config, checkpoint, SRAM and input errors derive from UserError

@@ -5,18 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 from ..app import RunSpec, run
 from ..errors import UserError
-from ..report.build import format_summary
+from ..report.build import format_summary, last_pass_view
+from ..report.tables import ops_csv
 from ..report.trace import write_trace
 from .options import add_numerics, add_shared, nonnegative_int, positive_int
 from .outputs import Staged, check_file, check_folder
 
+RUN_PARSER: list[argparse.ArgumentParser] = []  # the run subparser of the latest parser() (for --config)
+
 
 def add_parsers(sub) -> None:
     r = sub.add_parser("run", help="simulate one forward pass and write report.json and plots")
+    RUN_PARSER[:] = [r]
+    r.add_argument("--config", help="TOML file of run options (keys are the flags without --, e.g. "
+                                    "prompt-len = 6); flags on the command line override it")
     add_shared(r)
     r.add_argument("--checkpoint", help="Hugging Face checkpoint folder (config.json + safetensors or .bin)")
     r.add_argument("--mapping", default="auto", help="dataflow mapping: a name from `wse-sim mappings`, or auto")
@@ -50,6 +57,53 @@ def _add_serving(r: argparse.ArgumentParser) -> None:
     srv.add_argument("--wafers", type=positive_int, default=1, metavar="N",
                      help="split the layers over N wafers in a pipeline joined by the inter-wafer link (decode "
                           "and generate)")
+
+
+def with_config(make_parser, argv: list[str] | None, path: str) -> argparse.Namespace:
+    """``argv`` parsed again with the TOML file ``path``'s values as the run command's defaults, so flags given
+    on the command line win."""
+    top = make_parser()
+    r = RUN_PARSER[0]
+    r.set_defaults(**config_values(path, r))
+    return top.parse_args(argv)
+
+
+def config_values(path: str, r: argparse.ArgumentParser) -> dict:
+    """The file's keys as {dest: value}, each checked like its flag; an unknown key is an error."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"--config {path}: {exc}") from None
+    actions = {a.dest: a for a in r._actions if a.option_strings and a.dest not in ("help", "config")}
+    values = {}
+    for key, value in data.items():
+        dest = key.replace("-", "_")
+        if dest not in actions:
+            known = ", ".join(sorted(d.replace("_", "-") for d in actions))
+            raise UserError(f"--config {path}: unknown key {key!r} (known: {known})")
+        values[dest] = _config_value(actions[dest], key, value, path)
+    return values
+
+
+def _config_value(action: argparse.Action, key: str, value, path: str):
+    """``value`` checked (and converted) as the flag of ``action`` would be."""
+    where = f"--config {path}: {key}"
+    if action.nargs == 0:  # a switch: --quiet, --numerics / --no-numerics
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(value, bool | dict | list):
+        raise UserError(f"{where}: {value!r} is not a single value")
+    if action.type is not None:
+        try:
+            value = action.type(str(value))
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise UserError(f"{where}: {exc}") from None
+    elif not isinstance(value, str):
+        raise UserError(f"{where} must be a string, got {value!r}")
+    if action.choices is not None and value not in action.choices:
+        raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
 
 
 def spec_of(args) -> RunSpec:
@@ -95,7 +149,8 @@ def cmd_run(args) -> None:
     with Staged() as staged:
         tmp = staged.folder(out)
         (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-        plots = [out / p.name for p in write_plots(report, tmp, args.format)]
+        (tmp / "ops.csv").write_text(ops_csv(report))
+        plots = [out / p.name for p in write_plots(last_pass_view(report), tmp, args.format)]  # draw the last pass
         if args.trace:
             info = {k: report[k]["name"] for k in ("model", "wafer", "mapping")} | {"run": report["run"]}
             write_trace(staged.file(args.trace), out_run.result, out_run.plan.grid, out_run.wafer.clock_hz,
@@ -107,6 +162,6 @@ def cmd_run(args) -> None:
         staged.commit()
     note = " (numerics inside; reference checks not counted)" if logits is not None else ""
     print(format_summary(report, [("simulation wall time", f"{wall:.2f} s{note}")]))
-    written = [out / "report.json", *plots, *([args.trace] if args.trace else []),
+    written = [out / "report.json", out / "ops.csv", *plots, *([args.trace] if args.trace else []),
                *([args.save_logits] if args.save_logits else [])]
     print("wrote " + ", ".join(str(p) for p in written))

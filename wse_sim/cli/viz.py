@@ -37,6 +37,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_plot(args) -> None:
+    from ..report.build import last_pass_view
     from ..report.plots import check_format, write_plots
 
     check_format(args.format)
@@ -49,7 +50,7 @@ def cmd_plot(args) -> None:
         raise UserError(f"{path} is not JSON: {exc}") from None
     if not isinstance(report, dict) or "layers" not in report or "utilization" not in report:
         raise UserError(f"{path} is not a wse-sim report.json")
-    paths = write_plots(report, Path(args.out) if args.out else path.parent, args.format)
+    paths = write_plots(last_pass_view(report), Path(args.out) if args.out else path.parent, args.format)
     if not report.get("timeline"):
         print("no timeline in the report (run was not recorded): timeline plot skipped", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in paths))
