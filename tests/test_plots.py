@@ -168,7 +168,7 @@ def test_utilization_figure_draws_one_cell_per_tile_on_a_fitted_scale(uneven):
     heading = ax_pe.get_title()
     tr, tc = report["mapping"]["tile_grid"]
     assert f"one cell per tile, {tr}x{tc} tiles" in heading
-    assert f"{tiles.min() * 100:.2f}-{tiles.max() * 100:.2f} %" in heading
+    assert f"fitted to the data: {tiles.min() * 100:.4g}-{tiles.max() * 100:.4g} %" in heading
     assert f"mean over tiles {report['utilization']['mean_busy_fraction'] * 100:.2f} %" in heading
     (quiver,) = [c for c in ax_link.collections if isinstance(c, Quiver)]
     assert sorted(np.asarray(quiver.get_array())) == pytest.approx(sorted(plots.link_arrows(report)[4]))

@@ -168,13 +168,13 @@ def _annotate_cells(ax, values: np.ndarray, row_edges, col_edges, norm) -> None:
                 color="black" if light else "white")
 
 
-def _heatmap_title(report: dict, values: np.ndarray, block: int, vmin: float, vmax: float) -> str:
+def _heatmap_title(report: dict, block: int, vmin: float, vmax: float) -> str:
     m = report["mapping"]
     cells = "one cell per tile" if block == 1 else f"one cell per {block}x{block} tiles (PE-weighted mean)"
     multi = (report.get("wafers") or {}).get("count", 1) > 1
-    return (f"Tile compute busy fraction: {cells}, {m['tile_grid'][0]}x{m['tile_grid'][1]} tiles; every PE of a "
-            f"tile shares its figure\nmean over tiles {report['utilization']['mean_busy_fraction'] * 100:.2f} % (the "
-            f"summary's 'tile busy (mean)'); colour scale fitted to the data, {vmin * 100:.2f}-{vmax * 100:.2f} %"
+    return (f"Tile compute busy fraction: {cells}, {m['tile_grid'][0]}x{m['tile_grid'][1]} tiles (a PE shows "
+            f"its tile's)\nmean over tiles {report['utilization']['mean_busy_fraction'] * 100:.2f} % = the summary's "
+            f"'tile busy (mean)'\ncolour scale fitted to the data: {vmin * 100:.4g}-{vmax * 100:.4g} %"
             + ("\nmagenta: wafers (no fabric between them)" if multi else ""))
 
 
@@ -191,7 +191,7 @@ def utilization_figure(report: dict):
     mesh = ax_pe.pcolormesh(col_edges, row_edges, values, cmap="viridis", vmin=vmin, vmax=vmax, rasterized=True)
     _annotate_cells(ax_pe, values, row_edges, col_edges, mesh.norm)
     _tile_edges(ax_pe, m)
-    ax_pe.set_title(_heatmap_title(report, values, block, vmin, vmax), fontsize=9)
+    ax_pe.set_title(_heatmap_title(report, block, vmin, vmax), fontsize=9)
     _wafer_outlines(ax_pe, report)
     bar = fig.colorbar(mesh, ax=ax_pe, label="busy share of the run (range fitted to the data)", shrink=0.85)
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v * 100:.4g} %"))
