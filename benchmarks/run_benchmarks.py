@@ -71,7 +71,7 @@ def machine() -> str:
 def bench_timing(seq: int = 2048, batch: int = 1, precision: str = "fp16", wafer: str = "wse2") -> None:
     from wse_sim.workloads import PRESETS
 
-    from wse_sim.pipeline import RunSpec, run
+    from wse_sim.app import RunSpec, run
 
     print(f"(a) timing-only forward, weight streaming, {wafer}, batch {batch} x seq {seq}, {precision}, 8x8 tiles")
     rows = []
@@ -108,8 +108,8 @@ def bench_numerics(model: str = "cerebras-gpt-111m", seq: int = 512, precision: 
     from wse_sim.workloads import get_preset, lower_model, random_tokens, random_weights
     from wse_sim.workloads.hf_reference import _build_model, transformers_logits
 
+    from wse_sim.app.scenario import RunSpec, make_grid, make_mapping
     from wse_sim.arch import load_wafer
-    from wse_sim.pipeline import RunSpec, make_grid, make_mapping
     from wse_sim.sim import Engine
     from wse_sim.sim.numerics import Numerics
 
@@ -125,7 +125,7 @@ def bench_numerics(model: str = "cerebras-gpt-111m", seq: int = 512, precision: 
 
     t0 = time.perf_counter()
     graph = lower_model(config, 1, seq, precision)
-    plan = make_mapping(spec.mapping).plan(graph, wafer, make_grid(spec, wafer))
+    plan = make_mapping(spec.mapping).plan(graph, wafer, make_grid(wafer, spec.grid, spec.tiles, spec.tile))
     t_plan = time.perf_counter() - t0
 
     # Warm-up run: numba compiles (or loads cached) kernels on first call.
@@ -223,9 +223,9 @@ def bench_kernels() -> None:
 def bench_auto(model: str = "cerebras-gpt-13b", seq: int = 2048, precision: str = "fp16") -> None:
     from wse_sim.workloads import get_preset, lower_model
 
+    from wse_sim.app.scenario import make_mapping
     from wse_sim.arch import load_wafer
     from wse_sim.mapping import TileGrid
-    from wse_sim.pipeline import make_mapping
 
     wafer = load_wafer("wse2")
     graph = lower_model(get_preset(model), 1, seq, precision)
@@ -269,7 +269,7 @@ SERVING_CASES = (
 
 
 def bench_serving() -> None:
-    from wse_sim.pipeline import RunSpec, run
+    from wse_sim.app import RunSpec, run
 
     print("(e) serving runs through pipeline.run(), fp16, 8x8 tiles per region, auto mapping")
     rows = []

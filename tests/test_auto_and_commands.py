@@ -6,14 +6,15 @@ import json
 import pytest
 from wse_sim.workloads import lower_gemm
 
+from wse_sim.app import RunSpec, run
+from wse_sim.app.gemm import GemmSpec, run_gemm
+from wse_sim.app.scenario import make_mapping
 from wse_sim.arch import load_wafer
 from wse_sim.cli import main
 from wse_sim.errors import UserError
 from wse_sim.mapping import SramOverflowError, TileGrid, get_mapping
 from wse_sim.mapping.estimate import bound_cycles
-from wse_sim.pipeline import RunSpec, make_mapping, run
 from wse_sim.sim import Engine
-from wse_sim.single_op import GemmSpec, run_gemm
 
 EXPLICIT = ["weight-streaming", "summa", "cannon", "meshgemm", "systolic", "gemv-tree", "gemv-allreduce"]
 TINY = {"model_type": "gpt2", "n_embd": 68, "n_layer": 2, "n_head": 17, "vocab_size": 97, "n_positions": 32,
@@ -148,7 +149,7 @@ def test_compare_bad_model_is_one_error(tmp_path, capsys):
 
 
 def test_compare_chart_when_nothing_fits(tmp_path):
-    from wse_sim.compare import write_chart
+    from wse_sim.app.compare import write_chart
 
     rows = [{"mapping": "summa", "feasible": False, "reason": "does not fit"}]
     assert write_chart(rows, RunSpec(), tmp_path / "c.png").stat().st_size > 1000

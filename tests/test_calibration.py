@@ -13,7 +13,9 @@ from dataclasses import replace
 
 import pytest
 
-from wse_sim import calibration as cal
+from wse_sim.app import calibrate as cal
+from wse_sim.app.calibrate import registry
+from wse_sim.app.calibrate.validate import compared_with
 from wse_sim.arch import get_wafer, load_wafer
 from wse_sim.arch.wafer import preset_path
 from wse_sim.cli import main
@@ -139,7 +141,7 @@ def test_validate_cli_writes_the_report(tmp_path, capsys):
 
 
 def test_another_module_can_register_cases(monkeypatch):
-    monkeypatch.setattr(cal, "_REGISTERED", [])
+    monkeypatch.setattr(registry, "_REGISTERED", [])
     case = cal.Case("X-constant", "a test figure", 2.0, "x", lambda wafer: 2.1)
     cal.register(case)
     assert cal.cases()[-1] is case and cal.run_cases([case], WSE2)[0].ok
@@ -159,7 +161,7 @@ def test_a_range_figure_passes_up_to_tolerance_beyond_either_end():
     assert case.residual(2.0) == case.residual(2.99) == 0.0
     assert case.residual(1.5) == pytest.approx(math.log(1.5 / 2.0))
     assert case.residual(4.5) == pytest.approx(math.log(4.5 / 3.0))
-    assert cal._compared_with(case) == "in 2-3"
+    assert compared_with(case) == "in 2-3"
     with pytest.raises(ValueError, match="published_range"):
         cal.Case("X-bad", "", 2.5, "x", lambda wafer: 1.0, bound="within")  # a range needs its ends
     with pytest.raises(ValueError, match="published_range"):

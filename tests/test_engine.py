@@ -5,11 +5,11 @@ import json
 import pytest
 from wse_sim.workloads import OpKind, OpSpec, get_preset, lower_model
 
+from wse_sim.app import RunSpec, run
 from wse_sim.arch import get_wafer
 from wse_sim.arch.costs import compute_cycles, phase_cycles, stream_cycles
 from wse_sim.mapping import ModelPlan, OpPlan, Task, TaskKind, TileGrid, get_mapping
 from wse_sim.mapping.plan import SramOverflowError
-from wse_sim.pipeline import RunSpec, run
 from wse_sim.sim import Engine
 
 WAFER = get_wafer("tiny")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from wse_sim.app import RunSpec, run
+from wse_sim.app.sweep import fmt, load_sweep, run_point
 from wse_sim.cli import main
-from wse_sim.pipeline import RunSpec, run
 from wse_sim.report import gallery
-from wse_sim.sweep import fmt, load_sweep, run_point
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"

@@ -33,7 +33,7 @@ from wse_sim.workloads.reference import reference_logits
 from wse_sim.workloads.tokens import random_tokens
 from wse_sim.workloads.weights import random_weights
 
-from wse_sim.pipeline import RunSpec, run
+from wse_sim.app import RunSpec, run
 
 VOCAB = 97
 # float64 reference vs float32 transformers; the brief's bound is 1e-5. Measured errors are in the report.

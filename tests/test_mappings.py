@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 from wse_sim.workloads import lower_gemm
 
+from wse_sim.app import RunSpec, run
 from wse_sim.arch import load_wafer
 from wse_sim.mapping import SramOverflowError, TileGrid, get_mapping
-from wse_sim.pipeline import RunSpec, run
 from wse_sim.sim import Engine
 from wse_sim.sim.numerics import Numerics
 

@@ -12,12 +12,12 @@ from wse_sim.workloads import ModelConfig
 from wse_sim.workloads.hf_reference import save_hf_checkpoint
 from wse_sim.workloads.weights import random_weights
 
+from wse_sim.app import RunSpec, run
 from wse_sim.arch import get_wafer
 from wse_sim.arch.costs import interwafer_cycles
 from wse_sim.cli import main
 from wse_sim.errors import UserError
 from wse_sim.mapping.serving import StageNeed, assign_wafers, pack, wafers_needed
-from wse_sim.pipeline import RunSpec, run
 from wse_sim.report.trace import trace_events
 
 WSE2 = get_wafer("wse2")

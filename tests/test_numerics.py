@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from wse_sim.app import RunSpec, run
 from wse_sim.cli import main
-from wse_sim.pipeline import RunSpec, run
 
 
 def hf_logits(model, ids):

@@ -5,8 +5,8 @@ import json
 import pytest
 from wse_sim.workloads import get_preset
 
+from wse_sim.app import RunSpec, run
 from wse_sim.mapping import SramOverflowError
-from wse_sim.pipeline import RunSpec, run
 
 TINY = {"model_type": "gpt2", "n_embd": 68, "n_layer": 3, "n_head": 17, "vocab_size": 97, "n_positions": 32,
         "activation_function": "gelu_new"}

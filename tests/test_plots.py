@@ -12,9 +12,9 @@ from matplotlib.collections import PathCollection, PolyCollection, QuadMesh
 from matplotlib.patches import StepPatch
 from matplotlib.quiver import Quiver
 
-from wse_sim import calibration
-from wse_sim.compare import write_chart
-from wse_sim.pipeline import RunSpec, run
+from wse_sim.app import RunSpec, run
+from wse_sim.app import calibrate as calibration
+from wse_sim.app.compare import write_chart
 from wse_sim.report import plots
 from wse_sim.report.timeline import DIRECTIONS, TOP_LINK_LANES, merge_segments
 

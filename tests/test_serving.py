@@ -11,11 +11,11 @@ from wse_sim.workloads import ModelConfig, lower_model
 from wse_sim.workloads.hf_reference import save_hf_checkpoint, transformers_logits
 from wse_sim.workloads.weights import random_weights
 
+from wse_sim.app import RunSpec, run
+from wse_sim.app.serve import capacity
 from wse_sim.arch import get_wafer
 from wse_sim.errors import UserError
 from wse_sim.mapping import TileGrid, get_mapping
-from wse_sim.pipeline import RunSpec, run
-from wse_sim.serve import capacity
 from wse_sim.sim import Engine
 from wse_sim.sim.numerics import Numerics
 

@@ -8,11 +8,11 @@ import pytest
 from matplotlib.lines import Line2D
 from test_plots import GPT2_CONFIG
 
+from wse_sim.app import RunSpec, run
+from wse_sim.app.sweep import HEADLINE_COLUMNS, load_sweep, read_sweep_csv, run_sweep
 from wse_sim.cli import main
 from wse_sim.errors import UserError
-from wse_sim.pipeline import RunSpec, run
 from wse_sim.report.plots import sweep_figure
-from wse_sim.sweep import HEADLINE_COLUMNS, load_sweep, read_sweep_csv, run_sweep
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
-# Where each headline column comes from in report.json, written out here independently of wse_sim.sweep.
+# Where each headline column comes from in report.json, written out here independently of wse_sim.app.sweep.
 REPORT_KEYS = {
     "total_cycles": ("total_cycles",), "seconds": ("seconds",), "tokens_per_s": ("tokens_per_s",), "mfu": ("mfu",),
     "flops": ("flops",), "flops_per_s": ("flops_per_s",), "bound_cycles": ("roofline", "bound_cycles"),

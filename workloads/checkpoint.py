@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import CheckpointError
 from .config import ROPE_TYPES, ConfigError, ModelConfig, load_hf_config
 from .weights import (
     HF_LAYER_NAMES,
@@ -46,13 +46,6 @@ _BUFFER_RE = {
 _PREFIX = "transformer."
 _LLAMA_PREFIX = "model."
 _HEAD = "lm_head.weight"
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be loaded: missing or corrupt files, missing or mis-shaped tensors.
-
-    A :class:`UserError` (hence a ``ValueError``), so the CLI reports it as a one-line message.
-    """
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ..errors import CheckpointError
 from .config import ModelConfig
 
 # LayerWeights field -> parameter name inside ``transformer.h.<i>.`` of a Hugging Face GPT-2 checkpoint.
@@ -233,7 +234,6 @@ class ModelWeights:
 
         Layout means C-contiguous float32, which the simulator's kernels assume.
         """
-        from .checkpoint import CheckpointError  # checkpoint.py imports this module
 
         cfg = self.config
         where = f"model {cfg.name!r}"

@@ -91,98 +91,18 @@ class CannonLayout(ResidentLayout):
                    for i in range(q) for j in range(q))
 
     def matmul(self, op: OpSpec) -> OpPlan:
-        q = self._check_square()
-        g, b, N = self.grid, self.b, op.n
-        ring = self.ring(q)
-        rpos = {p: r for r, p in enumerate(ring)}
-        pred = {p: ring[(rpos[p] - 1) % q] for p in range(q)}  # ring predecessor of each position
-        k_edges = split(op.k, q)
-
-        def kw(kb: int) -> int:
-            return k_edges[kb + 1] - k_edges[kb]
-
-        # PE-level shifts per tile step: one per PE line holding the moving k-block (A: columns, B: rows).
-        def n_row(i: int, s: int) -> int:
-            return max(min(kw(self.kblock(i, p, s)), g.width(p)) for p in range(q))
-
-        def n_col(j: int, s: int) -> int:
-            return max(min(kw(self.kblock(p, j, s)), g.height(p)) for p in range(q))
-
-        hops_row, hops_col = self.pe_ring_hops(g.cols), self.pe_ring_hops(g.rows)
-
-        ops = Operands.of(op)
-        t = Builder(g)
-        a_ready: dict[tuple[int, int], tuple[int, ...]] = {}  # (row, step) -> task after which A blocks are in place
-        b_ready: dict[tuple[int, int], tuple[int, ...]] = {}
-        computes: dict[tuple[int, int, int], int] = {}
-
-        # Skew: ring row a rotates its A blocks a ring places towards the front.
-        for i in range(q):
-            a = rpos[i]
-            msgs = [Message((i, kb), (i, ring[(rpos[kb] - a) % q]), self.rows_per_pe(i) * kw(kb) * b, 0,
-                            (self.rows(i)[1] - self.rows(i)[0]) * kw(kb) * b) for kb in range(q)]
-            a_ready[i, 0] = t.send(msgs, label=f"skew A row {i}")
-        for j in range(q):
-            b_ready[j, 0] = ()
-
-        for s in range(q):
-            for i in range(q):
-                m0, m1 = self.rows(i)
-                for j in range(q):
-                    kb = self.kblock(i, j, s)
-                    prev = (computes[i, j, s - 1],) if s else ()
-                    computes[i, j, s] = t.add(
-                        TaskKind.COMPUTE, deps=a_ready[i, s] + b_ready[j, s] + prev, tile=(i, j),
-                        label=f"gemm step {s}", macs_per_pe=self.rows_per_pe(i) * kw(kb) * self.cols_per_pe(N, j),
-                        actions=(MatmulBlock(f"{ops.y}#{i},{j}", Ref(ops.x, (m0, m1), (k_edges[kb], k_edges[kb + 1])),
-                                             ops.w_ref((k_edges[kb], k_edges[kb + 1]), self.cols(N, j)),
-                                             accumulate=True),),
-                    )
-            if s == q - 1:
-                break
-            # Shift: every block moves to its ring predecessor (buffers: the receiver finished step s - 1).
-            for i in range(q):
-                msgs = [Message((i, p), (i, pred[p]), self.rows_per_pe(i) * kw(self.kblock(i, p, s)) * b, 0,
-                                (self.rows(i)[1] - self.rows(i)[0]) * kw(self.kblock(i, p, s)) * b) for p in range(q)]
-                free = tuple(computes[i, j, s - 1] for j in range(q)) if s else ()
-                a_ready[i, s + 1] = self._shift(t, msgs, a_ready[i, s] + free, n_row(i, s), hops_row,
-                                                f"shift A row {i}")
-            for j in range(q):
-                n0, n1 = self.cols(N, j)
-                msgs = [Message((p, j), (pred[p], j), 0, kw(self.kblock(p, j, s)) * self.cols_per_pe(N, j) * b,
-                                kw(self.kblock(p, j, s)) * (n1 - n0) * b) for p in range(q)]
-                free = tuple(computes[i, j, s - 1] for i in range(q)) if s else ()
-                b_ready[j, s + 1] = self._shift(t, msgs, b_ready[j, s] + free, n_col(j, s), hops_col,
-                                                f"shift B col {j}")
-
-        # The last tile step's own PE-level shifts (the tile shifts above carry the PE shifts made during the steps
-        # before it): they overlap its multiplies, and the output is final only when both are done.
-        a_drain, b_drain = {}, {}
-        last = q - 1
-        for i in range(q):
-            n = n_row(i, last)
-            msgs = [Message((i, p), (i, pred[p]), self.rows_per_pe(i) * kw(self.kblock(i, p, last)) * b, 0, 0)
-                    for p in range(q)]
-            a_drain[i] = self._shift(t, msgs, a_ready[i, last], n - 1, hops_row, f"shift A row {i} in last step",
-                                     (n - 1) / max(n, 1), payload=False)
-        for j in range(q):
-            n = n_col(j, last)
-            msgs = [Message((p, j), (pred[p], j), 0, kw(self.kblock(p, j, last)) * self.cols_per_pe(N, j) * b, 0)
-                    for p in range(q)]
-            b_drain[j] = self._shift(t, msgs, b_ready[j, last], n - 1, hops_col, f"shift B col {j} in last step",
-                                     (n - 1) / max(n, 1), payload=False)
-        for i in range(q):
-            for j in range(q):
-                self.write_output(t, op, ops, i, j, f"{ops.y}#{i},{j}",
-                                  (computes[i, j, q - 1],) + a_drain[i] + b_drain[j])
-        # Two A buffers and one B buffer beside the resident B block, each spread over the tile's PEs.
-        widest = max(kw(kb) for kb in range(q))
-        sram = max(self.io_bytes_per_pe(op, i, j) + 2 * self.rows_per_pe(i) * ceil_div(widest, g.width(j)) * b
-                   + ceil_div(widest, g.height(i)) * self.cols_per_pe(N, j) * b
-                   for i in range(q) for j in range(q))
-        return OpPlan(op=op, mapping=self.name, tasks=t.finish(),
-                      sram_bytes_per_pe=self.check_sram(op, sram, f"{self.name} blocks and accumulators"),
-                      notes=f"{q} steps; ring {ring}")
+        """Skew A, then ``q`` tile steps of multiplies with ring shifts between them, then the last step's PE
+        shifts and the outputs (task order matters: it is the engine's tie-break)."""
+        c = _CannonSteps(self, op)
+        c.skew()
+        for s in range(c.q):
+            c.multiply(s)
+            if s < c.q - 1:
+                c.shift(s)
+        c.finish_last_step()
+        sram = self.check_sram(op, c.sram_bytes_per_pe(), f"{self.name} blocks and accumulators")
+        return OpPlan(op=op, mapping=self.name, tasks=c.t.finish(), sram_bytes_per_pe=sram,
+                      notes=f"{c.q} steps; ring {c.ring}")
 
     def pe_step(self, op: OpSpec, s: int = 0, i: int = 0, j: int = 0) -> PeStep:
         """The mean PE-level step inside tile step ``s`` on tile (i, j) (what the plan's tasks add up to)."""
@@ -202,3 +122,108 @@ class CannonLayout(ResidentLayout):
 class Cannon(ResidentMapping):
     name = "cannon"
     layout_cls = CannonLayout
+
+
+class _CannonSteps:
+    """The tasks of one Cannon matmul on ``layout``, built step by step; ``a_ready[i, s]`` / ``b_ready[j, s]``
+    are the tasks after which tile row i's A blocks / tile column j's B blocks for step ``s`` are in place."""
+
+    def __init__(self, layout: CannonLayout, op: OpSpec):
+        self.L, self.op, self.q = layout, op, layout._check_square()
+        self.g, self.b, self.N = layout.grid, layout.b, op.n
+        self.ring = layout.ring(self.q)
+        rpos = {p: r for r, p in enumerate(self.ring)}
+        self.rpos = rpos
+        self.pred = {p: self.ring[(rpos[p] - 1) % self.q] for p in range(self.q)}  # ring predecessor
+        self.k_edges = split(op.k, self.q)
+        self.hops_row, self.hops_col = layout.pe_ring_hops(self.g.cols), layout.pe_ring_hops(self.g.rows)
+        self.ops = Operands.of(op)
+        self.t = Builder(self.g)
+        self.a_ready: dict[tuple[int, int], tuple[int, ...]] = {}
+        self.b_ready: dict[tuple[int, int], tuple[int, ...]] = {(j, 0): () for j in range(self.q)}
+        self.computes: dict[tuple[int, int, int], int] = {}
+
+    def kw(self, kb: int) -> int:
+        return self.k_edges[kb + 1] - self.k_edges[kb]
+
+    def n_row(self, i: int, s: int) -> int:
+        """PE-level shifts per tile step in tile row i: one per PE column holding the moving k-block."""
+        return max(min(self.kw(self.L.kblock(i, p, s)), self.g.width(p)) for p in range(self.q))
+
+    def n_col(self, j: int, s: int) -> int:
+        return max(min(self.kw(self.L.kblock(p, j, s)), self.g.height(p)) for p in range(self.q))
+
+    def a_msgs(self, i: int, s: int, tile_bytes: bool = True) -> list[Message]:
+        """Every A block of tile row i to its ring predecessor at step ``s``."""
+        L, b = self.L, self.b
+        rows = L.rows(i)[1] - L.rows(i)[0]
+        return [Message((i, p), (i, self.pred[p]), L.rows_per_pe(i) * self.kw(L.kblock(i, p, s)) * b, 0,
+                        rows * self.kw(L.kblock(i, p, s)) * b if tile_bytes else 0) for p in range(self.q)]
+
+    def b_msgs(self, j: int, s: int, tile_bytes: bool = True) -> list[Message]:
+        L, b = self.L, self.b
+        n0, n1 = L.cols(self.N, j)
+        return [Message((p, j), (self.pred[p], j), 0, self.kw(L.kblock(p, j, s)) * L.cols_per_pe(self.N, j) * b,
+                        self.kw(L.kblock(p, j, s)) * (n1 - n0) * b if tile_bytes else 0) for p in range(self.q)]
+
+    def skew(self) -> None:
+        """Ring row a rotates its A blocks a ring places towards the front."""
+        L, b = self.L, self.b
+        for i in range(self.q):
+            a = self.rpos[i]
+            rows = L.rows(i)[1] - L.rows(i)[0]
+            msgs = [Message((i, kb), (i, self.ring[(self.rpos[kb] - a) % self.q]), L.rows_per_pe(i) * self.kw(kb) * b,
+                            0, rows * self.kw(kb) * b) for kb in range(self.q)]
+            self.a_ready[i, 0] = self.t.send(msgs, label=f"skew A row {i}")
+
+    def multiply(self, s: int) -> None:
+        L, ops, ke = self.L, self.ops, self.k_edges
+        for i in range(self.q):
+            m0, m1 = L.rows(i)
+            for j in range(self.q):
+                kb = L.kblock(i, j, s)
+                prev = (self.computes[i, j, s - 1],) if s else ()
+                self.computes[i, j, s] = self.t.add(
+                    TaskKind.COMPUTE, deps=self.a_ready[i, s] + self.b_ready[j, s] + prev, tile=(i, j),
+                    label=f"gemm step {s}", macs_per_pe=L.rows_per_pe(i) * self.kw(kb) * L.cols_per_pe(self.N, j),
+                    actions=(MatmulBlock(f"{ops.y}#{i},{j}", Ref(ops.x, (m0, m1), (ke[kb], ke[kb + 1])),
+                                         ops.w_ref((ke[kb], ke[kb + 1]), L.cols(self.N, j)), accumulate=True),),
+                )
+
+    def shift(self, s: int) -> None:
+        """Every block moves to its ring predecessor (buffers: the receiver finished step s - 1)."""
+        q, c = self.q, self.computes
+        for i in range(q):
+            free = tuple(c[i, j, s - 1] for j in range(q)) if s else ()
+            self.a_ready[i, s + 1] = self.L._shift(self.t, self.a_msgs(i, s), self.a_ready[i, s] + free,
+                                                   self.n_row(i, s), self.hops_row, f"shift A row {i}")
+        for j in range(q):
+            free = tuple(c[i, j, s - 1] for i in range(q)) if s else ()
+            self.b_ready[j, s + 1] = self.L._shift(self.t, self.b_msgs(j, s), self.b_ready[j, s] + free,
+                                                   self.n_col(j, s), self.hops_col, f"shift B col {j}")
+
+    def finish_last_step(self) -> None:
+        """The last tile step's own PE-level shifts (the tile shifts carry those made during earlier steps): they
+        overlap its multiplies, and the output is final only when both are done."""
+        q, last, L = self.q, self.q - 1, self.L
+        a_drain, b_drain = {}, {}
+        for i in range(q):
+            n = self.n_row(i, last)
+            a_drain[i] = L._shift(self.t, self.a_msgs(i, last, False), self.a_ready[i, last], n - 1, self.hops_row,
+                                  f"shift A row {i} in last step", (n - 1) / max(n, 1), payload=False)
+        for j in range(q):
+            n = self.n_col(j, last)
+            b_drain[j] = L._shift(self.t, self.b_msgs(j, last, False), self.b_ready[j, last], n - 1, self.hops_col,
+                                  f"shift B col {j} in last step", (n - 1) / max(n, 1), payload=False)
+        for i in range(q):
+            for j in range(q):
+                L.write_output(self.t, self.op, self.ops, i, j, f"{self.ops.y}#{i},{j}",
+                               (self.computes[i, j, last],) + a_drain[i] + b_drain[j])
+
+    def sram_bytes_per_pe(self) -> int:
+        """Two A buffers and one B buffer beside the resident B block, each spread over the tile's PEs."""
+        L, g, b = self.L, self.g, self.b
+        widest = max(self.kw(kb) for kb in range(self.q))
+        return max(L.io_bytes_per_pe(self.op, i, j) + 2 * L.rows_per_pe(i) * ceil_div(widest, g.width(j)) * b
+                   + ceil_div(widest, g.height(i)) * L.cols_per_pe(self.N, j) * b
+                   for i in range(self.q) for j in range(self.q))

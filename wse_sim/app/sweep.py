@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .pipeline import RunSpec, run
+from ..errors import UserError
+from .run import run
+from .scenario import RunSpec
 
 # TOML keys for the sweep axes named in the plural, and the RunSpec field each fills.
 PLURAL_KEYS = {"models": "model", "wafers": "wafer", "mappings": "mapping"}
@@ -227,7 +228,7 @@ def read_sweep_csv(path: str | Path) -> tuple[list[dict], list[str]]:
 
 
 def plot_sweep(csv_path: str | Path, out_path: str | Path, x: str | None = None) -> Path:
-    from .report.plots import save, sweep_figure
+    from ..report.plots import save, sweep_figure
 
     rows, spec_columns = read_sweep_csv(csv_path)
     try:

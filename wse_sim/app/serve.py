@@ -13,14 +13,29 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .arch import WaferSpec
-from .errors import UserError
-from .gc_pause import gc_paused
-from .mapping import ModelPlan, TileGrid
-from .mapping.serving import RESIDENT_MAPPINGS, Serving, assign_wafers, regions_on, stage_of, wafers_needed
-from .sim import Engine, SimResult
-from .workloads import ModelConfig, WorkloadGraph, lower_model
-from .workloads.graph import BYTES_PER_ELEM
+from ..arch import WaferSpec
+from ..errors import UserError
+from ..gc_pause import gc_paused
+from ..mapping import ModelPlan, TileGrid
+from ..mapping.auto import Auto
+from ..mapping.serving import RESIDENT_MAPPINGS, Serving, assign_wafers, regions_on, stage_of, wafers_needed
+from ..report.build import build_report
+from ..sim import Engine, SimResult
+from ..sim.numerics import Numerics
+from ..workloads import ModelConfig, WorkloadGraph, lower_model
+from ..workloads.graph import BYTES_PER_ELEM
+from .scenario import (
+    RunOutput,
+    RunSpec,
+    Scenario,
+    input_tokens,
+    make_grid,
+    model_weights,
+    numerics_enabled,
+    resolve_model,
+    simulated_cycles,
+)
+from .verify import compare_logits, compare_tokens
 
 
 @dataclass(frozen=True)
@@ -63,8 +78,6 @@ class Chooser:
     ``decisions`` holds the last answer's candidates for the report."""
 
     def __init__(self, wafer: WaferSpec, simulate):
-        from .mapping.auto import Auto
-
         self.wafer = wafer
         self.auto = Auto(simulate=simulate, candidates=RESIDENT_MAPPINGS)
         self.memo: dict = {}
@@ -196,11 +209,9 @@ def wafer_summary(plan: ModelPlan, result: SimResult, wafer: WaferSpec, scaled_c
             "link_bytes_per_s": wafer.interwafer_bytes_per_s, "link_latency_s": wafer.interwafer_latency_s}
 
 
-def run_serving(spec, wafer: WaferSpec, config: ModelConfig, weights, progress: bool, log, record: bool):
-    """``--phase decode`` and ``--phase generate`` (see the module docstring); returns a pipeline RunOutput."""
-    from .pipeline import RunOutput, input_tokens, make_grid, model_weights, numerics_enabled, simulated_cycles
-    from .report.build import build_report
-
+def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
+    """``--phase decode`` and ``--phase generate`` (see the module docstring)."""
+    spec, wafer, config, weights, region = scn.spec, scn.wafer, scn.config, scn.weights, scn.grid
     if spec.phase == "decode":
         if spec.context is None:
             raise UserError("--phase decode needs --context C (tokens already in the KV cache)")
@@ -214,14 +225,11 @@ def run_serving(spec, wafer: WaferSpec, config: ModelConfig, weights, progress: 
     if prompt + new > config.n_positions:
         raise UserError(f"{prompt} + {new} positions exceed the context of {config.name} "
                         f"({config.n_positions} positions)")
-    region = make_grid(spec, wafer)
     sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset,
                     max(positions, 1), simulated_cycles, progress, spec.wafers)
     numerics_on, reason = numerics_enabled(spec, config)
     executor = tokens = None
     if numerics_on:
-        from .sim.numerics import Numerics
-
         weights = model_weights(spec, sr.config, weights, log)
         tokens = input_tokens(spec, config, prompt + (1 if spec.phase == "decode" else 0))
     t0 = time.perf_counter()
@@ -255,8 +263,6 @@ def run_serving(spec, wafer: WaferSpec, config: ModelConfig, weights, progress: 
     numerics_report: dict = {"enabled": bool(numerics_on), "reason": reason}
     logits = None
     if executor is not None:
-        from .verify import compare_logits, compare_tokens
-
         log("checking against the float64 reference and transformers ...")
         if spec.phase == "decode":
             logits = executor.output("head.lm_head").reshape(spec.batch, 1, -1)
@@ -273,12 +279,10 @@ def run_serving(spec, wafer: WaferSpec, config: ModelConfig, weights, progress: 
     return RunOutput(report, logits, sim_wall, main.result, main.plan, wafer)
 
 
-def capacity(spec, wafer: WaferSpec) -> dict:
+def capacity(spec: RunSpec, wafer: WaferSpec) -> dict:
     """The longest KV-cache context that fits for ``spec``'s model, wafer, region grid, precision and batch."""
-    from .pipeline import make_grid, resolve_model, simulated_cycles
-
     config, _ = resolve_model(spec)
-    region = make_grid(spec, wafer)
+    region = make_grid(wafer, spec.grid, spec.tiles, spec.tile)
     sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset, 1,
                     simulated_cycles, wafers=spec.wafers)
     graph = sr.graph(1, "decode", 0)

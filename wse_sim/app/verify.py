@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import round_to
+from ..kernels import round_to
+from ..workloads.hf_reference import transformers_generate, transformers_logits
+from ..workloads.reference import reference_logits
 
 
 def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -18,8 +20,6 @@ def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
 def compare_logits(logits, executor, weights, tokens, precision: str, last_only: bool = False) -> dict:
     """Errors of ``logits`` against both references; ``last_only``: ``logits`` are the last position's only
     (a decode step after a cache of the earlier tokens)."""
-    from .workloads.reference import reference_logits
-
     stored = weights.map_arrays(lambda a: round_to(a, precision))
     ref = reference_logits(stored, tokens)
     if last_only:
@@ -32,8 +32,6 @@ def compare_logits(logits, executor, weights, tokens, precision: str, last_only:
         "top1_agreement_vs_reference": top1_agreement(logits, ref),
     }
     try:
-        from .workloads.hf_reference import transformers_logits
-
         hf = transformers_logits(stored, tokens)
         if last_only:
             hf = hf[:, -1:]
@@ -54,8 +52,6 @@ def compare_tokens(generated: np.ndarray, weights, prompt: np.ndarray, precision
     stored = weights.map_arrays(lambda a: round_to(a, precision))
     out = {"precision": precision, "generated_tokens_compared": int(generated.size)}
     try:
-        from .workloads.hf_reference import transformers_generate
-
         hf = transformers_generate(stored, prompt, generated.shape[1])[:, prompt.shape[1]:]
     except ImportError as exc:  # not installed (an optional extra); installed but broken raises
         return out | {"tokens_match_transformers": None, "transformers": f"unavailable: {exc}"}

@@ -6,8 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import _positive_int
-from .errors import UserError
+from ..app.sweep import CSV_NAME, plot_sweep, run_sweep
+from ..errors import UserError
+from .options import positive_int
 
 FORMAT_HELP = "image format: png or svg"  # checked by report.plots.check_format (importing it here is slow)
 
@@ -17,6 +18,7 @@ def add_parsers(sub) -> None:
     p.add_argument("report", help="report.json written by `wse-sim run`")
     p.add_argument("--out", help="output folder (default: the report's folder)")
     p.add_argument("--format", default="png", help=FORMAT_HELP)
+    p.set_defaults(func=cmd_plot)
 
     s = sub.add_parser("sweep", help="run the cartesian product of a sweep TOML on Dask, one CSV row per point")
     s.add_argument("toml", nargs="?", help="sweep file: lists `models`, `wafers`, `mappings`, `seq`, `batch`, "
@@ -24,17 +26,18 @@ def add_parsers(sub) -> None:
     s.add_argument("--out", default="out/sweep", help="folder for sweep.csv (and sweep.png with --plot)")
     s.add_argument("--scheduler", help="address of a running Dask scheduler, tcp://HOST:PORT "
                                        "(default: a local cluster)")
-    s.add_argument("--workers", type=_positive_int, help="local cluster workers (default: one per core)")
+    s.add_argument("--workers", type=positive_int, help="local cluster workers (default: one per core)")
     s.add_argument("--retry-errors", action="store_true", help="run again the points whose rows have an error")
     s.add_argument("--plot", action="store_true", help="draw sweep.png from sweep.csv (alone: plot only)")
     s.add_argument("--x", help="sweep.csv column for the plot's x axis (default: grid_pes, seq, batch or "
                                "parameters, the first that varies)")
     s.add_argument("--format", default="png", help=FORMAT_HELP)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_sweep)
 
 
-def _cmd_plot(args) -> None:
-    from .report.plots import check_format, write_plots
+def cmd_plot(args) -> None:
+    from ..report.plots import check_format, write_plots
 
     check_format(args.format)
     path = Path(args.report)
@@ -52,9 +55,8 @@ def _cmd_plot(args) -> None:
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
-def _cmd_sweep(args) -> None:
-    from .report.plots import check_format
-    from .sweep import CSV_NAME, plot_sweep, run_sweep
+def cmd_sweep(args) -> None:
+    from ..report.plots import check_format
 
     check_format(args.format)
     out = Path(args.out)
@@ -66,14 +68,3 @@ def _cmd_sweep(args) -> None:
         print(f"{s.csv_path}: {s.points} points, {s.skipped} already done, {s.ran} run, {s.failed} of them failed")
     if args.plot:
         print(f"wrote {plot_sweep(out / CSV_NAME, out / f'sweep.{args.format}', args.x)}")
-
-
-def dispatch(args) -> bool:
-    """Run ``plot`` or ``sweep``; False for any other command."""
-    if args.command == "plot":
-        _cmd_plot(args)
-    elif args.command == "sweep":
-        _cmd_sweep(args)
-    else:
-        return False
-    return True

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arch import load_wafer
-from .errors import UserError
-from .mapping import ModelPlan, TileGrid
-from .pipeline import RunSpec, make_grid, make_mapping
-from .sim import Engine
-from .workloads import lower_gemm
+from ..arch import load_wafer
+from ..errors import UserError
+from ..mapping import ModelPlan, TileGrid
+from ..mapping.gemv import GemvTree
+from ..sim import Engine
+from ..sim.numerics import Numerics
+from ..workloads import lower_gemm
+from .scenario import make_grid, make_mapping
 
 DEFAULT_GEMM_TILES = (8, 8)
 NUMERICS_MAX_MACS = 2**31  # above this, float64 numpy reference and the tile GEMMs take minutes
@@ -42,7 +44,7 @@ class GemmSpec:
 def _grid(spec: GemmSpec, wafer) -> TileGrid:
 
     tiles = None if spec.tile else (spec.tiles or "x".join(map(str, DEFAULT_GEMM_TILES)))
-    return make_grid(RunSpec(grid=spec.grid, tiles=tiles, tile=spec.tile), wafer)
+    return make_grid(wafer, spec.grid, tiles, spec.tile)
 
 
 def plan_gemm(spec: GemmSpec):
@@ -51,8 +53,6 @@ def plan_gemm(spec: GemmSpec):
     grid = _grid(spec, wafer)
     mapping = make_mapping(spec.mapping)
     if spec.mapping == "gemv-tree":
-        from .mapping.gemv import GemvTree
-
         mapping = GemvTree(fan_in=spec.fan_in)
     if spec.mapping == "auto":
         plan = mapping.plan(graph, wafer, grid, fixed_tiles=bool(spec.tiles or spec.tile))
@@ -70,8 +70,6 @@ def run_gemm(spec: GemmSpec) -> dict:
     executor = None
     a = b = None
     if spec.numerics:
-        from .sim.numerics import Numerics
-
         rng = np.random.default_rng(spec.seed)
         a = rng.standard_normal((spec.m, spec.k)).astype(np.float32)
         b = rng.standard_normal((spec.k, spec.n)).astype(np.float32)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import datetime
+import sys
 from pathlib import Path
 
-from .calibration import DEFAULT_FIT_PARAMS
-from .errors import UserError
+from tqdm import tqdm
+
+from ..app import calibrate as cal
+from ..app.calibrate.fit import format_value
+from ..app.catalog import load_wafer, preset_path
+from ..errors import UserError
 
 
 def add_parsers(sub) -> None:
     c = sub.add_parser("calibrate", help="fit the wafer's unsourced cost parameters to published measurements")
     c.add_argument("--wafer", default="wse2", help="preset name or .toml file to start from (default wse2)")
-    c.add_argument("--params", default=",".join(DEFAULT_FIT_PARAMS),
-                   help=f"comma-separated wafer parameters to fit (default: {','.join(DEFAULT_FIT_PARAMS)}, the "
+    c.add_argument("--params", default=",".join(cal.DEFAULT_FIT_PARAMS),
+                   help=f"comma-separated wafer parameters to fit (default: {','.join(cal.DEFAULT_FIT_PARAMS)}, the "
                         "ones without a source)")
     c.add_argument("--cases", help="comma-separated case names (default: the cases marked for fitting)")
     c.add_argument("--write", action="store_true", help="write the fitted values into the wafer's TOML file")
@@ -21,28 +26,16 @@ def add_parsers(sub) -> None:
                                   "--wafer when it is a .toml)")
     c.add_argument("--date", help="with --write: the date put in the comment, YYYY-MM-DD (default: today)")
     c.add_argument("--quiet", action="store_true", help="no progress line per evaluation")
+    c.set_defaults(func=cmd_calibrate)
 
     v = sub.add_parser("validate", help="run every calibration case; write validation.csv, .md and .png")
     v.add_argument("--out", default="out/validation", help="output folder (default out/validation)")
     v.add_argument("--wafer", default="wse2", help="preset name or .toml file (default wse2)")
     v.add_argument("--cases", help="comma-separated case names (default: all)")
+    v.set_defaults(func=cmd_validate)
 
 
-def dispatch(args) -> bool:
-    if args.command == "calibrate":
-        _cmd_calibrate(args)
-    elif args.command == "validate":
-        _cmd_validate(args)
-    else:
-        return False
-    return True
-
-
-def _cmd_calibrate(args) -> None:
-    from . import calibration as cal
-    from .arch import load_wafer
-    from .arch.wafer import preset_path
-
+def cmd_calibrate(args) -> None:
     wafer = load_wafer(args.wafer)
     params = [p.strip() for p in args.params.split(",") if p.strip()]
     for p in params:
@@ -66,14 +59,12 @@ def _cmd_calibrate(args) -> None:
     print(cal.format_fit(result))
     if target is not None:
         cal.write_fitted(target, result, date)
-        print(f"wrote {', '.join(f'{p} = {cal.format_value(v)}' for p, v in result.values.items())} to {target}")
+        print(f"wrote {', '.join(f'{p} = {format_value(v)}' for p, v in result.values.items())} to {target}")
 
 
 def _fit_progress():
     """A tqdm counter of fit evaluations (their number is not known in advance) showing the latest point."""
-    import sys
 
-    from tqdm import tqdm
 
     bar = tqdm(desc="fit evaluations", unit="eval", leave=False, disable=not sys.stderr.isatty())
 
@@ -84,10 +75,7 @@ def _fit_progress():
     return on_eval
 
 
-def _cmd_validate(args) -> None:
-    from . import calibration as cal
-    from .arch import load_wafer
-
+def cmd_validate(args) -> None:
     wafer = load_wafer(args.wafer)
     chosen = cal.select(args.cases)
     results = cal.validate(wafer, args.out, chosen)

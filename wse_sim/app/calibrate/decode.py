@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .arch import WaferSpec
-from .calibration import Case, register
+from ...arch import WaferSpec
+from ..run import run
+from ..scenario import RunSpec
+from .case import Case
 
 # (PE grid side, published tokens/s per request), calibration.md C2
 LLAMA3_8B_TPR = ((420, 2699.9), (540, 2501.5), (660, 2243.3))
@@ -26,8 +28,6 @@ SETUP = (f"llama3-8b decode, context {CONTEXT_TOKENS}, fp16, one layer per PxP r
 @lru_cache(maxsize=64)
 def decode_tokens_per_s(wafer: WaferSpec, grid: int) -> float:
     """Simulated LLaMA3-8B tokens/s per request on a ``grid x grid`` region (cached per wafer value)."""
-    from .pipeline import RunSpec, run
-
     spec = RunSpec(model="llama3-8b", grid=f"{grid}x{grid}", phase="decode", context=CONTEXT_TOKENS,
                    precision="fp16", numerics=False, layer_subset=LAYER_SUBSET)
     return run(spec, wafer=wafer, log=lambda *_: None).report["tokens_per_s_per_request"]
@@ -45,7 +45,7 @@ def _trend(wafer: WaferSpec) -> float:
     return decode_tokens_per_s(wafer, small) / decode_tokens_per_s(wafer, large)
 
 
-register(
+DECODE_CASES: tuple[Case, ...] = (
     *(Case(name=f"C2 llama3-8b decode {g}x{g}", figure="WaferLLM Table 4 (calibration.md C2)", published=tpr,
            unit="tokens/s/request", simulate=_tpr(g), published_text=f"{tpr} tokens/s per request",
            setup=SETUP, fit=True) for g, tpr in LLAMA3_8B_TPR),

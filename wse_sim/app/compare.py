@@ -11,8 +11,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import UserError
-from .pipeline import RunSpec, run
+from ..errors import UserError
+from .run import run
+from .scenario import RunSpec
 
 COLUMNS = ("mapping", "feasible", "total_cycles", "seconds", "tokens_per_s", "mfu", "fabric_bytes",
            "streamed_bytes", "sram_peak_bytes_per_pe", "max_abs_err_vs_transformers", "top1_agreement", "reason")
@@ -32,7 +33,7 @@ def compare(spec: RunSpec, mappings: list[str], log=print, out: Path | None = No
             rows.append(row)
             continue
         if out is not None:
-            from .report.plots import write_plots
+            from ..report.plots import write_plots
 
             (out / name).mkdir(parents=True, exist_ok=True)
             (out / name / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -87,7 +88,7 @@ def write_chart(rows: list[dict], spec: RunSpec, path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .report.plots import format_bytes
+    from ..report.plots import format_bytes
 
     ok = [r for r in rows if r["feasible"]]
     if not ok:

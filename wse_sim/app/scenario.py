@@ -1,24 +1,23 @@
-"""One run, end to end: spec -> workload graph -> mapping plan -> simulation (+ numerics) -> report dict.
-
-This is the only module that knows every layer; each layer below it only knows the ones before it.
+"""The inputs of a run, resolved once: the :class:`RunSpec` a user gives, and the :class:`Scenario` (wafer, model,
+weights, PE grid) every use case builds from it. Shared by prefill, serving, gemm, compare, sweep and calibrate.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .arch import WaferSpec, load_wafer, parse_grid
-from .errors import UserError
-from .gc_pause import gc_paused
-from .mapping import ModelPlan, TileGrid, get_mapping
-from .report.build import build_report
-from .sim import Engine, SimResult
-from .workloads import ModelConfig, get_preset, load_hf_config, lower_model
-from .workloads.graph import BYTES_PER_ELEM
+from ..arch import WaferSpec, load_wafer, parse_grid
+from ..errors import UserError
+from ..mapping import ModelPlan, TileGrid, get_mapping
+from ..mapping.auto import Auto
+from ..sim import Engine, SimResult
+from ..workloads import ModelConfig, get_preset, load_hf_config
+from ..workloads.checkpoint import load_checkpoint
+from ..workloads.tokens import encode_prompt, parse_token_list, random_tokens
+from ..workloads.weights import random_weights
 
 # Numerics are on by default up to this size (issue 3: "default for models up to 1.3B").
 NUMERICS_DEFAULT_MAX_PARAMS = 1_400_000_000
@@ -66,8 +65,6 @@ def _parse_pair(spec: str, what: str) -> tuple[int, int]:
 def resolve_model(spec: RunSpec):
     """(config, weights or None). Weights come from a checkpoint, else later from a seeded generator."""
     if spec.checkpoint:
-        from .workloads.checkpoint import load_checkpoint
-
         weights = load_checkpoint(spec.checkpoint)
         return weights.config, weights
     path = Path(spec.model)
@@ -76,22 +73,24 @@ def resolve_model(spec: RunSpec):
     return get_preset(spec.model), None
 
 
-def make_grid(spec: RunSpec, wafer: WaferSpec) -> TileGrid:
-    rows, cols = parse_grid(spec.grid, wafer)
-    if spec.tile and spec.tiles:
+def make_grid(wafer: WaferSpec, grid: str | None = None, tiles: str | None = None,
+              tile: str | None = None) -> TileGrid:
+    """The PE grid (``grid`` "ROWSxCOLS", default the whole usable mesh) cut into ``tiles`` ("TRxTC", default
+    DEFAULT_TILES) or into tiles of ``tile`` ("HxW") PEs."""
+    rows, cols = parse_grid(grid, wafer)
+    if tile and tiles:
         raise UserError("give --tile (PEs per tile) or --tiles (tile grid), not both")
-    if spec.tile:
-        h, w = _parse_pair(spec.tile, "tile")
+    if tile:
+        h, w = _parse_pair(tile, "tile")
         if h > rows or w > cols:
             raise UserError(f"tile {h}x{w} is larger than the grid {rows}x{cols}")
         return TileGrid.make(rows, cols, -(-rows // h), -(-cols // w))
-    tr, tc = _parse_pair(spec.tiles, "tiles") if spec.tiles else DEFAULT_TILES
+    tr, tc = _parse_pair(tiles, "tiles") if tiles else DEFAULT_TILES
     return TileGrid.make(rows, cols, tr, tc)
 
 
 def input_tokens(spec: RunSpec, config: ModelConfig, seq: int | None = None) -> np.ndarray:
-    from .workloads.tokens import encode_prompt, parse_token_list, random_tokens
-
+    """Token ids ``[batch, seq]``: ``--tokens``, ``--prompt`` (tokenized), or seeded random ones."""
     if spec.tokens and spec.prompt:
         raise UserError("give --tokens or --prompt, not both")
     if spec.tokens:
@@ -134,8 +133,6 @@ def simulated_cycles(wafer: WaferSpec, plan: ModelPlan) -> int:
 def make_mapping(name: str):
     """The registered mapping ``name``; ``auto`` gets the engine to confirm its estimates."""
     if name == "auto":
-        from .mapping.auto import Auto
-
         return Auto(simulate=simulated_cycles)
     return get_mapping(name)
 
@@ -152,8 +149,6 @@ def numerics_enabled(spec: RunSpec, config: ModelConfig) -> tuple[bool, str | No
 def model_weights(spec: RunSpec, config: ModelConfig, weights, log):
     """The checkpoint's weights (cut to ``config.n_layer`` layers for a layer subset) or seeded random ones."""
     if weights is None:
-        from .workloads.weights import random_weights
-
         log(f"generating seeded random weights for {config.name} (seed {spec.seed}) ...")
         return random_weights(config, seed=spec.seed)
     if len(weights.layers) != config.n_layer:
@@ -161,57 +156,22 @@ def model_weights(spec: RunSpec, config: ModelConfig, weights, log):
     return weights
 
 
-def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False,
-        wafer: WaferSpec | None = None) -> RunOutput:
-    """Simulate ``spec``; ``record`` keeps every busy interval (for traces and timelines). ``wafer`` overrides
-    ``spec.wafer`` with a WaferSpec object (calibration varies its parameters)."""
-    if spec.phase not in PHASES:
-        raise UserError(f"unknown phase {spec.phase!r} (known: {', '.join(PHASES)})")
-    wafer = wafer or load_wafer(spec.wafer)
-    config, weights = resolve_model(spec)
-    if spec.phase != "prefill":
-        from .serve import run_serving
+@dataclass(frozen=True)
+class Scenario:
+    """A :class:`RunSpec` resolved once: the wafer object, the model's config, its checkpoint weights (None:
+    seeded random ones are made when numerics need them) and the PE grid."""
 
-        return run_serving(spec, wafer, config, weights, progress, log, record)
-    if spec.layer_subset is not None:
-        raise UserError("--layer-subset applies to decode and generate (serving placement)")
-    if spec.wafers != 1:
-        raise UserError("--wafers applies to decode and generate (resident weights, a layer pipeline); a prefill "
-                        "with weight streaming runs on one wafer (--phase generate reports the prefill's TTFT "
-                        "on N wafers)")
-    graph = lower_model(config, spec.batch, spec.seq, spec.precision)
-    grid = make_grid(spec, wafer)
-    mapping = make_mapping(spec.mapping)
-    with gc_paused():  # hundreds of thousands of tasks, no cycles: see wse_sim.gc_pause
-        if spec.mapping == "auto":  # the auto-mapper also searches tile grids unless the user fixed one
-            plan = mapping.plan(graph, wafer, grid, fixed_tiles=bool(spec.tiles or spec.tile))
-        else:
-            plan = mapping.plan(graph, wafer, grid)
+    spec: RunSpec
+    wafer: WaferSpec
+    config: ModelConfig
+    weights: object | None
+    grid: TileGrid
 
-    numerics_on, reason = numerics_enabled(spec, config)
-    executor = tokens = None
-    if numerics_on:
-        from .sim.numerics import Numerics
-
-        tokens = input_tokens(spec, config)
-        weights = model_weights(spec, config, weights, log)
-        executor = Numerics(graph, weights, tokens)
-
-    t0 = time.perf_counter()
-    result = Engine(wafer, plan, numerics=executor, progress=progress, record=record).run()
-    sim_wall = time.perf_counter() - t0
-
-    logits = None
-    numerics_report: dict = {"enabled": bool(numerics_on), "reason": reason}
-    if executor is not None:
-        logits = executor.output("head.lm_head").reshape(spec.batch, spec.seq, config.vocab_size)
-        log("checking logits against the float64 reference and transformers ...")
-        from .verify import compare_logits
-
-        numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision))
-    seconds = result.total_cycles / wafer.clock_hz
-    serving = {"phase": "prefill", "ttft_s": seconds, "tpot_s": None,
-               "tokens_per_s_per_request": spec.seq / seconds if seconds else None,
-               "kv_cache_bytes": graph.tokens * config.kv_cache_bytes_per_token(BYTES_PER_ELEM[spec.precision])}
-    report = build_report(spec, config, wafer, graph, plan, result, numerics_report, serving)
-    return RunOutput(report, logits, sim_wall, result, plan, wafer)
+    @classmethod
+    def resolve(cls, spec: RunSpec, wafer: WaferSpec | None = None) -> Scenario:
+        """Check ``spec.phase``, load the wafer (``wafer`` overrides ``spec.wafer``), the model and the grid."""
+        if spec.phase not in PHASES:
+            raise UserError(f"unknown phase {spec.phase!r} (known: {', '.join(PHASES)})")
+        wafer = wafer or load_wafer(spec.wafer)
+        config, weights = resolve_model(spec)
+        return cls(spec, wafer, config, weights, make_grid(wafer, spec.grid, spec.tiles, spec.tile))

@@ -1,0 +1,18 @@
+"""Use cases, one module each: ``run`` (prefill, or serving for decode and generate), ``serve`` (serving and KV
+capacity), ``gemm`` (one matmul), ``compare`` (mappings side by side), ``sweep`` (many runs on Dask), ``verify``
+(checks against the references), ``calibrate`` (fit and validate against published figures), ``catalog`` (the
+presets). Each resolves its inputs once (:class:`Scenario`) and calls the floors below: workloads, mapping, sim,
+report. Nothing below this package imports it.
+
+The Python API::
+
+    from wse_sim.app import RunSpec, run
+    out = run(RunSpec(model="cerebras-gpt-111m", seq=512, numerics=False))
+    out.report["total_cycles"], out.report["tokens_per_s"]
+"""
+
+from ..workloads.hf_reference import ReferenceImportError
+from .run import run
+from .scenario import RunOutput, RunSpec, Scenario
+
+__all__ = ["ReferenceImportError", "RunOutput", "RunSpec", "Scenario", "run"]

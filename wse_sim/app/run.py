@@ -1,0 +1,21 @@
+"""One run, end to end: spec -> workload graph -> mapping plan -> simulation (+ numerics) -> report dict.
+
+:func:`run` resolves the :class:`~wse_sim.app.scenario.Scenario` once and hands it to the phase's use case.
+"""
+
+from __future__ import annotations
+
+from ..arch import WaferSpec
+from .prefill import run_prefill
+from .scenario import RunOutput, RunSpec, Scenario
+from .serve import run_serving
+
+
+def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False,
+        wafer: WaferSpec | None = None) -> RunOutput:
+    """Simulate ``spec``; ``record`` keeps every busy interval (for traces and timelines). ``wafer`` overrides
+    ``spec.wafer`` with a WaferSpec object (calibration varies its parameters)."""
+    scn = Scenario.resolve(spec, wafer)
+    if spec.phase == "prefill":
+        return run_prefill(scn, progress, log, record)
+    return run_serving(scn, progress, log, record)
