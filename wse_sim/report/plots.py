@@ -1,8 +1,9 @@
 """Plots drawn from report data alone (report.json, or sweep.csv rows).
 
-``utilization``: PE busy-fraction heatmap of the mesh and link busy fractions on the fabric; ``timeline``: Gantt
-lanes for MemoryX, tiles (or tile rows) and the busiest links, coloured by op; ``layers``: per-layer time by
-critical-path category and a roofline of every op; ``sweep``: headline figures across sweep points.
+``utilization``: tile busy-fraction heatmap on a colour scale fitted to the data, and link busy fractions on the
+fabric; ``timeline``: lanes for MemoryX, inter-wafer links, tiles (or tile rows) and the busiest links, binned
+per pixel column and coloured by op; ``layers``: per-layer time by critical-path category and a roofline of every
+op; ``sweep``: headline figures across sweep points.
 """
 
 from __future__ import annotations
