@@ -13,7 +13,10 @@ import math
 import numpy as np
 from numba import njit
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+# The storage precisions a run accepts and the bytes each stores per element: the one definition (the workload
+# graph sizes tensors with it, the CLI offers its names through wse_sim.app).
+BYTES_PER_ELEM: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
+PRECISIONS: tuple[str, ...] = tuple(BYTES_PER_ELEM)
 
 
 def require_f32(x: np.ndarray, name: str) -> np.ndarray:

@@ -17,19 +17,8 @@ from enum import StrEnum
 
 import networkx as nx
 
+from ..kernels.precision import BYTES_PER_ELEM
 from .config import ConfigError, ModelConfig
-
-# FLOPs per element of the non-matmul ops (conventional counts; they matter little next to the matmuls).
-LAYERNORM_FLOPS_PER_ELEM = 8  # mean, variance, normalise, scale, shift
-SOFTMAX_FLOPS_PER_ELEM = 5  # scale, max, exp, sum, divide
-GELU_FLOPS_PER_ELEM = 8
-RMSNORM_FLOPS_PER_ELEM = 4  # square, sum, normalise, scale
-SWIGLU_FLOPS_PER_ELEM = 6  # sigmoid (exp, add, divide), two products
-ROPE_FLOPS_PER_ELEM = 3  # two products and an add per rotated element
-RESIDUAL_FLOPS_PER_ELEM = 1
-EMBEDDING_FLOPS_PER_ELEM = 1  # token + position add
-
-BYTES_PER_ELEM = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 class OpKind(StrEnum):
@@ -46,6 +35,24 @@ class OpKind(StrEnum):
     ATTN_DECODE = "attn_decode"  # one query per sequence against the KV cache (scores, softmax, context)
 
 PHASES = ("prefill", "decode")
+
+# FLOPs per element of the non-matmul ops (conventional counts; they matter little next to the matmuls). One table:
+# the graph's FLOPs (and so MFU) and the mappings' compute cycles (wse_sim.mapping.layout) both read it.
+FLOPS_PER_ELEM: dict[OpKind, int] = {
+    OpKind.EMBEDDING: 1,  # token + position add
+    OpKind.LAYERNORM: 8,  # sum, square, sum of squares; centre, normalise (2), scale, shift
+    # Square, add to the row's sum of squares; times the row's 1 / rms, times the gain. The mean, + eps and rsqrt
+    # are once per row of d elements: nothing per element. (LayerNorm's centring has no counterpart here.)
+    OpKind.RMSNORM: 4,
+    OpKind.SOFTMAX: 5,  # scale, max, exp, sum, divide
+    OpKind.GELU: 8,
+    OpKind.SWIGLU: 6,  # sigmoid (exp, add, divide), two products
+    OpKind.RESIDUAL: 1,
+}
+# Norms take two passes over a row, the row's statistics all-reduced between them: these many of the ops above
+# come before (the sums), the rest after.
+NORM_STATS_FLOPS_PER_ELEM: dict[OpKind, int] = {OpKind.LAYERNORM: 3, OpKind.RMSNORM: 2}
+ROPE_FLOPS_PER_ELEM = 3  # two products and an add per rotated element (part of the attention ops)
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,8 @@ def _matmul(name, block, layer, m, k, n, b, weight, bias, inputs, groups=1) -> O
     )
 
 
-def _elementwise(name, kind, block, layer, m, n, b, per_elem, inputs, gamma=None, beta=None, groups=1):
+def _elementwise(name, kind, block, layer, m, n, b, inputs, gamma=None, beta=None, groups=1):
+    """An ``m x n`` elementwise op at :data:`FLOPS_PER_ELEM` of its kind."""
     w_bytes = ((gamma is not None) + (beta is not None)) * n * b
     return OpSpec(
         name=name,
@@ -150,7 +158,7 @@ def _elementwise(name, kind, block, layer, m, n, b, per_elem, inputs, gamma=None
         m=m,
         k=0,
         n=n,
-        flops=groups * m * n * per_elem,
+        flops=groups * m * n * FLOPS_PER_ELEM[kind],
         weight_bytes=w_bytes,
         act_in_bytes=len(inputs) * groups * m * n * b,
         act_out_bytes=groups * m * n * b,
@@ -202,7 +210,7 @@ def _attention(config: ModelConfig, blk: str, layer: int, p: str, batch: int, se
         keys = context + 1  # the cache and the new token itself
         return [OpSpec(
             name=p + "attn", kind=OpKind.ATTN_DECODE, block=blk, layer=layer, groups=batch * h, m=1, k=dh, n=keys,
-            flops=batch * h * keys * (4 * dh + SOFTMAX_FLOPS_PER_ELEM) + rope, weight_bytes=0,
+            flops=batch * h * keys * (4 * dh + FLOPS_PER_ELEM[OpKind.SOFTMAX]) + rope, weight_bytes=0,
             act_in_bytes=tokens * config.qkv_width * b + batch * keys * 2 * config.kv_width * b,
             act_out_bytes=tokens * d * b, inputs=(p + "qkv",),
         )]
@@ -214,7 +222,7 @@ def _attention(config: ModelConfig, blk: str, layer: int, p: str, batch: int, se
             act_in_bytes=tokens * (d + config.kv_width) * b, act_out_bytes=batch * h * seq * seq * b,
             inputs=(p + "qkv",),
         ),
-        _elementwise(p + "softmax", OpKind.SOFTMAX, blk, layer, seq, seq, b, SOFTMAX_FLOPS_PER_ELEM,
+        _elementwise(p + "softmax", OpKind.SOFTMAX, blk, layer, seq, seq, b,
                      (p + "attn_scores",), groups=batch * h),
         OpSpec(
             name=p + "attn_context", kind=OpKind.ATTN_CONTEXT, block=blk, layer=layer,
@@ -238,9 +246,9 @@ def _layer_ops(config: ModelConfig, layer: int, block_in: str, batch: int, seq: 
 
     def norm(name, src, gamma, beta):
         if llama:
-            return _elementwise(p + name, OpKind.RMSNORM, blk, layer, tokens, d, b, RMSNORM_FLOPS_PER_ELEM, (src,),
+            return _elementwise(p + name, OpKind.RMSNORM, blk, layer, tokens, d, b, (src,),
                                 gamma=gamma)
-        return _elementwise(p + name, OpKind.LAYERNORM, blk, layer, tokens, d, b, LAYERNORM_FLOPS_PER_ELEM, (src,),
+        return _elementwise(p + name, OpKind.LAYERNORM, blk, layer, tokens, d, b, (src,),
                             gamma=gamma, beta=beta)
 
     ops = [
@@ -250,7 +258,7 @@ def _layer_ops(config: ModelConfig, layer: int, block_in: str, batch: int, seq: 
         *_attention(config, blk, layer, p, batch, seq, phase, context, b),
         _matmul(p + "attn_proj", blk, layer, tokens, d, d, b, "w_attn_proj", None if llama else "b_attn_proj",
                 (attn_out,)),
-        _elementwise(p + "residual_1", OpKind.RESIDUAL, blk, layer, tokens, d, b, RESIDUAL_FLOPS_PER_ELEM,
+        _elementwise(p + "residual_1", OpKind.RESIDUAL, blk, layer, tokens, d, b,
                      (block_in, p + "attn_proj")),
         norm("ln_2", p + "residual_1", "ln2_g", "ln2_b"),
     ]
@@ -258,17 +266,17 @@ def _layer_ops(config: ModelConfig, layer: int, block_in: str, batch: int, seq: 
         ops += [
             _matmul(p + "gate", blk, layer, tokens, d, f, b, "w_gate", None, (p + "ln_2",)),
             _matmul(p + "up", blk, layer, tokens, d, f, b, "w_up", None, (p + "ln_2",)),
-            _elementwise(p + "swiglu", OpKind.SWIGLU, blk, layer, tokens, f, b, SWIGLU_FLOPS_PER_ELEM,
+            _elementwise(p + "swiglu", OpKind.SWIGLU, blk, layer, tokens, f, b,
                          (p + "gate", p + "up")),
             _matmul(p + "down", blk, layer, tokens, f, d, b, "w_down", None, (p + "swiglu",)),
         ]
     else:
         ops += [
             _matmul(p + "fc", blk, layer, tokens, d, f, b, "w_fc", "b_fc", (p + "ln_2",)),
-            _elementwise(p + "gelu", OpKind.GELU, blk, layer, tokens, f, b, GELU_FLOPS_PER_ELEM, (p + "fc",)),
+            _elementwise(p + "gelu", OpKind.GELU, blk, layer, tokens, f, b, (p + "fc",)),
             _matmul(p + "fc_proj", blk, layer, tokens, f, d, b, "w_fc_proj", "b_fc_proj", (p + "gelu",)),
         ]
-    ops.append(_elementwise(p + "residual_2", OpKind.RESIDUAL, blk, layer, tokens, d, b, RESIDUAL_FLOPS_PER_ELEM,
+    ops.append(_elementwise(p + "residual_2", OpKind.RESIDUAL, blk, layer, tokens, d, b,
                             (p + "residual_1", ops[-1].name)))
     return ops
 
@@ -292,7 +300,7 @@ def lower_model(config: ModelConfig, batch: int, seq: int, precision: str = "fp3
         m=tokens,
         k=0,
         n=d,
-        flops=tokens * d * EMBEDDING_FLOPS_PER_ELEM,
+        flops=tokens * d * FLOPS_PER_ELEM[OpKind.EMBEDDING],
         weight_bytes=gathered * tokens * d * b,  # the gathered rows of wte (and wpe)
         act_in_bytes=tokens * 4,  # int32 token ids
         act_out_bytes=tokens * d * b,
@@ -308,10 +316,10 @@ def lower_model(config: ModelConfig, batch: int, seq: int, precision: str = "fp3
 
     n = config.n_layer
     if config.is_llama:
-        final = _elementwise("head.ln_f", OpKind.RMSNORM, "head", n, tokens, d, b, RMSNORM_FLOPS_PER_ELEM,
+        final = _elementwise("head.ln_f", OpKind.RMSNORM, "head", n, tokens, d, b,
                              (block_in,), gamma="lnf_g")
     else:
-        final = _elementwise("head.ln_f", OpKind.LAYERNORM, "head", n, tokens, d, b, LAYERNORM_FLOPS_PER_ELEM,
+        final = _elementwise("head.ln_f", OpKind.LAYERNORM, "head", n, tokens, d, b,
                              (block_in,), gamma="lnf_g", beta="lnf_b")
     # The LM head's weight is "wte" of block "head": the token embedding (tied, used transposed) or lm_head.
     head_ops = [final, _matmul("head.lm_head", "head", n, tokens, d, v, b, "wte", None, ("head.ln_f",))]

@@ -11,8 +11,10 @@ The Python API::
     out.report["total_cycles"], out.report["tokens_per_s"]
 """
 
+from ..kernels.precision import PRECISIONS
+from ..mapping import DEFAULT_TILES
 from ..workloads.hf_reference import ReferenceImportError
 from .run import run
 from .scenario import RunOutput, RunSpec, Scenario
 
-__all__ = ["ReferenceImportError", "RunOutput", "RunSpec", "Scenario", "run"]
+__all__ = ["DEFAULT_TILES", "PRECISIONS", "ReferenceImportError", "RunOutput", "RunSpec", "Scenario", "run"]

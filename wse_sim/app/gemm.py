@@ -21,7 +21,6 @@ from ..sim.numerics import Numerics
 from ..workloads import lower_gemm
 from .scenario import make_grid, make_mapping
 
-DEFAULT_GEMM_TILES = (8, 8)
 NUMERICS_MAX_MACS = 2**31  # above this, float64 numpy reference and the tile GEMMs take minutes
 
 
@@ -43,7 +42,7 @@ class GemmSpec:
 
 def _grid(spec: GemmSpec, wafer) -> TileGrid:
 
-    tiles = None if spec.tile else (spec.tiles or "x".join(map(str, DEFAULT_GEMM_TILES)))
+    tiles = None if spec.tile else spec.tiles  # none: make_grid takes DEFAULT_TILES
     return make_grid(wafer, spec.grid, tiles, spec.tile)
 
 

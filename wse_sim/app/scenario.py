@@ -11,7 +11,7 @@ import numpy as np
 
 from ..arch import WaferSpec, load_wafer, parse_grid
 from ..errors import UserError
-from ..mapping import ModelPlan, TileGrid, get_mapping
+from ..mapping import DEFAULT_TILES, ModelPlan, TileGrid, get_mapping
 from ..mapping.auto import Auto
 from ..sim import Engine, SimResult
 from ..workloads import ModelConfig, get_preset, load_hf_config
@@ -21,7 +21,6 @@ from ..workloads.weights import random_weights
 
 # Numerics are on by default up to this size (issue 3: "default for models up to 1.3B").
 NUMERICS_DEFAULT_MAX_PARAMS = 1_400_000_000
-DEFAULT_TILES = (8, 8)
 
 
 @dataclass(frozen=True)

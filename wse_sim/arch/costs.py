@@ -1,13 +1,15 @@
 """Cost formulas: pure functions from work quantities to cycles on a wafer.
 
 Mappings describe *what* moves and computes (MACs per PE, bytes per lane, hops); these formulas turn that into
-cycles. The engine and any analytical estimate use these same functions, so there is one source of truth.
+cycles. :func:`task_cost` prices one task of any kind: the engine and the analytical bound both call it, so there
+is one source of truth.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from enum import StrEnum
+from typing import NamedTuple, Protocol
 
 from .wafer import WaferSpec
 
@@ -70,6 +72,60 @@ def interwafer_cycles(wafer: WaferSpec, nbytes: float, hops: int = 0) -> tuple[i
     hops on the two wafers (to the edge and from it) follow."""
     ser = math.ceil(nbytes / wafer.interwafer_bytes_per_s * wafer.clock_hz)
     return ser, math.ceil(wafer.interwafer_latency_s * wafer.clock_hz) + hop_cycles(wafer, hops)
+
+
+# ---- one task ----------------------------------------------------------------------------------------------------
+
+
+class TaskKind(StrEnum):
+    """What a task occupies on the hardware, and so which formula prices it (see :func:`task_cost`)."""
+
+    STREAM = "stream"  # MemoryX -> wafer ingress of weights
+    TRANSFER = "transfer"  # fabric: holds its links for the serialization time, then adds hop latency
+    COMPUTE = "compute"  # one tile's PEs busy
+    BARRIER = "barrier"  # no cost: joins dependencies; may free a weight buffer
+    INTERWAFER = "interwafer"  # activations to the next wafer: holds inter-wafer link ``wafer_link``, then latency
+
+
+class PricedTask(Protocol):
+    """The fields of a task (``wse_sim.mapping.plan.Task``) that its cost depends on."""
+
+    kind: TaskKind
+    macs_per_pe: int
+    elem_ops_per_pe: int
+    bytes_per_lane: float
+    hops: int
+    stages: int
+    turns: int
+    phases: int
+    nbytes: int
+
+
+class TaskCost(NamedTuple):
+    """A task's uncontended time: it holds its resources (a tile's PEs, its links, the MemoryX port or an
+    inter-wafer link) for ``hold_cycles``, then its result arrives ``latency_cycles`` later."""
+
+    hold_cycles: int
+    latency_cycles: int = 0
+
+    @property
+    def cycles(self) -> int:
+        return self.hold_cycles + self.latency_cycles
+
+
+def task_cost(wafer: WaferSpec, precision: str, task: PricedTask) -> TaskCost:
+    """What ``task`` costs on ``wafer`` at storage ``precision``, whatever its kind (a barrier costs nothing)."""
+    kind = task.kind
+    if kind == TaskKind.COMPUTE:
+        return TaskCost(compute_cycles(wafer, precision, task.macs_per_pe, task.elem_ops_per_pe))
+    if kind == TaskKind.TRANSFER:
+        return TaskCost(*transfer_cycles(wafer, task.bytes_per_lane, task.hops, task.stages, task.turns,
+                                         task.phases))
+    if kind == TaskKind.STREAM:
+        return TaskCost(stream_cycles(wafer, task.nbytes))
+    if kind == TaskKind.INTERWAFER:
+        return TaskCost(*interwafer_cycles(wafer, task.nbytes, task.hops))
+    return TaskCost(0)
 
 
 # ---- PE-level steps of a GEMM k-loop ------------------------------------------------------------------------------

@@ -85,8 +85,12 @@ class WaferSpec:
         """FMACs per PE per cycle for a storage precision (bf16 runs on the 16-bit datapath)."""
         return self.fp32_fmac_per_pe_per_cycle if precision == "fp32" else self.fp16_fmac_per_pe_per_cycle
 
+    def peak_flops_per_cycle(self, precision: str, pes: int | None = None) -> float:
+        """FLOPs per cycle of ``pes`` PEs (default: the whole mesh), every FMAC lane busy: 2 FLOPs per FMAC."""
+        return 2.0 * self.fmac_per_pe_per_cycle(precision) * (pes or self.pes)
+
     def peak_flops_per_s(self, precision: str, pes: int | None = None) -> float:
-        return 2.0 * self.fmac_per_pe_per_cycle(precision) * (pes or self.pes) * self.clock_hz
+        return self.peak_flops_per_cycle(precision, pes) * self.clock_hz
 
     def to_dict(self) -> dict:
         return asdict(self) | {"link_bytes_per_cycle": self.link_bytes_per_cycle}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+from ..app import DEFAULT_TILES, PRECISIONS
 
 
 def int_at_least(text: str, low: int) -> int:
@@ -41,7 +41,8 @@ def add_precision(p: argparse.ArgumentParser) -> None:
 def add_grid(p: argparse.ArgumentParser, tile: bool = True) -> None:
     """``--grid``, ``--tiles`` and (with ``tile``) ``--tile``: the PE region and how it is cut into tiles."""
     p.add_argument("--grid", help="use a ROWSxCOLS sub-rectangle of the wafer (default: the whole usable mesh)")
-    p.add_argument("--tiles", help="tile grid TRxTC (default 8x8; auto also tries others unless given)")
+    tr, tc = DEFAULT_TILES
+    p.add_argument("--tiles", help=f"tile grid TRxTC (default {tr}x{tc}; auto also tries others unless given)")
     if tile:
         p.add_argument("--tile", help="PEs per tile HxW (1x1 = PE-level; use on small grids)")
 

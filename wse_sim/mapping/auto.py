@@ -26,13 +26,13 @@ from ..gc_pause import gc_paused
 from ..workloads import OpKind, OpSpec, WorkloadGraph
 from .estimate import bound_cycles
 from .layout import BlockLayout
-from .plan import ModelPlan, OpPlan, SramOverflowError, TileGrid
+from .plan import DEFAULT_TILES, ModelPlan, OpPlan, SramOverflowError, TileGrid
 from .registry import get_mapping, register
 from .resident import ResidentLayout
 
 CANDIDATE_MAPPINGS = ("weight-streaming", "summa", "cannon", "meshgemm", "systolic", "gemv-tree", "gemv-allreduce")
 # Tile grids tried when the user does not fix one (``--tiles``); PE-level granularity is too slow for whole models.
-CANDIDATE_TILE_GRIDS = ((8, 8), (12, 12))
+CANDIDATE_TILE_GRIDS = (DEFAULT_TILES, (12, 12))
 
 
 # (wafer, plan) -> simulated cycles: the discrete-event engine, passed in by wse_sim.pipeline.make_mapping.

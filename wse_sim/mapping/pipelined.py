@@ -21,8 +21,8 @@ from dataclasses import replace
 
 from ..arch import WaferSpec
 from ..errors import UserError
+from ..kernels.precision import BYTES_PER_ELEM
 from ..workloads import OpKind, WorkloadGraph
-from ..workloads.graph import BYTES_PER_ELEM
 from .plan import ModelPlan, OpPlan, SramOverflowError, Task, TaskKind, TileGrid, ceil_div, split
 from .registry import register
 from .summa import SummaLayout

@@ -8,13 +8,14 @@ index; the engine adds the dependencies between ops (see ``wse_sim.sim.engine``)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import cache, lru_cache
 
+from ..arch.costs import TaskKind
 from ..errors import UserError
 from ..workloads import OpSpec
 
 Tile = tuple[int, int]  # (tile row, tile col)
+DEFAULT_TILES = (8, 8)  # tile rows x columns when a run names none (capped by its grid)
 Link = tuple[Tile, Tile]  # directed link between adjacent tiles
 
 
@@ -244,14 +245,6 @@ Action = (MatmulBlock | ReduceWrite | Combine | Elementwise | SoftmaxBlock | Con
 # ---- tasks ----------------------------------------------------------------------------------------------------
 
 
-class TaskKind(StrEnum):
-    STREAM = "stream"  # MemoryX -> wafer ingress of weights
-    TRANSFER = "transfer"  # fabric: holds its links for the serialization time, then adds hop latency
-    COMPUTE = "compute"  # one tile's PEs busy
-    BARRIER = "barrier"  # no cost: joins dependencies; may free a weight buffer
-    INTERWAFER = "interwafer"  # activations to the next wafer: holds inter-wafer link ``wafer_link``, then latency
-
-
 @dataclass(frozen=True)
 class Task:
     kind: TaskKind
@@ -271,6 +264,20 @@ class Task:
     actions: tuple[Action, ...] = ()
     ext_deps: tuple[tuple[int, int], ...] = ()  # (op index, task index) in earlier ops (ops with ``after``)
     wafer_link: int = -1  # interwafer: the link from wafer ``wafer_link`` to the next one
+
+    def resources(self) -> tuple:
+        """What the task holds while it runs (its cost's ``hold_cycles``): its tile, its links (sorted, each
+        once), the MemoryX port ``"memoryx"`` or its inter-wafer link ``("interwafer", w)``; a barrier nothing."""
+        kind = self.kind
+        if kind == TaskKind.COMPUTE:
+            return (self.tile,)
+        if kind == TaskKind.TRANSFER:
+            return tuple(sorted(set(self.links)))
+        if kind == TaskKind.STREAM:
+            return ("memoryx",)
+        if kind == TaskKind.INTERWAFER:
+            return (("interwafer", self.wafer_link),)
+        return ()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ different regions, the activations cross to the next region (every tile to the s
 counted on the links in between).
 
 Inside a region, matmuls use the chosen resident mapping (``gemv-tree``, ``gemv-allreduce``, ... or ``auto``,
-which picks per matmul shape by simulated cycles); the KV cache is placed as :meth:`BlockLayout.attn_decode`
+which picks per matmul shape by simulated cycles); the KV cache is placed as :func:`.ops_decode.plan_attn_decode`
 reads it (positions over tile rows, KV heads over tile columns).
 
 With ``wafers`` > 1 (``--wafers N``) the stages are split layer-wise over N wafers in a pipeline: contiguous
@@ -32,8 +32,8 @@ from itertools import pairwise
 
 from ..arch import WaferSpec
 from ..errors import UserError
+from ..kernels.precision import BYTES_PER_ELEM
 from ..workloads import OpKind, OpSpec, WorkloadGraph
-from ..workloads.graph import BYTES_PER_ELEM
 from .collectives import Message
 from .layout import Builder
 from .plan import ModelPlan, OpPlan, SramOverflowError, Task, TaskKind, TileGrid, ceil_div, split

@@ -63,18 +63,14 @@ class StreamingLayout(BlockLayout):
         self.buffers = stream_buffers
 
     # ---- matmul ----------------------------------------------------------------------------------------------
-    def matmul(self, op: OpSpec) -> OpPlan:
-        g, b, TR, TC = self.grid, self.b, self.TR, self.TC
-        K, N = op.k, op.n
-        x, y = op.inputs[0], op.name
-        w_name = weight_tensor(op, op.weight)
-        w_transposed = op.weight == "wte"  # the tied LM head reads the [vocab, d] embedding as [d, vocab]
-        bias = weight_tensor(op, op.bias) if op.bias else None
-
+    def chunks(self, op: OpSpec) -> tuple[list[tuple[int, int, int]], int]:
+        """The weight's column chunks ``(root tile column, n0, n1)``, each as wide as the SRAM left over allows,
+        and the SRAM per PE the widest takes beside the resident blocks."""
+        b, TR, TC = self.b, self.TR, self.TC
         # SRAM: resident blocks, plus per output column of a chunk: the weight buffers and fp32 partials (x2).
-        resident = max(self.resident_bytes_per_pe([K, N], i, j) for i in range(TR) for j in range(TC))
+        resident = max(self.resident_bytes_per_pe([op.k, op.n], i, j) for i in range(TR) for j in range(TC))
         per_col = max(
-            self.buffers * self.cols_per_pe(K, j) * b + 2 * self.rows_per_pe(i) * ACC_BYTES
+            self.buffers * self.cols_per_pe(op.k, j) * b + 2 * self.rows_per_pe(i) * ACC_BYTES
             for i in range(TR)
             for j in range(TC)
         )
@@ -86,16 +82,25 @@ class StreamingLayout(BlockLayout):
                 + " leave no room for one streamed weight column",
             )
         chunk_cols_max = free // per_col
-        n_edges = split(N, TC)
-        chunks: list[tuple[int, int, int]] = []  # (root column, n0, n1)
+        n_edges = split(op.n, TC)
+        chunks: list[tuple[int, int, int]] = []
         for c in range(TC):
             lo, hi = n_edges[c], n_edges[c + 1]
             if hi == lo:
                 continue
             sub = split(hi - lo, ceil_div(hi - lo, chunk_cols_max))
             chunks.extend((c, lo + sub[s], lo + sub[s + 1]) for s in range(len(sub) - 1))
+        return chunks, resident + per_col * max(n1 - n0 for _, n0, n1 in chunks)
+
+    def matmul(self, op: OpSpec) -> OpPlan:
+        g, b, TR, TC = self.grid, self.b, self.TR, self.TC
+        K = op.k
+        x, y = op.inputs[0], op.name
+        w_name = weight_tensor(op, op.weight)
+        w_transposed = op.weight == "wte"  # the tied LM head reads the [vocab, d] embedding as [d, vocab]
+        bias = weight_tensor(op, op.bias) if op.bias else None
+        chunks, sram = self.chunks(op)
         widest = max(n1 - n0 for _, n0, n1 in chunks)
-        sram = resident + per_col * widest
 
         # What every chunk repeats, per tile column j and tile row i: the slice of K, the rows and the block of x.
         k_span = [self.cols(K, j) for j in range(TC)]

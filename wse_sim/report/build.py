@@ -8,7 +8,7 @@ import numpy as np
 
 from ..arch import WaferSpec
 from ..arch.costs import stream_cycles
-from ..mapping import ModelPlan
+from ..mapping import ModelPlan, TileGrid
 from ..sim import SimResult
 from ..workloads import ModelConfig, WorkloadGraph
 from .timeline import link_busy_fraction, timeline_summary
@@ -20,8 +20,7 @@ def roofline_cycles(wafer: WaferSpec, graph: WorkloadGraph, pes: int, streamed_b
     """Lower bounds: all FLOPs at the grid's peak rate, and the plan's streamed bytes at MemoryX bandwidth
     (``streamed_bytes``; every weight when not given, as in weight streaming; resident-weight plans stream only
     embedding rows)."""
-    peak_flops_per_cycle = 2.0 * wafer.fmac_per_pe_per_cycle(graph.precision) * pes
-    compute = math.ceil(graph.total_flops / peak_flops_per_cycle)
+    compute = math.ceil(graph.total_flops / wafer.peak_flops_per_cycle(graph.precision, pes))
     stream = stream_cycles(wafer, graph.streamed_weight_bytes if streamed_bytes is None else streamed_bytes)
     return {"compute_bound_cycles": compute, "stream_bound_cycles": stream, "bound_cycles": max(compute, stream)}
 
@@ -36,18 +35,66 @@ def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGra
     in at the top level."""
     grid = plan.grid
     pes = grid.rows * grid.cols
-    total = result.total_cycles
-    seconds = total / wafer.clock_hz
+    seconds = result.total_cycles / wafer.clock_hz
     flops = graph.total_flops
     peak = wafer.peak_flops_per_s(graph.precision, pes)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": _model_section(config, spec),
+        "wafer": wafer.to_dict(),
+        "mapping": _mapping_section(plan),
+        "run": {"seq": graph.seq, "batch": spec.batch, "tokens": graph.tokens, "precision": graph.precision,
+                "seed": spec.seed, "phase": graph.phase, "context": graph.context},
+        **(serving or {}),
+        "total_cycles": result.total_cycles,
+        "seconds": seconds,
+        "tokens_per_s": graph.tokens / seconds if seconds else None,
+        "layers": _layers(result),
+        "bandwidth": _bandwidth(wafer, result, seconds),
+        "flops": flops,
+        "flops_per_s": flops / seconds if seconds else 0.0,
+        "peak_flops_per_s": peak,
+        "mfu": (flops / seconds) / peak if seconds else 0.0,
+        "roofline": roofline_cycles(wafer, graph, pes, plan.streamed_bytes),
+        "sram_peak_bytes_per_pe": plan.sram_peak_bytes_per_pe,
+        "sram_bytes_per_pe_available": wafer.sram_bytes_per_pe,
+        "utilization": _utilization(wafer, graph.precision, grid, result),
+        "timeline": timeline_summary(result, grid),
+        "simulation": {"engine": "simpy", "tasks": result.tasks},
+        "numerics": numerics,
+    }
 
+
+def _model_section(config: ModelConfig, spec) -> dict:
+    return {
+        "name": config.name, "parameters": config.param_count(), "d_model": config.d_model,
+        "n_layer": config.n_layer, "n_head": config.n_head, "d_ff": config.d_ff,
+        "vocab_size": config.vocab_size, "n_positions": config.n_positions, "activation": config.activation,
+        "weights": "checkpoint" if spec.checkpoint else f"seeded random (seed {spec.seed})",
+    }
+
+
+def _mapping_section(plan: ModelPlan) -> dict:
+    grid = plan.grid
+    return {
+        "name": plan.mapping, "params": plan.params, "grid_pes": [grid.rows, grid.cols],
+        "tile_grid": [grid.tile_rows, grid.tile_cols], "tile_row_edges": list(grid.row_edges),
+        "tile_col_edges": list(grid.col_edges),
+    }
+
+
+_LAYER_SUMS = ("cycles", "compute_cycles", "fabric_cycles", "fabric_latency_cycles", "fabric_serialization_cycles",
+               "stream_cycles", "interwafer_cycles", "flops")
+
+
+def _layers(result: SimResult) -> list[dict]:
+    """One entry per block (embed, layerN, head) with its ops and their summed cycles; a block's ops gather in
+    one entry even when micro-batches interleave them."""
     layers: list[dict] = []
-    by_block: dict[str, dict] = {}  # a block's ops gather here even when micro-batches interleave them
+    by_block: dict[str, dict] = {}
     for op in result.ops:
         if op.block not in by_block:
-            by_block[op.block] = {"name": op.block, "cycles": 0, "compute_cycles": 0, "fabric_cycles": 0,
-                                  "fabric_latency_cycles": 0, "fabric_serialization_cycles": 0,
-                                  "stream_cycles": 0, "interwafer_cycles": 0, "flops": 0, "ops": []}
+            by_block[op.block] = {"name": op.block, **dict.fromkeys(_LAYER_SUMS, 0), "ops": []}
             layers.append(by_block[op.block])
         layer = by_block[op.block]
         entry = {
@@ -59,61 +106,36 @@ def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGra
             "sram_bytes_per_pe": op.sram_bytes_per_pe, "notes": op.notes,
         }
         layer["ops"].append(entry)
-        for key in ("cycles", "compute_cycles", "fabric_cycles", "fabric_latency_cycles",
-                    "fabric_serialization_cycles", "stream_cycles", "interwafer_cycles", "flops"):
+        for key in _LAYER_SUMS:
             layer[key] += entry[key]
+    return layers
 
+
+def _bandwidth(wafer: WaferSpec, result: SimResult, seconds: float) -> dict:
+    total = result.total_cycles
+    return {
+        "memoryx_bytes": result.stream_bytes,
+        "memoryx_bytes_per_s": result.stream_bytes / seconds if seconds else 0.0,
+        "memoryx_peak_bytes_per_s": wafer.memoryx_bytes_per_s,
+        "memoryx_busy_fraction": result.memoryx_busy_cycles / total if total else 0.0,
+        "fabric_bytes": result.fabric_bytes,
+        "fabric_bytes_per_s": result.fabric_bytes / seconds if seconds else 0.0,
+    }
+
+
+def _utilization(wafer: WaferSpec, precision: str, grid: TileGrid, result: SimResult) -> dict:
+    """Per-tile busy fractions and MAC efficiency (FMACs done over the tile's FMAC lanes for the whole run)."""
+    total = result.total_cycles
     busy = result.tile_busy_cycles / total if total else result.tile_busy_cycles
     tile_pes = np.array([[grid.pes((i, j)) for j in range(grid.tile_cols)] for i in range(grid.tile_rows)])
-    mac_capacity = tile_pes * wafer.fmac_per_pe_per_cycle(graph.precision) * max(total, 1)
+    mac_capacity = tile_pes * wafer.fmac_per_pe_per_cycle(precision) * max(total, 1)
     mac_eff = result.tile_macs / mac_capacity
-
     return {
-        "schema_version": SCHEMA_VERSION,
-        "model": {
-            "name": config.name, "parameters": config.param_count(), "d_model": config.d_model,
-            "n_layer": config.n_layer, "n_head": config.n_head, "d_ff": config.d_ff,
-            "vocab_size": config.vocab_size, "n_positions": config.n_positions, "activation": config.activation,
-            "weights": "checkpoint" if spec.checkpoint else f"seeded random (seed {spec.seed})",
-        },
-        "wafer": wafer.to_dict(),
-        "mapping": {
-            "name": plan.mapping, "params": plan.params, "grid_pes": [grid.rows, grid.cols],
-            "tile_grid": [grid.tile_rows, grid.tile_cols], "tile_row_edges": list(grid.row_edges),
-            "tile_col_edges": list(grid.col_edges),
-        },
-        "run": {"seq": graph.seq, "batch": spec.batch, "tokens": graph.tokens, "precision": graph.precision,
-                "seed": spec.seed, "phase": graph.phase, "context": graph.context},
-        **(serving or {}),
-        "total_cycles": total,
-        "seconds": seconds,
-        "tokens_per_s": graph.tokens / seconds if seconds else None,
-        "layers": layers,
-        "bandwidth": {
-            "memoryx_bytes": result.stream_bytes,
-            "memoryx_bytes_per_s": result.stream_bytes / seconds if seconds else 0.0,
-            "memoryx_peak_bytes_per_s": wafer.memoryx_bytes_per_s,
-            "memoryx_busy_fraction": result.memoryx_busy_cycles / total if total else 0.0,
-            "fabric_bytes": result.fabric_bytes,
-            "fabric_bytes_per_s": result.fabric_bytes / seconds if seconds else 0.0,
-        },
-        "flops": flops,
-        "flops_per_s": flops / seconds if seconds else 0.0,
-        "peak_flops_per_s": peak,
-        "mfu": (flops / seconds) / peak if seconds else 0.0,
-        "roofline": roofline_cycles(wafer, graph, pes, plan.streamed_bytes),
-        "sram_peak_bytes_per_pe": plan.sram_peak_bytes_per_pe,
-        "sram_bytes_per_pe_available": wafer.sram_bytes_per_pe,
-        "utilization": {
-            "tile_busy_fraction": [[_round(x) for x in row] for row in busy.tolist()],
-            "tile_mac_efficiency": [[_round(x) for x in row] for row in mac_eff.tolist()],
-            "mean_busy_fraction": _round(float(busy.mean())),
-            "mean_mac_efficiency": _round(float(result.tile_macs.sum() / mac_capacity.sum())),
-            "link_busy_fraction": link_busy_fraction(result, grid),
-        },
-        "timeline": timeline_summary(result, grid),
-        "simulation": {"engine": "simpy", "tasks": result.tasks},
-        "numerics": numerics,
+        "tile_busy_fraction": [[_round(x) for x in row] for row in busy.tolist()],
+        "tile_mac_efficiency": [[_round(x) for x in row] for row in mac_eff.tolist()],
+        "mean_busy_fraction": _round(float(busy.mean())),
+        "mean_mac_efficiency": _round(float(result.tile_macs.sum() / mac_capacity.sum())),
+        "link_busy_fraction": link_busy_fraction(result, grid),
     }
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import simpy
 
 from ..arch import WaferSpec
-from ..arch.costs import compute_cycles, interwafer_cycles, stream_cycles, transfer_cycles
+from ..arch.costs import TaskCost, task_cost
 from ..gc_pause import gc_paused
 from ..mapping.plan import ModelPlan, Task, TaskKind
 
@@ -128,6 +128,51 @@ class _Resource:
             self._waiting.popleft().succeed()
 
 
+@dataclass(frozen=True)
+class _Program:
+    """A plan's tasks in one list (global indices) with every dependency: the op's own, the waits on earlier ops
+    the engine adds (see the module docstring) and the chain of weight streams."""
+
+    tasks: list[Task]
+    op_of: list[int]  # op index of each task
+    deps: list[list[int]]
+    op_end: list[int]  # index of each op's last task
+
+
+def _flatten(plan: ModelPlan) -> _Program:
+    """The plan's tasks in program order, each with its dependencies (see :class:`_Program`)."""
+    tasks: list[Task] = []
+    op_of: list[int] = []
+    deps: list[list[int]] = []
+    op_end: list[int] = []
+    op_base: list[int] = []
+    last_stream = -1
+    for k, op_plan in enumerate(plan.ops):
+        base = len(tasks)
+        op_base.append(base)
+        prev_ends = ([op_end[-1]] if op_end else []) if op_plan.after is None else [op_end[a] for a in op_plan.after]
+        for t in op_plan.tasks:
+            d = [base + x for x in t.deps] + [op_base[a] + x for a, x in t.ext_deps]
+            if t.kind == TaskKind.STREAM:
+                if last_stream >= 0:
+                    d.append(last_stream)
+                last_stream = len(tasks)
+            elif prev_ends and (not t.deps or t.kind == TaskKind.COMPUTE):
+                # Computes read the previous op's output; weight broadcasts may run ahead into buffers.
+                d.extend(prev_ends)
+            tasks.append(t)
+            op_of.append(k)
+            deps.append(d)
+        op_end.append(len(tasks) - 1)
+    return _Program(tasks, op_of, deps, op_end)
+
+
+def _layer_ends(plan: ModelPlan, op_end: list[int]) -> set[int]:
+    """Tasks that end a block (embed, layerN, head; per micro-batch when they interleave): progress ticks."""
+    ops = plan.ops
+    return {op_end[k] for k, op_plan in enumerate(ops) if k + 1 == len(ops) or ops[k + 1].op.block != op_plan.op.block}
+
+
 class Engine:
     """Simulates a :class:`ModelPlan` on a wafer; optionally runs numeric actions as tasks complete."""
 
@@ -138,272 +183,245 @@ class Engine:
 
     @gc_paused()  # millions of short-lived events, no cycles: see wse_sim.gc_pause
     def run(self) -> SimResult:
-        plan, wafer = self.plan, self.wafer
-        env = simpy.Environment()
-        precision = plan.precision
-
-        # Flatten tasks with global indices and add the inter-op dependencies.
-        tasks: list[Task] = []
-        op_of: list[int] = []
-        deps: list[list[int]] = []
-        op_end: list[int] = []
-        op_base: list[int] = []
-        last_stream = -1
-        for k, op_plan in enumerate(plan.ops):
-            base = len(tasks)
-            op_base.append(base)
-            if op_plan.after is None:
-                prev_ends = [op_end[-1]] if op_end else []
-            else:
-                prev_ends = [op_end[a] for a in op_plan.after]
-            for t in op_plan.tasks:
-                d = [base + x for x in t.deps] + [op_base[a] + x for a, x in t.ext_deps]
-                if t.kind == TaskKind.STREAM:
-                    if last_stream >= 0:
-                        d.append(last_stream)
-                    last_stream = len(tasks)
-                elif prev_ends and (not t.deps or t.kind == TaskKind.COMPUTE):
-                    # Computes read the previous op's output; weight broadcasts may run ahead into buffers.
-                    d.extend(prev_ends)
-                tasks.append(t)
-                op_of.append(k)
-                deps.append(d)
-            op_end.append(len(tasks) - 1)
-
-        n = len(tasks)
-        succ: list[list[int]] = [[] for _ in range(n)]
-        remaining = [0] * n
-        for i, d in enumerate(deps):
-            remaining[i] = len(d)
-            for p in d:
-                succ[p].append(i)
-
-        # Per-task times in integer cycles (plain lists: much faster to index one by one than numpy arrays).
-        ready_t = [0] * n
-        start_t = [0] * n
-        end_t = [0] * n
-        crit = [-1] * n
-        latency = [0] * n  # transfers: cycles after the tail left its links (hops, stages, turns)
-
-        tile_res = {t: _Resource(env) for t in plan.grid.tiles()}
-        link_res: dict = {}  # fabric links by (tile, tile), inter-wafer links by ("interwafer", w): created on use
-        memx = _Resource(env)
-        wafer_link_busy: dict[int, int] = {}
-        # Per-tile float sums, added in the same order as into the float64 arrays of the result: the same bits.
-        tile_busy: dict = {}
-        tile_macs: dict = {}
-        link_busy: dict = {}
-        memx_busy = [0]
-        free_slots = [plan.stream_buffers]
-        slot_waiters: deque = deque()
-        last_holder: dict = {}  # resource key -> (release time, task) of the last task that held it
-        op_stream_bytes = [0] * len(plan.ops)
-        op_fabric_bytes = [0] * len(plan.ops)
-        op_interwafer_bytes = [0] * len(plan.ops)
-        intervals: list | None = [] if self.record else None
-
-        # The last op of each block (embed, layerN, head; per micro-batch when they interleave) ends a layer.
-        layer_ends = {op_end[k] for k, op_plan in enumerate(plan.ops)
-                      if k + 1 == len(plan.ops) or plan.ops[k + 1].op.block != op_plan.op.block}
-        bar = None
+        run = _Run(self.wafer, self.plan, self.numerics, self.record)
         if self.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
-            bar = tqdm(total=len(layer_ends), desc="simulating layers", unit="layer", file=sys.stderr, leave=False)
+            run.bar = tqdm(total=len(run.layer_ends), desc="simulating layers", unit="layer", file=sys.stderr,
+                           leave=False)
+        try:
+            run.run()
+        finally:
+            if run.bar is not None:
+                run.bar.close()
+        return run.result()
 
-        def link(key):
-            r = link_res.get(key)
-            if r is None:
-                r = link_res[key] = _Resource(env)
-            return r
 
-        def finish(i: int) -> None:
-            end_t[i] = env.now
-            t = tasks[i]
-            if self.numerics is not None and t.actions:
-                self.numerics.run(t.actions)
-            if t.kind == TaskKind.BARRIER and t.frees_buffer_of is not None:
-                if slot_waiters:
-                    ev, waiter = slot_waiters.popleft()
-                    crit[waiter] = i  # the stream was held up by this consumer: its wait is not streaming
-                    ready_t[waiter] = env.now
-                    ev.succeed()
-                else:
-                    free_slots[0] += 1
-            if bar is not None and i in layer_ends:
-                bar.update(1)
-            for s in succ[i]:
-                remaining[s] -= 1
-                if remaining[s] == 0:
-                    launch(s)
+class _Run:
+    """One simulation of a plan: SimPy processes, one per task, that hold the task's resources for its cost.
 
-        def launch(i: int) -> None:
-            ready_t[i] = env.now
-            best, best_end = -1, -1.0
-            for p in deps[i]:
-                if end_t[p] >= best_end:
-                    best, best_end = p, end_t[p]
-            crit[i] = best
-            t = tasks[i]
-            if t.kind == TaskKind.BARRIER:
-                start_t[i] = env.now
-                finish(i)
-            else:
-                env.process(run_task(i, t))
+    A task starts when its last dependency finishes (:meth:`launch`): its kind's handler (``_HANDLERS``), a SimPy
+    process, holds its resources for its cost, tallies their busy time and calls :meth:`finish`, which starts the
+    successors it was the last wait of.
+    Per-task times feed the critical-path split of each op's cycles (see the module docstring).
+    """
 
-        def acquired(i: int, keys) -> None:
-            """A task that waited for busy resources is on the path of whoever released them last."""
-            start_t[i] = env.now
-            if env.now > ready_t[i]:
-                held = [last_holder[key] for key in keys if key in last_holder]
-                if held:
-                    crit[i] = max(held)[1]
-                    ready_t[i] = env.now
+    bar = None  # a progress bar ticked at the end of each block
 
-        def released(i: int, keys) -> None:
-            for key in keys:
-                last_holder[key] = (env.now, i)
+    def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None, record: bool):
+        self.wafer, self.plan, self.numerics, self.precision = wafer, plan, numerics, plan.precision
+        self.env = simpy.Environment()
+        prog = _flatten(plan)
+        self.tasks, self.op_of, self.deps, self.op_end = prog.tasks, prog.op_of, prog.deps, prog.op_end
+        n = len(self.tasks)
+        self.succ: list[list[int]] = [[] for _ in range(n)]
+        self.remaining = [len(d) for d in self.deps]
+        for i, d in enumerate(self.deps):
+            for p in d:
+                self.succ[p].append(i)
+        self.layer_ends = _layer_ends(plan, self.op_end)
+        # Per-task times in integer cycles (plain lists: much faster to index one by one than numpy arrays).
+        self.ready_t, self.end_t, self.crit = [0] * n, [0] * n, [-1] * n
+        self.latency = [0] * n  # cycles after the task released its resources (a transfer's hops, stages, turns)
+        self.resources: dict = {}  # by key (see Task.resources), created on first use
+        self.last_holder: dict = {}  # resource key -> (release time, task) of the last task that held it
+        self.free_slots, self.slot_waiters = plan.stream_buffers, deque()
+        # Busy tallies. Per-tile float sums, added in the same order as into the float64 arrays of the result.
+        self.tile_busy: dict = {}
+        self.tile_macs: dict = {}
+        self.link_busy: dict = {}
+        self.memoryx_busy = 0
+        self.wafer_link_busy: dict[int, int] = {}
+        self.op_bytes = {kind: [0] * len(plan.ops) for kind in (TaskKind.TRANSFER, TaskKind.STREAM,
+                                                                 TaskKind.INTERWAFER)}
+        self.intervals: list | None = [] if record else None
 
-        def run_task(i: int, t: Task):
-            k = op_of[i]
-            if t.kind == TaskKind.COMPUTE:
-                res = tile_res[t.tile]
-                yield res.request()
-                acquired(i, (t.tile,))
-                cyc = compute_cycles(wafer, precision, t.macs_per_pe, t.elem_ops_per_pe)
-                yield env.timeout(cyc)
-                released(i, (t.tile,))
-                res.release()
-                macs = t.macs_per_pe * plan.grid.pes(t.tile)
-                tile_busy[t.tile] = tile_busy.get(t.tile, 0.0) + cyc
-                tile_macs[t.tile] = tile_macs.get(t.tile, 0.0) + macs
-                if intervals is not None and cyc:
-                    intervals.append(("tile", t.tile, int(env.now - cyc), int(env.now), k, t.label, 0, macs))
-            elif t.kind == TaskKind.TRANSFER:
-                ser, lat = transfer_cycles(wafer, t.bytes_per_lane, t.hops, t.stages, t.turns, t.phases)
-                latency[i] = lat
-                links = sorted(set(t.links))
-                reqs = [link(key).request() for key in links]
-                yield from reqs  # each in turn (a request event's value is None, which yield from passes on)
-                acquired(i, links)
-                yield env.timeout(ser)
-                released(i, links)
-                for key in links:
-                    link(key).release()
-                    link_busy[key] = link_busy.get(key, 0) + ser
-                    if intervals is not None and ser:
-                        intervals.append(("link", key, int(env.now - ser), int(env.now), k, t.label, t.nbytes, 0))
-                yield env.timeout(lat)
-                op_fabric_bytes[k] += t.nbytes
-            elif t.kind == TaskKind.STREAM:
-                if free_slots[0] > 0:
-                    free_slots[0] -= 1
-                else:
-                    ev = env.event()
-                    slot_waiters.append((ev, i))
-                    yield ev
-                yield memx.request()
-                acquired(i, ("memoryx",))
-                cyc = stream_cycles(wafer, t.nbytes)
-                yield env.timeout(cyc)
-                released(i, ("memoryx",))
-                memx.release()
-                memx_busy[0] += cyc
-                if intervals is not None and cyc:
-                    intervals.append(("memoryx", "memoryx", int(env.now - cyc), int(env.now), k, t.label, t.nbytes,
-                                      0))
-                op_stream_bytes[k] += t.nbytes
-            elif t.kind == TaskKind.INTERWAFER:
-                ser, lat = interwafer_cycles(wafer, t.nbytes, t.hops)
-                latency[i] = lat
-                key = ("interwafer", t.wafer_link)
-                res = link(key)
-                yield res.request()
-                acquired(i, (key,))
-                yield env.timeout(ser)
-                released(i, (key,))
-                res.release()
-                wafer_link_busy[t.wafer_link] = wafer_link_busy.get(t.wafer_link, 0) + ser
-                if intervals is not None and ser:
-                    intervals.append(("interwafer", t.wafer_link, int(env.now - ser), int(env.now), k, t.label,
-                                      t.nbytes, 0))
-                yield env.timeout(lat)
-                op_interwafer_bytes[k] += t.nbytes
-            finish(i)
-
-        for i in range(n):
-            if remaining[i] == 0:
-                launch(i)
-        env.run()
-        if bar is not None:
-            bar.close()
-        unfinished = [i for i in range(n) if remaining[i] > 0]
+    def run(self) -> None:
+        """Launch the tasks that wait for nothing; each finishing task launches the ones it was the last wait of."""
+        for i, left in enumerate(self.remaining):
+            if left == 0:
+                self.launch(i)
+        self.env.run()
+        unfinished = [i for i, left in enumerate(self.remaining) if left > 0]
         if unfinished:  # a plan bug, never user input
-            raise RuntimeError(f"{len(unfinished)} tasks never became ready (first: {tasks[unfinished[0]].label})")
-        # The nested functions refer to each other, so their closures outlive this call until the cyclic collector
-        # finds them: drop the per-task dependency lists (a list per task, twice) now instead.
-        deps.clear()
-        succ.clear()
+            raise RuntimeError(f"{len(unfinished)} tasks never became ready (first: {self.tasks[unfinished[0]].label})")
 
+    def launch(self, i: int) -> None:
+        """Task ``i``'s last dependency ended: it is ready, on the path of the dependency that ended last."""
+        now = self.env.now
+        self.ready_t[i] = now
+        best, best_end = -1, -1.0
+        for p in self.deps[i]:
+            if self.end_t[p] >= best_end:
+                best, best_end = p, self.end_t[p]
+        self.crit[i] = best
+        t = self.tasks[i]
+        if t.kind == TaskKind.BARRIER:
+            self.finish(i)
+            return
+        cost = task_cost(self.wafer, self.precision, t)
+        self.latency[i] = cost.latency_cycles
+        self.env.process(_HANDLERS[t.kind](self, i, t, cost))  # the handler ends with finish(i)
+
+    def finish(self, i: int) -> None:
+        """Task ``i`` ended: run its numerics, free the weight buffer it marks consumed, launch its successors."""
+        self.end_t[i] = self.env.now
+        t = self.tasks[i]
+        if self.numerics is not None and t.actions:
+            self.numerics.run(t.actions)
+        if t.frees_buffer_of is not None and t.kind == TaskKind.BARRIER:
+            self._free_buffer(i)
+        if self.bar is not None and i in self.layer_ends:
+            self.bar.update(1)
+        remaining = self.remaining
+        for s in self.succ[i]:
+            remaining[s] -= 1
+            if remaining[s] == 0:
+                self.launch(s)
+
+    # ---- holding resources ---------------------------------------------------------------------------------------
+    def _hold(self, i: int, keys, cycles: int):
+        """Request every resource of ``keys`` at once, hold them all ``cycles`` once granted, release them.
+
+        A task that waited for busy resources is on the critical path of whoever released them last."""
+        env, resources, last_holder = self.env, self.resources, self.last_holder
+        held = [resources.get(key) or resources.setdefault(key, _Resource(env)) for key in keys]
+        yield from [r.request() for r in held]  # each in turn (a request event's value is None)
+        if env.now > self.ready_t[i]:
+            last = [last_holder[key] for key in keys if key in last_holder]
+            if last:
+                self.crit[i] = max(last)[1]
+                self.ready_t[i] = env.now
+        yield env.timeout(cycles)
+        released = (env.now, i)
+        for key in keys:
+            last_holder[key] = released
+        for r in held:
+            r.release()
+
+    def _record(self, group: str, resource, i: int, cycles: int, nbytes: int, macs: float) -> None:
+        """One busy interval (``record=True``), ending now."""
+        if self.intervals is not None and cycles:
+            now = int(self.env.now)
+            self.intervals.append((group, resource, now - cycles, now, self.op_of[i], self.tasks[i].label, nbytes,
+                                   macs))
+
+    def _free_buffer(self, i: int) -> None:
+        """Barrier ``i`` marks a stream's weights consumed: its buffer goes to the oldest waiting stream."""
+        if self.slot_waiters:
+            ev, waiter = self.slot_waiters.popleft()
+            self.crit[waiter] = i  # the stream was held up by this consumer: its wait is not streaming
+            self.ready_t[waiter] = self.env.now
+            ev.succeed()
+        else:
+            self.free_slots += 1
+
+    # ---- one handler per task kind ---------------------------------------------------------------------------
+    def _compute(self, i: int, t: Task, cost: TaskCost):
+        cyc = cost.hold_cycles
+        yield from self._hold(i, t.resources(), cyc)
+        macs = t.macs_per_pe * self.plan.grid.pes(t.tile)
+        self.tile_busy[t.tile] = self.tile_busy.get(t.tile, 0.0) + cyc
+        self.tile_macs[t.tile] = self.tile_macs.get(t.tile, 0.0) + macs
+        self._record("tile", t.tile, i, cyc, 0, macs)
+        self.finish(i)
+
+    def _transfer(self, i: int, t: Task, cost: TaskCost):
+        ser, links = cost.hold_cycles, t.resources()
+        yield from self._hold(i, links, ser)
+        for key in links:
+            self.link_busy[key] = self.link_busy.get(key, 0) + ser
+            self._record("link", key, i, ser, t.nbytes, 0)
+        yield self.env.timeout(cost.latency_cycles)
+        self.op_bytes[t.kind][self.op_of[i]] += t.nbytes
+        self.finish(i)
+
+    def _stream(self, i: int, t: Task, cost: TaskCost):
+        if self.free_slots > 0:
+            self.free_slots -= 1
+        else:
+            ev = self.env.event()
+            self.slot_waiters.append((ev, i))
+            yield ev
+        yield from self._hold(i, t.resources(), cost.hold_cycles)
+        self.memoryx_busy += cost.hold_cycles
+        self._record("memoryx", "memoryx", i, cost.hold_cycles, t.nbytes, 0)
+        self.op_bytes[t.kind][self.op_of[i]] += t.nbytes
+        self.finish(i)
+
+    def _interwafer(self, i: int, t: Task, cost: TaskCost):
+        ser = cost.hold_cycles
+        yield from self._hold(i, t.resources(), ser)
+        self.wafer_link_busy[t.wafer_link] = self.wafer_link_busy.get(t.wafer_link, 0) + ser
+        self._record("interwafer", t.wafer_link, i, ser, t.nbytes, 0)
+        yield self.env.timeout(cost.latency_cycles)
+        self.op_bytes[t.kind][self.op_of[i]] += t.nbytes
+        self.finish(i)
+
+    # ---- the result --------------------------------------------------------------------------------------------
+    def result(self) -> SimResult:
+        n, grid = len(self.tasks), self.plan.grid
+        busy_arr, macs_arr = np.zeros(grid.shape), np.zeros(grid.shape)
+        for tile, cyc in self.tile_busy.items():
+            busy_arr[tile] = cyc
+        for tile, macs in self.tile_macs.items():
+            macs_arr[tile] = macs
+        op_bytes = self.op_bytes
+        return SimResult(
+            total_cycles=int(self.env.now) if n else 0, ops=self.op_timings(), tile_busy_cycles=busy_arr,
+            tile_macs=macs_arr, link_busy_cycles=self.link_busy, memoryx_busy_cycles=self.memoryx_busy,
+            stream_bytes=sum(op_bytes[TaskKind.STREAM]), fabric_bytes=sum(op_bytes[TaskKind.TRANSFER]), tasks=n,
+            intervals=self.intervals, interwafer_busy_cycles=dict(sorted(self.wafer_link_busy.items())),
+            interwafer_bytes=sum(op_bytes[TaskKind.INTERWAFER]),
+        )
+
+    def op_timings(self) -> list[OpTiming]:
+        """Each op's span (from the end of the op before it, or of its ``after`` ops) and its critical split."""
         ops: list[OpTiming] = []
+        end_t, op_end, op_bytes = self.end_t, self.op_end, self.op_bytes
         prev = 0
-        for k, op_plan in enumerate(plan.ops):
+        for k, op_plan in enumerate(self.plan.ops):
             if op_plan.after is not None:
                 prev = max((int(end_t[op_end[a]]) for a in op_plan.after), default=0)
             end = int(end_t[op_end[k]])
-            split = self._critical_split(tasks, op_end[k], prev, ready_t, end_t, crit, latency)
+            split = _critical_split(self.tasks, op_end[k], prev, self.ready_t, end_t, self.crit, self.latency)
             op = op_plan.op
             ops.append(OpTiming(
                 name=op.name, kind=str(op.kind), layer=op.layer, block=op.block, start_cycles=prev,
                 end_cycles=end, compute_cycles=split["compute"], fabric_cycles=split["fabric"],
                 stream_cycles=split["stream"], fabric_latency_cycles=split["fabric_latency"], flops=op.flops,
-                stream_bytes=op_stream_bytes[k],
-                fabric_bytes=op_fabric_bytes[k], sram_bytes_per_pe=op_plan.sram_bytes_per_pe, notes=op_plan.notes,
-                interwafer_cycles=split["interwafer"], interwafer_bytes=op_interwafer_bytes[k],
+                stream_bytes=op_bytes[TaskKind.STREAM][k], fabric_bytes=op_bytes[TaskKind.TRANSFER][k],
+                sram_bytes_per_pe=op_plan.sram_bytes_per_pe, notes=op_plan.notes,
+                interwafer_cycles=split["interwafer"], interwafer_bytes=op_bytes[TaskKind.INTERWAFER][k],
             ))
             prev = end
-        tiles_shape = plan.grid.shape
-        busy_arr, macs_arr = np.zeros(tiles_shape), np.zeros(tiles_shape)
-        for tile, cyc in tile_busy.items():
-            busy_arr[tile] = cyc
-        for tile, macs in tile_macs.items():
-            macs_arr[tile] = macs
-        return SimResult(
-            total_cycles=int(env.now) if n else 0,
-            ops=ops,
-            tile_busy_cycles=busy_arr,
-            tile_macs=macs_arr,
-            link_busy_cycles=link_busy,
-            memoryx_busy_cycles=memx_busy[0],
-            stream_bytes=sum(op_stream_bytes),
-            fabric_bytes=sum(op_fabric_bytes),
-            tasks=n,
-            intervals=intervals,
-            interwafer_busy_cycles=dict(sorted(wafer_link_busy.items())),
-            interwafer_bytes=sum(op_interwafer_bytes),
-        )
+        return ops
 
-    @staticmethod
-    def _critical_split(tasks, end_idx, op_start, ready_t, end_t, crit, latency) -> dict[str, int]:
-        """Attribute [op_start, op end] to compute / fabric / stream / interwafer along the critical path (and the
-        fabric part to latency: the tail's hops, stages and turns; the rest of a transfer's time is serialization)."""
-        out = {"compute": 0, "fabric": 0, "stream": 0, "interwafer": 0, "fabric_latency": 0}
-        cur = end_idx
-        last_cat = "compute"
-        while cur >= 0 and end_t[cur] > op_start:
-            t = tasks[cur]
-            lo = max(ready_t[cur], op_start)
-            cat = _CATEGORY.get(t.kind)
-            if cat is None:  # barrier: zero width, but a slot wait ends at its consumer
-                cur = crit[cur]
-                continue
-            out[cat] += int(end_t[cur] - lo)
-            if cat == "fabric":
-                out["fabric_latency"] += int(min(latency[cur], end_t[cur] - lo))
-            last_cat = cat
+
+_HANDLERS = {TaskKind.COMPUTE: _Run._compute, TaskKind.TRANSFER: _Run._transfer, TaskKind.STREAM: _Run._stream,
+             TaskKind.INTERWAFER: _Run._interwafer}
+
+
+def _critical_split(tasks, end_idx, op_start, ready_t, end_t, crit, latency) -> dict[str, int]:
+    """Attribute [op_start, op end] to compute / fabric / stream / interwafer along the critical path (and the
+    fabric part to latency: the tail's hops, stages and turns; the rest of a transfer's time is serialization)."""
+    out = {"compute": 0, "fabric": 0, "stream": 0, "interwafer": 0, "fabric_latency": 0}
+    cur = end_idx
+    last_cat = "compute"
+    while cur >= 0 and end_t[cur] > op_start:
+        t = tasks[cur]
+        lo = max(ready_t[cur], op_start)
+        cat = _CATEGORY.get(t.kind)
+        if cat is None:  # barrier: zero width, but a slot wait ends at its consumer
             cur = crit[cur]
-        total = int(end_t[end_idx] - op_start)
-        gap = total - out["compute"] - out["fabric"] - out["stream"] - out["interwafer"]
-        if gap:  # only possible when the walk ended before op_start (e.g. first op): give it to the last category
-            out[last_cat] += gap
-        return out
+            continue
+        out[cat] += int(end_t[cur] - lo)
+        if cat == "fabric":
+            out["fabric_latency"] += int(min(latency[cur], end_t[cur] - lo))
+        last_cat = cat
+        cur = crit[cur]
+    total = int(end_t[end_idx] - op_start)
+    gap = total - out["compute"] - out["fabric"] - out["stream"] - out["interwafer"]
+    if gap:  # only possible when the walk ended before op_start (e.g. first op): give it to the last category
+        out[last_cat] += gap
+    return out
