@@ -44,12 +44,16 @@ test-latest:
 	.venv-latest/bin/pip install -q --upgrade -e ".[test]"
 	.venv-latest/bin/python -P -m pytest -m "not slow"
 
-# README gallery: the demo's heatmap, timeline and per-layer plots, and a sweep plot, copied to docs/img/.
+# README gallery: the demo's heatmap, timeline and per-layer plots, and a sweep plot, copied to docs/img/, with
+# docs/img/gallery.json recording the figures they show (tests/test_gallery.py checks it against fresh runs).
 GALLERY_SWEEP := out/gallery-sweep
+GALLERY_SWEEP_FILE := examples/sweep.toml
 gallery: demo
 	rm -f $(GALLERY_SWEEP)/sweep.csv
-	$(BIN)/wse-sim sweep examples/sweep.toml --out $(GALLERY_SWEEP) --plot --quiet
+	$(BIN)/wse-sim sweep $(GALLERY_SWEEP_FILE) --out $(GALLERY_SWEEP) --plot --quiet
 	cp $(OUT)/utilization.png $(OUT)/timeline.png $(OUT)/layers.png $(GALLERY_SWEEP)/sweep.png docs/img/
+	$(BIN)/python -P -m wse_sim.report.gallery --report $(OUT)/report.json --sweep-csv $(GALLERY_SWEEP)/sweep.csv \
+		--sweep-file $(GALLERY_SWEEP_FILE) --img-dir docs/img
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run_benchmarks.py

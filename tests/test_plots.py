@@ -1,21 +1,34 @@
 """Plots and the report data behind them, checked against the SimResult of the same run (no golden images)."""
 
-import bisect
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from conftest import TINY
-from matplotlib.collections import PolyCollection, QuadMesh
+from matplotlib.collections import PathCollection, PolyCollection, QuadMesh
+from matplotlib.patches import StepPatch
 from matplotlib.quiver import Quiver
 
 from wse_sim.app import RunSpec, run
+from wse_sim.app import calibrate as calibration
+from wse_sim.app.compare import write_chart
 from wse_sim.report import plots
 from wse_sim.report.timeline import DIRECTIONS, TOP_LINK_LANES, merge_segments
 
 GPT2_CONFIG = {"model_type": "gpt2", "n_embd": TINY["d_model"], "n_layer": TINY["n_layer"], "n_head": TINY["n_head"],
                "vocab_size": TINY["vocab_size"], "n_positions": TINY["n_positions"], "activation_function": "gelu_new"}
+
+GOLDEN = Path(__file__).parent / "golden"
+# utilization.svg of a full-wafer run was 36 MB with the heatmap as vector cells; rasterised it is far smaller.
+MAX_UTILIZATION_SVG_BYTES = 2_000_000
+
+
+def golden(name: str) -> dict:
+    """A committed golden report (tests/golden): real runs' report data, read without running anything."""
+    return json.loads((GOLDEN / f"{name}.json").read_text())
 
 
 def tiny_run(tmp_path_factory, record=True, **spec):
@@ -38,33 +51,24 @@ def pe_level(tmp_path_factory):
     return tiny_run(tmp_path_factory, tile="1x1")
 
 
-def tile_of(edges, pe):
-    return bisect.bisect_right(edges, pe) - 1
-
-
-def test_pe_heatmap_is_the_busy_fraction_of_each_pes_tile(uneven):
+def test_tile_heatmap_is_the_busy_fraction_of_each_tile(uneven):
     report, result = uneven.report, uneven.result
-    values, y_edges, x_edges, block = plots.pe_busy_grid(report)
-    rows, cols = report["mapping"]["grid_pes"]
-    assert block == 1 and values.shape == (rows, cols)
-    assert list(y_edges) == list(range(rows + 1)) and list(x_edges) == list(range(cols + 1))
-    re, ce = report["mapping"]["tile_row_edges"], report["mapping"]["tile_col_edges"]
-    for r in range(rows):
-        for c in range(cols):
-            i, j = tile_of(re, r), tile_of(ce, c)
-            assert values[r, c] == pytest.approx(result.tile_busy_cycles[i, j] / result.total_cycles, rel=1e-5)
+    values, row_edges, col_edges, block = plots.tile_busy_grid(report)
+    assert block == 1 and values.shape == result.tile_busy_cycles.shape
+    assert list(row_edges) == report["mapping"]["tile_row_edges"]
+    assert list(col_edges) == report["mapping"]["tile_col_edges"]
+    assert values == pytest.approx(result.tile_busy_cycles / result.total_cycles, rel=1e-5)
 
 
-def test_block_averaged_heatmap_is_the_mean_over_each_block(uneven):
-    per_pe, *_ = plots.pe_busy_grid(uneven.report)
-    values, y_edges, x_edges, block = plots.pe_busy_grid(uneven.report, max_cells=3)
-    assert block == 3  # ceil(8 / 3)
-    assert values.shape == (len(y_edges) - 1, len(x_edges) - 1) == (3, 3)
-    assert y_edges[-1] == 8 and x_edges[-1] == 7
-    for a in range(3):
-        for b in range(3):
-            cells = [per_pe[r, c] for r in range(y_edges[a], y_edges[a + 1]) for c in range(x_edges[b], x_edges[b + 1])]
-            assert values[a, b] == pytest.approx(sum(cells) / len(cells))
+def test_block_averaged_heatmap_is_the_pe_weighted_mean_over_each_block(uneven):
+    per_tile, re, ce, _ = plots.tile_busy_grid(uneven.report)
+    values, row_edges, col_edges, block = plots.tile_busy_grid(uneven.report, max_cells=2)
+    assert block == 2 and values.shape == (2, 2)  # 4x3 tiles in blocks of 2x2 tiles
+    assert list(row_edges) == [re[0], re[2], re[4]] and list(col_edges) == [ce[0], ce[2], ce[3]]
+    pes = np.outer(np.diff(re), np.diff(ce))
+    for a, b in np.ndindex(values.shape):
+        rows, cols = slice(2 * a, 2 * a + 2), slice(2 * b, 2 * b + 2)
+        assert values[a, b] == pytest.approx((per_tile[rows, cols] * pes[rows, cols]).sum() / pes[rows, cols].sum())
 
 
 def test_link_busy_fraction_matches_the_simulation(uneven):
@@ -153,31 +157,154 @@ def test_merge_cap_keeps_busy_cycles_and_uses_the_smallest_gap(pe_level):
     assert n_ops + int((gaps > gap - 1).sum()) > cap
 
 
-def test_utilization_figure_draws_the_report_data(uneven):
+def test_utilization_figure_draws_one_cell_per_tile_on_a_fitted_scale(uneven):
     report = uneven.report
     fig = plots.utilization_figure(report)
     ax_pe, ax_link, cbar_pe = fig.axes[:3]  # colorbars are added after both panels
     (mesh,) = [c for c in ax_pe.collections if isinstance(c, QuadMesh)]
-    values, *_ = plots.pe_busy_grid(report)
-    assert np.asarray(mesh.get_array()).reshape(values.shape) == pytest.approx(values)
+    tiles = np.array(report["utilization"]["tile_busy_fraction"])
+    assert np.asarray(mesh.get_array()).reshape(tiles.shape) == pytest.approx(tiles)
+    assert (mesh.norm.vmin, mesh.norm.vmax) == pytest.approx((tiles.min(), tiles.max()))
+    heading = ax_pe.get_title()
+    tr, tc = report["mapping"]["tile_grid"]
+    assert f"one cell per tile, {tr}x{tc} tiles" in heading
+    assert f"fitted to the data: {tiles.min() * 100:.4g}-{tiles.max() * 100:.4g} %" in heading
+    assert f"mean over tiles {report['utilization']['mean_busy_fraction'] * 100:.2f} %" in heading
     (quiver,) = [c for c in ax_link.collections if isinstance(c, Quiver)]
     assert sorted(np.asarray(quiver.get_array())) == pytest.approx(sorted(plots.link_arrows(report)[4]))
     for name in (report["model"]["name"], report["wafer"]["name"], report["mapping"]["name"]):
         assert name in fig._suptitle.get_text()
-    assert ax_pe.get_xlabel() == "PE column" and "busy fraction" in cbar_pe.get_ylabel()
+    assert ax_pe.get_xlabel() == "PE column" and "busy share" in cbar_pe.get_ylabel()
     plt.close(fig)
 
 
-def test_timeline_figure_draws_every_segment(uneven):
-    report = uneven.report
+def test_utilization_svg_rasterises_the_heatmap_and_keeps_text(tmp_path):
+    """A full-wafer report (994x750 PEs): the SVG embeds the heatmap and arrows as images, text stays vector."""
+    report = golden("prefill-111m-auto")
+    (path,) = [p for p in plots.write_plots(report, tmp_path, "svg") if p.name == "utilization.svg"]
+    svg = path.read_text()
+    assert path.stat().st_size < MAX_UTILIZATION_SVG_BYTES
+    assert svg.count("<image") >= 2
+    assert f"<!-- {plots.title(report)} -->" in svg  # matplotlib writes each text's string beside its glyphs
+
+
+def lane_heights(ax) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per timeline lane: the column edges and the drawn height of each column, as a share of the lane."""
+    out: dict[int, tuple] = {}
+    for patch in (p for p in ax.get_children() if isinstance(p, StepPatch)):
+        top, edges, bottom = patch.get_data()
+        lane = round(float(np.mean(bottom)))
+        height = out[lane][1] if lane in out else np.zeros(top.size)
+        out[lane] = (edges, height + (bottom - top) / plots.LANE_HEIGHT)
+    return out
+
+
+def test_spread_cycles_keeps_every_busy_cycle_in_its_columns():
+    edges = np.linspace(0, 100, 8)
+    start, end = np.array([0.0, 13.0, 40.0, 99.5]), np.array([5.0, 41.0, 40.0, 100.0])
+    busy = np.array([5.0, 14.0, 0.0, 0.5])  # the second is a merged segment, busy half its span
+    cols = plots.spread_cycles(start, end, busy, edges)
+    assert cols.sum() == pytest.approx(busy.sum())
+    assert np.all(cols <= np.diff(edges) + 1e-9) and cols[-1] == pytest.approx(0.5)
+    assert cols[0] == pytest.approx(5.0 + 14.0 / 28 * (edges[1] - 13.0))
+
+
+@pytest.mark.parametrize("source", ["uneven", "pe_level", "decode-llama3-8b-2wafers", "generate-13b-subset"])
+def test_timeline_draws_each_lanes_busy_time_at_any_width(source, request):
+    """Binning per pixel column: the drawn area of a lane is its busy time, however short its segments."""
+    report = golden(source) if "-" in source else request.getfixturevalue(source).report
     fig = plots.timeline_figure(report)
     ax = fig.axes[0]
-    bars = sum(len(c.get_paths()) for c in ax.collections if isinstance(c, PolyCollection))
-    assert bars == sum(len(lane["op"]) for lane in report["timeline"]["lanes"])
-    assert [t.get_text().split("  ")[0] for t in ax.get_yticklabels()] == [
-        lane["name"] for lane in report["timeline"]["lanes"]]
-    assert "µs" in ax.get_xlabel()
+    x0, x1 = ax.get_xlim()
+    heights = lane_heights(ax)
+    for y, lane in enumerate(report["timeline"]["lanes"]):
+        edges, height = heights.get(y, (np.array([x0, x1]), np.zeros(1)))
+        area = float((height * np.diff(edges)).sum()) / (x1 - x0)
+        assert area == pytest.approx(sum(lane["busy"]) / report["total_cycles"], rel=1e-6, abs=1e-12)
+        if lane["group"] == "tile" and source == "uneven":
+            assert area == pytest.approx(lane["busy_cycles"] / report["total_cycles"], rel=1e-6)
     plt.close(fig)
+
+
+@pytest.mark.parametrize("source", ["decode-llama3-8b-2wafers", "generate-13b-subset"])
+def test_timeline_marks_every_busy_column_and_shows_inter_wafer_lanes(source):
+    """A column busy too little to draw tall gets a tick, so no busy lane (inter-wafer links included) is blank."""
+    report = golden(source)
+    fig = plots.timeline_figure(report)
+    ax = fig.axes[0]
+    lanes = report["timeline"]["lanes"]
+    assert [lane["name"] for lane in lanes if lane["group"] == "interwafer"] == [
+        f"inter-wafer link {w}->{w + 1}" for w in range(report["wafers"]["count"] - 1)]
+    ticks = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+    heights = lane_heights(ax)
+    for y, lane in enumerate(lanes):
+        if not lane["busy_cycles"]:
+            continue
+        edges, height = heights[y]
+        faint = ((edges[:-1] + edges[1:]) / 2)[(height > 0) & (height < plots.MIN_VISIBLE_COLUMN_SHARE)]
+        marked = ticks[np.isclose(ticks[:, 1], y + plots.LANE_HEIGHT / 2), 0]
+        np.testing.assert_allclose(np.sort(marked), faint)
+        assert (height >= plots.MIN_VISIBLE_COLUMN_SHARE).any() or marked.size
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("source", ["uneven", "decode-llama3-8b-2wafers", "generate-13b-subset"])
+def test_timeline_labels_state_each_lanes_share_of_the_run(source, request):
+    """Labels keep two significant digits below 10 %, so a busy lane never reads '0 %', and the title says how a
+    lane's share differs from the summary's mean over tiles."""
+    report = golden(source) if "-" in source else request.getfixturevalue(source).report
+    fig = plots.timeline_figure(report)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    for label, lane in zip(labels, report["timeline"]["lanes"], strict=True):
+        name, share = label.rsplit("  ", 1)
+        assert name == lane["name"] and share.endswith(" %")
+        expected = lane["busy_cycles"] / report["total_cycles"] * 100
+        assert float(share[:-2]) == pytest.approx(expected, rel=0.05, abs=1e-12)
+    heading = ax.get_title()
+    mean = report["utilization"]["mean_busy_fraction"] * 100
+    assert f"'tile busy (mean)' {mean:.2f} % is the mean over tiles" in heading and "any of its tiles" in heading
+    plt.close(fig)
+
+
+@pytest.fixture
+def closed_figures(monkeypatch):
+    """Figures that code under test saves and closes, kept open so their artists can be read."""
+    close = plt.close
+    figures: list = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    yield figures
+    for fig in figures:
+        close(fig)
+
+
+BYTE_UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+
+
+def test_compare_chart_labels_bytes_in_a_unit_that_fits(closed_figures, tmp_path):
+    saved = golden("compare-gpt")
+    write_chart(saved["rows"], SimpleNamespace(**saved["spec"]), tmp_path / "compare.png")
+    (fig,) = closed_figures
+    labels = [t.get_text().split() for t in fig.axes[0].texts]
+    shown = [(float(number), unit) for number, unit, *_ in (w for w in labels if len(w) == 2) if unit in BYTE_UNITS]
+    expected = sorted(r[key] for r in saved["rows"] if r["feasible"] for key in ("fabric_bytes", "streamed_bytes"))
+    assert sorted(number * BYTE_UNITS[unit] for number, unit in shown) == pytest.approx(expected, rel=5e-3)
+    assert all(1 <= number < 1000 for number, unit in shown if number)
+
+
+def test_validation_plot_draws_the_pass_criterion(closed_figures, tmp_path):
+    """The shaded band is the tolerance a case passes within, so a point just inside its edge passes."""
+    cases = [c for c in calibration.BUILTIN_CASES if c.bound == "equal"][:2]
+    results = [calibration.CaseResult(c, c.published * (1 + calibration.TOLERANCE * 0.999), 0.0) for c in cases]
+    calibration.write_validation_plot(results, SimpleNamespace(name="test"), tmp_path / "validation.png")
+    (fig,) = closed_figures
+    ax = fig.axes[0]
+    (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    x, y = band.get_paths()[0].vertices.T
+    tol = calibration.TOLERANCE
+    assert sorted({round(v, 9) for v in y / x}) == pytest.approx([1 - tol, 1 + tol])
+    assert all(r.ok for r in results)
+    assert f"±{tol:.0%}" in ax.get_legend_handles_labels()[1][0]
 
 
 def test_roofline_places_each_op_by_intensity_and_rate(uneven):

@@ -89,6 +89,8 @@ def write_chart(rows: list[dict], spec: RunSpec, path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from ..report.plots import format_bytes
+
     ok = [r for r in rows if r["feasible"]]
     if not ok:
         fig, ax = plt.subplots(figsize=(8, 2.5))
@@ -101,8 +103,8 @@ def write_chart(rows: list[dict], spec: RunSpec, path: Path) -> Path:
         return path
     metrics = [("total_cycles", "time", lambda v: f"{v:,.0f} cyc"),
                ("tokens_per_s", "tokens/s", lambda v: f"{v:,.0f}"),
-               ("fabric_bytes", "fabric bytes", lambda v: f"{v / 1e9:.2f} GB"),
-               ("streamed_bytes", "streamed bytes", lambda v: f"{v / 1e9:.2f} GB"),
+               ("fabric_bytes", "fabric bytes", format_bytes),
+               ("streamed_bytes", "streamed bytes", format_bytes),
                ("sram_peak_bytes_per_pe", "SRAM peak/PE", lambda v: f"{v / 1024:.1f} KiB")]
     fig, ax = plt.subplots(figsize=(13, 5.5))
     width = 0.8 / max(len(ok), 1)

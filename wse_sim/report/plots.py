@@ -1,8 +1,9 @@
 """Plots drawn from report data alone (report.json, or sweep.csv rows).
 
-``utilization``: PE busy-fraction heatmap of the mesh and link busy fractions on the fabric; ``timeline``: Gantt
-lanes for MemoryX, tiles (or tile rows) and the busiest links, coloured by op; ``layers``: per-layer time by
-critical-path category and a roofline of every op; ``sweep``: headline figures across sweep points.
+``utilization``: tile busy-fraction heatmap on a colour scale fitted to the data, and link busy fractions on the
+fabric; ``timeline``: lanes for MemoryX, inter-wafer links, tiles (or tile rows) and the busiest links, binned
+per pixel column and coloured by op; ``layers``: per-layer time by critical-path category and a roofline of every
+op; ``sweep``: headline figures across sweep points.
 """
 
 from __future__ import annotations
@@ -15,17 +16,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, StepPatch
+from matplotlib.ticker import FuncFormatter
 
 from ..errors import UserError
 
 CATEGORY_COLORS = {"compute": "#2b8cbe", "fabric": "#fdae61", "stream": "#d7191c", "interwafer": "#7b3294"}
-# Meshes larger than this many PEs on a side are drawn block-averaged.
+# Tile grids larger than this many tiles on a side are drawn block-averaged.
 MAX_HEATMAP_CELLS = 500
+# Heatmap cells carry their value as text while the tile grid has at most this many tiles on a side.
+MAX_ANNOTATED_CELLS = 16
 # Tile boundaries are overlaid while the tile grid has at most this many tiles on a side.
 MAX_OVERLAID_TILE_EDGES = 200
 # Op colour groups: by op name within its layer (qkv, fc, ...) while there are at most this many, else by kind.
 MAX_OP_GROUPS = 20
+# Timeline lanes: bar height in lane units; columns busy less than this share get a tick so they stay visible.
+LANE_HEIGHT = 0.8
+MIN_VISIBLE_COLUMN_SHARE = 0.05
+TICK_MARKER = "|"
 FORMATS = ("png", "svg")
 DPI = 110
 
@@ -35,6 +43,14 @@ def title(report: dict) -> str:
     run = report["run"]
     return (f"{report['model']['name']} on {report['wafer']['name']} ({report['mapping']['name']}), "
             f"batch {run['batch']} x seq {run['seq']}, {run['precision']}")
+
+
+def format_bytes(n_bytes: float) -> str:
+    """Decimal bytes with the unit chosen by magnitude (1.6 MB, not 0.00 GB), three significant digits."""
+    for scale, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(n_bytes) >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{n_bytes:.0f} B"
 
 
 def flat_ops(report: dict) -> list[dict]:
@@ -56,19 +72,32 @@ def op_groups(ops: list[dict]) -> tuple[list[str], dict[str, tuple]]:
 # ---- mesh and fabric ------------------------------------------------------------------------------------------
 
 
-def pe_busy_grid(report: dict, max_cells: int = MAX_HEATMAP_CELLS):
-    """Busy fraction per PE (each PE of a tile shares its tile's), block-averaged over ``block x block`` PEs when
-    the mesh is larger than ``max_cells`` on a side. Returns (values, PE row edges, PE column edges, block)."""
+def percent(frac: float) -> str:
+    """A share as a percentage: whole numbers from 10 %, two significant digits below (a nonzero share never
+    prints as 0 %)."""
+    p = frac * 100
+    return "0 %" if p == 0 else f"{p:.0f} %" if p >= 10 else f"{p:.2g} %"
+
+
+def tile_busy_grid(report: dict, max_cells: int = MAX_HEATMAP_CELLS):
+    """Busy fraction per tile with the tiles' PE row and column edges. Tile grids larger than ``max_cells`` on a
+    side are averaged over blocks of ``block x block`` tiles, weighted by PEs. Returns (values, PE row edges, PE
+    column edges, block)."""
     m = report["mapping"]
     busy = np.array(report["utilization"]["tile_busy_fraction"], dtype=float)
-    per_pe = np.repeat(np.repeat(busy, np.diff(m["tile_row_edges"]), axis=0), np.diff(m["tile_col_edges"]), axis=1)
-    rows, cols = per_pe.shape
-    block = max(1, math.ceil(max(rows, cols) / max_cells))
-    y_edges, x_edges = np.append(np.arange(0, rows, block), rows), np.append(np.arange(0, cols, block), cols)
+    row_edges, col_edges = np.array(m["tile_row_edges"]), np.array(m["tile_col_edges"])
+    block = max(1, math.ceil(max(busy.shape) / max_cells))
     if block > 1:
-        sums = np.add.reduceat(np.add.reduceat(per_pe, y_edges[:-1], axis=0), x_edges[:-1], axis=1)
-        per_pe = sums / np.outer(np.diff(y_edges), np.diff(x_edges))
-    return per_pe, y_edges, x_edges, block
+        rows, cols = np.arange(0, busy.shape[0], block), np.arange(0, busy.shape[1], block)
+        pes = np.outer(np.diff(row_edges), np.diff(col_edges)).astype(float)
+
+        def block_sum(a):
+            return np.add.reduceat(np.add.reduceat(a, rows, axis=0), cols, axis=1)
+
+        busy = block_sum(busy * pes) / block_sum(pes)
+        row_edges = row_edges[np.append(rows, len(row_edges) - 1)]
+        col_edges = col_edges[np.append(cols, len(col_edges) - 1)]
+    return busy, row_edges, col_edges, block
 
 
 def link_arrows(report: dict):
@@ -122,23 +151,51 @@ def _wafer_outlines(ax, report: dict) -> None:
                 bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0})
 
 
-def utilization_figure(report: dict):
-    """PE heatmap of compute busy fraction (left) and link busy fraction on the fabric (right)."""
+def color_range(values: np.ndarray) -> tuple[float, float]:
+    """(vmin, vmax) of a colour scale fitted to the data, so small differences between tiles show; a flat field
+    gets 0 to its value (or to 1 if all zero)."""
+    lo, hi = float(values.min()), float(values.max())
+    return (lo, hi) if hi > lo else (0.0, hi or 1.0)
+
+
+def _annotate_cells(ax, values: np.ndarray, row_edges, col_edges, norm) -> None:
+    """Each cell's busy share written on it, while the grid is small enough to read."""
+    if max(values.shape) > MAX_ANNOTATED_CELLS:
+        return
+    for i, j in np.ndindex(values.shape):
+        light = norm(values[i, j]) > 0.6  # viridis is light at its top end
+        ax.text((col_edges[j] + col_edges[j + 1]) / 2, (row_edges[i] + row_edges[i + 1]) / 2,
+                f"{values[i, j] * 100:.1f}", ha="center", va="center", fontsize=7,
+                color="black" if light else "white")
+
+
+def _heatmap_title(report: dict, block: int, vmin: float, vmax: float) -> str:
     m = report["mapping"]
-    values, y_edges, x_edges, block = pe_busy_grid(report)
+    cells = "one cell per tile" if block == 1 else f"one cell per {block}x{block} tiles (PE-weighted mean)"
+    multi = (report.get("wafers") or {}).get("count", 1) > 1
+    return (f"Tile compute busy fraction: {cells}, {m['tile_grid'][0]}x{m['tile_grid'][1]} tiles (a PE shows "
+            f"its tile's)\nmean over tiles {report['utilization']['mean_busy_fraction'] * 100:.2f} % = the summary's "
+            f"'tile busy (mean)'\ncolour scale fitted to the data: {vmin * 100:.4g}-{vmax * 100:.4g} %"
+            + ("\nmagenta: wafers (no fabric between them)" if multi else ""))
+
+
+def utilization_figure(report: dict):
+    """Tile heatmap of compute busy fraction (left) and link busy fraction on the fabric (right). Mesh and
+    arrows are rasterised inside vector formats (a large grid would otherwise be megabytes of SVG paths); text
+    stays vector."""
+    m = report["mapping"]
+    values, row_edges, col_edges, block = tile_busy_grid(report)
     rows, cols = m["grid_pes"]
     fig, (ax_pe, ax_link) = plt.subplots(1, 2, figsize=(15, 6.5))
 
-    mesh = ax_pe.pcolormesh(x_edges, y_edges, values, cmap="viridis", vmin=0, vmax=max(values.max(), 1e-9))
+    vmin, vmax = color_range(values)
+    mesh = ax_pe.pcolormesh(col_edges, row_edges, values, cmap="viridis", vmin=vmin, vmax=vmax, rasterized=True)
+    _annotate_cells(ax_pe, values, row_edges, col_edges, mesh.norm)
     _tile_edges(ax_pe, m)
-    res = "per PE" if block == 1 else f"block-averaged over {block}x{block} PEs"
-    ax_pe.set_title(f"PE compute busy fraction ({res}; mean "
-                    f"{report['utilization']['mean_busy_fraction'] * 100:.2f} %)\nwhite lines: tile boundaries "
-                    f"({m['tile_grid'][0]}x{m['tile_grid'][1]} tiles)"
-                    + ("; magenta: wafers (no fabric between them)" if (report.get("wafers") or {}).get("count", 1)
-                       > 1 else ""), fontsize=10)
+    ax_pe.set_title(_heatmap_title(report, block, vmin, vmax), fontsize=9)
     _wafer_outlines(ax_pe, report)
-    fig.colorbar(mesh, ax=ax_pe, label="busy fraction of total cycles", shrink=0.85)
+    bar = fig.colorbar(mesh, ax=ax_pe, label="busy share of the run (range fitted to the data)", shrink=0.85)
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v * 100:.4g} %"))
 
     x, y, dx, dy, frac, _ = link_arrows(report)
     ax_link.set_facecolor("#303030")
@@ -146,14 +203,14 @@ def utilization_figure(report: dict):
     vmax = max(frac.max(), 1e-9) if frac.size else 1.0
     if frac.size:
         q = ax_link.quiver(x, y, dx, dy, frac, cmap="inferno", clim=(0, vmax), angles="xy", scale_units="xy",
-                           scale=1, width=0.004, headwidth=3, headlength=3, headaxislength=2.5)
-        fig.colorbar(q, ax=ax_link, label="link busy fraction of total cycles", shrink=0.85)
+                           scale=1, width=0.004, headwidth=3, headlength=3, headaxislength=2.5, rasterized=True)
+        fig.colorbar(q, ax=ax_link, label="link busy fraction of the run", shrink=0.85)
         hot = int(np.argmax(frac))
         hottest = f"busiest link {frac[hot] * 100:.1f} % busy"
     else:
         hottest = "no links"
     ax_link.set_title(f"Fabric: busy fraction of each directed tile-to-tile link ({hottest})\n"
-                      "arrows point along the link; E/S sit right/below of W/N", fontsize=10)
+                      "arrows point along the link; E/S sit right/below of W/N", fontsize=9)
     for ax in (ax_pe, ax_link):
         ax.set_xlim(0, cols)
         ax.set_ylim(rows, 0)
@@ -173,9 +230,65 @@ def _time_scale(report: dict) -> tuple[float, str]:
     return (1e-6, "µs") if report["seconds"] < 1e-3 else (1e-3, "ms")
 
 
+def spread_cycles(start, end, busy, edges) -> np.ndarray:
+    """Busy cycles of segments in each column [edges[i], edges[i + 1]), each segment's ``busy`` spread evenly over
+    its span (exact for a segment busy throughout; a merged one keeps its total). Sums to ``busy.sum()`` inside
+    the edges."""
+    span = end - start
+    rate = np.divide(busy, span, out=np.zeros_like(span), where=span > 0)
+    t = np.concatenate([start, end])
+    order = np.argsort(t, kind="stable")
+    t, slope = t[order], np.concatenate([rate, -rate])[order]
+    cumulative = np.concatenate([[0.0], np.cumsum(np.cumsum(slope)[:-1] * np.diff(t))])  # busy before each t
+    return np.diff(np.interp(edges, t, cumulative))
+
+
+def lane_columns(lane: dict, groups: list[str], edges) -> dict[str, np.ndarray]:
+    """Busy cycles of one lane in each time column, per op colour group (groups in first-seen order)."""
+    s, e, busy = (np.array(lane[k], dtype=float) for k in ("start_cycles", "end_cycles", "busy"))
+    lane_groups = np.array([groups[k] for k in lane["op"]], dtype=object)
+    return {g: spread_cycles(s[lane_groups == g], e[lane_groups == g], busy[lane_groups == g], edges)
+            for g in dict.fromkeys(lane_groups)}
+
+
+def _draw_lane(ax, y: int, columns: dict[str, np.ndarray], edges, colors: dict, to_unit: float) -> None:
+    """Stacked busy share per column (height = share of the column's time), and a tick at the lane's foot where
+    a column is busy but too little to see."""
+    shares = {g: busy / np.diff(edges) for g, busy in columns.items()}
+    total = sum(shares.values())
+    cap = np.where(total > 1, 1 / np.maximum(total, 1e-300), 1.0)  # different ops overlapping in one column
+    x = edges * to_unit
+    bottom = np.full(total.size, y + LANE_HEIGHT / 2)
+    for g, share in shares.items():
+        top = bottom - LANE_HEIGHT * share * cap
+        # add_artist, not stairs(): add_patch walks every Bezier segment for data limits, seconds per lane.
+        ax.add_artist(StepPatch(top, x, baseline=bottom, fill=True, color=colors[g], linewidth=0, rasterized=True))
+        bottom = top
+    faint = (total > 0) & (total * cap < MIN_VISIBLE_COLUMN_SHARE)
+    if faint.any():
+        names = list(shares)
+        dominant = np.argmax(np.array([shares[g] for g in names]), axis=0)[faint]
+        centres = (x[:-1] + x[1:])[faint] / 2
+        ax.scatter(centres, np.full(centres.size, y + LANE_HEIGHT / 2), marker=TICK_MARKER, s=40, linewidths=1,
+                   color=[colors[names[d]] for d in dominant], rasterized=True)
+
+
+def _timeline_title(report: dict, lanes: list[dict]) -> str:
+    gap = max(lane["merge_gap_cycles"] for lane in lanes)
+    lines = [title(report),
+             "Height in each pixel column: the share of its time the lane was busy, by op; tick at a lane's foot: "
+             f"busy under {MIN_VISIBLE_COLUMN_SHARE:.0%} of a column",
+             "Label: the lane's busy share of the run (a tile row is busy while any of its tiles is); the summary's "
+             f"'tile busy (mean)' {report['utilization']['mean_busy_fraction'] * 100:.2f} % is the mean over tiles"]
+    if gap:
+        lines.append(f"Same-op segments merged across gaps up to {gap:,} cycles: their busy time is spread over the "
+                     "merged span")
+    return "\n".join(lines)
+
+
 def timeline_figure(report: dict):
-    """Gantt lanes (MemoryX, tiles or tile rows, busiest links) coloured by op; shading is the busy share of a
-    merged segment."""
+    """Lanes (MemoryX, inter-wafer links, tiles or tile rows, busiest links) binned per pixel column, so a lane's
+    drawn area is its busy time at any zoom and no lane vanishes for being short."""
     tl = report.get("timeline")
     if not tl:
         raise ValueError("the report has no timeline (the run was not recorded)")
@@ -183,31 +296,25 @@ def timeline_figure(report: dict):
     groups, colors = op_groups(flat_ops(report))
     unit_s, unit = _time_scale(report)
     to_unit = 1.0 / report["wafer"]["clock_hz"] / unit_s
+    total = report["total_cycles"]
 
-    fig, ax = plt.subplots(figsize=(15, 1.8 + 0.42 * len(lanes)))
-    for y, lane in enumerate(lanes):
-        s = np.array(lane["start_cycles"], dtype=float)
-        e = np.array(lane["end_cycles"], dtype=float)
-        if not s.size:
-            continue
-        duty = np.array(lane["busy"], dtype=float) / np.maximum(e - s, 1)
-        faces = [(*colors[groups[k]][:3], 0.25 + 0.75 * d) for k, d in zip(lane["op"], duty, strict=True)]
-        ax.broken_barh(list(zip(s * to_unit, (e - s) * to_unit, strict=True)), (y - 0.4, 0.8), facecolors=faces,
-                       linewidth=0)
-    ax.set_yticks(range(len(lanes)), [f"{lane['name']}  ({lane['busy_cycles'] / max(report['total_cycles'], 1):.0%}"
-                                      " busy)" for lane in lanes], fontsize=8)
+    fig, ax = plt.subplots(figsize=(15, 2.4 + 0.42 * len(lanes)), dpi=DPI)
+    ax.set_yticks(range(len(lanes)), [f"{lane['name']}  {percent(lane['busy_cycles'] / max(total, 1))}"
+                                      for lane in lanes], fontsize=8)
     ax.set_ylim(len(lanes) - 0.5, -0.5)
-    ax.set_xlim(0, report["total_cycles"] * to_unit)
+    ax.set_xlim(0, total * to_unit)
     ax.set_xlabel(f"simulated time ({unit})")
     ax.grid(axis="x", alpha=0.3)
-    gap = max(lane["merge_gap_cycles"] for lane in lanes)
-    note = (f"; same-op segments merged across gaps up to {gap:,} cycles, lighter = less busy inside" if gap
-            else "")
-    ax.set_title(f"{title(report)}\nBusy time per lane, coloured by op{note}", fontsize=10)
+    ax.set_title(_timeline_title(report, lanes), fontsize=9)
     used = list(dict.fromkeys(groups[k] for lane in lanes for k in lane["op"]))
     ax.legend(handles=[Patch(color=colors[g], label=g) for g in used], loc="upper left", bbox_to_anchor=(1.0, 1.0),
               fontsize=8, title="op")
     fig.tight_layout()
+    # One column per pixel of the laid-out axes: what a column holds is what the picture can show.
+    edges = np.linspace(0, total, max(int(ax.get_window_extent().width), 1) + 1)
+    for y, lane in enumerate(lanes):
+        if lane["op"]:
+            _draw_lane(ax, y, lane_columns(lane, groups, edges), edges, colors, to_unit)
     return fig
 
 
@@ -413,5 +520,6 @@ def sweep_figure(rows: list[dict], spec_columns: list[str], x: str | None = None
     return fig
 
 
-__all__ = ["check_format", "flat_ops", "layers_figure", "link_arrows", "pe_busy_grid", "roofline_points", "save",
-           "sweep_figure", "timeline_figure", "title", "utilization_figure", "write_plots"]
+__all__ = ["check_format", "color_range", "flat_ops", "format_bytes", "lane_columns", "layers_figure", "link_arrows",
+           "percent", "roofline_points", "save", "spread_cycles", "sweep_figure", "tile_busy_grid", "timeline_figure",
+           "title", "utilization_figure", "write_plots"]

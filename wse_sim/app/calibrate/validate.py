@@ -10,7 +10,6 @@ from ...arch import WaferSpec
 from .case import TOLERANCE, Case, CaseResult
 from .registry import cases, run_cases
 
-BAND = 0.25  # the plot's shaded band around y = x
 FABRIC_PARAMS = ("hop_latency_cycles", "cycles_per_wavelet", "wavelet_bytes", "turn_cycles", "stage_overhead_cycles",
                  "phase_overhead_cycles", "reduce_fan_in", "fp16_fmac_per_pe_per_cycle", "clock_hz")
 
@@ -76,8 +75,8 @@ def _range_note(c: Case) -> str:
 
 
 def write_validation_plot(results: list[CaseResult], wafer: WaferSpec, path: Path) -> Path:
-    """Log-log simulated vs published with y = x and a +-25 % band: times in one panel, ratios and percentages
-    (unitless figures) in the other. Points are numbered; the key under each panel names them."""
+    """Log-log simulated vs published with y = x and the pass band (+-TOLERANCE): times in one panel, ratios and
+    percentages (unitless figures) in the other. Points are numbered; the key under each panel names them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,8 +95,8 @@ def write_validation_plot(results: list[CaseResult], wafer: WaferSpec, path: Pat
         vals = [v for _, r in rs for v in (r.case.published, r.simulated)]
         lo, hi = min(vals) / 2, max(vals) * 2
         xs = [lo, hi]
-        ax.fill_between(xs, [x * (1 - BAND) for x in xs], [x * (1 + BAND) for x in xs], color="#dddddd",
-                        label=f"±{BAND:.0%}")
+        ax.fill_between(xs, [x * (1 - TOLERANCE) for x in xs], [x * (1 + TOLERANCE) for x in xs],
+                        color="#dddddd", label=f"±{TOLERANCE:.0%} (pass criterion)")
         ax.plot(xs, xs, color="black", lw=1, label="y = x")
         for k, r in rs:
             color = "#1a9641" if r.ok else "#d7191c"
