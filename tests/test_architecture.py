@@ -101,3 +101,15 @@ def test_no_import_cycles():
     g.remove_edges_from([(a, b) for a, b in list(g.edges) if b.startswith(a + ".")])
     cycles = [c for c in nx.strongly_connected_components(g) if len(c) > 1]
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_no_cli_record_below_the_app():
+    """The input records (RunSpec, GemmSpec) belong to the app: lower floors get plain values instead."""
+    leaks = []
+    for module, path in _modules().items():
+        if _area(module) in ("app", "cli"):
+            continue
+        names = {n.id for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Name)}
+        names |= {n.attr for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute)}
+        leaks += [f"{module}: {n}" for n in ("RunSpec", "GemmSpec") if n in names]
+    assert not leaks, leaks

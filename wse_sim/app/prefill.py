@@ -11,7 +11,7 @@ from ..sim import Engine
 from ..sim.numerics import Numerics
 from ..workloads import lower_model
 from ..workloads.graph import BYTES_PER_ELEM
-from .scenario import RunOutput, Scenario, input_tokens, make_mapping, model_weights, numerics_enabled
+from .scenario import RunOutput, Scenario, input_tokens, make_mapping, model_weights, numerics_enabled, report_inputs
 from .verify import compare_logits
 
 
@@ -50,5 +50,5 @@ def run_prefill(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
     serving = {"phase": "prefill", "ttft_s": seconds, "tpot_s": None,
                "tokens_per_s_per_request": spec.seq / seconds if seconds else None,
                "kv_cache_bytes": graph.tokens * config.kv_cache_bytes_per_token(BYTES_PER_ELEM[spec.precision])}
-    report = build_report(spec, config, wafer, graph, plan, result, numerics_report, serving)
+    report = build_report(report_inputs(spec), config, wafer, graph, plan, result, numerics_report, serving)
     return RunOutput(report, logits, sim_wall, result, plan, wafer)

@@ -4,6 +4,7 @@ weights, PE grid) every use case builds from it. Shared by prefill, serving, gem
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 from ..arch import WaferSpec, load_wafer, parse_grid
 from ..errors import UserError
 from ..mapping import DEFAULT_TILES, ModelPlan, TileGrid, get_mapping, mapping_info
+from ..report.build import RunInputs
 from ..sim import Engine, SimResult
 from ..workloads import ModelConfig, get_preset, load_hf_config
 from ..workloads.checkpoint import load_checkpoint
@@ -200,6 +202,12 @@ def model_weights(spec: RunSpec, config: ModelConfig, weights, log):
     if len(weights.layers) != config.n_layer:
         weights = replace(weights, config=config, layers=weights.layers[:config.n_layer])
     return weights
+
+
+def report_inputs(spec: RunSpec) -> RunInputs:
+    """What the report states about how ``spec`` asked for the run (every field under ``inputs``)."""
+    return RunInputs(batch=spec.batch, seed=spec.seed, from_checkpoint=bool(spec.checkpoint),
+                     fields=dataclasses.asdict(spec))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from .scenario import (
     make_grid,
     model_weights,
     numerics_enabled,
+    report_inputs,
     resolve_model,
     simulated_cycles,
 )
@@ -292,8 +293,8 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
                               prompt, positions)
     if spec.phase == "generate" and executor is not None:
         serving["generated_tokens"] = np.stack(generated, axis=1).tolist()
-    report = build_report(spec, sr.full_config, wafer, main.graph, main.plan, main.result, numerics_report,
-                          serving)
+    report = build_report(report_inputs(spec), sr.full_config, wafer, main.graph, main.plan, main.result,
+                          numerics_report, serving)
     if spec.phase == "generate":
         report = with_request(report, request_summary(prefill, steps, wafer.clock_hz, spec.batch, prompt))
     return RunOutput(report, logits, sim_wall, main.result, main.plan, wafer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from ..arch.costs import stream_cycles
 from ..mapping import ModelPlan, TileGrid
 from ..sim import SimResult
 from ..workloads import ModelConfig, WorkloadGraph
-from .provenance import inputs_of, tool_info
+from .provenance import tool_info
 from .timeline import link_busy_fraction, timeline_summary
 
 SCHEMA_VERSION = 1
@@ -30,7 +31,18 @@ def _round(x: float, digits: int = 6) -> float:
     return float(f"{x:.{digits}g}")
 
 
-def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGraph, plan: ModelPlan,
+@dataclass(frozen=True)
+class RunInputs:
+    """How the run was asked for, as the report states it; the use case fills it from its own input record, so
+    nothing below the app knows the CLI's fields. ``fields``: every input as given (the report's ``inputs``)."""
+
+    batch: int
+    seed: int
+    from_checkpoint: bool
+    fields: dict
+
+
+def build_report(inputs: RunInputs, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGraph, plan: ModelPlan,
                  result: SimResult, numerics: dict, serving: dict | None = None) -> dict:
     """The report dict; ``serving`` (phase, ttft_s, tpot_s, tokens_per_s_per_request, kv_cache_bytes, ...) goes
     in at the top level."""
@@ -41,11 +53,11 @@ def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGra
     peak = wafer.peak_flops_per_s(graph.precision, pes)
     return {
         "schema_version": SCHEMA_VERSION,
-        "model": _model_section(config, spec),
+        "model": _model_section(config, inputs),
         "wafer": wafer.to_dict(),
         "mapping": _mapping_section(plan),
-        "run": {"seq": graph.seq, "batch": spec.batch, "tokens": graph.tokens, "precision": graph.precision,
-                "seed": spec.seed, "phase": graph.phase, "context": graph.context},
+        "run": {"seq": graph.seq, "batch": inputs.batch, "tokens": graph.tokens, "precision": graph.precision,
+                "seed": inputs.seed, "phase": graph.phase, "context": graph.context},
         **(serving or {}),
         "total_cycles": result.total_cycles,
         "seconds": seconds,
@@ -63,16 +75,17 @@ def build_report(spec, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGra
         "timeline": timeline_summary(result, grid),
         "simulation": {"engine": "simpy", "tasks": result.tasks},
         "numerics": numerics,
-        **provenance(spec),
+        "tool": tool_info(),
+        "inputs": inputs.fields,
     }
 
 
-def _model_section(config: ModelConfig, spec) -> dict:
+def _model_section(config: ModelConfig, inputs: RunInputs) -> dict:
     return {
         "name": config.name, "parameters": config.param_count(), "d_model": config.d_model,
         "n_layer": config.n_layer, "n_head": config.n_head, "d_ff": config.d_ff,
         "vocab_size": config.vocab_size, "n_positions": config.n_positions, "activation": config.activation,
-        "weights": "checkpoint" if spec.checkpoint else f"seeded random (seed {spec.seed})",
+        "weights": "checkpoint" if inputs.from_checkpoint else f"seeded random (seed {inputs.seed})",
     }
 
 
@@ -139,11 +152,6 @@ def _utilization(wafer: WaferSpec, precision: str, grid: TileGrid, result: SimRe
         "mean_mac_efficiency": _round(float(result.tile_macs.sum() / mac_capacity.sum())),
         "link_busy_fraction": link_busy_fraction(result, grid),
     }
-
-
-def provenance(spec) -> dict:
-    """The report's ``tool`` (name, version, git commit) and ``inputs`` (every field of the run's spec)."""
-    return {"tool": tool_info(), "inputs": inputs_of(spec)}
 
 
 LAST_PASS_FIELDS = ("run", "layers", "bandwidth", "flops", "flops_per_s", "mfu", "roofline", "utilization", "timeline",
@@ -301,5 +309,5 @@ def format_summary(report: dict, extra: list[tuple[str, str]] = ()) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
-__all__ = ["SCHEMA_VERSION", "build_report", "format_summary", "last_pass_view", "roofline_cycles", "summary_rows",
-           "with_request"]
+__all__ = ["SCHEMA_VERSION", "RunInputs", "build_report", "format_summary", "last_pass_view", "roofline_cycles",
+           "summary_rows", "with_request"]

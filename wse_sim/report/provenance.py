@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 from functools import lru_cache
 from importlib import metadata
@@ -36,11 +35,6 @@ def git_commit() -> str | None:
 def tool_info() -> dict:
     """The report's ``tool``: name, version and git commit (None when unknown)."""
     return {"name": "wse-sim", "version": tool_version(), "git_commit": git_commit()}
-
-
-def inputs_of(spec) -> dict:
-    """Every field of the run's spec (a dataclass such as RunSpec), as the report's ``inputs``."""
-    return dataclasses.asdict(spec) if dataclasses.is_dataclass(spec) else {}
 
 
 def version_line() -> str:
