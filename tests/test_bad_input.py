@@ -112,7 +112,8 @@ def test_interrupted_while_writing_leaves_nothing_and_exits_130(tiny_run, tmp_pa
 def test_run_outputs_land_complete(tiny_run, tmp_path, capsys):
     out, trace = tmp_path / "o", tmp_path / "t.json"
     assert main(["run", *tiny_run, "--no-numerics", "--quiet", "--out", str(out), "--trace", str(trace)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["layers.png", "ops.csv", "report.json", "timeline.png", "utilization.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["layers.png", "ops.csv", "report.json", "timeline.png",
+                                                     "utilization.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "t.json"]
     assert json.loads(trace.read_text())
 
@@ -151,3 +152,16 @@ def test_generate_uses_every_position(tiny_run, tmp_path):
     base = ["run", *tiny_run, "--no-numerics", "--quiet", "--phase", "generate", "--tiles", "1x1"]
     assert main([*base, "--prompt-len", "60", "--gen-tokens", "5", "--out", str(tmp_path / "a")]) == 0
     assert main([*base, "--prompt-len", "60", "--gen-tokens", "6", "--out", str(tmp_path / "b")]) == 2
+
+
+def test_max_memory_flag_sets_the_limit(tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WSE_SIM_MAX_MEMORY_GB", "1e9")
+    _run_fails(tmp_path, capsys, ["--wafer", "tiny", "--tile", "1x1", "--max-memory-gb", "0.1"],
+               "exceeds the limit of 0.1 GB")
+    with pytest.raises(SystemExit):  # argparse: usage and exit 2
+        main(["run", "--max-memory-gb", "0"])
+    assert "must be a positive finite number" in capsys.readouterr().err
+    out = tmp_path / "ok"
+    monkeypatch.setenv("WSE_SIM_MAX_MEMORY_GB", "0.1")
+    assert main(["run", *tiny_run, "--max-memory-gb", "1", "--out", str(out), "--quiet", "--no-numerics"]) == 0
+    assert (out / "report.json").exists()

@@ -84,9 +84,10 @@ def resolve_model(spec: RunSpec):
 
 
 def make_grid(wafer: WaferSpec, grid: str | None = None, tiles: str | None = None,
-              tile: str | None = None) -> TileGrid:
+              tile: str | None = None, max_memory: float | None = None) -> TileGrid:
     """The PE grid (``grid`` "ROWSxCOLS", default the whole usable mesh) cut into ``tiles`` ("TRxTC", default
-    DEFAULT_TILES) or into tiles of ``tile`` ("HxW") PEs."""
+    DEFAULT_TILES) or into tiles of ``tile`` ("HxW") PEs; refused above the memory limit (``max_memory`` GB, else
+    :func:`max_memory_gb`)."""
     rows, cols = parse_grid(grid, wafer)
     if tile and tiles:
         raise UserError("give --tile (PEs per tile) or --tiles (tile grid), not both")
@@ -94,11 +95,11 @@ def make_grid(wafer: WaferSpec, grid: str | None = None, tiles: str | None = Non
         h, w = _parse_pair(tile, "tile")
         if h > rows or w > cols:
             raise UserError(f"tile {h}x{w} is larger than the grid {rows}x{cols}")
-        return check_memory(TileGrid.make(rows, cols, -(-rows // h), -(-cols // w)))
+        return check_memory(TileGrid.make(rows, cols, -(-rows // h), -(-cols // w)), max_memory)
     tr, tc = _parse_pair(tiles, "tiles") if tiles else DEFAULT_TILES
     if tiles and (tr > rows or tc > cols):
         raise UserError(f"tiles {tr}x{tc} is more than the grid {rows}x{cols} has PEs (at most {rows}x{cols})")
-    return check_memory(TileGrid.make(rows, cols, tr, tc))
+    return check_memory(TileGrid.make(rows, cols, tr, tc), max_memory)
 
 
 def memory_estimate_bytes(grid: TileGrid) -> float:
@@ -121,13 +122,15 @@ def max_memory_gb() -> float:
     return limit
 
 
-def check_memory(grid: TileGrid) -> TileGrid:
-    """``grid``, or a :class:`UserError` when its memory estimate exceeds the limit."""
-    need, limit = memory_estimate_bytes(grid) / 1e9, max_memory_gb()
+def check_memory(grid: TileGrid, max_memory: float | None = None) -> TileGrid:
+    """``grid``, or a :class:`UserError` when its memory estimate exceeds the limit (``max_memory`` GB, else
+    :func:`max_memory_gb`)."""
+    need, limit = memory_estimate_bytes(grid) / 1e9, max_memory or max_memory_gb()
     if need > limit:
         raise UserError(
             f"estimated memory {need:,.1f} GB ({grid.tile_rows}x{grid.tile_cols} tiles, {grid.rows}x{grid.cols} PEs) "
-            f"exceeds the limit of {limit:g} GB: use fewer tiles or a smaller --grid, or set {MAX_MEMORY_ENV}"
+            f"exceeds the limit of {limit:g} GB: use fewer tiles or a smaller --grid, or raise --max-memory-gb "
+            f"(or {MAX_MEMORY_ENV})"
         )
     return grid
 
@@ -214,8 +217,9 @@ class Scenario:
     grid: TileGrid
 
     @classmethod
-    def resolve(cls, spec: RunSpec, wafer: WaferSpec | None = None) -> Scenario:
-        """Check ``spec.phase``, load the wafer (``wafer`` overrides ``spec.wafer``), the model and the grid."""
+    def resolve(cls, spec: RunSpec, wafer: WaferSpec | None = None, max_memory: float | None = None) -> Scenario:
+        """Check ``spec.phase``, load the wafer (``wafer`` overrides ``spec.wafer``), the model and the grid (refused
+        above ``max_memory`` GB, see :func:`check_memory`)."""
         if spec.phase not in PHASES:
             raise UserError(f"unknown phase {spec.phase!r} (known: {', '.join(PHASES)})")
         if spec.prompt and not spec.checkpoint:
@@ -226,4 +230,4 @@ class Scenario:
         config, weights = resolve_model(spec)
         if spec.tokens and spec.phase == "prefill":
             input_tokens(spec, config)  # the length is checked even when numerics are off
-        return cls(spec, wafer, config, weights, make_grid(wafer, spec.grid, spec.tiles, spec.tile))
+        return cls(spec, wafer, config, weights, make_grid(wafer, spec.grid, spec.tiles, spec.tile, max_memory))

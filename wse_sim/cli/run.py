@@ -9,11 +9,12 @@ import tomllib
 from pathlib import Path
 
 from ..app import RunSpec, run
+from ..app.scenario import MAX_MEMORY_ENV, MAX_MEMORY_GB
 from ..errors import UserError
 from ..report.build import format_summary, last_pass_view
 from ..report.tables import ops_csv
 from ..report.trace import write_trace
-from .options import add_numerics, add_shared, nonnegative_int, positive_int
+from .options import add_numerics, add_shared, nonnegative_int, positive_float, positive_int
 from .outputs import Staged, check_file, check_folder
 
 RUN_PARSER: list[argparse.ArgumentParser] = []  # the run subparser of the latest parser() (for --config)
@@ -39,6 +40,9 @@ def add_parsers(sub) -> None:
     r.add_argument("--trace", help="also write a Chrome trace-event JSON (Perfetto, chrome://tracing) to this file")
     r.add_argument("--trace-limit", type=positive_int, help="keep only the first N trace slices per resource")
     r.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    r.add_argument("--max-memory-gb", type=positive_float, metavar="GB",
+                   help=f"refuse a run whose memory estimate exceeds GB (default ${MAX_MEMORY_ENV}, else "
+                        f"{MAX_MEMORY_GB:g})")
     _add_serving(r)
     r.set_defaults(func=cmd_run)
 
@@ -139,7 +143,8 @@ def cmd_run(args) -> None:
         if not args.quiet:
             print(msg, file=sys.stderr)
 
-    out_run = run(spec_of(args), progress=not args.quiet, log=log, record=True)  # intervals feed timeline, trace
+    out_run = run(spec_of(args), progress=not args.quiet, log=log, record=True,  # intervals: timeline, trace
+                  max_memory=args.max_memory_gb)
     report, logits, wall = out_run.report, out_run.logits, out_run.sim_wall_s
     if args.save_logits and logits is None:
         raise UserError("--save-logits needs numerics on (drop --no-numerics)")
