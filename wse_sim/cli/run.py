@@ -17,12 +17,15 @@ from ..report.trace import write_trace
 from .options import add_numerics, add_shared, nonnegative_int, positive_float, positive_int
 from .outputs import Staged, check_file, check_folder
 
-RUN_PARSER: list[argparse.ArgumentParser] = []  # the run subparser of the latest parser() (for --config)
-
 
 def add_parsers(sub) -> None:
     r = sub.add_parser("run", help="simulate one forward pass and write report.json and plots")
-    RUN_PARSER[:] = [r]
+    add_run_options(r)
+    r.set_defaults(func=cmd_run)
+
+
+def add_run_options(r: argparse.ArgumentParser) -> None:
+    """Every option of ``wse-sim run``."""
     r.add_argument("--config", help="TOML file of run options (keys are the flags without --, e.g. "
                                     "prompt-len = 6); flags on the command line override it")
     add_shared(r)
@@ -44,7 +47,6 @@ def add_parsers(sub) -> None:
                    help=f"refuse a run whose memory estimate exceeds GB (default ${MAX_MEMORY_ENV}, else "
                         f"{MAX_MEMORY_GB:g})")
     _add_serving(r)
-    r.set_defaults(func=cmd_run)
 
 
 def _add_serving(r: argparse.ArgumentParser) -> None:
@@ -63,51 +65,65 @@ def _add_serving(r: argparse.ArgumentParser) -> None:
                           "and generate)")
 
 
-def with_config(make_parser, argv: list[str] | None, path: str) -> argparse.Namespace:
-    """``argv`` parsed again with the TOML file ``path``'s values as the run command's defaults, so flags given
-    on the command line win."""
-    top = make_parser()
-    r = RUN_PARSER[0]
-    r.set_defaults(**config_values(path, r))
-    return top.parse_args(argv)
+def with_config(argv: list[str], path: str) -> argparse.Namespace:
+    """``wse-sim run`` arguments ``argv`` (the command first) parsed again with the TOML file ``path``'s values as
+    defaults, so flags given on the command line win."""
+    r = argparse.ArgumentParser(prog="wse-sim run")
+    add_run_options(r)
+    r.set_defaults(command="run", func=cmd_run, **config_values(path))
+    return r.parse_args(argv[1:])
 
 
-def config_values(path: str, r: argparse.ArgumentParser) -> dict:
-    """The file's keys as {dest: value}, each checked like its flag; an unknown key is an error."""
+class _CheckingParser(argparse.ArgumentParser):
+    """The run options, parsed one config value at a time: an error raises instead of exiting."""
+
+    def error(self, message: str):
+        raise ValueError(message.removeprefix("argument ").split(": ", 1)[-1])
+
+
+def config_values(path: str) -> dict:
+    """The file's keys as {dest: value}, each checked by parsing it as its flag; an unknown key is an error."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"--config {path}: {exc}") from None
-    actions = {a.dest: a for a in r._actions if a.option_strings and a.dest not in ("help", "config")}
+    checker = _CheckingParser(prog="wse-sim run", add_help=False)
+    add_run_options(checker)
+    dests = set(vars(checker.parse_args([]))) - {"config"}
     values = {}
     for key, value in data.items():
         dest = key.replace("-", "_")
-        if dest not in actions:
-            known = ", ".join(sorted(d.replace("_", "-") for d in actions))
+        if dest not in dests:
+            known = ", ".join(sorted(d.replace("_", "-") for d in dests))
             raise UserError(f"--config {path}: unknown key {key!r} (known: {known})")
-        values[dest] = _config_value(actions[dest], key, value, path)
+        values[dest] = _config_value(checker, dest, value, f"--config {path}: {key}")
     return values
 
 
-def _config_value(action: argparse.Action, key: str, value, path: str):
-    """``value`` checked (and converted) as the flag of ``action`` would be."""
-    where = f"--config {path}: {key}"
-    if action.nargs == 0:  # a switch: --quiet, --numerics / --no-numerics
+def _takes_no_value(checker: _CheckingParser, flag: str) -> bool:
+    try:
+        checker.parse_args([flag])
+    except ValueError:
+        return False
+    return True
+
+
+def _config_value(checker: _CheckingParser, dest: str, value, where: str):
+    """``value`` checked (and converted) as the flag of ``dest`` would be."""
+    flag = "--" + dest.replace("_", "-")
+    if _takes_no_value(checker, flag):  # a switch: --quiet, --numerics / --no-numerics
         if not isinstance(value, bool):
             raise UserError(f"{where} must be true or false, got {value!r}")
         return value
     if isinstance(value, bool | dict | list):
         raise UserError(f"{where}: {value!r} is not a single value")
-    if action.type is not None:
-        try:
-            value = action.type(str(value))
-        except (argparse.ArgumentTypeError, ValueError) as exc:
-            raise UserError(f"{where}: {exc}") from None
-    elif not isinstance(value, str):
+    try:
+        parsed = getattr(checker.parse_args([f"{flag}={value}"]), dest)
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    if isinstance(parsed, str) and not isinstance(value, str):
         raise UserError(f"{where} must be a string, got {value!r}")
-    if action.choices is not None and value not in action.choices:
-        raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
-    return value
+    return parsed
 
 
 def spec_of(args) -> RunSpec:
