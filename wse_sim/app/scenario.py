@@ -16,7 +16,7 @@ from ..mapping import DEFAULT_TILES, ModelPlan, TileGrid, get_mapping, mapping_i
 from ..sim import Engine, SimResult
 from ..workloads import ModelConfig, get_preset, load_hf_config
 from ..workloads.checkpoint import load_checkpoint
-from ..workloads.tokens import encode_prompt, parse_token_list, random_tokens
+from ..workloads.tokens import decode_tokens, encode_prompt, has_tokenizer, parse_token_list, random_tokens
 from ..workloads.weights import random_weights
 
 # Numerics are on by default up to this size (issue 3: "default for models up to 1.3B").
@@ -135,6 +135,23 @@ def check_memory(grid: TileGrid, max_memory: float | None = None) -> TileGrid:
     return grid
 
 
+def prompt_ids(checkpoint: str, prompt: str) -> np.ndarray:
+    """``prompt`` encoded by the checkpoint's tokenizer, int64 ``[1, n]``."""
+    try:
+        return encode_prompt(checkpoint, prompt)
+    except ValueError as exc:
+        raise UserError(f"--prompt: {exc}") from None
+
+
+def generated_texts(spec: RunSpec, report: dict) -> list[str]:
+    """Each sequence's generated tokens as text by the checkpoint's tokenizer; empty without a tokenizer or
+    generated tokens."""
+    ids = report.get("generated_tokens")
+    if not (ids and spec.checkpoint and has_tokenizer(spec.checkpoint)):
+        return []
+    return [decode_tokens(spec.checkpoint, row) for row in ids]
+
+
 def input_tokens(spec: RunSpec, config: ModelConfig, seq: int | None = None) -> np.ndarray:
     """Token ids ``[batch, seq]``: ``--tokens``, ``--prompt`` (tokenized), or seeded random ones."""
     if spec.tokens and spec.prompt:
@@ -147,7 +164,7 @@ def input_tokens(spec: RunSpec, config: ModelConfig, seq: int | None = None) -> 
     elif spec.prompt:
         if not spec.checkpoint:
             raise UserError("--prompt needs --checkpoint with tokenizer files")
-        ids = encode_prompt(spec.checkpoint, spec.prompt)
+        ids = prompt_ids(spec.checkpoint, spec.prompt)
     else:
         return random_tokens(config.vocab_size, spec.batch, seq or spec.seq, seed=spec.seed)
     if ids.size == spec.batch * (seq or spec.seq):  # batch*seq ids, row-major

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 from ..app import RunSpec, run
-from ..app.scenario import MAX_MEMORY_ENV, MAX_MEMORY_GB
+from ..app.scenario import MAX_MEMORY_ENV, MAX_MEMORY_GB, generated_texts, prompt_ids
 from ..errors import UserError
 from ..report.build import format_summary, last_pass_view
 from ..report.tables import ops_csv
@@ -31,7 +31,8 @@ def add_run_options(r: argparse.ArgumentParser) -> None:
     add_shared(r)
     r.add_argument("--checkpoint", help="Hugging Face checkpoint folder (config.json + safetensors or .bin)")
     r.add_argument("--mapping", default="auto", help="dataflow mapping: a name from `wse-sim mappings`, or auto")
-    r.add_argument("--seq", type=positive_int, default=512, help="sequence length (tokens per sequence)")
+    r.add_argument("--seq", type=positive_int, help=f"sequence length (tokens per sequence; default {RunSpec.seq}, or "
+                                                    "the --prompt's length)")
     r.add_argument("--batch", type=positive_int, default=1)
     add_numerics(r, "run real numerics through the mapping (default for models up to 1.3B)")
     r.add_argument("--tokens", help="comma-separated token ids (sets the input; must be batch*seq long)")
@@ -127,8 +128,12 @@ def _config_value(checker: _CheckingParser, dest: str, value, where: str):
 
 
 def spec_of(args) -> RunSpec:
+    """The run's spec; without --seq, a --prompt (with --checkpoint) sets it to the prompt's length."""
+    seq = args.seq
+    if seq is None and args.prompt and args.checkpoint:
+        seq = prompt_ids(args.checkpoint, args.prompt).shape[1]
     return RunSpec(
-        model=args.model, wafer=args.wafer, mapping=args.mapping, seq=args.seq, batch=args.batch,
+        model=args.model, wafer=args.wafer, mapping=args.mapping, seq=seq or RunSpec.seq, batch=args.batch,
         precision=args.precision, grid=args.grid, tiles=args.tiles, tile=args.tile, numerics=args.numerics,
         checkpoint=args.checkpoint, tokens=args.tokens, prompt=args.prompt, seed=args.seed, phase=args.phase,
         context=args.context, prompt_len=args.prompt_len, gen_tokens=args.gen_tokens, layer_subset=args.layer_subset,
@@ -159,7 +164,8 @@ def cmd_run(args) -> None:
         if not args.quiet:
             print(msg, file=sys.stderr)
 
-    out_run = run(spec_of(args), progress=not args.quiet, log=log, record=True,  # intervals: timeline, trace
+    spec = spec_of(args)
+    out_run = run(spec, progress=not args.quiet, log=log, record=True,  # intervals: timeline, trace
                   max_memory=args.max_memory_gb)
     report, logits, wall = out_run.report, out_run.logits, out_run.sim_wall_s
     if args.save_logits and logits is None:
@@ -183,6 +189,8 @@ def cmd_run(args) -> None:
         staged.commit()
     note = " (numerics inside; reference checks not counted)" if logits is not None else ""
     print(format_summary(report, [("simulation wall time", f"{wall:.2f} s{note}")]))
+    for i, text in enumerate(generated_texts(spec, report)):
+        print(f"generated text{f' [{i}]' if args.batch > 1 else ''}: {text!r}")
     written = [out / "report.json", out / "ops.csv", *plots, *([args.trace] if args.trace else []),
                *([args.save_logits] if args.save_logits else [])]
     print("wrote " + ", ".join(str(p) for p in written))
