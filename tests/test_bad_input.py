@@ -5,7 +5,7 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -152,3 +152,51 @@ def test_generate_uses_every_position(tiny_run, tmp_path):
     base = ["run", *tiny_run, "--no-numerics", "--quiet", "--phase", "generate", "--tiles", "1x1"]
     assert main([*base, "--prompt-len", "60", "--gen-tokens", "5", "--out", str(tmp_path / "a")]) == 0
     assert main([*base, "--prompt-len", "60", "--gen-tokens", "6", "--out", str(tmp_path / "b")]) == 2
+
+
+def test_max_memory_flag_sets_the_limit(tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WSE_SIM_MAX_MEMORY_GB", "1e9")
+    _run_fails(tmp_path, capsys, ["--wafer", "tiny", "--tile", "1x1", "--max-memory-gb", "0.1"],
+               "exceeds the limit of 0.1 GB")
+    with pytest.raises(SystemExit):  # argparse: usage and exit 2
+        main(["run", "--max-memory-gb", "0"])
+    assert "must be a positive finite number" in capsys.readouterr().err
+    out = tmp_path / "ok"
+    monkeypatch.setenv("WSE_SIM_MAX_MEMORY_GB", "0.1")
+    assert main(["run", *tiny_run, "--max-memory-gb", "1", "--out", str(out), "--quiet", "--no-numerics"]) == 0
+    assert (out / "report.json").exists()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_checkpoint(tmp_path_factory):
+    """A tiny Llama checkpoint with a byte-level BPE tokenizer.json (as tests/test_weights.py makes them)."""
+    import tokenizers
+    from test_serving import LLAMA
+    from test_weights import TEXTS
+    from wse_sim.workloads.hf_reference import save_hf_checkpoint
+    from wse_sim.workloads.weights import random_weights
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator(TEXTS * 5, vocab_size=300, min_frequency=1, show_progress=False)
+    save_hf_checkpoint(random_weights(replace(LLAMA, vocab_size=300), seed=3), folder)
+    bpe.save(str(folder / "tokenizer.json"))
+    return str(folder), bpe
+
+
+def test_prompt_sets_seq_and_generate_prints_the_text(tokenizer_checkpoint, tmp_path, capsys):
+    folder, bpe = tokenizer_checkpoint
+    prompt = "the wafer routes wavelets"
+    n = len(bpe.encode(prompt).ids)
+    base = ["run", "--checkpoint", folder, "--prompt", prompt, "--wafer", "tiny", "--tiles", "2x2", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "prefill")]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "prefill" / "report.json").read_text())["inputs"]["seq"] == n
+    assert "generated text" not in capsys.readouterr().out
+    assert main([*base, "--phase", "generate", "--gen-tokens", "3", "--out", str(tmp_path / "gen")]) == 0
+    report = json.loads((tmp_path / "gen" / "report.json").read_text())
+    assert (report["inputs"]["seq"], report["request"]["prompt_tokens"]) == (n, n)
+    (generated,) = report["generated_tokens"]
+    assert len(generated) == 3
+    assert f"generated text: {bpe.decode(generated)!r}\n" in capsys.readouterr().out
+    assert main([*base, "--seq", str(n + 1), "--out", str(tmp_path / "explicit")]) == 2  # an explicit --seq stays
+    assert f"1x{n} tokens but 1x{n + 1} were needed" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from wse_sim.app import calibrate as cal
 from wse_sim.app.calibrate import registry
 from wse_sim.app.calibrate.validate import compared_with
 from wse_sim.arch import load_wafer
+from wse_sim.arch.wafer import preset_path
 from wse_sim.cli import main
 from wse_sim.mapping.gemv import tree_root, two_way_tree
 
@@ -134,6 +135,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["validate", "--cases", "nope", "--out", str(tmp_path / "v")]) == 2
     err = capsys.readouterr().err
     assert err.count("wse-sim: error:") == 4 and not (tmp_path / "v").exists()
+
+
+def test_calibrate_write_needs_an_explicit_toml(tmp_path, capsys):
+    copy = tmp_path / "w.toml"
+    copy.write_text(FROZEN.read_text())
+    for wafer in ("wse2", str(copy)):  # neither the installed preset nor the --wafer file is rewritten implicitly
+        before = preset_path("wse2").read_text(), copy.read_text()
+        assert main(["calibrate", "--wafer", wafer, "--write", "--cases", "nope"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == "wse-sim: error: --write needs --toml FILE, the wafer TOML to rewrite (never an implicit " \
+                      "preset file)"
+        assert (preset_path("wse2").read_text(), copy.read_text()) == before
 
 
 def test_validate_cli_writes_the_report(tmp_path, capsys):

@@ -41,6 +41,7 @@ REPORT_KEYS = {
     "mean_busy_fraction": ("utilization", "mean_busy_fraction"), "parameters": ("model", "parameters"),
     "tasks": ("simulation", "tasks"), "max_abs_err_vs_reference": ("numerics", "max_abs_err_vs_reference"),
     "max_abs_err_vs_transformers": ("numerics", "max_abs_err_vs_transformers"),
+    "ttft_s": ("ttft_s",), "tpot_s": ("tpot_s",), "kv_cache_bytes": ("kv_cache_bytes",),
 }
 
 
@@ -76,6 +77,8 @@ def test_load_sweep_is_the_cartesian_product(tmp_path, cfg):
                                            'seq = [8, 16, 8]\nbatch = [1, 2]\nnumerics = false\ntiles = "2x2"\n')
     sweep = load_sweep(toml)
     assert sweep.columns == ["model", "wafer", "seq", "batch", "tiles", "numerics"]  # RunSpec field order
+    assert load_sweep(write_toml(tmp_path / "w.toml", 'wafer = ["tiny"]\nwafers = [1, 2]\n')).points == [
+        {"wafer": "tiny", "wafers": 1}, {"wafer": "tiny", "wafers": 2}]  # wafers of ints: the pipeline's wafers
     assert len(sweep.points) == 2 * 1 * 2 * 2  # the repeated seq 8 counts once
     assert {(p["model"], p["seq"], p["batch"]) for p in sweep.points} == {
         (m, s, b) for m in (cfg, "cerebras-gpt-111m") for s in (8, 16) for b in (1, 2)}
@@ -86,6 +89,11 @@ def test_load_sweep_is_the_cartesian_product(tmp_path, cfg):
     ("colour = [1]", "unknown key 'colour'"),
     ('seq = ["16"]', "'seq' wants int"),
     ("seq = [true]", "'seq' wants int"),
+    ('context = ["128"]', "'context' wants int"),
+    ("layer_subset = [1.5]", "'layer_subset' wants int"),
+    ('wafers = [1]\nwafer = "tiny"\nwafers = ["tiny"]', "malformed TOML"),
+    ('wafers = ["tiny", 2]', "'wafers' wants str"),
+    ('phase = 3', "'phase' wants str"),
     ("numerics = 1", "'numerics' wants bool"),
     ("models = []", "empty list"),
     ('model = "a"\nmodels = ["b"]', "given twice"),
@@ -122,8 +130,8 @@ def test_sweep_on_an_existing_scheduler_resumes(tmp_path, cfg):
     from distributed import LocalCluster
 
     toml = write_toml(tmp_path / "s.toml", f'models = ["{cfg}"]\nwafers = ["tiny"]\n'
-                                           'mappings = ["weight-streaming", "no-such-mapping"]\n'
-                                           'seq = [8, 16]\nnumerics = false\ntiles = "2x2"\n')
+                                           'mappings = ["weight-streaming"]\n'
+                                           'seq = [8, 16, 128, 256]\nnumerics = false\ntiles = "2x2"\n')
     out = tmp_path / "out"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
                       dashboard_address=None, silence_logs=logging.ERROR) as cluster:
@@ -131,9 +139,9 @@ def test_sweep_on_an_existing_scheduler_resumes(tmp_path, cfg):
         assert (first.points, first.skipped, first.ran, first.failed) == (4, 0, 4, 2)
         path = out / "sweep.csv"
         rows = read_rows(path)
-        assert {r["error"] for r in rows if r["mapping"] == "no-such-mapping"} == {
-            expected_row({"model": cfg, "wafer": "tiny", "mapping": "no-such-mapping", "seq": 8, "numerics": False,
-                          "tiles": "2x2"})["error"]}
+        assert {r["error"] for r in rows if int(r["seq"]) > 64} == {
+            expected_row({"model": cfg, "wafer": "tiny", "mapping": "weight-streaming", "seq": seq, "numerics": False,
+                          "tiles": "2x2"})["error"] for seq in (128, 256)}
         # Simulate a kill: one finished row marked (to see that it is kept, not re-run), one row lost, and a
         # last line cut short mid-write.
         kept = next(r for r in rows if not r["error"])
@@ -183,3 +191,62 @@ def test_cli_sweep_errors_are_one_line(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["sweep", str(tmp_path / "missing.toml"), "--out", str(tmp_path)]) == 2
     assert "missing.toml not found" in capsys.readouterr().err
+
+
+@pytest.fixture
+def llama_cfg(tmp_path):
+    from test_serving import LLAMA
+    from wse_sim.workloads.hf_reference import to_hf_config
+
+    path = tmp_path / "llama.json"
+    to_hf_config(LLAMA).to_json_file(path)
+    return str(path)
+
+
+def test_serving_sweep_is_typed_and_has_serving_columns(tmp_path, llama_cfg):
+    toml = write_toml(tmp_path / "s.toml", f'model = "{llama_cfg}"\nwafer = "tiny"\nphase = "generate"\n'
+                                           'prompt_len = [4]\ngen_tokens = [2, 3]\nlayer_subset = [1]\nwafers = 1\n'
+                                           'numerics = false\ntiles = "2x2"\n')
+    sweep = load_sweep(toml)
+    assert {(p["prompt_len"], p["gen_tokens"], p["layer_subset"], p["wafers"]) for p in sweep.points} == {
+        (4, 2, 1, 1), (4, 3, 1, 1)}
+    summary = run_sweep(toml, tmp_path / "out", n_workers=1, processes=False, progress=False)
+    assert (summary.ran, summary.failed, summary.all_failed) == (2, 0, False)
+    for row in read_rows(summary.csv_path):
+        point = {k: v for k, v in sweep.points[0].items()} | {"gen_tokens": int(row["gen_tokens"])}
+        report = run(RunSpec(**point), log=lambda _m: None).report
+        assert row["error"] == ""
+        assert row["ttft_s"] == repr(report["request"]["ttft_s"]) and row["tpot_s"] == repr(report["request"]["tpot_s"])
+        assert row["kv_cache_bytes"] == str(report["kv_cache_bytes"])
+
+
+@pytest.mark.parametrize(("key", "value", "needle"), [
+    ("models", "no-such-model", "unknown model 'no-such-model'"),
+    ("wafers", "no-such-wafer", "no-such-wafer"),
+    ("mappings", "no-such-mapping", "unknown mapping 'no-such-mapping'"),
+])
+def test_sweep_names_are_checked_before_the_cluster_starts(tmp_path, cfg, monkeypatch, key, value, needle):
+    import wse_sim.app.sweep as sweep_module
+
+    def no_cluster(*_a, **_k):
+        raise AssertionError("the cluster was started")
+
+    monkeypatch.setattr(sweep_module, "dask_client", no_cluster)
+    base = {"models": f'"{cfg}"', "wafers": '"tiny"', "mappings": '"weight-streaming"'}
+    base[key] = f'"{value}"'
+    toml = write_toml(tmp_path / "s.toml", "".join(f"{k} = [{v}]\n" for k, v in base.items()) + "seq = [8]\n")
+    with pytest.raises(UserError, match=needle):
+        run_sweep(toml, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_sweep_every_point_failed_exits_2(tmp_path, cfg, capsys):
+    toml = write_toml(tmp_path / "s.toml", f'models = ["{cfg}"]\nwafers = ["tiny"]\nseq = [128, 256]\n'
+                                           'numerics = false\ntiles = "2x2"\n')
+    out = tmp_path / "out"
+    for _ in range(2):  # the second time every point is already done (with an error): still a failure
+        assert main(["sweep", str(toml), "--out", str(out), "--workers", "1", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == f"wse-sim: error: every point of the sweep failed (see the error column of " \
+                              f"{out / 'sweep.csv'})"
+    assert all("exceeds the context" in r["error"] for r in read_rows(out / "sweep.csv"))

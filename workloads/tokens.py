@@ -76,6 +76,17 @@ def encode_prompt(checkpoint_dir: str | Path, text: str) -> np.ndarray:
     return ids[None, :]
 
 
+def has_tokenizer(checkpoint_dir: str | Path) -> bool:
+    """Whether the checkpoint folder holds tokenizer files (tokenizer.json, or vocab.json and merges.txt)."""
+    folder = Path(checkpoint_dir)
+    return (folder / "tokenizer.json").is_file() or all((folder / f).is_file() for f in ("vocab.json", "merges.txt"))
+
+
+def decode_tokens(checkpoint_dir: str | Path, ids) -> str:
+    """The text of token ``ids`` (a sequence of ints) by the checkpoint folder's tokenizer."""
+    return _load_tokenizer(Path(checkpoint_dir)).decode([int(i) for i in ids])
+
+
 def parse_token_list(spec: str, vocab_size: int) -> np.ndarray:
     """Parse a comma-separated id list such as ``"1, 2, 3"`` into int64 ``[1, n]``."""
     entries = spec.split(",")

@@ -12,10 +12,11 @@ from .serve import run_serving
 
 
 def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False,
-        wafer: WaferSpec | None = None) -> RunOutput:
+        wafer: WaferSpec | None = None, max_memory: float | None = None) -> RunOutput:
     """Simulate ``spec``; ``record`` keeps every busy interval (for traces and timelines). ``wafer`` overrides
-    ``spec.wafer`` with a WaferSpec object (calibration varies its parameters)."""
-    scn = Scenario.resolve(spec, wafer)
+    ``spec.wafer`` with a WaferSpec object (calibration varies its parameters); ``max_memory`` (GB) overrides the
+    memory limit (not an input of the result, so not in the spec)."""
+    scn = Scenario.resolve(spec, wafer, max_memory)
     if spec.phase == "prefill":
         return run_prefill(scn, progress, log, record)
     return run_serving(scn, progress, log, record)

@@ -18,7 +18,7 @@ from ..report.build import RunInputs
 from ..sim import Engine, SimResult
 from ..workloads import ModelConfig, get_preset, load_hf_config
 from ..workloads.checkpoint import load_checkpoint
-from ..workloads.tokens import encode_prompt, parse_token_list, random_tokens
+from ..workloads.tokens import decode_tokens, encode_prompt, has_tokenizer, parse_token_list, random_tokens
 from ..workloads.weights import random_weights
 
 # Numerics are on by default up to this size (issue 3: "default for models up to 1.3B").
@@ -86,9 +86,10 @@ def resolve_model(spec: RunSpec):
 
 
 def make_grid(wafer: WaferSpec, grid: str | None = None, tiles: str | None = None,
-              tile: str | None = None) -> TileGrid:
+              tile: str | None = None, max_memory: float | None = None) -> TileGrid:
     """The PE grid (``grid`` "ROWSxCOLS", default the whole usable mesh) cut into ``tiles`` ("TRxTC", default
-    DEFAULT_TILES) or into tiles of ``tile`` ("HxW") PEs."""
+    DEFAULT_TILES) or into tiles of ``tile`` ("HxW") PEs; refused above the memory limit (``max_memory`` GB, else
+    :func:`max_memory_gb`)."""
     rows, cols = parse_grid(grid, wafer)
     if tile and tiles:
         raise UserError("give --tile (PEs per tile) or --tiles (tile grid), not both")
@@ -96,11 +97,11 @@ def make_grid(wafer: WaferSpec, grid: str | None = None, tiles: str | None = Non
         h, w = _parse_pair(tile, "tile")
         if h > rows or w > cols:
             raise UserError(f"tile {h}x{w} is larger than the grid {rows}x{cols}")
-        return check_memory(TileGrid.make(rows, cols, -(-rows // h), -(-cols // w)))
+        return check_memory(TileGrid.make(rows, cols, -(-rows // h), -(-cols // w)), max_memory)
     tr, tc = _parse_pair(tiles, "tiles") if tiles else DEFAULT_TILES
     if tiles and (tr > rows or tc > cols):
         raise UserError(f"tiles {tr}x{tc} is more than the grid {rows}x{cols} has PEs (at most {rows}x{cols})")
-    return check_memory(TileGrid.make(rows, cols, tr, tc))
+    return check_memory(TileGrid.make(rows, cols, tr, tc), max_memory)
 
 
 def memory_estimate_bytes(grid: TileGrid) -> float:
@@ -123,15 +124,34 @@ def max_memory_gb() -> float:
     return limit
 
 
-def check_memory(grid: TileGrid) -> TileGrid:
-    """``grid``, or a :class:`UserError` when its memory estimate exceeds the limit."""
-    need, limit = memory_estimate_bytes(grid) / 1e9, max_memory_gb()
+def check_memory(grid: TileGrid, max_memory: float | None = None) -> TileGrid:
+    """``grid``, or a :class:`UserError` when its memory estimate exceeds the limit (``max_memory`` GB, else
+    :func:`max_memory_gb`)."""
+    need, limit = memory_estimate_bytes(grid) / 1e9, max_memory or max_memory_gb()
     if need > limit:
         raise UserError(
             f"estimated memory {need:,.1f} GB ({grid.tile_rows}x{grid.tile_cols} tiles, {grid.rows}x{grid.cols} PEs) "
-            f"exceeds the limit of {limit:g} GB: use fewer tiles or a smaller --grid, or set {MAX_MEMORY_ENV}"
+            f"exceeds the limit of {limit:g} GB: use fewer tiles or a smaller --grid, or raise --max-memory-gb "
+            f"(or {MAX_MEMORY_ENV})"
         )
     return grid
+
+
+def prompt_ids(checkpoint: str, prompt: str) -> np.ndarray:
+    """``prompt`` encoded by the checkpoint's tokenizer, int64 ``[1, n]``."""
+    try:
+        return encode_prompt(checkpoint, prompt)
+    except ValueError as exc:
+        raise UserError(f"--prompt: {exc}") from None
+
+
+def generated_texts(spec: RunSpec, report: dict) -> list[str]:
+    """Each sequence's generated tokens as text by the checkpoint's tokenizer; empty without a tokenizer or
+    generated tokens."""
+    ids = report.get("generated_tokens")
+    if not (ids and spec.checkpoint and has_tokenizer(spec.checkpoint)):
+        return []
+    return [decode_tokens(spec.checkpoint, row) for row in ids]
 
 
 def input_tokens(spec: RunSpec, config: ModelConfig, seq: int | None = None) -> np.ndarray:
@@ -146,7 +166,7 @@ def input_tokens(spec: RunSpec, config: ModelConfig, seq: int | None = None) -> 
     elif spec.prompt:
         if not spec.checkpoint:
             raise UserError("--prompt needs --checkpoint with tokenizer files")
-        ids = encode_prompt(spec.checkpoint, spec.prompt)
+        ids = prompt_ids(spec.checkpoint, spec.prompt)
     else:
         return random_tokens(config.vocab_size, spec.batch, seq or spec.seq, seed=spec.seed)
     if ids.size == spec.batch * (seq or spec.seq):  # batch*seq ids, row-major
@@ -222,8 +242,9 @@ class Scenario:
     grid: TileGrid
 
     @classmethod
-    def resolve(cls, spec: RunSpec, wafer: WaferSpec | None = None) -> Scenario:
-        """Check ``spec.phase``, load the wafer (``wafer`` overrides ``spec.wafer``), the model and the grid."""
+    def resolve(cls, spec: RunSpec, wafer: WaferSpec | None = None, max_memory: float | None = None) -> Scenario:
+        """Check ``spec.phase``, load the wafer (``wafer`` overrides ``spec.wafer``), the model and the grid (refused
+        above ``max_memory`` GB, see :func:`check_memory`)."""
         if spec.phase not in PHASES:
             raise UserError(f"unknown phase {spec.phase!r} (known: {', '.join(PHASES)})")
         if spec.prompt and not spec.checkpoint:
@@ -234,4 +255,4 @@ class Scenario:
         config, weights = resolve_model(spec)
         if spec.tokens and spec.phase == "prefill":
             input_tokens(spec, config)  # the length is checked even when numerics are off
-        return cls(spec, wafer, config, weights, make_grid(wafer, spec.grid, spec.tiles, spec.tile))
+        return cls(spec, wafer, config, weights, make_grid(wafer, spec.grid, spec.tiles, spec.tile, max_memory))

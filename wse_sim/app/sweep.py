@@ -1,7 +1,8 @@
 """Sweeps: the cartesian product of run options from a TOML file, run on Dask, one CSV row per point.
 
 List-valued keys are the sweep's axes (``models``, ``wafers``, ``mappings``, ``seq``, ``batch``, ``precision``,
-or any other ``RunSpec`` field given as a list); scalars are fixed for every point. Rows are appended to
+or any other ``RunSpec`` field given as a list); scalars are fixed for every point. ``wafers`` of integers is
+the RunSpec field (wafers in a pipeline), of strings the wafer names. Rows are appended to
 ``sweep.csv`` as points finish, so a killed sweep keeps its finished rows and a re-run skips them.
 """
 
@@ -14,24 +15,28 @@ import logging
 import os
 import sys
 import tomllib
+import types
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arch import load_wafer
 from ..errors import UserError
+from ..mapping import mapping_info
 from .run import run
-from .scenario import RunSpec
+from .scenario import RunSpec, resolve_model
 
 # TOML keys for the sweep axes named in the plural, and the RunSpec field each fills.
 PLURAL_KEYS = {"models": "model", "wafers": "wafer", "mappings": "mapping"}
 SPEC_FIELDS = {f.name: f for f in dataclasses.fields(RunSpec)}
-_TYPES = {"seq": int, "batch": int, "seed": int, "numerics": bool}  # every other field is a string
 # Headline figures per row, after the spec columns; ``error`` is empty for a point that ran.
 HEADLINE_COLUMNS = (
     "total_cycles", "seconds", "tokens_per_s", "mfu", "flops", "flops_per_s", "bound_cycles", "compute_cycles",
     "fabric_cycles", "stream_cycles", "memoryx_bytes", "memoryx_busy_fraction", "fabric_bytes",
     "sram_peak_bytes_per_pe", "mean_busy_fraction", "parameters", "grid_pes", "tile_grid", "tasks",
-    "max_abs_err_vs_reference", "max_abs_err_vs_transformers", "sim_wall_s", "error",
+    "max_abs_err_vs_reference", "max_abs_err_vs_transformers", "ttft_s", "tpot_s", "kv_cache_bytes", "sim_wall_s",
+    "error",
 )
 CSV_NAME = "sweep.csv"
 
@@ -55,24 +60,54 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UserError(f"malformed TOML in {path}: {exc}") from None
     values: dict[str, list] = {}
     for key, value in raw.items():
-        field = PLURAL_KEYS.get(key, key)
+        items = value if isinstance(value, list) else [value]
+        field = _field_of(key, items)
         if field not in SPEC_FIELDS:
             known = sorted({*PLURAL_KEYS, *SPEC_FIELDS} - set(PLURAL_KEYS.values()))
             raise UserError(f"{path}: unknown key {key!r} (known: {', '.join(known)})")
         if field in values:
             raise UserError(f"{path}: {field!r} is given twice")
-        items = value if isinstance(value, list) else [value]
         if not items:
             raise UserError(f"{path}: {key!r} is an empty list")
-        want = _TYPES.get(field, str)
-        for item in items:
-            # bool is an int subclass: a seq of `true` is an error, not 1.
-            if not isinstance(item, want) or (want is int and isinstance(item, bool)):
-                raise UserError(f"{path}: {key!r} wants {want.__name__} values, got {item!r}")
-        values[field] = list(dict.fromkeys(items))
+        want = field_type(field)
+        values[field] = list(dict.fromkeys(_typed(item, want, f"{path}: {key!r}") for item in items))
     columns = [name for name in SPEC_FIELDS if name in values]
     points = [dict(zip(columns, combo, strict=True)) for combo in itertools.product(*(values[c] for c in columns))]
     return Sweep(points, columns)
+
+
+def _field_of(key: str, items: list) -> str:
+    """The RunSpec field a TOML key fills: ``wafers`` of integers is the field itself, else a plural axis."""
+    if key in SPEC_FIELDS and items and all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+        return key
+    return PLURAL_KEYS.get(key, key)
+
+
+def field_type(name: str) -> type:
+    """The type of RunSpec field ``name``, without its ``| None``."""
+    hint = typing.get_type_hints(RunSpec)[name]
+    if isinstance(hint, types.UnionType):
+        (hint,) = (t for t in hint.__args__ if t is not type(None))
+    return hint
+
+
+def _typed(item, want: type, where: str):
+    """``item`` as a ``want`` (an int for a float field), or a UserError; bool is not taken for int (nor 1 for
+    true)."""
+    if want is float and isinstance(item, int) and not isinstance(item, bool):
+        return float(item)
+    if not isinstance(item, want) or (want is int and isinstance(item, bool)):
+        raise UserError(f"{where} wants {want.__name__} values, got {item!r}")
+    return item
+
+
+def check_names(sweep: Sweep) -> None:
+    """Every model, wafer and mapping of ``sweep`` resolves (a UserError naming the first that does not), so a
+    misspelt name fails before the cluster starts instead of in every row."""
+    for field, check in (("model", lambda m: resolve_model(RunSpec(model=m))), ("wafer", load_wafer),
+                         ("mapping", mapping_info)):
+        for name in dict.fromkeys(p[field] for p in sweep.points if field in p):
+            check(name)
 
 
 def headline(report: dict, sim_wall_s: float) -> dict:
@@ -95,8 +130,15 @@ def headline(report: dict, sim_wall_s: float) -> dict:
         "tasks": report["simulation"]["tasks"],
         "max_abs_err_vs_reference": numerics.get("max_abs_err_vs_reference"),
         "max_abs_err_vs_transformers": numerics.get("max_abs_err_vs_transformers"),
-        "sim_wall_s": sim_wall_s,
+        **serving_figures(report), "sim_wall_s": sim_wall_s,
     }
+
+
+def serving_figures(report: dict) -> dict:
+    """TTFT, TPOT (a generate run's: of its whole request) and KV-cache bytes; None where a phase has none."""
+    request = report.get("request") or report
+    return {"ttft_s": request.get("ttft_s"), "tpot_s": request.get("tpot_s"),
+            "kv_cache_bytes": report.get("kv_cache_bytes")}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -169,12 +211,19 @@ class SweepSummary:
     skipped: int  # already in the CSV
     ran: int
     failed: int  # rows of this invocation with an error
+    failed_before: int = 0  # skipped rows (from an earlier invocation) with an error
+
+    @property
+    def all_failed(self) -> bool:
+        """Every point of the sweep has a row with an error."""
+        return self.points > 0 and self.failed + self.failed_before == self.points
 
 
 def run_sweep(toml_path: str | Path, out_dir: str | Path, scheduler: str | None = None, n_workers: int | None = None,
               processes: bool = True, progress: bool = True, retry_errors: bool = False) -> SweepSummary:
     """Run every point not yet in ``out_dir/sweep.csv`` on Dask, appending each row as it finishes."""
     sweep = load_sweep(toml_path)
+    check_names(sweep)
     columns = [*sweep.columns, *HEADLINE_COLUMNS]
     path = Path(out_dir) / CSV_NAME
     done = _read_rows(path, columns, retry_errors) if path.exists() else []
@@ -210,7 +259,9 @@ def run_sweep(toml_path: str | Path, out_dir: str | Path, scheduler: str | None 
                     writer.writerow([fmt(row.get(c)) for c in columns])
                     f.flush()
                     bar.update(1)
-    return SweepSummary(path, len(sweep.points), len(sweep.points) - len(todo), len(todo), failed)
+    wanted = {key(p) for p in sweep.points}
+    failed_before = sum(bool(r["error"]) for r in done if key(r) in wanted)
+    return SweepSummary(path, len(sweep.points), len(sweep.points) - len(todo), len(todo), failed, failed_before)
 
 
 def read_sweep_csv(path: str | Path) -> tuple[list[dict], list[str]]:
@@ -238,5 +289,5 @@ def plot_sweep(csv_path: str | Path, out_path: str | Path, x: str | None = None)
     return save(fig, out_path)
 
 
-__all__ = ["HEADLINE_COLUMNS", "Sweep", "SweepSummary", "dask_client", "fmt", "headline", "load_sweep",
+__all__ = ["HEADLINE_COLUMNS", "Sweep", "SweepSummary", "check_names", "dask_client", "fmt", "headline", "load_sweep",
            "plot_sweep", "read_sweep_csv", "run_point", "run_sweep"]

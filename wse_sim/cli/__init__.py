@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         if getattr(args, "config", None):
-            args = run.with_config(parser, argv, args.config)
+            args = run.with_config(sys.argv[1:] if argv is None else argv, args.config)
         args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except (UserError, ReferenceImportError) as exc:  # config, checkpoint, SRAM and input errors derive from UserError

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..app import calibrate as cal
 from ..app.calibrate.fit import format_value
-from ..app.catalog import load_wafer, preset_path
+from ..app.catalog import load_wafer
 from ..errors import UserError
 
 
@@ -21,9 +21,9 @@ def add_parsers(sub) -> None:
                    help=f"comma-separated wafer parameters to fit (default: {','.join(cal.DEFAULT_FIT_PARAMS)}, the "
                         "ones without a source)")
     c.add_argument("--cases", help="comma-separated case names (default: the cases marked for fitting)")
-    c.add_argument("--write", action="store_true", help="write the fitted values into the wafer's TOML file")
-    c.add_argument("--toml", help="with --write: the TOML file to rewrite (default: the preset's own file, or "
-                                  "--wafer when it is a .toml)")
+    c.add_argument("--write", action="store_true", help="write the fitted values into the --toml file")
+    c.add_argument("--toml", help="with --write (required): the wafer TOML file to rewrite, e.g. "
+                                  "wse_sim/arch/presets/wse2.toml in a checkout")
     c.add_argument("--date", help="with --write: the date put in the comment, YYYY-MM-DD (default: today)")
     c.add_argument("--quiet", action="store_true", help="no progress line per evaluation")
     c.set_defaults(func=cmd_calibrate)
@@ -36,6 +36,8 @@ def add_parsers(sub) -> None:
 
 
 def cmd_calibrate(args) -> None:
+    if args.write and not args.toml:
+        raise UserError("--write needs --toml FILE, the wafer TOML to rewrite (never an implicit preset file)")
     wafer = load_wafer(args.wafer)
     params = [p.strip() for p in args.params.split(",") if p.strip()]
     for p in params:
@@ -49,8 +51,7 @@ def cmd_calibrate(args) -> None:
             raise UserError(f"--date wants YYYY-MM-DD, got {args.date!r}") from None
     target = None
     if args.write:
-        target = Path(args.toml) if args.toml else (Path(args.wafer) if args.wafer.endswith(".toml")
-                                                   else preset_path(args.wafer))
+        target = Path(args.toml)
         if not target.is_file():
             raise UserError(f"--write: {target} is not a file")
     elif args.toml or args.date:

@@ -25,6 +25,16 @@ def nonnegative_int(text: str) -> int:
     return int_at_least(text, 0)
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
 def add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="cerebras-gpt-111m",
                    help="preset name (see `wse-sim models`) or a GPT-2 / Llama config.json or checkpoint folder")

@@ -9,25 +9,30 @@ import tomllib
 from pathlib import Path
 
 from ..app import RunSpec, run
+from ..app.scenario import MAX_MEMORY_ENV, MAX_MEMORY_GB, generated_texts, prompt_ids
 from ..errors import UserError
 from ..report.build import format_summary, last_pass_view
 from ..report.tables import ops_csv
 from ..report.trace import write_trace
-from .options import add_numerics, add_shared, nonnegative_int, positive_int
+from .options import add_numerics, add_shared, nonnegative_int, positive_float, positive_int
 from .outputs import Staged, check_file, check_folder
-
-RUN_PARSER: list[argparse.ArgumentParser] = []  # the run subparser of the latest parser() (for --config)
 
 
 def add_parsers(sub) -> None:
     r = sub.add_parser("run", help="simulate one forward pass and write report.json and plots")
-    RUN_PARSER[:] = [r]
+    add_run_options(r)
+    r.set_defaults(func=cmd_run)
+
+
+def add_run_options(r: argparse.ArgumentParser) -> None:
+    """Every option of ``wse-sim run``."""
     r.add_argument("--config", help="TOML file of run options (keys are the flags without --, e.g. "
                                     "prompt-len = 6); flags on the command line override it")
     add_shared(r)
     r.add_argument("--checkpoint", help="Hugging Face checkpoint folder (config.json + safetensors or .bin)")
     r.add_argument("--mapping", default="auto", help="dataflow mapping: a name from `wse-sim mappings`, or auto")
-    r.add_argument("--seq", type=positive_int, default=512, help="sequence length (tokens per sequence)")
+    r.add_argument("--seq", type=positive_int, help=f"sequence length (tokens per sequence; default {RunSpec.seq}, or "
+                                                    "the --prompt's length)")
     r.add_argument("--batch", type=positive_int, default=1)
     add_numerics(r, "run real numerics through the mapping (default for models up to 1.3B)")
     r.add_argument("--tokens", help="comma-separated token ids (sets the input; must be batch*seq long)")
@@ -39,8 +44,10 @@ def add_parsers(sub) -> None:
     r.add_argument("--trace", help="also write a Chrome trace-event JSON (Perfetto, chrome://tracing) to this file")
     r.add_argument("--trace-limit", type=positive_int, help="keep only the first N trace slices per resource")
     r.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    r.add_argument("--max-memory-gb", type=positive_float, metavar="GB",
+                   help=f"refuse a run whose memory estimate exceeds GB (default ${MAX_MEMORY_ENV}, else "
+                        f"{MAX_MEMORY_GB:g})")
     _add_serving(r)
-    r.set_defaults(func=cmd_run)
 
 
 def _add_serving(r: argparse.ArgumentParser) -> None:
@@ -59,56 +66,74 @@ def _add_serving(r: argparse.ArgumentParser) -> None:
                           "and generate)")
 
 
-def with_config(make_parser, argv: list[str] | None, path: str) -> argparse.Namespace:
-    """``argv`` parsed again with the TOML file ``path``'s values as the run command's defaults, so flags given
-    on the command line win."""
-    top = make_parser()
-    r = RUN_PARSER[0]
-    r.set_defaults(**config_values(path, r))
-    return top.parse_args(argv)
+def with_config(argv: list[str], path: str) -> argparse.Namespace:
+    """``wse-sim run`` arguments ``argv`` (the command first) parsed again with the TOML file ``path``'s values as
+    defaults, so flags given on the command line win."""
+    r = argparse.ArgumentParser(prog="wse-sim run")
+    add_run_options(r)
+    r.set_defaults(command="run", func=cmd_run, **config_values(path))
+    return r.parse_args(argv[1:])
 
 
-def config_values(path: str, r: argparse.ArgumentParser) -> dict:
-    """The file's keys as {dest: value}, each checked like its flag; an unknown key is an error."""
+class _CheckingParser(argparse.ArgumentParser):
+    """The run options, parsed one config value at a time: an error raises instead of exiting."""
+
+    def error(self, message: str):
+        raise ValueError(message.removeprefix("argument ").split(": ", 1)[-1])
+
+
+def config_values(path: str) -> dict:
+    """The file's keys as {dest: value}, each checked by parsing it as its flag; an unknown key is an error."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"--config {path}: {exc}") from None
-    actions = {a.dest: a for a in r._actions if a.option_strings and a.dest not in ("help", "config")}
+    checker = _CheckingParser(prog="wse-sim run", add_help=False)
+    add_run_options(checker)
+    dests = set(vars(checker.parse_args([]))) - {"config"}
     values = {}
     for key, value in data.items():
         dest = key.replace("-", "_")
-        if dest not in actions:
-            known = ", ".join(sorted(d.replace("_", "-") for d in actions))
+        if dest not in dests:
+            known = ", ".join(sorted(d.replace("_", "-") for d in dests))
             raise UserError(f"--config {path}: unknown key {key!r} (known: {known})")
-        values[dest] = _config_value(actions[dest], key, value, path)
+        values[dest] = _config_value(checker, dest, value, f"--config {path}: {key}")
     return values
 
 
-def _config_value(action: argparse.Action, key: str, value, path: str):
-    """``value`` checked (and converted) as the flag of ``action`` would be."""
-    where = f"--config {path}: {key}"
-    if action.nargs == 0:  # a switch: --quiet, --numerics / --no-numerics
+def _takes_no_value(checker: _CheckingParser, flag: str) -> bool:
+    try:
+        checker.parse_args([flag])
+    except ValueError:
+        return False
+    return True
+
+
+def _config_value(checker: _CheckingParser, dest: str, value, where: str):
+    """``value`` checked (and converted) as the flag of ``dest`` would be."""
+    flag = "--" + dest.replace("_", "-")
+    if _takes_no_value(checker, flag):  # a switch: --quiet, --numerics / --no-numerics
         if not isinstance(value, bool):
             raise UserError(f"{where} must be true or false, got {value!r}")
         return value
     if isinstance(value, bool | dict | list):
         raise UserError(f"{where}: {value!r} is not a single value")
-    if action.type is not None:
-        try:
-            value = action.type(str(value))
-        except (argparse.ArgumentTypeError, ValueError) as exc:
-            raise UserError(f"{where}: {exc}") from None
-    elif not isinstance(value, str):
+    try:
+        parsed = getattr(checker.parse_args([f"{flag}={value}"]), dest)
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    if isinstance(parsed, str) and not isinstance(value, str):
         raise UserError(f"{where} must be a string, got {value!r}")
-    if action.choices is not None and value not in action.choices:
-        raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
-    return value
+    return parsed
 
 
 def spec_of(args) -> RunSpec:
+    """The run's spec; without --seq, a --prompt (with --checkpoint) sets it to the prompt's length."""
+    seq = args.seq
+    if seq is None and args.prompt and args.checkpoint:
+        seq = prompt_ids(args.checkpoint, args.prompt).shape[1]
     return RunSpec(
-        model=args.model, wafer=args.wafer, mapping=args.mapping, seq=args.seq, batch=args.batch,
+        model=args.model, wafer=args.wafer, mapping=args.mapping, seq=seq or RunSpec.seq, batch=args.batch,
         precision=args.precision, grid=args.grid, tiles=args.tiles, tile=args.tile, numerics=args.numerics,
         checkpoint=args.checkpoint, tokens=args.tokens, prompt=args.prompt, seed=args.seed, phase=args.phase,
         context=args.context, prompt_len=args.prompt_len, gen_tokens=args.gen_tokens, layer_subset=args.layer_subset,
@@ -139,7 +164,9 @@ def cmd_run(args) -> None:
         if not args.quiet:
             print(msg, file=sys.stderr)
 
-    out_run = run(spec_of(args), progress=not args.quiet, log=log, record=True)  # intervals feed timeline, trace
+    spec = spec_of(args)
+    out_run = run(spec, progress=not args.quiet, log=log, record=True,  # intervals: timeline, trace
+                  max_memory=args.max_memory_gb)
     report, logits, wall = out_run.report, out_run.logits, out_run.sim_wall_s
     if args.save_logits and logits is None:
         raise UserError("--save-logits needs numerics on (drop --no-numerics)")
@@ -162,6 +189,8 @@ def cmd_run(args) -> None:
         staged.commit()
     note = " (numerics inside; reference checks not counted)" if logits is not None else ""
     print(format_summary(report, [("simulation wall time", f"{wall:.2f} s{note}")]))
+    for i, text in enumerate(generated_texts(spec, report)):
+        print(f"generated text{f' [{i}]' if args.batch > 1 else ''}: {text!r}")
     written = [out / "report.json", out / "ops.csv", *plots, *([args.trace] if args.trace else []),
                *([args.save_logits] if args.save_logits else [])]
     print("wrote " + ", ".join(str(p) for p in written))

@@ -67,5 +67,7 @@ def cmd_sweep(args) -> None:
         s = run_sweep(args.toml, out, scheduler=args.scheduler, n_workers=args.workers, progress=not args.quiet,
                       retry_errors=args.retry_errors)
         print(f"{s.csv_path}: {s.points} points, {s.skipped} already done, {s.ran} run, {s.failed} of them failed")
+        if s.all_failed:
+            raise UserError(f"every point of the sweep failed (see the error column of {s.csv_path})")
     if args.plot:
         print(f"wrote {plot_sweep(out / CSV_NAME, out / f'sweep.{args.format}', args.x)}")
