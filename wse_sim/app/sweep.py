@@ -14,7 +14,6 @@ import itertools
 import logging
 import os
 import sys
-import tomllib
 import types
 import typing
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from pathlib import Path
 from ..arch import load_wafer
 from ..errors import UserError
 from ..mapping import mapping_info
+from .files import read_toml
 from .run import run
 from .scenario import RunSpec, resolve_model
 
@@ -52,12 +52,7 @@ class Sweep:
 def load_sweep(path: str | Path) -> Sweep:
     """Parse and check a sweep TOML file; unknown keys, wrong types and empty lists are errors."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"sweep file {path} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"malformed TOML in {path}: {exc}") from None
+    raw = read_toml(path, "sweep file")
     values: dict[str, list] = {}
     for key, value in raw.items():
         items = value if isinstance(value, list) else [value]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 from ..app import RunSpec, run
+from ..app.files import read_toml
 from ..app.scenario import MAX_MEMORY_ENV, MAX_MEMORY_GB, generated_texts, prompt_ids
 from ..errors import UserError
 from ..report.build import format_summary, last_pass_view
@@ -84,10 +84,7 @@ class _CheckingParser(argparse.ArgumentParser):
 
 def config_values(path: str) -> dict:
     """The file's keys as {dest: value}, each checked by parsing it as its flag; an unknown key is an error."""
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"--config {path}: {exc}") from None
+    data = read_toml(path, "--config file")
     checker = _CheckingParser(prog="wse-sim run", add_help=False)
     add_run_options(checker)
     dests = set(vars(checker.parse_args([]))) - {"config"}

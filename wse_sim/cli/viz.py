@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from ..app.files import read_json
 from ..app.sweep import CSV_NAME, plot_sweep, run_sweep
 from ..errors import UserError
 from .options import positive_int
@@ -42,12 +42,7 @@ def cmd_plot(args) -> None:
 
     check_format(args.format)
     path = Path(args.report)
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} not found") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not JSON: {exc}") from None
+    report = read_json(path, "report")
     if not isinstance(report, dict) or "layers" not in report or "utilization" not in report:
         raise UserError(f"{path} is not a wse-sim report.json")
     paths = write_plots(last_pass_view(report), Path(args.out) if args.out else path.parent, args.format)
