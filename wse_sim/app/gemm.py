@@ -15,6 +15,8 @@ import numpy as np
 from ..arch import WaferSpec, load_wafer
 from ..errors import UserError
 from ..mapping import ModelPlan, TileGrid, mapping_info
+from ..report.build import energy_rows
+from ..report.energy import plan_energy
 from ..sim import Engine
 from ..sim.numerics import Numerics
 from ..workloads import lower_gemm
@@ -106,6 +108,7 @@ def gemm_report(spec, wafer, graph, plan: ModelPlan, result, wall_s, executor, a
         "notes": plan.ops[0].notes,
         "simulation": {"tasks": result.tasks, "wall_s": round(wall_s, 3)},
     }
+    report["energy"] = plan_energy(wafer, plan, result, spec.m)  # "tokens": the m rows of A
     if searched:
         report["auto"] = plan.params
     if executor is not None:
@@ -128,6 +131,7 @@ def format_gemm(report: dict) -> str:
                   f"stream {report['stream_cycles']:,} cycles"),
         ("compute efficiency", f"{report['compute_efficiency'] * 100:.2f} % of the grid's peak"),
         ("fabric bytes", f"{report['fabric_bytes']:,}"),
+        *energy_rows(report.get("energy")),
         ("SRAM peak / PE", f"{report['sram_peak_bytes_per_pe']:,} B"),
     ]
     if "numerics" in report:

@@ -20,6 +20,7 @@ from ..mapping import ModelPlan, TileGrid, get_mapping, mapping_info
 from ..mapping.auto import resident_candidates
 from ..mapping.serving import Serving, assign_wafers, check_inner, regions_on, stage_of, wafers_needed
 from ..report.build import build_report, with_request
+from ..report.energy import energy_section, pass_energy
 from ..sim import Engine, SimResult
 from ..sim.numerics import Numerics
 from ..workloads import ModelConfig, WorkloadGraph, lower_model
@@ -227,6 +228,20 @@ def wafer_summary(plan: ModelPlan, result: SimResult, wafer: WaferSpec, scaled_c
             "link_bytes_per_s": wafer.interwafer_bytes_per_s, "link_latency_s": wafer.interwafer_latency_s}
 
 
+def serving_energy(run: ServingRun, wafer: WaferSpec, phase: str, prefill: Pass | None, steps: list[Pass],
+                   batch: int) -> dict:
+    """The report's ``energy``: a decode step's (``batch`` tokens), or a generate request's, prefill and every
+    decode step (its output tokens); layer actions scaled to the model's depth like the cycles."""
+    if phase == "generate":
+        passes = ([prefill] if prefill else []) + steps
+        tokens = batch * (len(steps) + (1 if prefill else 0))
+    else:
+        passes, tokens = steps[-1:], batch
+    scope = "request (prefill and decode steps; per output token)" if phase == "generate" else "decode step"
+    return energy_section(wafer, [pass_energy(wafer, p.plan, p.result, p.scaled_cycles) for p in passes], tokens,
+                          run.full_config.n_layer / run.config.n_layer, scope)
+
+
 def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
     """``--phase decode`` and ``--phase generate`` (see the module docstring)."""
     spec, wafer, config, weights, region = scn.spec, scn.wafer, scn.config, scn.weights, scn.grid
@@ -293,7 +308,7 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
     if spec.phase == "generate" and executor is not None:
         serving["generated_tokens"] = np.stack(generated, axis=1).tolist()
     report = build_report(spec, sr.full_config, wafer, main.graph, main.plan, main.result, numerics_report,
-                          serving)
+                          serving, serving_energy(sr, wafer, spec.phase, prefill, steps, spec.batch))
     if spec.phase == "generate":
         report = with_request(report, request_summary(prefill, steps, wafer.clock_hz, spec.batch, prompt))
     return RunOutput(report, logits, sim_wall, main.result, main.plan, wafer)
