@@ -41,6 +41,7 @@ REPORT_KEYS = {
     "mean_busy_fraction": ("utilization", "mean_busy_fraction"), "parameters": ("model", "parameters"),
     "tasks": ("simulation", "tasks"), "max_abs_err_vs_reference": ("numerics", "max_abs_err_vs_reference"),
     "max_abs_err_vs_transformers": ("numerics", "max_abs_err_vs_transformers"),
+    **{k: ("energy", k) for k in ("joules", "joules_per_token", "average_w", "peak_w")},
 }
 
 
