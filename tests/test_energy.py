@@ -45,8 +45,8 @@ def test_single_compute_task_closed_form(precision):
     b = 4 if precision == "fp32" else 2
     cat = e["by_category_joules"]
     assert cat["fmac"] == pytest.approx(ops * fmac * PJ)
-    assert cat["sram"] == pytest.approx((2 * ops * b * TINY.sram_read_pj_per_byte + ops * b * TINY.sram_write_pj_per_byte)
-                                        * PJ)
+    sram_pj = 2 * ops * b * TINY.sram_read_pj_per_byte + ops * b * TINY.sram_write_pj_per_byte
+    assert cat["sram"] == pytest.approx(sram_pj * PJ)
     assert cat["pe_active"] == pytest.approx(cycles * pes * TINY.pe_active_cycle_pj * PJ)
     for k, v in static_parts(TINY, cycles, cycles * pes).items():
         assert cat[k] == pytest.approx(v)

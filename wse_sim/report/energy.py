@@ -128,8 +128,8 @@ def energy_section(wafer: WaferSpec, passes: list[PassEnergy], tokens: int, laye
     """The report's ``energy``: joules by category and by op, counts, average and peak watts, joules per token.
 
     ``layer_scale`` multiplies the actions of the ``layer*`` blocks (a layer subset scaled to the model's depth);
-    the passes' ``cycles`` are already scaled. Peak watts: the highest op-average power (an op's dynamic energy over
-    its span, plus the static, idle and system power) of any pass."""
+    the passes' ``cycles`` are already scaled. Peak watts: the highest op-average power of any pass (an op's
+    dynamic energy over its span and the idle power of the PEs it leaves idle), plus static and system power."""
     e = ActionEnergies.of(wafer)
     total = Counts()
     by_op: dict[str, float] = defaultdict(float)
@@ -146,8 +146,10 @@ def energy_section(wafer: WaferSpec, passes: list[PassEnergy], tokens: int, laye
             key = name.split(".", 1)[1] if block.startswith("layer") and "." in name else name
             by_op[key] += joules * scale
             by_kind[kind] += joules * scale
-            if op_cyc > 0:
-                peak_dynamic_w = max(peak_dynamic_w, joules / (op_cyc / wafer.clock_hz))
+            if op_cyc > 0:  # the op's dynamic power, and the idle power of the PEs it leaves idle
+                idle_pes = max(wafer.pes * p.wafers - c.values["busy_pe_cycles"] / op_cyc, 0.0)
+                op_w = (joules / op_cyc + idle_pes * e.pe_idle_cycle_pj * PJ) * wafer.clock_hz
+                peak_dynamic_w = max(peak_dynamic_w, op_w)
     v = total.values
     seconds = cycles / wafer.clock_hz
     pe_cycles = float(wafer.pes) * wafers * cycles
@@ -160,7 +162,6 @@ def energy_section(wafer: WaferSpec, passes: list[PassEnergy], tokens: int, laye
     cat = {k: cat[k] for k in CATEGORIES}
     joules = sum(cat.values())
     wafer_j = joules - cat["system_overhead"] - cat["memoryx"] - cat["interwafer"]
-    idle_w = e.pe_idle_cycle_pj * PJ * wafer.pes * wafers * wafer.clock_hz  # all PEs idle: an upper bound
     return {
         "scope": scope,
         "joules": joules,
@@ -175,7 +176,7 @@ def energy_section(wafer: WaferSpec, passes: list[PassEnergy], tokens: int, laye
         "wafer_joules_per_token": wafer_j / tokens if tokens else None,
         "average_w": joules / seconds if seconds else 0.0,
         "wafer_average_w": wafer_j / seconds if seconds else 0.0,
-        "peak_w": peak_dynamic_w + static_w + idle_w + e.system_overhead_w * wafers,
+        "peak_w": peak_dynamic_w + static_w + e.system_overhead_w * wafers,
         "wafers": wafers,
         "parameters": wafer.energy_dict(),
     }

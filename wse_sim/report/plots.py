@@ -3,7 +3,7 @@
 ``utilization``: tile busy-fraction heatmap on a colour scale fitted to the data, and link busy fractions on the
 fabric; ``timeline``: lanes for MemoryX, inter-wafer links, tiles (or tile rows) and the busiest links, binned
 per pixel column and coloured by op; ``layers``: per-layer time by critical-path category and a roofline of every
-op; ``sweep``: headline figures across sweep points.
+op; ``energy``: joules by category and by op; ``sweep``: headline figures across sweep points.
 """
 
 from __future__ import annotations
@@ -437,6 +437,41 @@ def layers_figure(report: dict):
     return fig
 
 
+ENERGY_COLORS = {"fmac": "#2b8cbe", "sram": "#74a9cf", "fabric": "#fdae61", "turns": "#fee08b",
+                 "pe_active": "#1a9850", "pe_idle": "#a6d96a", "static": "#969696", "memoryx": "#d7191c",
+                 "interwafer": "#7b3294", "system_overhead": "#d9d9d9"}
+MAX_ENERGY_OPS = 15
+
+
+def energy_figure(report: dict):
+    """The energy breakdown (docs/energy.md): joules by category (left) and dynamic joules of the costliest ops
+    (right), from the report's ``energy``."""
+    e = report["energy"]
+    fig, (ax_cat, ax_op) = plt.subplots(1, 2, figsize=(15, 5.5))
+    cats = e["by_category_joules"]
+    names = list(cats)
+    ax_cat.barh(names, [cats[n] for n in names], color=[ENERGY_COLORS.get(n, "#888888") for n in names])
+    ax_cat.invert_yaxis()
+    ax_cat.set_xlabel("joules")
+    total = max(e["joules"], 1e-30)
+    for y, n in enumerate(names):
+        ax_cat.annotate(f" {cats[n] / total * 100:.1f} %", (cats[n], y), va="center", fontsize=8)
+    ax_cat.set_title(f"By category ({e['scope']}): {e['joules']:.4g} J", fontsize=10)
+    ops = list(e["by_op_joules"].items())[:MAX_ENERGY_OPS]
+    ax_op.barh([k for k, _ in ops], [v for _, v in ops], color="#2b8cbe")
+    ax_op.invert_yaxis()
+    ax_op.set_xlabel("dynamic joules (layer ops summed over layers)")
+    ax_op.set_title("By op (costliest first)", fontsize=10)
+    for ax in (ax_cat, ax_op):
+        ax.grid(axis="x", alpha=0.3)
+    per = e.get("joules_per_token")
+    fig.suptitle(f"{title(report)}: {'n/a' if per is None else f'{per:.4g}'} J/token, average "
+                 f"{e['average_w'] / 1e3:,.2f} kW (wafer {e['wafer_average_w'] / 1e3:,.2f} kW), peak "
+                 f"{e['peak_w'] / 1e3:,.2f} kW", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 # ---- writing ----------------------------------------------------------------------------------------------------
 
 
@@ -462,6 +497,8 @@ def write_plots(report: dict, out_dir: str | Path, fmt: str = "png") -> list[Pat
     if report.get("timeline"):
         paths.append(save(timeline_figure(report), out / f"timeline.{fmt}"))
     paths.append(save(layers_figure(report), out / f"layers.{fmt}"))
+    if report.get("energy"):
+        paths.append(save(energy_figure(report), out / f"energy.{fmt}"))
     return paths
 
 
