@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..arch import WaferSpec, load_wafer
+from ..arch.defects import apply_defects, defect_rate, defects_report, usable_wafer, wafer_remap
 from ..errors import UserError
 from ..mapping import ModelPlan, TileGrid, mapping_info
 from ..report.build import energy_rows
@@ -39,6 +40,9 @@ class GemmSpec:
     numerics: bool = False
     seed: int = 0
     fan_in: int | None = None  # gemv-tree reduction fan-in; None: the wafer's reduce_fan_in (an option only if set)
+    defects: str | None = None  # a defective wafer (wse_sim.arch.defects; docs/defects.md)
+    defect_seed: int | None = None
+    defect_map: str | None = None
 
 
 def _grid(spec: GemmSpec, wafer) -> TileGrid:
@@ -63,7 +67,11 @@ def run_gemm(spec: GemmSpec) -> dict:
     if spec.numerics and spec.m * spec.k * spec.n > NUMERICS_MAX_MACS:
         raise UserError(f"--numerics is for small shapes (m*k*n <= {NUMERICS_MAX_MACS:,}); "
                         f"got {spec.m * spec.k * spec.n:,}")
-    wafer, graph, plan = plan_gemm(spec)
+    healthy = load_wafer(spec.wafer)
+    remap = wafer_remap(healthy, spec.defects, spec.defect_seed, spec.defect_map)
+    wafer, graph, plan = plan_gemm(spec, usable_wafer(healthy, remap))
+    if remap is not None:
+        plan = apply_defects(plan, remap)
     executor = None
     a = b = None
     if spec.numerics:
@@ -74,7 +82,11 @@ def run_gemm(spec: GemmSpec) -> dict:
     t0 = time.perf_counter()
     result = Engine(wafer, plan, numerics=executor).run()
     wall = time.perf_counter() - t0
-    return gemm_report(spec, wafer, graph, plan, result, wall, executor, a, b)
+    report = gemm_report(spec, wafer, graph, plan, result, wall, executor, a, b)
+    if remap is not None:
+        rate = defect_rate(healthy, spec.defects) if spec.defects is not None else None
+        report["defects"] = defects_report(remap, plan, rate)
+    return report
 
 
 def gemm_report(spec, wafer, graph, plan: ModelPlan, result, wall_s, executor, a, b) -> dict:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..arch import WaferSpec
+from ..arch.defects import apply_defects
 from ..errors import UserError
 from ..gc_pause import gc_paused
 from ..mapping import ModelPlan, TileGrid, get_mapping, mapping_info
@@ -120,6 +121,8 @@ class ServingRun:
         self.chooser = Chooser(wafer, simulate) if mapping_info(mapping).searches else None
         self.serving = Serving(mapping, choose=self.chooser, cache_positions=cache_positions)
 
+    remap = None  # a defective wafer's remapped mesh (wse_sim.arch.defects)
+
     @property
     def scaled(self) -> bool:
         return self.config.n_layer != self.full_config.n_layer
@@ -136,6 +139,8 @@ class ServingRun:
             plan = self.serving.plan(graph, self.wafer, self.region, self.n_regions, self.wafers)
         if self.chooser is not None:
             plan.params["decisions"] = self.chooser.decisions
+        if self.remap is not None:  # detours around dead PEs (wse_sim.arch.defects); actions unchanged
+            plan = apply_defects(plan, self.remap)
         result = Engine(self.wafer, plan, numerics=numerics, progress=self.progress, record=record).run()
         return Pass(graph, plan, result, scale_cycles(result, self.full_config.n_layer, self.config.n_layer))
 
@@ -260,6 +265,7 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
                         f"context of {config.name} ({config.n_positions} positions)")
     sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset,
                     max(positions, 1), simulated_cycles, progress, spec.wafers)
+    sr.remap = scn.remap
     numerics_on, reason = numerics_enabled(spec, config)
     executor = tokens = None
     if numerics_on:
@@ -311,6 +317,8 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
                           serving, serving_energy(sr, wafer, spec.phase, prefill, steps, spec.batch))
     if spec.phase == "generate":
         report = with_request(report, request_summary(prefill, steps, wafer.clock_hz, spec.batch, prompt))
+    if scn.remap is not None:
+        report["defects"] = scn.defects_report(main.plan)
     return RunOutput(report, logits, sim_wall, main.result, main.plan, wafer)
 
 

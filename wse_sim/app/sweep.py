@@ -25,7 +25,7 @@ from .scenario import RunSpec
 # TOML keys for the sweep axes named in the plural, and the RunSpec field each fills.
 PLURAL_KEYS = {"models": "model", "wafers": "wafer", "mappings": "mapping"}
 SPEC_FIELDS = {f.name: f for f in dataclasses.fields(RunSpec)}
-_TYPES = {"seq": int, "batch": int, "seed": int, "numerics": bool}  # every other field is a string
+_TYPES = {"seq": int, "batch": int, "seed": int, "numerics": bool, "defect_seed": int}  # every other field is a string
 # Headline figures per row, after the spec columns; ``error`` is empty for a point that ran.
 HEADLINE_COLUMNS = (
     "total_cycles", "seconds", "tokens_per_s", "mfu", "flops", "flops_per_s", "bound_cycles", "compute_cycles",

@@ -229,11 +229,65 @@ def apply_defects(plan, rm: Remap):
     from ..arch.costs import TaskKind
 
     cost = DetourCost(rm, plan.grid)
-    ops = []
+    ops, charged = [], 0
     for op in plan.ops:
         tasks = []
         for t in op.tasks:
             extra = cost.task(t.links) if t.kind == TaskKind.TRANSFER and t.links else 0
+            charged += extra
             tasks.append(replace(t, hops=t.hops + extra) if extra else t)
         ops.append(replace(op, tasks=tuple(tasks)))
-    return replace(plan, ops=tuple(ops))
+    return replace(plan, ops=tuple(ops), params={**plan.params, "defect_extra_hops": charged})
+
+
+# ---- a wafer's defects from the command line ------------------------------------------------------------------------
+
+
+def defect_rate(wafer, text: str) -> float:
+    """``--defects RATE``: a per-PE failure probability, ``published`` (the wafer's defect density times its PE
+    area) or ``published*K`` / ``Kx`` multiples of it (``10x``: ten times the published density)."""
+    t = text.strip().lower()
+    try:
+        if t == "published":
+            return wafer.defect_rate_per_pe
+        if t.startswith("published*"):
+            return wafer.defect_rate_per_pe * float(t.split("*", 1)[1])
+        if t.endswith("x"):
+            return wafer.defect_rate_per_pe * float(t[:-1])
+        rate = float(t)
+    except ValueError:
+        raise UserError(f"--defects {text!r}: give a per-PE rate (e.g. 1e-4), 'published' or a multiple of it "
+                        f"(e.g. 10x)") from None
+    return rate
+
+
+def wafer_remap(wafer, defects: str | None, seed: int | None, defect_map: str | None) -> Remap | None:
+    """The remapped mesh of ``wafer`` for the run's defect options; None for a healthy wafer."""
+    if defects is None and defect_map is None:
+        if seed is not None:
+            raise UserError("--defect-seed needs --defects RATE")
+        return None
+    if defects is not None and defect_map is not None:
+        raise UserError("give --defects RATE or --defect-map FILE, not both")
+    rows, cols = wafer.mesh_rows + wafer.spare_rows, wafer.mesh_cols + wafer.spare_cols
+    if defect_map is not None:
+        dm = DefectMap.from_file(defect_map, rows, cols)
+    else:
+        rate = defect_rate(wafer, defects)
+        dm = DefectMap.draw(rows, cols, rate, 0 if seed is None else seed)
+    rm = remap(dm, wafer.mesh_rows, wafer.mesh_cols)
+    if rm.rows == 0:
+        raise UserError(f"the defects leave no usable row of {wafer.mesh_cols} PEs on wafer {wafer.name}")
+    return rm
+
+
+def usable_wafer(wafer, rm: Remap | None):
+    """``wafer`` with its usable rectangle shrunk to what the remapping left (the same wafer when nothing is lost)."""
+    if rm is None or rm.lost_rows == 0:
+        return wafer
+    return replace(wafer, mesh_rows=rm.rows)
+
+
+def defects_report(rm: Remap, plan, rate: float | None) -> dict:
+    """The report's ``defects``: the remap summary and the detour hops charged on the plan's transfers."""
+    return rm.summary() | {"rate_per_pe": rate, "extra_hops_charged": plan.params.get("defect_extra_hops", 0)}

@@ -38,9 +38,15 @@ def tool_info() -> dict:
     return {"name": "wse-sim", "version": tool_version(), "git_commit": git_commit()}
 
 
+OMITTED_WHEN_UNSET = ("defects", "defect_seed", "defect_map")  # a healthy wafer's inputs stay as they were
+
+
 def inputs_of(spec) -> dict:
-    """Every field of the run's spec (a dataclass such as RunSpec), as the report's ``inputs``."""
-    return dataclasses.asdict(spec) if dataclasses.is_dataclass(spec) else {}
+    """Every field of the run's spec (a dataclass such as RunSpec), as the report's ``inputs`` (the defect options
+    only when given)."""
+    if not dataclasses.is_dataclass(spec):
+        return {}
+    return {k: v for k, v in dataclasses.asdict(spec).items() if not (k in OMITTED_WHEN_UNSET and v is None)}
 
 
 def version_line() -> str:
