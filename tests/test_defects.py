@@ -91,6 +91,9 @@ def test_detours_charge_routes_and_leave_actions_alone():
     assert [t.hops for t in out.ops[0].tasks] == [4, 4, 3]
     assert [t.actions for t in out.ops[0].tasks] == [t.actions for t in plan.ops[0].tasks]
     assert out.params["defect_extra_hops"] == 2
+    # energy: lane b of the row link (b1 -> b2), and lanes 2 and 3 of the column link (b2 -> c2, b3 -> c3 into the
+    # entered tile; a -> b lies inside the tile it leaves), 2 wavelets each
+    assert out.params["defect_extra_wavelet_hops"] == [(1 + 2) * 2]
 
 
 def test_drawn_defects_are_seeded_and_published_rate_comes_from_the_toml():
@@ -135,6 +138,7 @@ def test_numerics_bit_identical_and_detours_cost_cycles(gpt, mapping):
     assert sick.report["defects"]["dead_pes"] > 0
     assert sick.report["total_cycles"] >= healthy.report["total_cycles"]
     assert sick.report["defects"]["extra_hops_charged"] > 0
+    assert sick.report["energy"]["counts"]["wavelet_hops"] > healthy.report["energy"]["counts"]["wavelet_hops"]
     assert "defects" not in healthy.report and "defects" not in healthy.report["inputs"]
 
 

@@ -71,7 +71,7 @@ def run_gemm(spec: GemmSpec) -> dict:
     remap = wafer_remap(healthy, spec.defects, spec.defect_seed, spec.defect_map)
     wafer, graph, plan = plan_gemm(spec, usable_wafer(healthy, remap))
     if remap is not None:
-        plan = apply_defects(plan, remap)
+        plan = apply_defects(plan, remap, wafer.wavelet_bytes)
     executor = None
     a = b = None
     if spec.numerics:

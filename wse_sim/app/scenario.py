@@ -220,7 +220,7 @@ class Scenario:
 
     def with_defects(self, plan: ModelPlan) -> ModelPlan:
         """``plan`` with its transfers' detours around dead PEs charged (the plan itself on a healthy wafer)."""
-        return plan if self.remap is None else apply_defects(plan, self.remap)
+        return plan if self.remap is None else apply_defects(plan, self.remap, self.wafer.wavelet_bytes)
 
     def defects_report(self, plan: ModelPlan) -> dict | None:
         if self.remap is None:

@@ -140,7 +140,7 @@ class ServingRun:
         if self.chooser is not None:
             plan.params["decisions"] = self.chooser.decisions
         if self.remap is not None:  # detours around dead PEs (wse_sim.arch.defects); actions unchanged
-            plan = apply_defects(plan, self.remap)
+            plan = apply_defects(plan, self.remap, self.wafer.wavelet_bytes)
         result = Engine(self.wafer, plan, numerics=numerics, progress=self.progress, record=record).run()
         return Pass(graph, plan, result, scale_cycles(result, self.full_config.n_layer, self.config.n_layer))
 

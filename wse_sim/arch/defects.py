@@ -17,6 +17,7 @@ counted (``shared_links``). Actions are untouched, so numerics are bit-identical
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -189,8 +190,9 @@ class DetourCost:
         self.v = np.vstack([zero_row, np.cumsum(rm.extra_v, axis=0)])
         self.memo: dict = {}
 
-    def link(self, link) -> int:
-        """Extra hops of the worst lane crossing a tile link and the tile it enters."""
+    def link(self, link) -> tuple[int, int]:
+        """(extra hops of the worst lane, extra hops summed over the lanes) crossing a tile link and the tile it
+        enters."""
         if link in self.memo:
             return self.memo[link]
         g = self.grid
@@ -198,15 +200,14 @@ class DetourCost:
         if i == i2:  # along a row: lanes are the PE rows of tile row i
             e = g.col_edges
             lo, hi = (e[j2] - 1, e[j2 + 1] - 1) if j2 > j else (e[j2], e[j2 + 1])
-            lo = max(lo, 0)
             lanes = self.h[g.row_edges[i]:g.row_edges[i + 1]]
-            val = int((lanes[:, hi] - lanes[:, lo]).max())
+            per_lane = lanes[:, hi] - lanes[:, max(lo, 0)]
         else:
             e = g.row_edges
             lo, hi = (e[i2] - 1, e[i2 + 1] - 1) if i2 > i else (e[i2], e[i2 + 1])
-            lo = max(lo, 0)
             lanes = self.v[:, g.col_edges[j]:g.col_edges[j + 1]]
-            val = int((lanes[hi] - lanes[lo]).max())
+            per_lane = lanes[hi] - lanes[max(lo, 0)]
+        val = (int(per_lane.max()), int(per_lane.sum()))
         self.memo[link] = val
         return val
 
@@ -218,26 +219,38 @@ class DetourCost:
         for link in links:
             (i, j), (i2, _) = link
             if i == i2:
-                rows[i] = rows.get(i, 0) + self.link(link)
+                rows[i] = rows.get(i, 0) + self.link(link)[0]
             else:
-                cols[j] = cols.get(j, 0) + self.link(link)
+                cols[j] = cols.get(j, 0) + self.link(link)[0]
         return max(rows.values(), default=0) + max(cols.values(), default=0)
 
+    def lane_hops(self, links) -> int:
+        """Extra hops summed over every lane of every link (times the wavelets per lane: the detours' extra
+        wavelet-hops, for the energy)."""
+        return sum(self.link(link)[1] for link in links)
 
-def apply_defects(plan, rm: Remap):
-    """``plan`` with every transfer's hops raised by its detours on the remapped mesh (actions unchanged)."""
+
+def apply_defects(plan, rm: Remap, wavelet_bytes: int = 4):
+    """``plan`` with every transfer's hops raised by its detours on the remapped mesh (actions unchanged). Its
+    ``params`` record the hops charged (``defect_extra_hops``) and, per op, the detours' extra wavelet-hops
+    (``defect_extra_wavelet_hops``, counted by wse_sim.report.energy)."""
     from ..arch.costs import TaskKind
 
     cost = DetourCost(rm, plan.grid)
-    ops, charged = [], 0
+    ops, charged, wavelet_hops = [], 0, []
     for op in plan.ops:
-        tasks = []
+        tasks, op_hops = [], 0
         for t in op.tasks:
-            extra = cost.task(t.links) if t.kind == TaskKind.TRANSFER and t.links else 0
+            extra = 0
+            if t.kind == TaskKind.TRANSFER and t.links:
+                extra = cost.task(t.links)
+                op_hops += cost.lane_hops(t.links) * math.ceil(t.bytes_per_lane / wavelet_bytes)
             charged += extra
             tasks.append(replace(t, hops=t.hops + extra) if extra else t)
         ops.append(replace(op, tasks=tuple(tasks)))
-    return replace(plan, ops=tuple(ops), params={**plan.params, "defect_extra_hops": charged})
+        wavelet_hops.append(op_hops)
+    return replace(plan, ops=tuple(ops), params={**plan.params, "defect_extra_hops": charged,
+                                                  "defect_extra_wavelet_hops": wavelet_hops})
 
 
 # ---- a wafer's defects from the command line ------------------------------------------------------------------------

@@ -80,11 +80,14 @@ def task_counts(wafer: WaferSpec, plan: ModelPlan, task: Task) -> Counts:
 def op_counts(wafer: WaferSpec, plan: ModelPlan) -> list[Counts]:
     """Counts per op of the plan, in plan order."""
     out = []
-    for op in plan.ops:
+    detours = plan.params.get("defect_extra_wavelet_hops")  # a defective wafer (wse_sim.arch.defects)
+    for k, op in enumerate(plan.ops):
         total = Counts()
         for t in op.tasks:
             if t.kind != TaskKind.BARRIER:
                 total.add(task_counts(wafer, plan, t))
+        if detours:
+            total.values["wavelet_hops"] += detours[k]
         out.append(total)
     return out
 
