@@ -7,6 +7,7 @@ import json
 from ..app import RunSpec
 from ..app.catalog import load_wafer
 from ..app.serve import capacity
+from ..arch.defects import usable_wafer, wafer_remap
 from .options import add_shared, positive_int
 
 
@@ -25,7 +26,8 @@ def cmd_capacity(args) -> None:
     spec = RunSpec(model=args.model, wafer=args.wafer, grid=args.grid, tiles=args.tiles, tile=args.tile,
                    precision=args.precision, batch=args.batch, mapping=args.mapping, layer_subset=args.layer_subset,
                    phase="decode", wafers=args.wafers)
-    out = capacity(spec, load_wafer(args.wafer))
+    wafer = load_wafer(args.wafer)  # defects only shrink the usable rectangle here (docs/defects.md)
+    out = capacity(spec, usable_wafer(wafer, wafer_remap(wafer, args.defects, args.defect_seed, args.defect_map)))
     print(json.dumps(out, indent=1) if args.json else format_capacity(out))
 
 
