@@ -117,13 +117,33 @@ class PassEnergy:
     counts: list
     cycles: int
     wafers: int
+    op_starts: list = field(default_factory=list)
 
 
 def pass_energy(wafer: WaferSpec, plan: ModelPlan, result, cycles: int | None = None) -> PassEnergy:
     """The counts of a simulated pass (``cycles``: its time, scaled to the model's depth when a layer subset ran)."""
     return PassEnergy([op.name for op in result.ops], [op.block for op in result.ops], [op.kind for op in result.ops],
                       [op.cycles for op in result.ops], op_counts(wafer, plan),
-                      result.total_cycles if cycles is None else cycles, int(plan.params.get("wafers", 1) or 1))
+                      result.total_cycles if cycles is None else cycles, int(plan.params.get("wafers", 1) or 1),
+                      [op.start_cycles for op in result.ops])
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+def power_over_time(e: ActionEnergies, wafer: WaferSpec, p: PassEnergy) -> dict:
+    """Power of one pass over time (the last of the energy's passes, unscaled: what its ``layers`` show): a base
+    (static, system, every PE idle) and, per op over its span, its dynamic power beyond the idle clock of the PEs
+    it keeps busy. Ops that overlap add up."""
+    dyn = []
+    for c, cyc in zip(p.counts, p.op_cycles, strict=True):
+        joules = sum(dynamic_joules(e, c.values).values()) - c.values["busy_pe_cycles"] * e.pe_idle_cycle_pj * PJ
+        dyn.append(_sig(joules / (cyc / wafer.clock_hz)) if cyc > 0 else 0.0)
+    base = (e.static_w_per_pe * wafer.pes + e.system_overhead_w) * p.wafers \
+        + e.pe_idle_cycle_pj * PJ * wafer.pes * p.wafers * wafer.clock_hz
+    return {"base_w": _sig(base), "start_cycles": list(p.op_starts),
+            "end_cycles": [s + c for s, c in zip(p.op_starts, p.op_cycles, strict=True)], "dynamic_w": dyn}
 
 
 def energy_section(wafer: WaferSpec, passes: list[PassEnergy], tokens: int, layer_scale: float = 1.0,
@@ -181,6 +201,7 @@ def energy_section(wafer: WaferSpec, passes: list[PassEnergy], tokens: int, laye
         "wafer_average_w": wafer_j / seconds if seconds else 0.0,
         "peak_w": peak_dynamic_w + static_w + e.system_overhead_w * wafers,
         "wafers": wafers,
+        "power_over_time": power_over_time(e, wafer, passes[-1]) if passes else None,
         "parameters": wafer.energy_dict(),
     }
 
