@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..mapping import mapping_info
+from ..report.provenance import inputs_of
 from .run import run
 from .scenario import RunSpec
 
@@ -73,7 +74,7 @@ def format_table(rows: list[dict]) -> str:
 
 def write_outputs(rows: list[dict], spec: RunSpec, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps({"spec": spec.__dict__, "rows": rows}, indent=1) + "\n")
+    (out / "compare.json").write_text(json.dumps({"spec": inputs_of(spec), "rows": rows}, indent=1) + "\n")
     with open(out / "compare.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
