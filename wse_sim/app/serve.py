@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..arch import WaferSpec
-from ..arch.defects import apply_defects
+from ..arch.defects import apply_defects, usable_wafer, wafer_remap
 from ..errors import UserError
 from ..gc_pause import gc_paused
 from ..mapping import ModelPlan, TileGrid, get_mapping, mapping_info
@@ -325,6 +325,8 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
 def capacity(spec: RunSpec, wafer: WaferSpec) -> dict:
     """The longest KV-cache context that fits for ``spec``'s model, wafer, region grid, precision and batch."""
     config, _ = resolve_model(spec)
+    # defects only shrink the usable rectangle here (docs/defects.md)
+    wafer = usable_wafer(wafer, wafer_remap(wafer, spec.defects, spec.defect_seed, spec.defect_map))
     region = make_grid(wafer, spec.grid, spec.tiles, spec.tile)
     sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset, 1,
                     simulated_cycles, wafers=spec.wafers)

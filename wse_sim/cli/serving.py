@@ -7,7 +7,6 @@ import json
 from ..app import RunSpec
 from ..app.catalog import load_wafer
 from ..app.serve import capacity
-from ..arch.defects import usable_wafer, wafer_remap
 from .options import add_shared, positive_int
 
 
@@ -25,9 +24,9 @@ def add_parsers(sub) -> None:
 def cmd_capacity(args) -> None:
     spec = RunSpec(model=args.model, wafer=args.wafer, grid=args.grid, tiles=args.tiles, tile=args.tile,
                    precision=args.precision, batch=args.batch, mapping=args.mapping, layer_subset=args.layer_subset,
-                   phase="decode", wafers=args.wafers)
-    wafer = load_wafer(args.wafer)  # defects only shrink the usable rectangle here (docs/defects.md)
-    out = capacity(spec, usable_wafer(wafer, wafer_remap(wafer, args.defects, args.defect_seed, args.defect_map)))
+                   phase="decode", wafers=args.wafers, defects=args.defects, defect_seed=args.defect_seed,
+                   defect_map=args.defect_map)
+    out = capacity(spec, load_wafer(args.wafer))
     print(json.dumps(out, indent=1) if args.json else format_capacity(out))
 
 
