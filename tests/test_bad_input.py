@@ -112,8 +112,8 @@ def test_interrupted_while_writing_leaves_nothing_and_exits_130(tiny_run, tmp_pa
 def test_run_outputs_land_complete(tiny_run, tmp_path, capsys):
     out, trace = tmp_path / "o", tmp_path / "t.json"
     assert main(["run", *tiny_run, "--no-numerics", "--quiet", "--out", str(out), "--trace", str(trace)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["layers.png", "ops.csv", "report.json", "timeline.png",
-                                                     "utilization.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["energy.png", "layers.png", "ops.csv", "report.json",
+                                                     "timeline.png", "utilization.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "t.json"]
     assert json.loads(trace.read_text())
 

@@ -39,10 +39,11 @@ def test_plot_command_redraws_from_report_json(tmp_path, config_json, capsys):
     out = tmp_path / "out"
     assert main(["run", "--model", config_json, "--wafer", "tiny", "--seq", "16", "--tiles", "2x2", "--no-numerics",
                  "--out", str(out), "--quiet", "--format", "svg"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["layers.svg", "ops.csv", "report.json", "timeline.svg",
-                                                     "utilization.svg"]
+    assert sorted(p.name for p in out.iterdir()) == ["energy.svg", "layers.svg", "ops.csv", "report.json",
+                                                     "timeline.svg", "utilization.svg"]
     assert main(["plot", str(out / "report.json"), "--out", str(tmp_path / "again")]) == 0
-    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["layers.png", "timeline.png", "utilization.png"]
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["energy.png", "layers.png", "timeline.png",
+                                                                      "utilization.png"]
     assert main(["plot", str(tmp_path / "nope.json")]) == 2
     assert "nope.json not found" in capsys.readouterr().err
     assert main(["plot", str(out / "report.json"), "--format", "gif"]) == 2

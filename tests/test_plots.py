@@ -349,10 +349,10 @@ def test_fabric_roofline_uses_tile_boundary_links(uneven):
 @pytest.mark.parametrize("fmt", ["png", "svg"])
 def test_write_plots_writes_each_figure(uneven, tmp_path, fmt):
     paths = plots.write_plots(uneven.report, tmp_path, fmt)
-    assert [p.name for p in paths] == [f"utilization.{fmt}", f"timeline.{fmt}", f"layers.{fmt}"]
+    assert [p.name for p in paths] == [f"utilization.{fmt}", f"timeline.{fmt}", f"layers.{fmt}", f"energy.{fmt}"]
     for p in paths:
         head = p.read_bytes()[:200]
         assert head.startswith(b"\x89PNG") if fmt == "png" else b"<svg" in p.read_bytes()[:2000]
-    without = {**uneven.report, "timeline": None}  # an unrecorded run's report
+    without = {**uneven.report, "timeline": None, "energy": None}  # an unrecorded run's report, no energy
     assert [p.name for p in plots.write_plots(without, tmp_path / "b", fmt)] == [f"utilization.{fmt}",
                                                                                  f"layers.{fmt}"]

@@ -87,12 +87,13 @@ def test_report_records_tool_and_every_input(runs):
     from importlib.metadata import version
 
     from wse_sim.app import RunSpec
+    from wse_sim.app.scenario import OMITTED_WHEN_UNSET
 
     for phase, (_, report) in runs.items():
         assert report["tool"]["name"] == "wse-sim" and report["tool"]["version"] == version("wse-sim")
         commit = report["tool"]["git_commit"]
         assert commit is None or len(commit) == 40
-        assert set(report["inputs"]) == {f.name for f in fields(RunSpec)}
+        assert set(report["inputs"]) == {f.name for f in fields(RunSpec)} - set(OMITTED_WHEN_UNSET)  # healthy wafer
         assert report["inputs"]["phase"] == phase
     assert runs["generate"][1]["inputs"]["gen_tokens"] == 4
 

@@ -42,6 +42,7 @@ REPORT_KEYS = {
     "tasks": ("simulation", "tasks"), "max_abs_err_vs_reference": ("numerics", "max_abs_err_vs_reference"),
     "max_abs_err_vs_transformers": ("numerics", "max_abs_err_vs_transformers"),
     "ttft_s": ("ttft_s",), "tpot_s": ("tpot_s",), "kv_cache_bytes": ("kv_cache_bytes",),
+    **{k: ("energy", k) for k in ("joules", "joules_per_token", "average_w", "peak_w")},
 }
 
 

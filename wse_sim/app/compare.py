@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..mapping import mapping_info
 from .run import run
-from .scenario import RunSpec
+from .scenario import RunSpec, report_inputs
 
 COLUMNS = ("mapping", "feasible", "total_cycles", "seconds", "tokens_per_s", "mfu", "fabric_bytes",
            "streamed_bytes", "sram_peak_bytes_per_pe", "max_abs_err_vs_transformers", "top1_agreement", "reason")
@@ -73,7 +73,7 @@ def format_table(rows: list[dict]) -> str:
 
 def write_outputs(rows: list[dict], spec: RunSpec, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps({"spec": spec.__dict__, "rows": rows}, indent=1) + "\n")
+    (out / "compare.json").write_text(json.dumps({"spec": report_inputs(spec).fields, "rows": rows}, indent=1) + "\n")
     with open(out / "compare.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..arch import WaferSpec, load_wafer
+from ..arch.defects import apply_defects, defect_rate, defects_report, usable_wafer, wafer_remap
 from ..errors import UserError
 from ..mapping import ModelPlan, TileGrid, mapping_info
+from ..report.build import energy_rows
+from ..report.energy import plan_energy
 from ..sim import Engine
 from ..sim.numerics import Numerics
 from ..workloads import lower_gemm
@@ -37,6 +40,9 @@ class GemmSpec:
     numerics: bool = False
     seed: int = 0
     fan_in: int | None = None  # gemv-tree reduction fan-in; None: the wafer's reduce_fan_in (an option only if set)
+    defects: str | None = None  # a defective wafer (wse_sim.arch.defects; docs/defects.md)
+    defect_seed: int | None = None
+    defect_map: str | None = None
 
 
 def _grid(spec: GemmSpec, wafer) -> TileGrid:
@@ -61,7 +67,11 @@ def run_gemm(spec: GemmSpec) -> dict:
     if spec.numerics and spec.m * spec.k * spec.n > NUMERICS_MAX_MACS:
         raise UserError(f"--numerics is for small shapes (m*k*n <= {NUMERICS_MAX_MACS:,}); "
                         f"got {spec.m * spec.k * spec.n:,}")
-    wafer, graph, plan = plan_gemm(spec)
+    healthy = load_wafer(spec.wafer)
+    remap = wafer_remap(healthy, spec.defects, spec.defect_seed, spec.defect_map)
+    wafer, graph, plan = plan_gemm(spec, usable_wafer(healthy, remap))
+    if remap is not None:
+        plan = apply_defects(plan, remap, wafer.wavelet_bytes)
     executor = None
     a = b = None
     if spec.numerics:
@@ -72,7 +82,11 @@ def run_gemm(spec: GemmSpec) -> dict:
     t0 = time.perf_counter()
     result = Engine(wafer, plan, numerics=executor).run()
     wall = time.perf_counter() - t0
-    return gemm_report(spec, wafer, graph, plan, result, wall, executor, a, b)
+    report = gemm_report(spec, wafer, graph, plan, result, wall, executor, a, b)
+    if remap is not None:
+        rate = defect_rate(healthy, spec.defects) if spec.defects is not None else None
+        report["defects"] = defects_report(remap, plan, rate)
+    return report
 
 
 def gemm_report(spec, wafer, graph, plan: ModelPlan, result, wall_s, executor, a, b) -> dict:
@@ -106,6 +120,7 @@ def gemm_report(spec, wafer, graph, plan: ModelPlan, result, wall_s, executor, a
         "notes": plan.ops[0].notes,
         "simulation": {"tasks": result.tasks, "wall_s": round(wall_s, 3)},
     }
+    report["energy"] = plan_energy(wafer, plan, result, spec.m)  # "tokens": the m rows of A
     if searched:
         report["auto"] = plan.params
     if executor is not None:
@@ -128,6 +143,7 @@ def format_gemm(report: dict) -> str:
                   f"stream {report['stream_cycles']:,} cycles"),
         ("compute efficiency", f"{report['compute_efficiency'] * 100:.2f} % of the grid's peak"),
         ("fabric bytes", f"{report['fabric_bytes']:,}"),
+        *energy_rows(report.get("energy")),
         ("SRAM peak / PE", f"{report['sram_peak_bytes_per_pe']:,} B"),
     ]
     if "numerics" in report:

@@ -27,7 +27,7 @@ def run_prefill(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
     graph = lower_model(config, spec.batch, spec.seq, spec.precision)
     mapping = make_mapping(spec.mapping, fixed_tiles=bool(spec.tiles or spec.tile))
     with gc_paused():  # hundreds of thousands of tasks, no cycles: see wse_sim.gc_pause
-        plan = mapping.plan(graph, wafer, scn.grid)
+        plan = scn.with_defects(mapping.plan(graph, wafer, scn.grid))
 
     numerics_on, reason = numerics_enabled(spec, config)
     executor = tokens = weights = None
@@ -51,4 +51,6 @@ def run_prefill(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
                "tokens_per_s_per_request": spec.seq / seconds if seconds else None,
                "kv_cache_bytes": graph.tokens * config.kv_cache_bytes_per_token(BYTES_PER_ELEM[spec.precision])}
     report = build_report(report_inputs(spec), config, wafer, graph, plan, result, numerics_report, serving)
+    if scn.remap is not None:
+        report["defects"] = scn.defects_report(plan)
     return RunOutput(report, logits, sim_wall, result, plan, wafer)

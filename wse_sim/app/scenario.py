@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..arch import WaferSpec, load_wafer, parse_grid
+from ..arch.defects import Remap, apply_defects, defect_rate, defects_report, usable_wafer, wafer_remap
 from ..errors import UserError
 from ..mapping import DEFAULT_TILES, ModelPlan, TileGrid, get_mapping, mapping_info
 from ..report.build import RunInputs
@@ -60,6 +61,9 @@ class RunSpec:
     gen_tokens: int | None = None  # generate: new tokens (the first from the prefill, then decode steps)
     layer_subset: int | None = None  # simulate this many layers and scale to the model's depth
     wafers: int = 1  # decode and generate: layers split over this many wafers in a pipeline
+    defects: str | None = None  # failed PEs drawn at this per-PE rate ("published", "10x", 1e-4; docs/defects.md)
+    defect_seed: int | None = None  # seed of the drawn defects (default 0)
+    defect_map: str | None = None  # a file of failed PEs, "ROW COL" per line (physical coordinates)
 
 PHASES = ("prefill", "decode", "generate")
 
@@ -224,10 +228,13 @@ def model_weights(spec: RunSpec, config: ModelConfig, weights, log):
     return weights
 
 
+OMITTED_WHEN_UNSET = ("defects", "defect_seed", "defect_map")  # a healthy wafer's inputs stay as they were
+
+
 def report_inputs(spec: RunSpec) -> RunInputs:
     """What the report states about how ``spec`` asked for the run (every field under ``inputs``)."""
-    return RunInputs(batch=spec.batch, seed=spec.seed, from_checkpoint=bool(spec.checkpoint),
-                     fields=dataclasses.asdict(spec))
+    fields = {k: v for k, v in dataclasses.asdict(spec).items() if not (k in OMITTED_WHEN_UNSET and v is None)}
+    return RunInputs(batch=spec.batch, seed=spec.seed, from_checkpoint=bool(spec.checkpoint), fields=fields)
 
 
 @dataclass(frozen=True)
@@ -240,6 +247,17 @@ class Scenario:
     config: ModelConfig
     weights: object | None
     grid: TileGrid
+    remap: Remap | None = None  # the defective wafer's remapped mesh; None: a healthy wafer
+
+    def with_defects(self, plan: ModelPlan) -> ModelPlan:
+        """``plan`` with its transfers' detours around dead PEs charged (the plan itself on a healthy wafer)."""
+        return plan if self.remap is None else apply_defects(plan, self.remap, self.wafer.wavelet_bytes)
+
+    def defects_report(self, plan: ModelPlan) -> dict | None:
+        if self.remap is None:
+            return None
+        rate = defect_rate(self.wafer, self.spec.defects) if self.spec.defects is not None else None
+        return defects_report(self.remap, plan, rate)
 
     @classmethod
     def resolve(cls, spec: RunSpec, wafer: WaferSpec | None = None, max_memory: float | None = None) -> Scenario:
@@ -252,7 +270,11 @@ class Scenario:
         if spec.context is not None and spec.phase != "decode":
             raise UserError(f"--context applies to --phase decode, not {spec.phase}")
         wafer = wafer or load_wafer(spec.wafer)
+        rm = wafer_remap(wafer, spec.defects, spec.defect_seed, spec.defect_map)
+        if rm is not None and spec.wafers != 1:
+            raise UserError("defects apply to one wafer (--wafers 1)")
+        wafer = usable_wafer(wafer, rm)
         config, weights = resolve_model(spec)
         if spec.tokens and spec.phase == "prefill":
             input_tokens(spec, config)  # the length is checked even when numerics are off
-        return cls(spec, wafer, config, weights, make_grid(wafer, spec.grid, spec.tiles, spec.tile, max_memory))
+        return cls(spec, wafer, config, weights, make_grid(wafer, spec.grid, spec.tiles, spec.tile, max_memory), rm)

@@ -14,12 +14,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..arch import WaferSpec
+from ..arch.defects import apply_defects, usable_wafer, wafer_remap
 from ..errors import UserError
 from ..gc_pause import gc_paused
 from ..mapping import ModelPlan, TileGrid, get_mapping, mapping_info
 from ..mapping.auto import resident_candidates
 from ..mapping.serving import Serving, assign_wafers, check_inner, regions_on, stage_of, wafers_needed
 from ..report.build import build_report, with_request
+from ..report.energy import energy_section, pass_energy
 from ..sim import Engine, SimResult
 from ..sim.numerics import Numerics
 from ..workloads import ModelConfig, WorkloadGraph, lower_model
@@ -120,6 +122,8 @@ class ServingRun:
         self.chooser = Chooser(wafer, simulate) if mapping_info(mapping).searches else None
         self.serving = Serving(mapping, choose=self.chooser, cache_positions=cache_positions)
 
+    remap = None  # a defective wafer's remapped mesh (wse_sim.arch.defects)
+
     @property
     def scaled(self) -> bool:
         return self.config.n_layer != self.full_config.n_layer
@@ -136,6 +140,8 @@ class ServingRun:
             plan = self.serving.plan(graph, self.wafer, self.region, self.n_regions, self.wafers)
         if self.chooser is not None:
             plan.params["decisions"] = self.chooser.decisions
+        if self.remap is not None:  # detours around dead PEs (wse_sim.arch.defects); actions unchanged
+            plan = apply_defects(plan, self.remap, self.wafer.wavelet_bytes)
         result = Engine(self.wafer, plan, numerics=numerics, progress=self.progress, record=record).run()
         return Pass(graph, plan, result, scale_cycles(result, self.full_config.n_layer, self.config.n_layer))
 
@@ -228,6 +234,20 @@ def wafer_summary(plan: ModelPlan, result: SimResult, wafer: WaferSpec, scaled_c
             "link_bytes_per_s": wafer.interwafer_bytes_per_s, "link_latency_s": wafer.interwafer_latency_s}
 
 
+def serving_energy(run: ServingRun, wafer: WaferSpec, phase: str, prefill: Pass | None, steps: list[Pass],
+                   batch: int) -> dict:
+    """The report's ``energy``: a decode step's (``batch`` tokens), or a generate request's, prefill and every
+    decode step (its output tokens); layer actions scaled to the model's depth like the cycles."""
+    if phase == "generate":
+        passes = ([prefill] if prefill else []) + steps
+        tokens = batch * (len(steps) + (1 if prefill else 0))
+    else:
+        passes, tokens = steps[-1:], batch
+    scope = "request (prefill and decode steps; per output token)" if phase == "generate" else "decode step"
+    return energy_section(wafer, [pass_energy(wafer, p.plan, p.result, p.scaled_cycles) for p in passes], tokens,
+                          run.full_config.n_layer / run.config.n_layer, scope)
+
+
 def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
     """``--phase decode`` and ``--phase generate`` (see the module docstring)."""
     spec, wafer, config, weights, region = scn.spec, scn.wafer, scn.config, scn.weights, scn.grid
@@ -246,6 +266,7 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
                         f"context of {config.name} ({config.n_positions} positions)")
     sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset,
                     max(positions, 1), simulated_cycles, progress, spec.wafers)
+    sr.remap = scn.remap
     numerics_on, reason = numerics_enabled(spec, config)
     executor = tokens = None
     if numerics_on:
@@ -294,15 +315,20 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
     if spec.phase == "generate" and executor is not None:
         serving["generated_tokens"] = np.stack(generated, axis=1).tolist()
     report = build_report(report_inputs(spec), sr.full_config, wafer, main.graph, main.plan, main.result,
-                          numerics_report, serving)
+                          numerics_report, serving,
+                          serving_energy(sr, wafer, spec.phase, prefill, steps, spec.batch))
     if spec.phase == "generate":
         report = with_request(report, request_summary(prefill, steps, wafer.clock_hz, spec.batch, prompt))
+    if scn.remap is not None:
+        report["defects"] = scn.defects_report(main.plan)
     return RunOutput(report, logits, sim_wall, main.result, main.plan, wafer)
 
 
 def capacity(spec: RunSpec, wafer: WaferSpec) -> dict:
     """The longest KV-cache context that fits for ``spec``'s model, wafer, region grid, precision and batch."""
     config, _ = resolve_model(spec)
+    # defects only shrink the usable rectangle here (docs/defects.md)
+    wafer = usable_wafer(wafer, wafer_remap(wafer, spec.defects, spec.defect_seed, spec.defect_map))
     region = make_grid(wafer, spec.grid, spec.tiles, spec.tile)
     sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset, 1,
                     simulated_cycles, wafers=spec.wafers)

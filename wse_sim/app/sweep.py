@@ -35,8 +35,8 @@ HEADLINE_COLUMNS = (
     "total_cycles", "seconds", "tokens_per_s", "mfu", "flops", "flops_per_s", "bound_cycles", "compute_cycles",
     "fabric_cycles", "stream_cycles", "memoryx_bytes", "memoryx_busy_fraction", "fabric_bytes",
     "sram_peak_bytes_per_pe", "mean_busy_fraction", "parameters", "grid_pes", "tile_grid", "tasks",
-    "max_abs_err_vs_reference", "max_abs_err_vs_transformers", "ttft_s", "tpot_s", "kv_cache_bytes", "sim_wall_s",
-    "error",
+    "max_abs_err_vs_reference", "max_abs_err_vs_transformers", "ttft_s", "tpot_s", "kv_cache_bytes", "joules",
+    "joules_per_token", "average_w", "peak_w", "sim_wall_s", "error",
 )
 CSV_NAME = "sweep.csv"
 
@@ -125,7 +125,9 @@ def headline(report: dict, sim_wall_s: float) -> dict:
         "tasks": report["simulation"]["tasks"],
         "max_abs_err_vs_reference": numerics.get("max_abs_err_vs_reference"),
         "max_abs_err_vs_transformers": numerics.get("max_abs_err_vs_transformers"),
-        **serving_figures(report), "sim_wall_s": sim_wall_s,
+        **serving_figures(report),
+        **{k: (report.get("energy") or {}).get(k) for k in ("joules", "joules_per_token", "average_w", "peak_w")},
+        "sim_wall_s": sim_wall_s,
     }
 
 

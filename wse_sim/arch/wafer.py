@@ -14,12 +14,18 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import UserError
+from .energy import ENERGY_FIELDS, wse2_defaults
 
 KIB = 1024
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESET_ORDER = ("wse1", "wse2", "wse3", "tiny")  # listing order of `wse-sim wafers`; other files follow sorted
-INT_FIELDS = ("mesh_rows", "mesh_cols", "wavelet_bytes", "reduce_fan_in")
-NON_NEGATIVE_FIELDS = ("phase_overhead_cycles",)  # zero switches the cost off; every other number is positive
+INT_FIELDS = ("mesh_rows", "mesh_cols", "wavelet_bytes", "reduce_fan_in", "spare_rows", "spare_cols")
+DEFECT_FIELDS = ("spare_rows", "spare_cols", "defect_density_per_mm2", "pe_area_mm2")
+# zero switches the cost off; every other number is positive
+NON_NEGATIVE_FIELDS = ("phase_overhead_cycles", *ENERGY_FIELDS, "spare_rows", "spare_cols", "defect_density_per_mm2")
+_E = wse2_defaults()  # per-action energies, WSE-2 by the method of wse_sim.arch.energy (docs/energy.md)
+# in the report's ``energy.parameters`` and ``defects``, not its ``wafer``
+REPORT_EXCLUDED = frozenset(ENERGY_FIELDS) | frozenset(DEFECT_FIELDS)
 
 
 def _is_number(value) -> bool:
@@ -57,6 +63,24 @@ class WaferSpec:
     reduce_fan_in: int = 32  # members per group at each level of a reduction tree (MeshGEMV's group size)
     interwafer_bytes_per_s: float = 150e9  # one wafer's system I/O to the next wafer of a multi-wafer pipeline
     interwafer_latency_s: float = 5e-6  # first byte out of one wafer to first byte into the next
+    # ---- energy (wse_sim.arch.energy; docs/energy.md): picojoules per action, watts ----
+    fmac_fp16_pj: float = _E["fmac_fp16_pj"]
+    fmac_fp32_pj: float = _E["fmac_fp32_pj"]
+    sram_read_pj_per_byte: float = _E["sram_read_pj_per_byte"]
+    sram_write_pj_per_byte: float = _E["sram_write_pj_per_byte"]
+    wavelet_hop_pj: float = _E["wavelet_hop_pj"]
+    turn_pj_per_wavelet: float = _E["turn_pj_per_wavelet"]
+    pe_active_cycle_pj: float = _E["pe_active_cycle_pj"]
+    pe_idle_cycle_pj: float = _E["pe_idle_cycle_pj"]
+    static_w_per_pe: float = _E["static_w_per_pe"]
+    memoryx_pj_per_byte: float = _E["memoryx_pj_per_byte"]
+    interwafer_pj_per_byte: float = _E["interwafer_pj_per_byte"]
+    system_overhead_w: float = _E["system_overhead_w"]
+    # ---- defects (wse_sim.arch.defects; docs/defects.md) ----
+    spare_rows: int = 2  # physical PE rows beyond mesh_rows that replace retired rows
+    spare_cols: int = 8  # spare PEs at the end of every physical row (a row shifts past a dead PE)
+    defect_density_per_mm2: float = 0.001  # failed-core density; TSMC 5 nm ~0.001/mm^2 (Cerebras blog, HW §7 [P])
+    pe_area_mm2: float = 0.038  # one PE (core + SRAM + router); HC34 ~38,000 um^2 (HW §1b [S])
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -98,7 +122,17 @@ class WaferSpec:
         return self.peak_flops_per_cycle(precision, pes) * self.clock_hz
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"link_bytes_per_cycle": self.link_bytes_per_cycle}
+        """The report's ``wafer``: every field but the energy ones (the report's ``energy.parameters``)."""
+        out = {k: v for k, v in asdict(self).items() if k not in REPORT_EXCLUDED}
+        return out | {"link_bytes_per_cycle": self.link_bytes_per_cycle}
+
+    @property
+    def defect_rate_per_pe(self) -> float:
+        """Probability that a PE is dead: the published defect density times the PE's area."""
+        return self.defect_density_per_mm2 * self.pe_area_mm2
+
+    def energy_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ENERGY_FIELDS}
 
 
 FIELD_NAMES = frozenset(f.name for f in fields(WaferSpec))

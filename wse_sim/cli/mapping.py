@@ -11,7 +11,7 @@ from ..app.catalog import check_names, mapping_names
 from ..app.compare import compare, format_table, write_outputs
 from ..app.gemm import GemmSpec, format_gemm, run_gemm
 from ..errors import UserError
-from .options import add_grid, add_numerics, add_precision, add_shared, add_wafer, positive_int
+from .options import add_defects, add_grid, add_numerics, add_precision, add_shared, add_wafer, positive_int
 
 COMPARE_DEFAULT = "weight-streaming,summa,cannon,meshgemm,systolic,pipelined,auto"
 
@@ -28,6 +28,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--numerics", action="store_true", help="multiply seeded random matrices; compare with float64")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--fan-in", type=positive_int, help="gemv-tree: reduction tree fan-in (>= 2; default: the wafer's)")
+    add_defects(g)
     g.add_argument("--out", default="out/gemm", help="output folder for report.json")
     g.set_defaults(func=cmd_gemm)
 
@@ -47,7 +48,8 @@ def add_parsers(sub) -> None:
 def cmd_gemm(args) -> None:
     spec = GemmSpec(m=args.m, k=args.k, n=args.n, wafer=args.wafer, grid=args.grid, tiles=args.tiles, tile=args.tile,
                     mapping=args.mapping, precision=args.precision, numerics=args.numerics, seed=args.seed,
-                    fan_in=args.fan_in)
+                    fan_in=args.fan_in, defects=args.defects, defect_seed=args.defect_seed,
+                    defect_map=args.defect_map)
     report = run_gemm(spec)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,8 @@ def cmd_compare(args) -> None:
     if unknown:
         raise UserError(f"unknown mapping(s) {', '.join(unknown)} (known: {', '.join(known)})")
     spec = RunSpec(model=args.model, wafer=args.wafer, seq=args.seq, batch=args.batch, precision=args.precision,
-                   grid=args.grid, tiles=args.tiles, tile=args.tile, numerics=args.numerics, seed=args.seed)
+                   grid=args.grid, tiles=args.tiles, tile=args.tile, numerics=args.numerics, seed=args.seed,
+                   defects=args.defects, defect_seed=args.defect_seed, defect_map=args.defect_map)
 
     def log(msg):
         if not args.quiet:

@@ -63,9 +63,19 @@ def add_numerics(p: argparse.ArgumentParser, default_help: str) -> None:
     num.add_argument("--no-numerics", dest="numerics", action="store_false", help="timing only")
 
 
+def add_defects(p: argparse.ArgumentParser) -> None:
+    """``--defects``, ``--defect-seed`` and ``--defect-map``: a defective wafer (docs/defects.md)."""
+    p.add_argument("--defects", metavar="RATE",
+                   help="draw failed PEs at this per-PE rate: a number, 'published' (the wafer's defect density x "
+                        "PE area) or a multiple of it such as 10x")
+    p.add_argument("--defect-seed", type=int, metavar="N", help="seed of the drawn defects (default 0)")
+    p.add_argument("--defect-map", metavar="FILE", help="failed PEs, one 'ROW COL' per line (physical coordinates)")
+
+
 def add_shared(p: argparse.ArgumentParser) -> None:
-    """The options every whole-model subcommand takes: model, wafer, grid, tiles and precision."""
+    """The options every whole-model subcommand takes: model, wafer, grid, tiles, precision and defects."""
     add_model(p)
     add_wafer(p)
     add_grid(p)
     add_precision(p)
+    add_defects(p)

@@ -134,7 +134,7 @@ def spec_of(args) -> RunSpec:
         precision=args.precision, grid=args.grid, tiles=args.tiles, tile=args.tile, numerics=args.numerics,
         checkpoint=args.checkpoint, tokens=args.tokens, prompt=args.prompt, seed=args.seed, phase=args.phase,
         context=args.context, prompt_len=args.prompt_len, gen_tokens=args.gen_tokens, layer_subset=args.layer_subset,
-        wafers=args.wafers,
+        wafers=args.wafers, defects=args.defects, defect_seed=args.defect_seed, defect_map=args.defect_map,
     )
 
 

@@ -24,7 +24,8 @@ def add_parsers(sub) -> None:
 def cmd_capacity(args) -> None:
     spec = RunSpec(model=args.model, wafer=args.wafer, grid=args.grid, tiles=args.tiles, tile=args.tile,
                    precision=args.precision, batch=args.batch, mapping=args.mapping, layer_subset=args.layer_subset,
-                   phase="decode", wafers=args.wafers)
+                   phase="decode", wafers=args.wafers, defects=args.defects, defect_seed=args.defect_seed,
+                   defect_map=args.defect_map)
     out = capacity(spec, load_wafer(args.wafer))
     print(json.dumps(out, indent=1) if args.json else format_capacity(out))
 

@@ -12,6 +12,7 @@ from ..arch.costs import stream_cycles
 from ..mapping import ModelPlan, TileGrid
 from ..sim import SimResult
 from ..workloads import ModelConfig, WorkloadGraph
+from .energy import plan_energy
 from .provenance import tool_info
 from .timeline import link_busy_fraction, timeline_summary
 
@@ -43,9 +44,9 @@ class RunInputs:
 
 
 def build_report(inputs: RunInputs, config: ModelConfig, wafer: WaferSpec, graph: WorkloadGraph, plan: ModelPlan,
-                 result: SimResult, numerics: dict, serving: dict | None = None) -> dict:
+                 result: SimResult, numerics: dict, serving: dict | None = None, energy: dict | None = None) -> dict:
     """The report dict; ``serving`` (phase, ttft_s, tpot_s, tokens_per_s_per_request, kv_cache_bytes, ...) goes
-    in at the top level."""
+    in at the top level. ``energy``: the report's energy section (default: this pass's, wse_sim.report.energy)."""
     grid = plan.grid
     pes = grid.rows * grid.cols
     seconds = result.total_cycles / wafer.clock_hz
@@ -75,6 +76,7 @@ def build_report(inputs: RunInputs, config: ModelConfig, wafer: WaferSpec, graph
         "timeline": timeline_summary(result, grid),
         "simulation": {"engine": "simpy", "tasks": result.tasks},
         "numerics": numerics,
+        "energy": energy if energy is not None else plan_energy(wafer, plan, result, graph.tokens),
         "tool": tool_info(),
         "inputs": inputs.fields,
     }
@@ -206,6 +208,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         ("fabric", f"{bw['fabric_bytes'] / 1e6:,.1f} MB at {bw['fabric_bytes_per_s'] / 1e12:,.2f} TB/s"),
         ("SRAM peak / PE", f"{report['sram_peak_bytes_per_pe']:,} of {report['sram_bytes_per_pe_available']:,} B"),
         ("tile busy (mean)", f"{report['utilization']['mean_busy_fraction'] * 100:.2f} %"),
+        *energy_rows(report.get("energy")),
     ]
     if n.get("enabled") and "tokens_match_transformers" in n:
         match = n["tokens_match_transformers"]
@@ -227,6 +230,17 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     tot = max(sum(totals.values()), 1)  # ops may overlap (serving dataflow), so shares are of summed op time
     rows.append(("cycles split", ", ".join(f"{k.split('_')[0]} {v / tot * 100:.1f} %" for k, v in totals.items())))
     return rows
+
+
+def energy_rows(energy: dict | None) -> list[tuple[str, str]]:
+    """Joules per token, energy and power (docs/energy.md); nothing for a report without ``energy``."""
+    if not energy:
+        return []
+    per = energy.get("joules_per_token")
+    per_s = "n/a" if per is None else f"{per:.4g} J/token"
+    return [("energy", f"{per_s}  ({energy['joules']:.4g} J over the {energy['scope']}; average "
+                       f"{energy['average_w'] / 1e3:,.2f} kW, wafer {energy['wafer_average_w'] / 1e3:,.2f} kW, "
+                       f"peak {energy['peak_w'] / 1e3:,.2f} kW)")]
 
 
 def _run_row(report: dict) -> tuple[str, str]:
@@ -309,5 +323,5 @@ def format_summary(report: dict, extra: list[tuple[str, str]] = ()) -> str:
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
-__all__ = ["SCHEMA_VERSION", "RunInputs", "build_report", "format_summary", "last_pass_view", "roofline_cycles",
-           "summary_rows", "with_request"]
+__all__ = ["SCHEMA_VERSION", "RunInputs", "build_report", "energy_rows", "format_summary", "last_pass_view",
+           "roofline_cycles", "summary_rows", "with_request"]

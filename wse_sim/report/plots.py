@@ -3,7 +3,7 @@
 ``utilization``: tile busy-fraction heatmap on a colour scale fitted to the data, and link busy fractions on the
 fabric; ``timeline``: lanes for MemoryX, inter-wafer links, tiles (or tile rows) and the busiest links, binned
 per pixel column and coloured by op; ``layers``: per-layer time by critical-path category and a roofline of every
-op; ``sweep``: headline figures across sweep points.
+op; ``energy``: joules by category and by op; ``sweep``: headline figures across sweep points.
 """
 
 from __future__ import annotations
@@ -437,6 +437,76 @@ def layers_figure(report: dict):
     return fig
 
 
+ENERGY_COLORS = {"fmac": "#2b8cbe", "sram": "#74a9cf", "fabric": "#fdae61", "turns": "#fee08b",
+                 "pe_active": "#1a9850", "pe_idle": "#a6d96a", "static": "#969696", "memoryx": "#d7191c",
+                 "interwafer": "#7b3294", "system_overhead": "#d9d9d9"}
+MAX_ENERGY_OPS = 15
+
+
+def energy_figure(report: dict):
+    """The energy breakdown (docs/energy.md): joules by category (left) and dynamic joules of the costliest ops
+    (right), from the report's ``energy``."""
+    e = report["energy"]
+    pot = e.get("power_over_time")
+    if pot:
+        fig = plt.figure(figsize=(15, 9))
+        grid = fig.add_gridspec(2, 2, height_ratios=[1.2, 1])
+        ax_cat, ax_op, ax_pow = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])
+    else:
+        fig, (ax_cat, ax_op) = plt.subplots(1, 2, figsize=(15, 5.5))
+    cats = e["by_category_joules"]
+    names = list(cats)
+    ax_cat.barh(names, [cats[n] for n in names], color=[ENERGY_COLORS.get(n, "#888888") for n in names])
+    ax_cat.invert_yaxis()
+    ax_cat.set_xlabel("joules")
+    total = max(e["joules"], 1e-30)
+    for y, n in enumerate(names):
+        ax_cat.annotate(f" {cats[n] / total * 100:.1f} %", (cats[n], y), va="center", fontsize=8)
+    ax_cat.set_title(f"By category ({e['scope']}): {e['joules']:.4g} J", fontsize=10)
+    ops = list(e["by_op_joules"].items())[:MAX_ENERGY_OPS]
+    ax_op.barh([k for k, _ in ops], [v for _, v in ops], color="#2b8cbe")
+    ax_op.invert_yaxis()
+    ax_op.set_xlabel("dynamic joules (layer ops summed over layers)")
+    ax_op.set_title("By op (costliest first)", fontsize=10)
+    for ax in (ax_cat, ax_op):
+        ax.grid(axis="x", alpha=0.3)
+    if pot:
+        _power_lane(ax_pow, report, pot)
+    per = e.get("joules_per_token")
+    fig.suptitle(f"{title(report)}: {'n/a' if per is None else f'{per:.4g}'} J/token, average "
+                 f"{e['average_w'] / 1e3:,.2f} kW (wafer {e['wafer_average_w'] / 1e3:,.2f} kW), peak "
+                 f"{e['peak_w'] / 1e3:,.2f} kW", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def power_steps(pot: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(edges in cycles, watts per interval between consecutive edges): the base plus every op running then."""
+    starts, ends = np.array(pot["start_cycles"], float), np.array(pot["end_cycles"], float)
+    edges = np.unique(np.concatenate([starts, ends, [0.0]]))
+    delta = np.zeros(len(edges))
+    np.add.at(delta, np.searchsorted(edges, starts), pot["dynamic_w"])
+    np.add.at(delta, np.searchsorted(edges, ends), -np.array(pot["dynamic_w"], float))
+    return edges, pot["base_w"] + np.cumsum(delta)[:-1]
+
+
+def _power_lane(ax, report: dict, pot: dict) -> None:
+    """Power over the simulated pass (op-averaged), in kW."""
+    edges, watts = power_steps(pot)
+    unit_s, unit = _time_scale(report)
+    x = edges / report["wafer"]["clock_hz"] / unit_s
+    if len(x) > 1:
+        ax.add_patch(StepPatch(watts / 1e3, x, baseline=0, facecolor="#fdae61", edgecolor="#d7191c", lw=0.6))
+        ax.set_xlim(x[0], x[-1])
+        ax.set_ylim(0, max(watts.max() / 1e3 * 1.1, 1e-9))
+    ax.axhline(pot["base_w"] / 1e3, color="#969696", lw=0.8, ls="--", label="static + idle + system")
+    ax.set_xlabel(f"simulated time ({unit}; the last simulated pass, unscaled)")
+    ax.set_ylabel("power (kW)")
+    ax.set_title("Power over time (each op's dynamic power averaged over its span)", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 # ---- writing ----------------------------------------------------------------------------------------------------
 
 
@@ -462,6 +532,8 @@ def write_plots(report: dict, out_dir: str | Path, fmt: str = "png") -> list[Pat
     if report.get("timeline"):
         paths.append(save(timeline_figure(report), out / f"timeline.{fmt}"))
     paths.append(save(layers_figure(report), out / f"layers.{fmt}"))
+    if report.get("energy"):
+        paths.append(save(energy_figure(report), out / f"energy.{fmt}"))
     return paths
 
 

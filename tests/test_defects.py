@@ -1,0 +1,150 @@
+"""Defective wafers (wse_sim.arch.defects): the remapping on small meshes against hand-drawn maps, detour hops,
+numerics bit-identical to the healthy wafer, and a healthy wafer's cycles unchanged."""
+
+import json
+
+import numpy as np
+import pytest
+
+from wse_sim.app import RunSpec, run
+from wse_sim.arch import get_wafer
+from wse_sim.arch.defects import DefectMap, apply_defects, remap, wafer_remap
+from wse_sim.errors import UserError
+from wse_sim.mapping import ModelPlan, OpPlan, Task, TaskKind, TileGrid
+
+
+def drawn(picture: str):
+    """A hand-drawn physical array: ``X`` a dead PE, ``.`` an unused spare, ``rc`` the logical PE (row letter,
+    column digit) placed there. Returns (dead set, {logical (r, c): physical (pr, pc)}, rows, cols)."""
+    lines = [line.split() for line in picture.strip().splitlines()]
+    dead, where = set(), {}
+    for pr, cells in enumerate(lines):
+        for pc, cell in enumerate(cells):
+            if cell == "X":
+                dead.add((pr, pc))
+            elif cell != ".":
+                where[(ord(cell[0]) - ord("a"), int(cell[1]))] = (pr, pc)
+    return frozenset(dead), where, len(lines), len(lines[0])
+
+
+def check(picture: str, mesh=(4, 4)):
+    dead, where, rows, cols = drawn(picture)
+    rm = remap(DefectMap(rows, cols, dead), *mesh)
+    got = {(r, c): tuple(int(x) for x in rm.phys[r, c]) for r in range(rm.rows) for c in range(rm.cols)}
+    assert got == where
+    return rm
+
+
+def test_dead_pe_shifts_its_row_by_one():
+    rm = check("""
+        a0 a1 a2 a3 .
+        b0 b1 X  b2 b3
+        c0 c1 c2 c3 .
+        d0 d1 d2 d3 .
+        .  .  .  .  .
+    """)
+    assert rm.lost_rows == 0 and rm.retired_rows == ()
+    # b1 -> b2 crosses the dead PE: two physical hops; b2, b3 sit one column right of a2, c2 (and a3, c3)
+    assert rm.extra_h.tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0]]
+    assert rm.extra_v.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]]
+    assert rm.shared_links > 0
+
+
+def test_row_with_more_dead_than_spares_is_retired_and_a_spare_row_moves_in():
+    check("""
+        a0 a1 a2 a3 .
+        b0 b1 b2 b3 .
+        X  .  .  .  X
+        c0 c1 c2 c3 .
+        d0 d1 d2 d3 .
+    """)
+
+
+def test_defects_beyond_the_spares_shrink_the_rectangle():
+    rm = check("""
+        a0 a1 a2 a3 .
+        X  X  .  .  .
+        b0 b1 b2 b3 .
+        .  X  X  .  .
+        c0 X  c1 c2 c3
+    """)
+    assert (rm.rows, rm.cols, rm.lost_rows) == (3, 4, 1)
+    assert rm.summary()["lost_pe_fraction"] == 0.25
+
+
+def test_detours_charge_routes_and_leave_actions_alone():
+    dead, _, rows, cols = drawn("""
+        .  .  .  .  .
+        .  .  X  .  .
+        .  .  .  .  .
+        .  .  .  .  .
+        .  .  .  .  .
+    """)
+    rm = remap(DefectMap(rows, cols, dead), 4, 4)
+    grid = TileGrid.make(4, 4, 2, 2)  # tiles of 2 x 2 PEs
+    row = Task(TaskKind.TRANSFER, links=(((0, 0), (0, 1)),), bytes_per_lane=8, hops=3)  # enters columns 2-3
+    col = Task(TaskKind.TRANSFER, links=(((0, 1), (1, 1)),), bytes_per_lane=8, hops=3)  # rows 1-2, columns 2-3
+    other = Task(TaskKind.TRANSFER, links=(((1, 0), (0, 0)),), bytes_per_lane=8, hops=3)  # healthy columns 0-1
+    plan = ModelPlan("t", grid, "fp16", (OpPlan(None, "t", (row, col, other), 0),))
+    out = apply_defects(plan, rm)
+    # row link: lane b crosses b1 -> b2 (the dead PE between): +1; column link: a2 -> b2 is diagonal: +1
+    assert [t.hops for t in out.ops[0].tasks] == [4, 4, 3]
+    assert [t.actions for t in out.ops[0].tasks] == [t.actions for t in plan.ops[0].tasks]
+    assert out.params["defect_extra_hops"] == 2
+    # energy: lane b of the row link (b1 -> b2), and lanes 2 and 3 of the column link (b2 -> c2, b3 -> c3 into the
+    # entered tile; a -> b lies inside the tile it leaves), 2 wavelets each
+    assert out.params["defect_extra_wavelet_hops"] == [(1 + 2) * 2]
+
+
+def test_drawn_defects_are_seeded_and_published_rate_comes_from_the_toml():
+    w = get_wafer("wse2")
+    a = wafer_remap(w, "published", 3, None)
+    b = wafer_remap(w, "published", 3, None)
+    assert np.array_equal(a.phys, b.phys) and a.dead == b.dead
+    assert wafer_remap(w, None, None, None) is None
+    assert 0 < a.dead < 200  # 3.8e-5 x ~756k physical PEs ~ 29 expected
+    with pytest.raises(UserError):
+        wafer_remap(w, "lots", 0, None)
+
+
+def test_defect_map_file(tmp_path):
+    f = tmp_path / "map.txt"
+    f.write_text("# row col\n1 2\n")
+    rm = wafer_remap(get_wafer("tiny"), None, None, str(f))
+    assert rm.dead == 1 and rm.extra_h[1].tolist() == [0, 1, 0, 0, 0, 0, 0]
+    f.write_text("99 0\n")
+    with pytest.raises(UserError):
+        wafer_remap(get_wafer("tiny"), None, None, str(f))
+
+
+GPT = {"model_type": "gpt2", "n_embd": 72, "n_layer": 2, "n_head": 6, "vocab_size": 97, "n_positions": 64,
+       "n_inner": 130, "activation_function": "gelu_new"}
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt")
+    (folder / "config.json").write_text(json.dumps(GPT))
+    return str(folder)
+
+
+@pytest.mark.parametrize("mapping", ["summa", "gemv-tree"])
+def test_numerics_bit_identical_and_detours_cost_cycles(gpt, mapping):
+    kw = dict(model=gpt, wafer="tiny", mapping=mapping, seq=12, batch=2, tiles="4x4", numerics=True,
+              precision="fp32")
+    healthy = run(RunSpec(**kw), log=lambda _m: None)
+    sick = run(RunSpec(**kw, defects="0.05", defect_seed=2), log=lambda _m: None)
+    assert np.array_equal(healthy.logits, sick.logits)  # bit for bit
+    assert sick.report["defects"]["dead_pes"] > 0
+    assert sick.report["total_cycles"] >= healthy.report["total_cycles"]
+    assert sick.report["defects"]["extra_hops_charged"] > 0
+    assert sick.report["energy"]["counts"]["wavelet_hops"] > healthy.report["energy"]["counts"]["wavelet_hops"]
+    assert "defects" not in healthy.report and "defects" not in healthy.report["inputs"]
+
+
+def test_no_defects_at_zero_rate_gives_identical_cycles(gpt):
+    kw = dict(model=gpt, wafer="tiny", mapping="summa", seq=12, tiles="4x4", numerics=False)
+    healthy = run(RunSpec(**kw), log=lambda _m: None).report
+    zero = run(RunSpec(**kw, defects="0"), log=lambda _m: None).report
+    assert zero["total_cycles"] == healthy["total_cycles"]
+    assert zero["layers"] == healthy["layers"]
