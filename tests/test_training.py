@@ -71,6 +71,7 @@ def test_adamw_step_matches_torch(tiny_checkpoint):
     model.zero_grad()
     t = torch.tensor(ids)
     model(input_ids=t, labels=t).loss.backward()
+    grads = {n: p.grad.detach().numpy().copy() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
     assert norm > 1.0  # the clipping path is exercised
@@ -78,14 +79,16 @@ def test_adamw_step_matches_torch(tiny_checkpoint):
     opt.step()
     from wse_sim.workloads.training import hf_param_names
 
-    names = hf_param_names(updated)
     arrays = dict(updated.named_arrays())
     params = dict(model.named_parameters())
-    for field, hf in names.items():
+    for field, hf in hf_param_names(updated).items():
         new_ref = params[hf].detach().numpy()
-        # (the update alone is ill-conditioned: on step 1 it is ~lr g / (|g| + eps), and gradients that are zero
-        # in exact arithmetic, such as the key bias's, are rounding noise in both implementations)
-        assert rel_err(arrays[field], new_ref) <= TOL, hf
+        # Step 1 moves a weight by ~lr g / (|g| + eps): where |g| is within a few decades of eps the update follows
+        # the gradients' rounding noise (the key bias's gradient is zero in exact arithmetic: softmax ignores a
+        # shift of every key). Those entries (|g| < 1e-5) may differ by up to the step, 2 lr; the rest by TOL.
+        clean = np.abs(grads[hf]) >= 1e-5
+        assert rel_err(np.where(clean, arrays[field], new_ref), new_ref) <= TOL, hf
+        assert np.abs(arrays[field] - new_ref).max() <= 2e-3, hf
 
 
 def test_kernel_grads_vs_torch():
@@ -190,3 +193,15 @@ def test_cli_train_numerics_and_outputs(tiny_checkpoint, tmp_path):
     assert max(rel_err(grads[n], ref[n]) for n in ref) <= TOL
     updated = load_checkpoint(tmp_path / "upd")  # loadable, and moved by the step
     assert not np.array_equal(updated.wte, load_checkpoint(ck.path).wte)
+
+
+def test_published_recipes_are_expressible():
+    from wse_sim.workloads import get_preset
+
+    from wse_sim.app.train import RECIPES
+
+    for name, r in RECIPES.items():
+        get_preset(name)
+        per_system, rest = divmod(r["batch"], r["systems"])
+        assert rest == 0 and per_system % r["micro_batch"] == 0, name
+        assert r["tokens"] == pytest.approx(r["batch"] * 2048 * r["steps"], rel=0.02), name
