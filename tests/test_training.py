@@ -186,6 +186,7 @@ def test_cli_train_numerics_and_outputs(tiny_checkpoint, tmp_path):
             "--quiet"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
+    assert (out / "phases.png").is_file()
     loss, ref = _torch_grads(ck.model, ids)
     assert report["loss"] == pytest.approx(loss, rel=TOL)
     grads = np.load(tmp_path / "g.npz")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..app.train import RECIPES, TrainSpec, run_train, summary_lines
 from ..errors import UserError
+from ..report.training import write_training_plots
 from .options import add_grid, add_numerics, add_wafer, positive_int
 
 
@@ -86,4 +87,5 @@ def cmd_train(args) -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
-        print(f"wrote {out / 'report.json'}")
+        plots = write_training_plots(report, out)
+        print(f"wrote {out / 'report.json'}, " + ", ".join(str(p) for p in plots))
