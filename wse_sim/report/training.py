@@ -35,7 +35,7 @@ def write_training_plots(report: dict, out: Path, fmt: str = "png") -> list[Path
         plt.close(fig)
         written.append(path)
     phases = report["phases_cycles"]
-    fig, ax = plt.subplots(figsize=(7, 1.8))
+    fig, ax = plt.subplots(figsize=(7, 2.4))
     left = 0.0
     clock_s = report["step_seconds"] / report["step_cycles"]
     for name in ("forward", "backward", "swarmx_reduce", "optimizer"):
@@ -45,8 +45,7 @@ def write_training_plots(report: dict, out: Path, fmt: str = "png") -> list[Path
     ax.set_yticks([])
     ax.set_xlabel("seconds (one system; micro-batches back to back)")
     ax.set_title(f"{report['model']} on {report['systems']} system(s): one optimizer step")
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -1.0))
-    fig.tight_layout()
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.55))
     path = out / f"phases.{fmt}"
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
