@@ -60,7 +60,7 @@ class TrainSpec:
     model: str | None = None
     checkpoint: str | None = None
     wafer: str = "wse2"
-    systems: tuple[int, ...] = (1,)
+    systems: tuple[int, ...] | None = None  # None: the recipe's count, else 1
     batch: int = 8  # global batch, sequences
     micro_batch: int | None = None  # per system; default: the whole per-system batch
     seq: int = 128
@@ -87,18 +87,18 @@ NUMERICS_MAX_PARAMS = 20_000_000
 
 
 def apply_recipe(spec: TrainSpec) -> TrainSpec:
-    """``spec`` with batch, micro-batch, seq, systems and model from its recipe (fields given stay given? no:
-    the recipe is exact, so it sets all of them)."""
+    """``spec`` with batch, micro-batch, seq and tokens from its recipe (exact, so they override), and the model
+    and system count unless given."""
+    from dataclasses import replace
+
     if spec.recipe is None:
-        return spec
+        return replace(spec, systems=spec.systems or (1,))
     key = spec.recipe.lower()
     if key not in RECIPES:
         raise UserError(f"unknown recipe {spec.recipe!r} (known: {', '.join(RECIPES)})")
     r = RECIPES[key]
-    from dataclasses import replace
-
     return replace(spec, model=spec.model or key, batch=r["batch"], micro_batch=r["micro_batch"], seq=RECIPE_SEQ,
-                   systems=spec.systems if spec.systems != (1,) else (r["systems"],),
+                   systems=spec.systems or (r["systems"],),
                    train_tokens=spec.train_tokens or r["tokens"])
 
 

@@ -37,8 +37,8 @@ def add_parsers(sub) -> None:
     add_wafer(p)
     add_grid(p, tile=False)
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="bf16", help="storage precision")
-    p.add_argument("--systems", type=_systems, default=(1,), help="systems (CS-2s), or a list such as 1,2,4,8,16 "
-                   "for a scaling table")
+    p.add_argument("--systems", type=_systems, help="systems (CS-2s), or a list such as 1,2,4,8,16 for a scaling "
+                   "table (default 1, or the recipe's)")
     p.add_argument("--batch", type=positive_int, default=8, help="global batch (sequences)")
     p.add_argument("--micro-batch", type=positive_int, help="sequences per micro-batch and system")
     p.add_argument("--seq", type=positive_int, default=128, help="sequence length")
