@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..kernels import causal_softmax, embedding, gelu, gemm, layernorm
+from ..kernels import causal_softmax, embedding, gelu, gemm, layernorm, round_to
 from ..kernels.backward import (
     adamw_step,
     causal_lm_targets,
@@ -59,13 +59,14 @@ def _bias_add(y: np.ndarray, b: np.ndarray) -> np.ndarray:
     return y
 
 
-def _layer_forward(x: np.ndarray, w: LayerWeights, batch: int, seq: int, n_head: int, eps: float, act: str):
+def _layer_forward(x: np.ndarray, w: LayerWeights, batch: int, seq: int, n_head: int, eps: float, act: str,
+                   mm=gemm):
     """One block on ``x [tokens, d]``; returns the output and what the backward pass keeps."""
     d = x.shape[1]
     dh = d // n_head
     scale = 1.0 / math.sqrt(dh)
     h1 = layernorm(x, w.ln1_g, w.ln1_b, eps)
-    qkv = _bias_add(gemm(h1, w.w_qkv), w.b_qkv)
+    qkv = _bias_add(mm(h1, w.w_qkv), w.b_qkv)
     probs = np.empty((batch, n_head, seq, seq), np.float32)
     ctx = np.empty((batch * seq, d), np.float32)
     for b in range(batch):
@@ -74,51 +75,51 @@ def _layer_forward(x: np.ndarray, w: LayerWeights, batch: int, seq: int, n_head:
             q = qkv[rows, h * dh:(h + 1) * dh]
             k = qkv[rows, d + h * dh:d + (h + 1) * dh]
             v = qkv[rows, 2 * d + h * dh:2 * d + (h + 1) * dh]
-            probs[b, h] = causal_softmax(gemm(q, k.T), scale)
-            ctx[rows, h * dh:(h + 1) * dh] = gemm(probs[b, h], v)
-    x_mid = x + _bias_add(gemm(ctx, w.w_attn_proj), w.b_attn_proj)
+            probs[b, h] = causal_softmax(mm(q, k.T), scale)
+            ctx[rows, h * dh:(h + 1) * dh] = mm(probs[b, h], v)
+    x_mid = x + _bias_add(mm(ctx, w.w_attn_proj), w.b_attn_proj)
     h2 = layernorm(x_mid, w.ln2_g, w.ln2_b, eps)
-    f = _bias_add(gemm(h2, w.w_fc), w.b_fc)
+    f = _bias_add(mm(h2, w.w_fc), w.b_fc)
     g = gelu(f, act)
-    out = x_mid + _bias_add(gemm(g, w.w_fc_proj), w.b_fc_proj)
+    out = x_mid + _bias_add(mm(g, w.w_fc_proj), w.b_fc_proj)
     return out, (x, h1, qkv, probs, ctx, x_mid, h2, f, g)
 
 
 def _layer_backward(dout: np.ndarray, w: LayerWeights, saved, batch: int, seq: int, n_head: int, eps: float,
-                    act: str, grads: dict[str, np.ndarray]) -> np.ndarray:
+                    act: str, grads: dict[str, np.ndarray], mm=gemm) -> np.ndarray:
     """Add the block's weight gradients into ``grads`` (field names) and return ``dx``."""
     x, h1, qkv, probs, ctx, x_mid, h2, f, g = saved
     d = x.shape[1]
     dh = d // n_head
     scale = 1.0 / math.sqrt(dh)
     # MLP: out = x_mid + gelu(h2 W_fc + b) W_proj + b
-    grads["w_fc_proj"] += gemm(g.T, dout)
+    grads["w_fc_proj"] += mm(g.T, dout)
     grads["b_fc_proj"] += dout.sum(axis=0, dtype=np.float32)
-    df = gelu_backward(f, gemm(dout, w.w_fc_proj.T), act)
-    grads["w_fc"] += gemm(h2.T, df)
+    df = gelu_backward(f, mm(dout, w.w_fc_proj.T), act)
+    grads["w_fc"] += mm(h2.T, df)
     grads["b_fc"] += df.sum(axis=0, dtype=np.float32)
-    dh2 = gemm(df, w.w_fc.T)
+    dh2 = mm(df, w.w_fc.T)
     dx_ln, dg, db = layernorm_backward(x_mid, w.ln2_g, eps, dh2)
     grads["ln2_g"] += dg
     grads["ln2_b"] += db
     dx_mid = dout + dx_ln
     # attention: x_mid = x + attn(ln1(x)) W_o + b_o
-    grads["w_attn_proj"] += gemm(ctx.T, dx_mid)
+    grads["w_attn_proj"] += mm(ctx.T, dx_mid)
     grads["b_attn_proj"] += dx_mid.sum(axis=0, dtype=np.float32)
-    dctx = gemm(dx_mid, w.w_attn_proj.T)
+    dctx = mm(dx_mid, w.w_attn_proj.T)
     dqkv = np.empty_like(qkv)
     for b in range(batch):
         rows = slice(b * seq, (b + 1) * seq)
         for h in range(n_head):
             cq, ck, cv = (slice(o + h * dh, o + (h + 1) * dh) for o in (0, d, 2 * d))
             p, dc = probs[b, h], np.ascontiguousarray(dctx[rows, cq])
-            dqkv[rows, cv] = gemm(p.T, dc)
-            ds = causal_softmax_backward(p, gemm(dc, qkv[rows, cv].T), scale)
-            dqkv[rows, cq] = gemm(ds, qkv[rows, ck])
-            dqkv[rows, ck] = gemm(ds.T, qkv[rows, cq])
-    grads["w_qkv"] += gemm(h1.T, dqkv)
+            dqkv[rows, cv] = mm(p.T, dc)
+            ds = causal_softmax_backward(p, mm(dc, qkv[rows, cv].T), scale)
+            dqkv[rows, cq] = mm(ds, qkv[rows, ck])
+            dqkv[rows, ck] = mm(ds.T, qkv[rows, cq])
+    grads["w_qkv"] += mm(h1.T, dqkv)
     grads["b_qkv"] += dqkv.sum(axis=0, dtype=np.float32)
-    dh1 = gemm(dqkv, w.w_qkv.T)
+    dh1 = mm(dqkv, w.w_qkv.T)
     dx_ln, dg, db = layernorm_backward(x, w.ln1_g, eps, dh1)
     grads["ln1_g"] += dg
     grads["ln1_b"] += db
@@ -140,8 +141,22 @@ def _check(weights: ModelWeights) -> None:
         raise ConfigError("training numerics cover GPT-2 models with a tied LM head only")
 
 
+def mixed_precision_matmul(precision: str):
+    """The matmul of a ``precision`` run: fp32 as is; ``bf16``/``fp16`` as torch autocast runs a matmul: operands
+    rounded to the 16-bit format, fp32 accumulation, the product rounded to it. Everything else (norms, softmax,
+    GELU, the loss, gradient accumulation, AdamW on fp32 master weights) stays fp32."""
+    if precision == "fp32":
+        return gemm
+
+    def mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return round_to(gemm(round_to(np.ascontiguousarray(a), precision), round_to(np.ascontiguousarray(b),
+                                                                                    precision)), precision)
+
+    return mm
+
+
 def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: int | None = None,
-                   global_predicted: int | None = None) -> StepResult:
+                   global_predicted: int | None = None, precision: str = "fp32") -> StepResult:
     """The causal-LM loss of ``token_ids [batch, seq]`` (labels = input ids) and its gradients, fp32.
 
     ``micro_batch`` sequences at a time (default: all), gradients accumulated in fp32 in micro-batch order.
@@ -159,6 +174,7 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
     if predicted == 0:
         raise ValueError("a training step needs sequences of at least 2 tokens")
     scale = 1.0 / (global_predicted or predicted)
+    mm = mixed_precision_matmul(precision)
     eps, act, H = cfg.layer_norm_epsilon, cfg.activation, cfg.n_head
     layer_grads = [{f: np.zeros_like(getattr(lw, f)) for f in HF_LAYER_NAMES} for lw in weights.layers]
     dwte = np.zeros_like(weights.wte)
@@ -171,19 +187,19 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
         x = embedding(mids, weights.wte, weights.wpe)
         saved = []
         for lw in weights.layers:
-            x, keep = _layer_forward(x, lw, mb, seq, H, eps, act)
+            x, keep = _layer_forward(x, lw, mb, seq, H, eps, act, mm)
             saved.append(keep)
         hf = layernorm(x, weights.lnf_g, weights.lnf_b, eps)
-        logits = gemm(hf, weights.wte.T)
+        logits = mm(hf, weights.wte.T)
         part, dlogits = cross_entropy(logits, causal_lm_targets(mids), scale)
         loss_sum += part
         # tied head: logits = hf wte^T
-        dwte += gemm(dlogits.T, hf)
-        dx, dg, db = layernorm_backward(x, weights.lnf_g, eps, gemm(dlogits, weights.wte))
+        dwte += mm(dlogits.T, hf)
+        dx, dg, db = layernorm_backward(x, weights.lnf_g, eps, mm(dlogits, weights.wte))
         dlnf_g += dg
         dlnf_b += db
         for i in reversed(range(len(weights.layers))):
-            dx = _layer_backward(dx, weights.layers[i], saved[i], mb, seq, H, eps, act, layer_grads[i])
+            dx = _layer_backward(dx, weights.layers[i], saved[i], mb, seq, H, eps, act, layer_grads[i], mm)
         embedding_backward(mids, dx, dwte, dwpe)
     grads = {_PREFIX + "wte.weight": dwte, _PREFIX + "wpe.weight": dwpe,
              _PREFIX + "ln_f.weight": dlnf_g, _PREFIX + "ln_f.bias": dlnf_b}
@@ -239,7 +255,8 @@ class AdamW:
 
 
 def train_step(weights: ModelWeights, token_ids: np.ndarray, config: AdamWConfig | None = None,
-               micro_batch: int | None = None, systems: int = 1) -> tuple[StepResult, ModelWeights]:
+               micro_batch: int | None = None, systems: int = 1,
+               precision: str = "fp32") -> tuple[StepResult, ModelWeights]:
     """One optimizer step: ``systems`` data-parallel replicas each accumulate their share of the batch in
     micro-batches, the gradients are summed (SwarmX), clipped and applied by AdamW (MemoryX)."""
     ids = np.asarray(token_ids)
@@ -250,7 +267,8 @@ def train_step(weights: ModelWeights, token_ids: np.ndarray, config: AdamWConfig
     parts = []
     loss = 0.0
     for s in range(systems):
-        r = loss_and_grads(weights, ids[s * per:(s + 1) * per], micro_batch, global_predicted=predicted)
+        r = loss_and_grads(weights, ids[s * per:(s + 1) * per], micro_batch, global_predicted=predicted,
+                           precision=precision)
         parts.append(r.grads)
         loss += r.extras["loss_sum"] / predicted
     grads = sum_grads(parts)

@@ -358,10 +358,12 @@ def _numerics(spec: TrainSpec, config: ModelConfig, weights) -> dict:
     opt = AdamWConfig(lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay,
                       max_grad_norm=spec.max_grad_norm)
     t0 = time.perf_counter()
-    result, updated = train_step(weights, ids, opt, micro_batch=micro, systems=systems)
+    result, updated = train_step(weights, ids, opt, micro_batch=micro, systems=systems, precision=spec.precision)
     out = {"enabled": True, "loss": result.loss, "grad_norm": result.grad_norm,
            "predicted_tokens": result.predicted_tokens, "systems": systems, "micro_batch": micro,
-           "precision": "fp32 (the training numerics run in fp32 whatever --precision times)",
+           "precision": spec.precision if spec.precision == "fp32" else
+           f"{spec.precision} mixed: matmul operands and products rounded to {spec.precision}, fp32 accumulation, "
+           "norms, softmax, loss and AdamW on fp32 master weights (torch autocast's split)",
            "wall_s": time.perf_counter() - t0}
     if spec.save_grads:
         np.savez(spec.save_grads, **result.grads)
