@@ -170,6 +170,9 @@ def test_step_respects_bounds_and_sublinear_scaling(tmp_path):
         r = run_train(TrainSpec(**{**vars(spec), "systems": (n,)}))
         assert r["step_seconds"] >= r["bound_s"]
         assert r["swarmx"]["levels"] == 1 and r["swarmx"]["reduce_bytes_per_system"] > 0
+    # an uneven split (6 sequences over 4 systems): the busiest system's 2 sequences set the step
+    r = run_train(TrainSpec(**{**vars(spec), "batch": 6, "systems": (4,)}))
+    assert r["per_system_batch"] == 2 and r["step_seconds"] >= r["bound_s"]
 
 
 def test_cli_train_numerics_and_outputs(tiny_checkpoint, tmp_path):

@@ -179,14 +179,13 @@ def graph_weight_matmul_flops(graph: WorkloadGraph) -> int:
 def step_model(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, cluster: ClusterSpec, systems: int,
                passes: dict[int, PassTiming], grid, log) -> dict:
     """Time one optimizer step on ``systems`` systems, simulating (and caching in ``passes``) what it needs."""
-    if spec.batch % systems:
-        raise UserError(f"global batch {spec.batch} does not split evenly over {systems} systems")
-    per_system = spec.batch // systems
+    if systems > spec.batch:
+        raise UserError(f"{systems} systems for a global batch of {spec.batch} sequences: some would idle")
+    # the busiest system's share: the step waits for it (an uneven split gives some systems one sequence less)
+    per_system = -(-spec.batch // systems)
     micro = min(spec.micro_batch or per_system, per_system)
-    if per_system % micro:
-        raise UserError(f"micro-batch {micro} does not divide the per-system batch {per_system} "
-                        f"({spec.batch} sequences over {systems} systems)")
-    accum = per_system // micro
+    micro_sizes = [micro] * (per_system // micro) + ([per_system % micro] if per_system % micro else [])
+    accum = len(micro_sizes)
     # sequences per pass: the largest that fits (halving from the micro-batch), at most max_pass_batch
     cap = min(micro, spec.max_pass_batch or micro)
     pass_seqs = cap
@@ -194,8 +193,9 @@ def step_model(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, cluster: 
         pass_seqs = max(1, pass_seqs // 2)
     if pass_seqs == 1 and not _fits(config, 1, spec, wafer, grid):
         raise UserError(f"one sequence of {spec.seq} tokens does not fit the wafer's SRAM under weight streaming")
-    full, rest = divmod(micro, pass_seqs)
-    sizes = [pass_seqs] * full + ([rest] if rest else [])
+    all_passes = [p for mb in micro_sizes
+                  for p in [pass_seqs] * (mb // pass_seqs) + ([mb % pass_seqs] if mb % pass_seqs else [])]
+    sizes = all_passes
     for s in set(sizes):
         if s not in passes:
             log(f"simulating a pass of {s} sequence(s) x {spec.seq} tokens: forward and backward ...")
@@ -207,10 +207,10 @@ def step_model(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, cluster: 
     levels = cluster.levels(systems)
     lat_cycles = levels * cluster.swarmx_level_latency_s * clock
 
-    fwd = accum * sum(passes[s].forward_cycles for s in sizes)
-    bwd = accum * sum(passes[s].backward_cycles for s in sizes)
-    wgrad = accum * sum(passes[s].wgrad_stream_cycles for s in sizes)
-    n_passes = accum * len(sizes)
+    fwd = sum(passes[s].forward_cycles for s in sizes)
+    bwd = sum(passes[s].backward_cycles for s in sizes)
+    wgrad = sum(passes[s].wgrad_stream_cycles for s in sizes)
+    n_passes = len(sizes)
     # SwarmX: every stream (one forward, one backward per pass) starts `levels` tree levels away; the gradient
     # stream of each pass crosses the tree at line rate while the backward runs, what it cannot hide is exposed
     grad_tree_cycles = grad_bytes / cluster.swarmx_link_bytes_per_s * clock if systems > 1 else 0.0
@@ -234,7 +234,7 @@ def step_model(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, cluster: 
     model_flops = 6 * params * tokens + attn
     peak = wafer.peak_flops_per_s(spec.precision)
     weight_bytes = params * b
-    sim_flops = systems * accum * sum(passes[s].forward_flops + passes[s].backward_flops for s in sizes)
+    sim_flops = systems * sum(passes[s].forward_flops + passes[s].backward_flops for s in sizes)
     bounds = {
         "compute_s": cf["six_n_t"] / (systems * peak),
         "memoryx_weight_stream_s": n_passes * 2 * weight_bytes / wafer.memoryx_bytes_per_s,
@@ -246,7 +246,8 @@ def step_model(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, cluster: 
         "micro_batch": micro,
         "accumulation_steps": accum,
         "activation_memory": {
-            "sequences_per_pass": pass_seqs, "passes_per_micro_batch": len(sizes), "pass_sizes": sizes,
+            "sequences_per_pass": pass_seqs, "passes_per_micro_batch": -(-micro // pass_seqs),
+            "micro_batch_sizes": micro_sizes,
             "recomputation": False,
             "sram_peak_bytes_per_pe": max(passes[s].sram_peak_bytes_per_pe for s in set(sizes)),
             "note": "activations of a pass stay resident from its forward to its backward (no recomputation); "
@@ -262,10 +263,10 @@ def step_model(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, cluster: 
             "optimizer": opt_exposed,
         },
         "memoryx": {
-            "weight_stream_bytes_per_system": accum * sum(
+            "weight_stream_bytes_per_system": sum(
                 passes[s].forward_stream_bytes + passes[s].backward_stream_bytes - passes[s].wgrad_stream_bytes
                 for s in sizes),
-            "gradient_stream_out_bytes_per_system": accum * sum(passes[s].wgrad_stream_bytes for s in sizes),
+            "gradient_stream_out_bytes_per_system": sum(passes[s].wgrad_stream_bytes for s in sizes),
             "optimizer_params": params, "optimizer_total_s": params / rate, "optimizer_exposed_s": opt_exposed / clock,
         },
         "swarmx": {
@@ -353,6 +354,8 @@ def _numerics(spec: TrainSpec, config: ModelConfig, weights) -> dict:
                                                                    spec.seed)
     ids = np.asarray(ids).reshape(spec.batch, spec.seq)
     systems = spec.systems[0]
+    if spec.batch % systems:  # an uneven split: the same gradients, computed as one system's
+        systems = 1
     per = spec.batch // systems
     micro = min(spec.micro_batch or per, per)
     opt = AdamWConfig(lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay,
