@@ -395,11 +395,12 @@ def summary_lines(report: dict) -> list[str]:
     if report.get("loss") is not None:
         lines.append(f"loss {report['loss']:.6f}   grad norm {report['numerics']['grad_norm']:.4g}")
     if "time_to_train_s" in report:
-        lines.append(f"time to train {report['train_tokens']:.3g} tokens: {report['time_to_train_s'] / 86400:.2f} "
-                     f"days on {report['systems']} system(s) ({report['system_days']:.1f} system-days)")
+        lines.append(f"time to train {report['train_tokens']:.3g} tokens: {report['time_to_train_s'] / 3600:.3g} h "
+                     f"on {report['systems']} system(s) ({report['system_days']:.3g} system-days)")
     for row in report.get("scaling", []):
         lines.append(f"  {row['systems']:>3} systems: step {row['step_seconds']:.4g} s, speed-up "
-                     f"{row['speedup']:.2f}, efficiency {100 * row['efficiency']:.0f} %")
+                     f"{row['speedup']:.2f}, efficiency {100 * row['efficiency']:.0f} %"
+                     + (f", time to train {row['time_to_train_s'] / 3600:.3g} h" if "time_to_train_s" in row else ""))
     return lines
 
 
