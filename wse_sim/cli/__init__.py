@@ -13,9 +13,9 @@ import threading
 from ..app import ReferenceImportError
 from ..errors import UserError
 from ..report.provenance import version_line
-from . import calibrate, catalog, mapping, run, serving, viz
+from . import calibrate, catalog, mapping, run, serving, train, viz
 
-SUBCOMMANDS = (run, catalog, mapping, serving, viz, calibrate)  # each has add_parsers(sub), in help order
+SUBCOMMANDS = (run, train, catalog, mapping, serving, viz, calibrate)  # each has add_parsers(sub), in help order
 
 
 def parser() -> argparse.ArgumentParser:
