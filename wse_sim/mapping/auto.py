@@ -28,6 +28,7 @@ from .estimate import bound_cycles
 from .layout import BlockLayout
 from .plan import DEFAULT_TILES, ModelPlan, OpPlan, SramOverflowError, TileGrid
 from .registry import get_mapping, mapping_info, register
+from .relabel import cached_matmul
 from .resident import ResidentLayout
 
 # The search order (candidates with equal bounds are simulated in this order).
@@ -249,7 +250,7 @@ class Auto:
                         continue
                     key = _shape_key(op)
                     name = chosen[key].mapping if key in kept else streaming
-                    p = (layouts[name] if name in layouts else base).matmul(op)
+                    p = cached_matmul(layouts[name] if name in layouts else base, op)
                     op_plans.append(replace(p, notes=f"auto chose {name}: {p.notes}"))
                 break
             except SramOverflowError:
