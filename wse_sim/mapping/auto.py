@@ -28,7 +28,6 @@ from .estimate import bound_cycles
 from .layout import BlockLayout
 from .plan import DEFAULT_TILES, ModelPlan, OpPlan, SramOverflowError, TileGrid
 from .registry import get_mapping, mapping_info, register
-from .relabel import cached_matmul
 from .resident import ResidentLayout
 
 # The search order (candidates with equal bounds are simulated in this order).
@@ -250,7 +249,7 @@ class Auto:
                         continue
                     key = _shape_key(op)
                     name = chosen[key].mapping if key in kept else streaming
-                    p = cached_matmul(layouts[name] if name in layouts else base, op)
+                    p = (layouts[name] if name in layouts else base).matmul(op)
                     op_plans.append(replace(p, notes=f"auto chose {name}: {p.notes}"))
                 break
             except SramOverflowError:

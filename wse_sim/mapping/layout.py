@@ -16,7 +16,6 @@ from .ops_attention import plan_attn_context, plan_attn_scores, plan_softmax
 from .ops_decode import plan_attn_decode
 from .ops_elementwise import plan_embedding, plan_norm, plan_pointwise
 from .plan import OpPlan
-from .relabel import cached_matmul
 
 # The planner of each non-matmul op kind: (layout, op) -> the op's plan.
 OP_PLANNERS: dict[OpKind, Callable[[Blocks, OpSpec], OpPlan]] = {
@@ -42,7 +41,7 @@ class BlockLayout(Blocks):
 
     def plan_op(self, op: OpSpec) -> OpPlan:
         if op.kind == OpKind.MATMUL:
-            return cached_matmul(self, op)
+            return self.matmul(op)
         planner = OP_PLANNERS.get(op.kind)
         if planner is None:
             raise NotImplementedError(f"{self.name} has no plan for op kind {op.kind}")
