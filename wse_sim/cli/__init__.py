@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 
+from .. import gc_pause
 from ..app import ReferenceImportError
 from ..errors import UserError
 from ..report.provenance import version_line
@@ -37,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
     Called without ``argv`` (the ``wse-sim`` command), the process ends here once the outputs are flushed and
     written: the interpreter's teardown would free the run's millions of objects one by one (about 2 s after a
-    13B run) for nothing. Called with ``argv`` (tests, scripts), it returns the exit code."""
+    13B run) for nothing, and what the run's collector pauses made is frozen when they end (see
+    :mod:`wse_sim.gc_pause`). Called with ``argv`` (tests, scripts), it returns the exit code."""
+    if argv is None:
+        gc_pause.freeze_on_resume = True
     code = _main(argv)
     if argv is None:
         for stream in (sys.stdout, sys.stderr):
