@@ -10,8 +10,7 @@ import signal
 import sys
 import threading
 
-from .. import gc_pause
-from ..app import ReferenceImportError
+from ..app import ReferenceImportError, one_run_process
 from ..errors import UserError
 from ..report.provenance import version_line
 from . import calibrate, catalog, mapping, run, serving, viz
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     13B run) for nothing, and what the run's collector pauses made is frozen when they end (see
     :mod:`wse_sim.gc_pause`). Called with ``argv`` (tests, scripts), it returns the exit code."""
     if argv is None:
-        gc_pause.freeze_on_resume = True
+        one_run_process()
     code = _main(argv)
     if argv is None:
         for stream in (sys.stdout, sys.stderr):
