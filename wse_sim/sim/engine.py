@@ -1,4 +1,5 @@
-"""The discrete-event engine: runs a mapping plan's task DAG on SimPy, time in cycles.
+"""The discrete-event engine: runs a mapping plan's task DAG, time in cycles, in SimPy's event order (see
+:class:`_Run`: it processes the events a SimPy process per task would, minus those that change nothing).
 
 Resources that transfers and computes contend for: each tile's PEs (one compute at a time), each directed
 link between adjacent tiles (a transfer holds every link of its path for its serialization time, then the
@@ -93,7 +94,8 @@ _CATEGORY = {TaskKind.COMPUTE: "compute", TaskKind.TRANSFER: "fabric", TaskKind.
 
 
 class _Resource:
-    """A resource one task holds at a time (a tile's PEs, a link, the MemoryX port), granted first come, first served.
+    """A resource one task holds at a time (a tile's PEs, a link, the MemoryX port), granted first come, first served,
+    for SimPy processes (the engine's own loop keeps the same rules in :class:`_Slot` and :class:`_Run`).
 
     It triggers exactly the events ``simpy.Resource(env, capacity=1)`` triggers, at the same points and in the same
     order, so every simulated time is the same: a request is granted at once when the resource is free and nobody
