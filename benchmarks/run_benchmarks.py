@@ -286,12 +286,131 @@ def bench_serving() -> None:
           "against transformers)\n")
 
 
-SECTIONS = {"a": bench_timing, "b": bench_numerics, "c": bench_kernels, "d": bench_auto, "e": bench_serving}
+# ---- (f) the figures of issue 19 -----------------------------------------------------------------------------------
+
+ISSUE_19_BASELINE = {  # measured on landed main before the speed work (2 cores, median of 3), see the README
+    "13b_auto_s": 11.5, "13b_ws_s": 11.1, "us_per_task": 16.0, "decode_token_s": 1.8, "demo_s": 20.6,
+}
+
+
+def _median_process(args: list[str], n: int = 3) -> tuple[float, float]:
+    """Median wall and CPU (user + system) seconds of ``n`` runs of the ``wse-sim`` command with ``args``."""
+    import resource
+    import statistics
+    import subprocess
+
+    exe = str(Path(sys.executable).with_name("wse-sim"))
+    walls, cpus = [], []
+    for _ in range(n):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run([exe, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        walls.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def _engine_us_per_task(plan, wafer, n: int = 3) -> float:
+    import statistics
+
+    from wse_sim.sim import Engine
+
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = Engine(wafer, plan).run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6 / r.tasks
+
+
+def _simpy_us_per_event(events: int = 300_000) -> float:
+    """Raw SimPy: processes that only wait on timeouts (the cheapest event SimPy has)."""
+    import simpy
+
+    env = simpy.Environment()
+
+    def proc(k):
+        for _ in range(events // 100):
+            yield env.timeout(1 + k % 3)
+
+    for k in range(100):
+        env.process(proc(k))
+    t0 = time.perf_counter()
+    env.run()
+    return (time.perf_counter() - t0) * 1e6 / events
+
+
+def bench_issue19(out: str = "/tmp/wse-sim-bench19") -> None:
+    """Each figure of issue 19's table, against the baseline measured on main before the work (ratio) and the
+    goal. Whole-process figures run the ``wse-sim`` command (median of 3, wall and CPU seconds)."""
+    import statistics
+
+    from wse_sim.workloads import get_preset, lower_model
+
+    from wse_sim.app import RunSpec, run
+    from wse_sim.app.scenario import make_grid, make_mapping
+    from wse_sim.arch import load_wafer
+    from wse_sim.gc_pause import gc_paused
+
+    base = ISSUE_19_BASELINE
+    rows = []
+    for label, mapping, key in (("auto", "auto", "13b_auto_s"), ("weight streaming", "weight-streaming", "13b_ws_s")):
+        wall, cpu = _median_process(["run", "--model", "cerebras-gpt-13b", "--wafer", "wse2", "--seq", "2048",
+                                     "--no-numerics", "--quiet", "--mapping", mapping, "--out", out])
+        rows.append([f"13B seq 2048 timing only, whole process, {label}", f"{base[key]:.1f} s",
+                     f"{wall:.2f} s wall ({cpu:.2f} s CPU)", f"{base[key] / wall:.2f}x", "< 2 s"])
+        print(f"  done 13B {label}", file=sys.stderr, flush=True)
+
+    wafer = load_wafer("wse2")
+    graph = lower_model(get_preset("cerebras-gpt-13b"), 1, 2048, "fp16")
+    with gc_paused():
+        plan = make_mapping("weight-streaming").plan(graph, wafer, make_grid(wafer))
+    us = _engine_us_per_task(plan, wafer)
+    raw = _simpy_us_per_event()
+    rows.append(["engine cost per task (13B weight streaming)", f"{base['us_per_task']:.0f} us",
+                 f"{us:.1f} us ({us / raw:.1f} raw SimPy timeout events)", f"{base['us_per_task'] / us:.2f}x",
+                 "<= 5 us"])
+    del plan
+    print("  done engine", file=sys.stderr, flush=True)
+
+    def generate(n):
+        spec = RunSpec(model="llama3-8b", grid="540x540", wafers=4, phase="generate", prompt_len=16, gen_tokens=n,
+                       numerics=False)
+        t0 = time.perf_counter()
+        run(spec, log=lambda m: None)
+        return time.perf_counter() - t0
+
+    per_token = statistics.median((generate(6) - generate(2)) / 4 for _ in range(3))
+    rows.append(["LLaMA3-8B generate (540x540, 4 wafers), per decode token", f"{base['decode_token_s']:.1f} s",
+                 f"{per_token * 1e3:.0f} ms", f"{base['decode_token_s'] / per_token:.2f}x", "<= 50 ms"])
+    print("  done generate", file=sys.stderr, flush=True)
+
+    wall, cpu = _median_process(["run", "--model", "cerebras-gpt-111m", "--wafer", "wse2", "--seq", "512", "--batch",
+                                 "1", "--precision", "fp16", "--quiet", "--out", out])
+    rows.append(["`make demo` (warm), whole process", f"{base['demo_s']:.1f} s", f"{wall:.2f} s wall ({cpu:.2f} s CPU)",
+                 f"{base['demo_s'] / wall:.2f}x", "< 10 s"])
+    print("  done demo", file=sys.stderr, flush=True)
+
+    graph = lower_model(get_preset("cerebras-gpt-111m"), 1, 512, "fp16")
+    scaling = []
+    for tiles in ("4x4", "8x8", "16x16"):
+        with gc_paused():
+            p = make_mapping("weight-streaming").plan(graph, wafer, make_grid(wafer, tiles=tiles))
+        scaling.append(f"{tiles}: {sum(len(o.tasks) for o in p.ops):,} tasks {_engine_us_per_task(p, wafer, 1):.1f} us")
+    rows.append(["run cost vs tiles (111M seq 512, weight streaming)", "13 -> 22 us per task", "; ".join(scaling),
+                 "", "flat per task"])
+    print(table(["figure", "before (main)", "now", "ratio", "goal"], rows))
+    print("111M fp32 numerics against torch: section (b).\n")
+
+
+SECTIONS = {"a": bench_timing, "b": bench_numerics, "c": bench_kernels, "d": bench_auto, "e": bench_serving,
+            "f": bench_issue19}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="a,b,c,d,e", help="comma-separated sections to run (a, b, c, d, e)")
+    p.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated sections to run (a, b, c, d, e, f)")
     args = p.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in chosen if s not in SECTIONS]

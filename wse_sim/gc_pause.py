@@ -13,6 +13,12 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+# Set by the ``wse-sim`` command (a process that ends after one run): when a pause ends, the objects it made are
+# moved to the collector's permanent generation (``gc.freeze``) instead of being traversed by the next full
+# collection (about 1.2 s after planning a 13B model). They are still freed by reference counting; only reference
+# cycles among them would never be collected, and the plans, events and results made in a pause have none.
+freeze_on_resume = False
+
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
@@ -24,4 +30,6 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            if freeze_on_resume:
+                gc.freeze()
             gc.enable()

@@ -11,10 +11,19 @@ The Python API::
     out.report["total_cycles"], out.report["tokens_per_s"]
 """
 
+from .. import gc_pause
 from ..kernels.precision import PRECISIONS
 from ..mapping import DEFAULT_TILES
 from ..workloads.hf_reference import ReferenceImportError
 from .run import run
 from .scenario import RunOutput, RunSpec, Scenario
 
-__all__ = ["DEFAULT_TILES", "PRECISIONS", "ReferenceImportError", "RunOutput", "RunSpec", "Scenario", "run"]
+
+def one_run_process() -> None:
+    """This process ends after its run (the ``wse-sim`` command): what the run's collector pauses make is frozen
+    when they end instead of being traversed by later full collections (see :mod:`wse_sim.gc_pause`)."""
+    gc_pause.freeze_on_resume = True
+
+
+__all__ = ["DEFAULT_TILES", "PRECISIONS", "ReferenceImportError", "RunOutput", "RunSpec", "Scenario",
+           "one_run_process", "run"]

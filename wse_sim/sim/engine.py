@@ -1,4 +1,5 @@
-"""The discrete-event engine: runs a mapping plan's task DAG on SimPy, time in cycles.
+"""The discrete-event engine: runs a mapping plan's task DAG, time in cycles, in SimPy's event order (see
+:class:`_Run`: it processes the events a SimPy process per task would, minus those that change nothing).
 
 Resources that transfers and computes contend for: each tile's PEs (one compute at a time), each directed
 link between adjacent tiles (a transfer holds every link of its path for its serialization time, then the
@@ -21,16 +22,18 @@ the link's latency elapses; its critical-path time is ``interwafer``.
 
 from __future__ import annotations
 
+import heapq
 import sys
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import count
 from typing import Protocol
 
 import numpy as np
 import simpy
 
 from ..arch import WaferSpec
-from ..arch.costs import TaskCost, task_cost
+from ..arch.costs import task_cost
 from ..gc_pause import gc_paused
 from ..mapping.plan import ModelPlan, Task, TaskKind
 
@@ -91,7 +94,8 @@ _CATEGORY = {TaskKind.COMPUTE: "compute", TaskKind.TRANSFER: "fabric", TaskKind.
 
 
 class _Resource:
-    """A resource one task holds at a time (a tile's PEs, a link, the MemoryX port), granted first come, first served.
+    """A resource one task holds at a time (a tile's PEs, a link, the MemoryX port), granted first come, first served,
+    for SimPy processes (the engine's own loop keeps the same rules in :class:`_Slot` and :class:`_Run`).
 
     It triggers exactly the events ``simpy.Resource(env, capacity=1)`` triggers, at the same points and in the same
     order, so every simulated time is the same: a request is granted at once when the resource is free and nobody
@@ -197,20 +201,45 @@ class Engine:
         return run.result()
 
 
-class _Run:
-    """One simulation of a plan: SimPy processes, one per task, that hold the task's resources for its cost.
+class _Slot:
+    """The engine's state of one resource: held or not, and the tasks waiting for it, oldest first."""
 
-    A task starts when its last dependency finishes (:meth:`launch`): its kind's handler (``_HANDLERS``), a SimPy
-    process, holds its resources for its cost, tallies their busy time and calls :meth:`finish`, which starts the
-    successors it was the last wait of.
+    __slots__ = ("busy", "waiting")
+
+    def __init__(self):
+        self.busy = False
+        self.waiting: deque[int] = deque()
+
+
+class _Run:
+    """One simulation of a plan: each task holds its resources for its cost, driven by an event queue.
+
+    A task starts when its last dependency finishes (:meth:`launch`): it requests its resources, holds them for its
+    cost, tallies their busy time and calls :meth:`finish`, which starts the successors it was the last wait of.
     Per-task times feed the critical-path split of each op's cycles (see the module docstring).
+
+    The event loop is SimPy's (``simpy.Environment`` with one process per task holding ``simpy.Resource`` s,
+    which this engine was first written with) reduced to the events whose processing does something: events are
+    processed in SimPy's order, by (time, creation order), so every simulated time and every tie is the same.
+    What it leaves out (``tests/test_engine_fastpaths.py`` checks the engine against the SimPy processes):
+
+    - a process's start (SimPy's urgent ``Initialize`` event, processed right after the step that created it,
+      before any other event at that time): tasks launched during one step start, in order, once it ends;
+    - one event per resource granted at once: the task resumes when the last of its grants is processed, and the
+      grants made at once during its request take consecutive places in the order, so one event at the place of
+      the last stands for them all;
+    - a release event when nobody waits (granting nobody: whoever asks before it is processed is granted at
+      once, and cannot release before it); the events that end a process (nobody waits for a task's process).
     """
 
     bar = None  # a progress bar ticked at the end of each block
 
     def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None, record: bool):
         self.wafer, self.plan, self.numerics, self.precision = wafer, plan, numerics, plan.precision
-        self.env = simpy.Environment()
+        self.now = 0
+        self.queue: list = []  # (time, order, callback, argument)
+        self.order = count()
+        self.starts: list[int] = []  # tasks launched during the current step, started when it ends
         prog = _flatten(plan)
         self.tasks, self.op_of, self.deps, self.op_end = prog.tasks, prog.op_of, prog.deps, prog.op_end
         n = len(self.tasks)
@@ -223,6 +252,9 @@ class _Run:
         # Per-task times in integer cycles (plain lists: much faster to index one by one than numpy arrays).
         self.ready_t, self.end_t, self.crit = [0] * n, [0] * n, [-1] * n
         self.latency = [0] * n  # cycles after the task released its resources (a transfer's hops, stages, turns)
+        self.cost: list = [None] * n  # TaskCost of each launched task
+        self.keys: list = [None] * n  # resource keys of each launched task
+        self.pending = [0] * n  # grant events a requesting task still waits for
         self.resources: dict = {}  # by key (see Task.resources), created on first use
         self.last_holder: dict = {}  # resource key -> (release time, task) of the last task that held it
         self.free_slots, self.slot_waiters = plan.stream_buffers, deque()
@@ -235,25 +267,43 @@ class _Run:
         self.op_bytes = {kind: [0] * len(plan.ops) for kind in (TaskKind.TRANSFER, TaskKind.STREAM,
                                                                  TaskKind.INTERWAFER)}
         self.intervals: list | None = [] if record else None
+        self._done = {TaskKind.COMPUTE: self._compute_done, TaskKind.TRANSFER: self._transfer_done,
+                      TaskKind.STREAM: self._stream_done, TaskKind.INTERWAFER: self._interwafer_done}
 
     def run(self) -> None:
         """Launch the tasks that wait for nothing; each finishing task launches the ones it was the last wait of."""
         for i, left in enumerate(self.remaining):
             if left == 0:
                 self.launch(i)
-        self.env.run()
+        queue, starts, pop = self.queue, self.starts, heapq.heappop
+        if starts:
+            self._start_launched()
+        while queue:
+            self.now, _, callback, arg = pop(queue)
+            callback(arg)
+            if starts:
+                self._start_launched()
         unfinished = [i for i, left in enumerate(self.remaining) if left > 0]
         if unfinished:  # a plan bug, never user input
             raise RuntimeError(f"{len(unfinished)} tasks never became ready (first: {self.tasks[unfinished[0]].label})")
 
+    def _start_launched(self) -> None:
+        starts = self.starts
+        for i in starts:  # a start never launches a task, so the list does not grow meanwhile
+            if self.tasks[i].kind == TaskKind.STREAM:
+                self._stream_start(i)
+            else:
+                self._request(i)
+        starts.clear()
+
     def launch(self, i: int) -> None:
         """Task ``i``'s last dependency ended: it is ready, on the path of the dependency that ended last."""
-        now = self.env.now
-        self.ready_t[i] = now
+        self.ready_t[i] = self.now
         best, best_end = -1, -1.0
+        end_t = self.end_t
         for p in self.deps[i]:
-            if self.end_t[p] >= best_end:
-                best, best_end = p, self.end_t[p]
+            if end_t[p] >= best_end:
+                best, best_end = p, end_t[p]
         self.crit[i] = best
         t = self.tasks[i]
         if t.kind == TaskKind.BARRIER:
@@ -261,11 +311,12 @@ class _Run:
             return
         cost = task_cost(self.wafer, self.precision, t)
         self.latency[i] = cost.latency_cycles
-        self.env.process(_HANDLERS[t.kind](self, i, t, cost))  # the handler ends with finish(i)
+        self.cost[i] = cost
+        self.starts.append(i)
 
     def finish(self, i: int) -> None:
         """Task ``i`` ended: run its numerics, free the weight buffer it marks consumed, launch its successors."""
-        self.end_t[i] = self.env.now
+        self.end_t[i] = self.now
         t = self.tasks[i]
         if self.numerics is not None and t.actions:
             self.numerics.run(t.actions)
@@ -280,83 +331,133 @@ class _Run:
                 self.launch(s)
 
     # ---- holding resources ---------------------------------------------------------------------------------------
-    def _hold(self, i: int, keys, cycles: int):
-        """Request every resource of ``keys`` at once, hold them all ``cycles`` once granted, release them.
+    def _request(self, i: int) -> None:
+        """Request every resource task ``i`` holds, each granted first come, first served; it resumes in
+        :meth:`_granted` once all are granted."""
+        keys = self.keys[i] = self.tasks[i].resources()
+        resources, order, queue = self.resources, self.order, self.queue
+        at_once = -1  # order of the last grant made at once
+        waits = 0
+        for key in keys:
+            r = resources.get(key)
+            if r is None:
+                r = resources[key] = _Slot()
+            if not r.busy and not r.waiting:
+                r.busy = True
+                at_once = next(order)
+                continue
+            r.waiting.append(i)
+            waits += 1
+            if not r.busy:  # freed, its release event not yet processed: the oldest waiter gets it
+                r.busy = True
+                heapq.heappush(queue, (self.now, next(order), self._granted, r.waiting.popleft()))
+        if at_once >= 0:
+            waits += 1
+            heapq.heappush(queue, (self.now, at_once, self._granted, i))
+        self.pending[i] = waits
+        if not waits:  # holds nothing (a transfer without links): on at once, as a process yielding nothing
+            self._hold(i)
+
+    def _granted(self, i: int) -> None:
+        """One grant event of task ``i`` processed; after the last, hold the resources for the task's cost.
 
         A task that waited for busy resources is on the critical path of whoever released them last."""
-        env, resources, last_holder = self.env, self.resources, self.last_holder
-        held = [resources.get(key) or resources.setdefault(key, _Resource(env)) for key in keys]
-        yield from [r.request() for r in held]  # each in turn (a request event's value is None)
-        if env.now > self.ready_t[i]:
-            last = [last_holder[key] for key in keys if key in last_holder]
+        self.pending[i] -= 1
+        if not self.pending[i]:
+            self._hold(i)
+
+    def _hold(self, i: int) -> None:
+        now = self.now
+        if now > self.ready_t[i]:
+            last_holder = self.last_holder
+            last = [last_holder[key] for key in self.keys[i] if key in last_holder]
             if last:
                 self.crit[i] = max(last)[1]
-                self.ready_t[i] = env.now
-        yield env.timeout(cycles)
-        released = (env.now, i)
-        for key in keys:
+                self.ready_t[i] = now
+        heapq.heappush(self.queue, (now + self.cost[i].hold_cycles, next(self.order), self._held, i))
+
+    def _held(self, i: int) -> None:
+        """Task ``i`` held its resources for its cost: release them, then its kind's end."""
+        released = (self.now, i)
+        last_holder, resources = self.last_holder, self.resources
+        for key in self.keys[i]:
             last_holder[key] = released
-        for r in held:
-            r.release()
+        for key in self.keys[i]:
+            r = resources[key]
+            r.busy = False
+            if r.waiting:  # the release event grants the oldest waiter, unless a request did before
+                heapq.heappush(self.queue, (self.now, next(self.order), self._release_event, r))
+        self._done[self.tasks[i].kind](i)
+
+    def _release_event(self, r: _Slot) -> None:
+        if not r.busy and r.waiting:
+            r.busy = True
+            heapq.heappush(self.queue, (self.now, next(self.order), self._granted, r.waiting.popleft()))
+
+    def _after(self, cycles: int, callback, i: int) -> None:
+        heapq.heappush(self.queue, (self.now + cycles, next(self.order), callback, i))
 
     def _record(self, group: str, resource, i: int, cycles: int, nbytes: int, macs: float) -> None:
         """One busy interval (``record=True``), ending now."""
         if self.intervals is not None and cycles:
-            now = int(self.env.now)
+            now = int(self.now)
             self.intervals.append((group, resource, now - cycles, now, self.op_of[i], self.tasks[i].label, nbytes,
                                    macs))
 
     def _free_buffer(self, i: int) -> None:
         """Barrier ``i`` marks a stream's weights consumed: its buffer goes to the oldest waiting stream."""
         if self.slot_waiters:
-            ev, waiter = self.slot_waiters.popleft()
+            waiter = self.slot_waiters.popleft()
             self.crit[waiter] = i  # the stream was held up by this consumer: its wait is not streaming
-            self.ready_t[waiter] = self.env.now
-            ev.succeed()
+            self.ready_t[waiter] = self.now
+            heapq.heappush(self.queue, (self.now, next(self.order), self._request, waiter))
         else:
             self.free_slots += 1
 
-    # ---- one handler per task kind ---------------------------------------------------------------------------
-    def _compute(self, i: int, t: Task, cost: TaskCost):
-        cyc = cost.hold_cycles
-        yield from self._hold(i, t.resources(), cyc)
+    # ---- the end of each task kind -----------------------------------------------------------------------------
+    def _compute_done(self, i: int) -> None:
+        t = self.tasks[i]
+        cyc = self.cost[i].hold_cycles
         macs = t.macs_per_pe * self.plan.grid.pes(t.tile)
         self.tile_busy[t.tile] = self.tile_busy.get(t.tile, 0.0) + cyc
         self.tile_macs[t.tile] = self.tile_macs.get(t.tile, 0.0) + macs
         self._record("tile", t.tile, i, cyc, 0, macs)
         self.finish(i)
 
-    def _transfer(self, i: int, t: Task, cost: TaskCost):
-        ser, links = cost.hold_cycles, t.resources()
-        yield from self._hold(i, links, ser)
-        for key in links:
+    def _transfer_done(self, i: int) -> None:
+        t, cost = self.tasks[i], self.cost[i]
+        ser = cost.hold_cycles
+        for key in self.keys[i]:
             self.link_busy[key] = self.link_busy.get(key, 0) + ser
             self._record("link", key, i, ser, t.nbytes, 0)
-        yield self.env.timeout(cost.latency_cycles)
+        self._after(cost.latency_cycles, self._arrived, i)
+
+    def _arrived(self, i: int) -> None:
+        """A transfer's (or inter-wafer send's) tail arrived, its latency after it released its links."""
+        t = self.tasks[i]
         self.op_bytes[t.kind][self.op_of[i]] += t.nbytes
         self.finish(i)
 
-    def _stream(self, i: int, t: Task, cost: TaskCost):
+    def _stream_start(self, i: int) -> None:
         if self.free_slots > 0:
             self.free_slots -= 1
+            self._request(i)
         else:
-            ev = self.env.event()
-            self.slot_waiters.append((ev, i))
-            yield ev
-        yield from self._hold(i, t.resources(), cost.hold_cycles)
-        self.memoryx_busy += cost.hold_cycles
-        self._record("memoryx", "memoryx", i, cost.hold_cycles, t.nbytes, 0)
+            self.slot_waiters.append(i)
+
+    def _stream_done(self, i: int) -> None:
+        t, hold = self.tasks[i], self.cost[i].hold_cycles
+        self.memoryx_busy += hold
+        self._record("memoryx", "memoryx", i, hold, t.nbytes, 0)
         self.op_bytes[t.kind][self.op_of[i]] += t.nbytes
         self.finish(i)
 
-    def _interwafer(self, i: int, t: Task, cost: TaskCost):
+    def _interwafer_done(self, i: int) -> None:
+        t, cost = self.tasks[i], self.cost[i]
         ser = cost.hold_cycles
-        yield from self._hold(i, t.resources(), ser)
         self.wafer_link_busy[t.wafer_link] = self.wafer_link_busy.get(t.wafer_link, 0) + ser
         self._record("interwafer", t.wafer_link, i, ser, t.nbytes, 0)
-        yield self.env.timeout(cost.latency_cycles)
-        self.op_bytes[t.kind][self.op_of[i]] += t.nbytes
-        self.finish(i)
+        self._after(cost.latency_cycles, self._arrived, i)
 
     # ---- the result --------------------------------------------------------------------------------------------
     def result(self) -> SimResult:
@@ -368,7 +469,7 @@ class _Run:
             macs_arr[tile] = macs
         op_bytes = self.op_bytes
         return SimResult(
-            total_cycles=int(self.env.now) if n else 0, ops=self.op_timings(), tile_busy_cycles=busy_arr,
+            total_cycles=int(self.now) if n else 0, ops=self.op_timings(), tile_busy_cycles=busy_arr,
             tile_macs=macs_arr, link_busy_cycles=self.link_busy, memoryx_busy_cycles=self.memoryx_busy,
             stream_bytes=sum(op_bytes[TaskKind.STREAM]), fabric_bytes=sum(op_bytes[TaskKind.TRANSFER]), tasks=n,
             intervals=self.intervals, interwafer_busy_cycles=dict(sorted(self.wafer_link_busy.items())),
@@ -396,10 +497,6 @@ class _Run:
             ))
             prev = end
         return ops
-
-
-_HANDLERS = {TaskKind.COMPUTE: _Run._compute, TaskKind.TRANSFER: _Run._transfer, TaskKind.STREAM: _Run._stream,
-             TaskKind.INTERWAFER: _Run._interwafer}
 
 
 def _critical_split(tasks, end_idx, op_start, ready_t, end_t, crit, latency) -> dict[str, int]:
