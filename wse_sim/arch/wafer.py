@@ -19,7 +19,8 @@ KIB = 1024
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESET_ORDER = ("wse1", "wse2", "wse3", "tiny")  # listing order of `wse-sim wafers`; other files follow sorted
 INT_FIELDS = ("mesh_rows", "mesh_cols", "wavelet_bytes", "reduce_fan_in")
-NON_NEGATIVE_FIELDS = ("phase_overhead_cycles",)  # zero switches the cost off; every other number is positive
+# zero switches the cost off; every other number is positive
+NON_NEGATIVE_FIELDS = ("phase_overhead_cycles", "dsd_op_overhead_cycles", "gemm_step_sw_cycles")
 
 
 def _is_number(value) -> bool:
@@ -36,6 +37,8 @@ class WaferSpec:
     ``stage_overhead_cycles`` (software at a PE that receives, combines and re-sends: the PLMR model's beta),
     ``phase_overhead_cycles`` (starting one fabric operation: once per collective phase, whatever its length) and
     ``reduce_fan_in`` (members per group of a reduction tree). ``link_bytes_per_cycle`` derives from the first two.
+    The PE's instruction costs: ``dsd_op_overhead_cycles`` (issuing one vector instruction, beyond its SIMD
+    work) and ``gemm_step_sw_cycles`` (the software between two PE-level steps of a GEMM k-loop).
     """
 
     name: str
@@ -57,6 +60,8 @@ class WaferSpec:
     reduce_fan_in: int = 32  # members per group at each level of a reduction tree (MeshGEMV's group size)
     interwafer_bytes_per_s: float = 150e9  # one wafer's system I/O to the next wafer of a multi-wafer pipeline
     interwafer_latency_s: float = 5e-6  # first byte out of one wafer to first byte into the next
+    dsd_op_overhead_cycles: float = 0.0  # issue cost of one vector (DSD) instruction beyond its SIMD work; >= 0
+    gemm_step_sw_cycles: float = 0.0  # serial PE software per PE-level GEMM step (task switches, DSR reloads); >= 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
