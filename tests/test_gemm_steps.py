@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from wse_sim.workloads import lower_gemm
@@ -120,17 +121,40 @@ def test_tile_level_agrees_with_pe_level(mapping, m, k, n, precision):
 
 
 # ---- calibration case C3 at 8x8 tiles -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def c3_8k():
+# The fabric side of the steps, with the PE's instruction costs (issue 16) switched off: what separates the three
+# algorithms. With them on (the fitted wse2), see test_instruction_costs_dominate_every_step_at_720.
+FABRIC_ONLY = replace(WSE2, dsd_op_overhead_cycles=0.0, gemm_step_sw_cycles=0.0)
+
+
+def _c3_8k(wafer):
     graph = lower_gemm(8192, 8192, 8192, "fp16", bias=False)
     grid = TileGrid.make(720, 720, 8, 8)
     op = next(iter(graph.ops()))
     out = {}
     for name in GEMMS:
-        layout = get_mapping(name).layout(graph, WSE2, grid)
+        layout = get_mapping(name).layout(graph, wafer, grid)
         steps = [layout.pe_step(op, s) for s in range(8)]
-        out[name] = steps, Engine(WSE2, get_mapping(name).plan(graph, WSE2, grid)).run()
+        out[name] = steps, Engine(wafer, get_mapping(name).plan(graph, wafer, grid)).run()
     return out
+
+
+@pytest.fixture(scope="module")
+def c3_8k():
+    return _c3_8k(FABRIC_ONLY)
+
+
+def test_instruction_costs_dominate_every_step_at_720():
+    """With the fitted per-instruction and per-step costs, a MeshGEMM step on 12 x 12 blocks is 136.5 (k, n)
+    instructions of 12 elements (1024 x 12 over 90 PE steps per tile step) at c0 + 3 cycles plus the step
+    software, and every algorithm runs at a small fraction of peak: C3's "> 70 %" is a known miss
+    (docs/validation.md)."""
+    out = _c3_8k(WSE2)
+    mesh = out["meshgemm"][0]
+    expect = math.ceil(1024 * 12 / 90 * (WSE2.dsd_op_overhead_cycles + 3) + WSE2.gemm_step_sw_cycles)
+    assert all(s.bound == "compute" and s.cycles == s.compute == expect for s in mesh)
+    peak = 2 * 8192**3 / (2 * WSE2.fp16_fmac_per_pe_per_cycle * 720 * 720)
+    eff = {name: peak / res.total_cycles for name, (_, res) in out.items()}
+    assert all(e < 0.30 for e in eff.values()) and eff["meshgemm"] == pytest.approx(eff["cannon"], rel=0.01)
 
 
 def test_meshgemm_compute_bound_summa_and_cannon_latency_bound_at_720(c3_8k):
@@ -150,6 +174,6 @@ def test_c3_totals_are_the_pe_steps(c3_8k):
     for name, (steps, res) in c3_8k.items():
         est = sum(90 * s.cycles for s in steps)
         assert est <= res.total_cycles * 1.01 and res.total_cycles <= est * 1.09, name
-    peak = 2 * 8192**3 / (2 * WSE2.fp16_fmac_per_pe_per_cycle * 720 * 720)
+    peak = 2 * 8192**3 / (2 * FABRIC_ONLY.fp16_fmac_per_pe_per_cycle * 720 * 720)
     eff = {name: peak / res.total_cycles for name, (_, res) in c3_8k.items()}
     assert eff["meshgemm"] > 0.70 and eff["summa"] < 0.50 and eff["cannon"] < 0.50

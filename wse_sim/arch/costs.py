@@ -14,13 +14,25 @@ from typing import NamedTuple, Protocol
 from .wafer import WaferSpec
 
 
-def compute_cycles(wafer: WaferSpec, precision: str, macs_per_pe: float, elem_ops_per_pe: float = 0.0) -> int:
+def compute_cycles(wafer: WaferSpec, precision: str, macs_per_pe: float, elem_ops_per_pe: float = 0.0,
+                   dsd_ops_per_pe: int = 0, dsd_len: int = 0, sw_steps: int = 0) -> int:
     """Cycles for one PE to do ``macs_per_pe`` FMACs and ``elem_ops_per_pe`` elementwise ops.
 
     Elementwise ops (add, exp, normalise, ...) use the same SIMD lanes as FMACs: one op per lane per cycle.
+
+    When the FMACs are issued as ``dsd_ops_per_pe`` vector (DSD) instructions of ``dsd_len`` elements each (a
+    GEMM block's ``@fmach`` per (k, n) pair over its Mt rows, WaferLLM's and the vendor's kernels), each
+    instruction costs its issue overhead ``wafer.dsd_op_overhead_cycles`` plus ``ceil(dsd_len / lanes)`` cycles
+    of SIMD work, instead of the FMACs at the full lane rate. ``sw_steps`` PE-level GEMM steps each add
+    ``wafer.gemm_step_sw_cycles`` of serial software on the PE (task switches and DSR reloads between steps).
+    With no DSD ops and no steps this is the plain lane-rate formula.
     """
     lanes = wafer.fmac_per_pe_per_cycle(precision)
-    return math.ceil((macs_per_pe + elem_ops_per_pe) / lanes)
+    if dsd_ops_per_pe:
+        work = dsd_ops_per_pe * (wafer.dsd_op_overhead_cycles + math.ceil(dsd_len / lanes)) + elem_ops_per_pe / lanes
+    else:
+        work = (macs_per_pe + elem_ops_per_pe) / lanes
+    return math.ceil(work + sw_steps * wafer.gemm_step_sw_cycles)
 
 
 def wavelets(wafer: WaferSpec, nbytes: float) -> int:
@@ -93,6 +105,9 @@ class PricedTask(Protocol):
     kind: TaskKind
     macs_per_pe: int
     elem_ops_per_pe: int
+    dsd_ops_per_pe: int
+    dsd_len: int
+    sw_steps: int
     bytes_per_lane: float
     hops: int
     stages: int
@@ -117,7 +132,8 @@ def task_cost(wafer: WaferSpec, precision: str, task: PricedTask) -> TaskCost:
     """What ``task`` costs on ``wafer`` at storage ``precision``, whatever its kind (a barrier costs nothing)."""
     kind = task.kind
     if kind == TaskKind.COMPUTE:
-        return TaskCost(compute_cycles(wafer, precision, task.macs_per_pe, task.elem_ops_per_pe))
+        return TaskCost(compute_cycles(wafer, precision, task.macs_per_pe, task.elem_ops_per_pe, task.dsd_ops_per_pe,
+                                       task.dsd_len, task.sw_steps))
     if kind == TaskKind.TRANSFER:
         return TaskCost(*transfer_cycles(wafer, task.bytes_per_lane, task.hops, task.stages, task.turns,
                                          task.phases))
@@ -161,7 +177,7 @@ class PeStep(NamedTuple):
 
 def pe_step(wafer: WaferSpec, precision: str, macs_per_pe: float, bytes_per_lane: float, hops: int,
             stages: int = STEP_STAGES, turns: int = 0, buffers: int = 2, forwards: bool = False,
-            phases: int = STEP_PHASES) -> PeStep:
+            phases: int = STEP_PHASES, dsd_ops_per_pe: float = 0, dsd_len: int = 0, sw_steps: int = 0) -> PeStep:
     """Steady-state cycles per PE-level step of a k-loop that receives a block into one of ``buffers`` receive
     buffers and multiplies it.
 
@@ -176,13 +192,16 @@ def pe_step(wafer: WaferSpec, precision: str, macs_per_pe: float, bytes_per_lane
       multiply, ``buffers`` steps per cycle, and neither the multiplies nor a link's wavelets overlap themselves:
       ``max(c, ser, ceil((x + c) / buffers))``.
 
+    ``c`` is the multiply issued as ``dsd_ops_per_pe`` vector instructions of ``dsd_len`` elements plus the step's
+    ``sw_steps`` software (:func:`compute_cycles`), as a tile's compute task charges it.
+
     A tile of ``n`` PE-level steps of equal cost takes ``n`` times this (the engine reproduces it when a tile's
     transfer carries the ``n`` blocks' bytes and ``n`` times one step's hops, stages and phases); see
     ``docs/validation.md`` (C3, GEMM).
     """
     if buffers < 1:
         raise ValueError(f"buffers must be at least 1, got {buffers}")
-    c = compute_cycles(wafer, precision, macs_per_pe)
+    c = compute_cycles(wafer, precision, macs_per_pe, 0.0, dsd_ops_per_pe, dsd_len, sw_steps)
     ser, lat = transfer_cycles(wafer, bytes_per_lane, hops, stages, turns, phases)
     x = ser + lat
     if buffers == 1:

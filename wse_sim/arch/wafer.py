@@ -22,7 +22,8 @@ PRESET_ORDER = ("wse1", "wse2", "wse3", "tiny")  # listing order of `wse-sim waf
 INT_FIELDS = ("mesh_rows", "mesh_cols", "wavelet_bytes", "reduce_fan_in", "spare_rows", "spare_cols")
 DEFECT_FIELDS = ("spare_rows", "spare_cols", "defect_density_per_mm2", "pe_area_mm2")
 # zero switches the cost off; every other number is positive
-NON_NEGATIVE_FIELDS = ("phase_overhead_cycles", *ENERGY_FIELDS, "spare_rows", "spare_cols", "defect_density_per_mm2")
+NON_NEGATIVE_FIELDS = ("phase_overhead_cycles", "dsd_op_overhead_cycles", "gemm_step_sw_cycles", *ENERGY_FIELDS,
+                       "spare_rows", "spare_cols", "defect_density_per_mm2")
 _E = wse2_defaults()  # per-action energies, WSE-2 by the method of wse_sim.arch.energy (docs/energy.md)
 # in the report's ``energy.parameters`` and ``defects``, not its ``wafer``
 REPORT_EXCLUDED = frozenset(ENERGY_FIELDS) | frozenset(DEFECT_FIELDS)
@@ -42,6 +43,8 @@ class WaferSpec:
     ``stage_overhead_cycles`` (software at a PE that receives, combines and re-sends: the PLMR model's beta),
     ``phase_overhead_cycles`` (starting one fabric operation: once per collective phase, whatever its length) and
     ``reduce_fan_in`` (members per group of a reduction tree). ``link_bytes_per_cycle`` derives from the first two.
+    The PE's instruction costs: ``dsd_op_overhead_cycles`` (issuing one vector instruction, beyond its SIMD
+    work) and ``gemm_step_sw_cycles`` (the software between two PE-level steps of a GEMM k-loop).
     """
 
     name: str
@@ -63,6 +66,8 @@ class WaferSpec:
     reduce_fan_in: int = 32  # members per group at each level of a reduction tree (MeshGEMV's group size)
     interwafer_bytes_per_s: float = 150e9  # one wafer's system I/O to the next wafer of a multi-wafer pipeline
     interwafer_latency_s: float = 5e-6  # first byte out of one wafer to first byte into the next
+    dsd_op_overhead_cycles: float = 0.0  # issue cost of one vector (DSD) instruction beyond its SIMD work; >= 0
+    gemm_step_sw_cycles: float = 0.0  # serial PE software per PE-level GEMM step (task switches, DSR reloads); >= 0
     # ---- energy (wse_sim.arch.energy; docs/energy.md): picojoules per action, watts ----
     fmac_fp16_pj: float = _E["fmac_fp16_pj"]
     fmac_fp32_pj: float = _E["fmac_fp32_pj"]

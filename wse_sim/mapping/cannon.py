@@ -114,8 +114,10 @@ class CannonLayout(ResidentLayout):
         n = max(min(k, g.width(j)), 1)
         lane = max(self.rows_per_pe(i) * k * b, k * self.cols_per_pe(op.n, j) * b) if q > 1 else 0
         hops = max(self.pe_ring_hops(g.cols), self.pe_ring_hops(g.rows)) if q > 1 else 0
-        return pe_step(self.wafer, self.graph.precision, self.rows_per_pe(i) * k * self.cols_per_pe(op.n, j) / n,
-                       lane / n, hops, buffers=2, forwards=True)
+        nt = self.cols_per_pe(op.n, j)
+        return pe_step(self.wafer, self.graph.precision, self.rows_per_pe(i) * k * nt / n,
+                       lane / n, hops, buffers=2, forwards=True, dsd_ops_per_pe=k * nt / n,
+                       dsd_len=self.rows_per_pe(i), sw_steps=1 if q > 1 else 0)
 
 
 @register("cannon", resident=True, square_tiles=True)
@@ -183,9 +185,12 @@ class _CannonSteps:
             for j in range(self.q):
                 kb = L.kblock(i, j, s)
                 prev = (self.computes[i, j, s - 1],) if s else ()
+                kw, nt = self.kw(kb), L.cols_per_pe(self.N, j)
                 self.computes[i, j, s] = self.t.add(
                     TaskKind.COMPUTE, deps=self.a_ready[i, s] + self.b_ready[j, s] + prev, tile=(i, j),
-                    label=f"gemm step {s}", macs_per_pe=L.rows_per_pe(i) * self.kw(kb) * L.cols_per_pe(self.N, j),
+                    label=f"gemm step {s}", macs_per_pe=L.rows_per_pe(i) * kw * nt,
+                    dsd_ops_per_pe=kw * nt, dsd_len=L.rows_per_pe(i),
+                    sw_steps=max(min(kw, self.g.width(j)), 1) if self.q > 1 else 0,
                     actions=(MatmulBlock(f"{ops.y}#{i},{j}", Ref(ops.x, (m0, m1), (ke[kb], ke[kb + 1])),
                                          ops.w_ref((ke[kb], ke[kb + 1]), L.cols(self.N, j)), accumulate=True),),
                 )

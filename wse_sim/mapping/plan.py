@@ -253,6 +253,9 @@ class Task:
     tile: Tile | None = None
     macs_per_pe: int = 0
     elem_ops_per_pe: int = 0
+    dsd_ops_per_pe: int = 0  # compute: vector (DSD) instructions issued per PE, one per (k, n) of a GEMM block
+    dsd_len: int = 0  # compute: elements per DSD instruction (the block's rows per PE, Mt)
+    sw_steps: int = 0  # compute: PE-level GEMM steps it stands for; each costs the wafer's step software cycles
     links: tuple[Link, ...] = ()
     bytes_per_lane: float = 0.0
     hops: int = 0

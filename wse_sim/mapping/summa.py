@@ -120,6 +120,7 @@ class SummaLayout(ResidentLayout):
                     computes[i, j, s] = t.add(
                         TaskKind.COMPUTE, deps=a_bc[i] + b_bc[j] + prev, tile=(i, j), label=f"gemm k-step {s}",
                         macs_per_pe=self.rows_per_pe(i) * ks * self.cols_per_pe(N, j),
+                        dsd_ops_per_pe=ks * self.cols_per_pe(N, j), dsd_len=self.rows_per_pe(i), sw_steps=n,
                         actions=(MatmulBlock(f"{ops.y}#{i},{j}", Ref(ops.x, (m0, m1), (k0, k1)),
                                              ops.w_ref((k0, k1), self.cols(N, j)), accumulate=True),),
                     )
@@ -149,7 +150,9 @@ class SummaLayout(ResidentLayout):
         lane = max(self.rows_per_pe(i) * ks * b if self.TC > 1 else 0,
                    ks * self.cols_per_pe(op.n, j) * b if self.TR > 1 else 0)
         return pe_step(self.wafer, self.graph.precision, self.rows_per_pe(i) * ks * self.cols_per_pe(op.n, j) / n,
-                       lane / n, round(hops / n), buffers=self.panel_buffers)
+                       lane / n, round(hops / n), buffers=self.panel_buffers,
+                       dsd_ops_per_pe=ks * self.cols_per_pe(op.n, j) / n, dsd_len=self.rows_per_pe(i),
+                       sw_steps=1 if self.pe_level_steps else 0)
 
 
 class PeSummaLayout(SummaLayout):

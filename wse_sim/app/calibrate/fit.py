@@ -13,10 +13,12 @@ from ...arch import WaferSpec
 from ...errors import UserError
 from .case import Case
 
-DEFAULT_FIT_PARAMS = ("stage_overhead_cycles", "phase_overhead_cycles")
+DEFAULT_FIT_PARAMS = ("stage_overhead_cycles", "phase_overhead_cycles", "dsd_op_overhead_cycles", "gemm_step_sw_cycles")
 PARAM_UNITS = {
     "stage_overhead_cycles": "cycles per receive-add-send routing stage at a PE (PLMR beta)",
     "phase_overhead_cycles": "cycles per fabric operation started (collective phase)",
+    "dsd_op_overhead_cycles": "cycles per vector (DSD) instruction issued, beyond its SIMD work",
+    "gemm_step_sw_cycles": "cycles of PE software per PE-level GEMM step, serial with the multiply",
     "hop_latency_cycles": "cycles per PE hop (PLMR alpha)",
     "turn_cycles": "extra cycles per turn of a route",
     "cycles_per_wavelet": "cycles per wavelet per link",
@@ -29,6 +31,10 @@ def param_bounds(name: str, wafer: WaferSpec) -> tuple[float, float]:
         return wafer.hop_latency_cycles, 200.0  # PLMR: alpha < beta (hardware.md §2a); 200: a few hundred instrs
     if name == "phase_overhead_cycles":
         return 0.0, 500.0  # off .. a few hundred instructions of task activation and DSD/switch set-up
+    if name == "dsd_op_overhead_cycles":
+        return 0.0, 20.0  # off .. about 3x the ~6.2 cycles per @map->@fmach measured on WSE-3 simfabric [T]
+    if name == "gemm_step_sw_cycles":
+        return 0.0, 1000.0  # off .. a few hundred instructions per step (four task activations, DSR reloads)
     if name == "hop_latency_cycles":
         return 1.0, 2.0  # 1 (SC20) .. 2 (simulator log, WSE-3 silicon): hardware.md §2a and gap 4
     if name == "cycles_per_wavelet":

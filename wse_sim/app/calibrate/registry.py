@@ -1,4 +1,5 @@
-"""Every calibration case, by name: the built-in ones (C1, C3 kernels; C2 decode) and any a user registers."""
+"""Every calibration case, by name: the built-in ones (C1, C3 kernels; C2 decode; C5 prefill) and any a user
+registers."""
 
 from __future__ import annotations
 
@@ -10,9 +11,23 @@ from ...errors import UserError
 from .case import Case, CaseResult
 from .decode import DECODE_CASES
 from .kernels import KERNEL_CASES
+from .prefill import PREFILL_CASES
 
-BUILTIN_CASES: tuple[Case, ...] = (*KERNEL_CASES, *DECODE_CASES)
+BUILTIN_CASES: tuple[Case, ...] = (*KERNEL_CASES, *DECODE_CASES, *PREFILL_CASES)
 _REGISTERED: list[Case] = []
+
+# Known misses: cases the physical model cannot meet together with the others, kept in the table as misses rather
+# than bent by a factor (docs/validation.md, "Known misses"). `wse-sim validate` prints them as such, and
+# tests/test_calibration.py asserts that they still miss, so a model change that fixes one shows up.
+# - C3-meshgemm-efficiency-720: "> 70 % compute efficiency" scored as FLOP/s over the grid's peak. WaferLLM's
+#   MeshGEMM issues one @fmach per (k, n) of Mt elements, the same loop as its prefill kernel; with the per-
+#   instruction and per-step costs that C5 needs, 8K^3 on 720 x 720 runs at about a quarter of peak. The paper's
+#   figure is most likely the compute share of cycles (docs/research/prefill.md §7), which the model meets.
+# - C3-meshgemm-vs-summa, C3-meshgemm-vs-cannon ("2-3x faster"): the same per-instruction and per-step costs
+#   are paid by all three algorithms alike and dominate their steps, so what separates them (the fabric) is a
+#   small share: 1.47x and 1.10x in geometric mean (docs/validation.md).
+KNOWN_MISSES: frozenset[str] = frozenset({"C3-meshgemm-efficiency-720", "C3-meshgemm-vs-summa",
+                                          "C3-meshgemm-vs-cannon"})
 
 
 def register(*new: Case) -> None:

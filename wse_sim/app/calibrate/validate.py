@@ -8,10 +8,11 @@ from pathlib import Path
 
 from ...arch import WaferSpec
 from .case import TOLERANCE, Case, CaseResult
-from .registry import cases, run_cases
+from .registry import KNOWN_MISSES, cases, run_cases
 
 FABRIC_PARAMS = ("hop_latency_cycles", "cycles_per_wavelet", "wavelet_bytes", "turn_cycles", "stage_overhead_cycles",
-                 "phase_overhead_cycles", "reduce_fan_in", "fp16_fmac_per_pe_per_cycle", "clock_hz")
+                 "phase_overhead_cycles", "dsd_op_overhead_cycles", "gemm_step_sw_cycles", "reduce_fan_in",
+                 "fp16_fmac_per_pe_per_cycle", "clock_hz")
 
 
 def fmt(value: float) -> str:
@@ -35,8 +36,13 @@ def validate(wafer: WaferSpec, out_dir: str | Path, case_list: Iterable[Case] | 
     return results
 
 
+KNOWN_MISS_STATUS = "miss (known, see docs/validation.md)"
+
+
 def _status(r: CaseResult) -> str:
-    return "ok" if r.ok else "MISS"
+    if r.ok:
+        return "ok"
+    return KNOWN_MISS_STATUS if r.case.name in KNOWN_MISSES else "MISS"
 
 
 _BOUND_SIGNS = {"equal": "=", "at_least": ">=", "at_most": "<="}
