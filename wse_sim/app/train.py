@@ -176,117 +176,169 @@ def graph_weight_matmul_flops(graph: WorkloadGraph) -> int:
     return sum(2 * op.groups * op.m * op.k * op.n for op in graph.ops() if op.kind == OpKind.MATMUL and op.weight)
 
 
-def step_model(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, cluster: ClusterSpec, systems: int,
-               passes: dict[int, PassTiming], grid, log) -> dict:
-    """Time one optimizer step on ``systems`` systems, simulating (and caching in ``passes``) what it needs."""
+@dataclass(frozen=True)
+class BatchSplit:
+    """How one system's share of the global batch runs: micro-batches, each in passes of what fits in SRAM."""
+
+    per_system: int  # the busiest system's sequences (an uneven split gives some systems one sequence less)
+    micro: int
+    micro_sizes: list[int]
+    pass_seqs: int  # sequences per pass: the largest that fits, halving from the micro-batch
+    sizes: list[int]  # every pass of the step, in order
+
+
+def split_batch(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, grid, systems: int) -> BatchSplit:
     if systems > spec.batch:
         raise UserError(f"{systems} systems for a global batch of {spec.batch} sequences: some would idle")
-    # the busiest system's share: the step waits for it (an uneven split gives some systems one sequence less)
     per_system = -(-spec.batch // systems)
     micro = min(spec.micro_batch or per_system, per_system)
     micro_sizes = [micro] * (per_system // micro) + ([per_system % micro] if per_system % micro else [])
-    accum = len(micro_sizes)
-    # sequences per pass: the largest that fits (halving from the micro-batch), at most max_pass_batch
-    cap = min(micro, spec.max_pass_batch or micro)
-    pass_seqs = cap
+    pass_seqs = min(micro, spec.max_pass_batch or micro)
     while pass_seqs > 1 and not _fits(config, pass_seqs, spec, wafer, grid):
         pass_seqs = max(1, pass_seqs // 2)
     if pass_seqs == 1 and not _fits(config, 1, spec, wafer, grid):
         raise UserError(f"one sequence of {spec.seq} tokens does not fit the wafer's SRAM under weight streaming")
-    all_passes = [p for mb in micro_sizes
-                  for p in [pass_seqs] * (mb // pass_seqs) + ([mb % pass_seqs] if mb % pass_seqs else [])]
-    sizes = all_passes
+    sizes = [p for mb in micro_sizes
+             for p in [pass_seqs] * (mb // pass_seqs) + ([mb % pass_seqs] if mb % pass_seqs else [])]
+    return BatchSplit(per_system, micro, micro_sizes, pass_seqs, sizes)
+
+
+@dataclass(frozen=True)
+class StepCycles:
+    forward: int
+    backward: int
+    gradient_stream_out: int
+    swarmx_reduce: float
+    optimizer: float  # exposed
+    levels: int  # SwarmX tree levels
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.backward + self.swarmx_reduce + self.optimizer
+
+
+def step_cycles(config: ModelConfig, precision: str, wafer: WaferSpec, cluster: ClusterSpec, systems: int,
+                passes: dict[int, PassTiming], sizes: list[int]) -> StepCycles:
+    """The step's critical path: every pass's forward and backward, the exposed SwarmX and optimizer time."""
+    clock = wafer.clock_hz
+    params = config.param_count()
+    grad_bytes = params * BYTES_PER_ELEM[precision]  # one pass's gradients leave the wafer at storage precision
+    levels = cluster.levels(systems)
+    last_bwd = passes[sizes[-1]].backward_cycles
+    # SwarmX: every stream (one forward, one backward per pass) starts `levels` tree levels away; the gradient
+    # stream of each pass crosses the tree at line rate while the backward runs, what it cannot hide is exposed
+    swarmx = 0.0
+    if systems > 1:
+        lat_cycles = levels * cluster.swarmx_level_latency_s * clock
+        grad_tree_cycles = grad_bytes / cluster.swarmx_link_bytes_per_s * clock
+        swarmx = 2 * len(sizes) * lat_cycles + len(sizes) * max(0.0, grad_tree_cycles - last_bwd)
+    # AdamW in MemoryX: layer by layer as the last gradients arrive (reverse order); exposed: the first layer's
+    # and the embeddings' update (needed first by the next forward), or what the last backward cannot hide
+    rate, d = cluster.memoryx_optimizer_params_per_s, config.d_model
+    embed = config.vocab_size * d + config.n_positions * d
+    first = embed + (params - embed - 2 * d) / config.n_layer
+    opt_exposed = max(first / rate * clock, params / rate * clock - last_bwd)
+    return StepCycles(sum(passes[s].forward_cycles for s in sizes), sum(passes[s].backward_cycles for s in sizes),
+                      sum(passes[s].wgrad_stream_cycles for s in sizes), swarmx, opt_exposed, levels)
+
+
+def step_model(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, cluster: ClusterSpec, systems: int,
+               passes: dict[int, PassTiming], grid, log) -> dict:
+    """Time one optimizer step on ``systems`` systems, simulating (and caching in ``passes``) what it needs."""
+    split = split_batch(config, spec, wafer, grid, systems)
+    sizes = split.sizes
     for s in set(sizes):
         if s not in passes:
             log(f"simulating a pass of {s} sequence(s) x {spec.seq} tokens: forward and backward ...")
             passes[s] = simulate_pass(config, s, spec, wafer, grid)
-    clock = wafer.clock_hz
-    b = BYTES_PER_ELEM[spec.precision]
-    params = config.param_count()
-    grad_bytes = params * b  # one pass's gradients leave the wafer at the storage precision
-    levels = cluster.levels(systems)
-    lat_cycles = levels * cluster.swarmx_level_latency_s * clock
-
-    fwd = sum(passes[s].forward_cycles for s in sizes)
-    bwd = sum(passes[s].backward_cycles for s in sizes)
-    wgrad = sum(passes[s].wgrad_stream_cycles for s in sizes)
-    n_passes = len(sizes)
-    # SwarmX: every stream (one forward, one backward per pass) starts `levels` tree levels away; the gradient
-    # stream of each pass crosses the tree at line rate while the backward runs, what it cannot hide is exposed
-    grad_tree_cycles = grad_bytes / cluster.swarmx_link_bytes_per_s * clock if systems > 1 else 0.0
-    last_bwd = passes[sizes[-1]].backward_cycles
-    swarmx = (2 * n_passes * lat_cycles
-              + n_passes * max(0.0, grad_tree_cycles - last_bwd)) if systems > 1 else 0.0
-    # AdamW in MemoryX: layer by layer as the last gradients arrive (reverse order); exposed: the first layer's
-    # and the embeddings' update (needed first by the next forward), or what the last backward cannot hide
-    rate = cluster.memoryx_optimizer_params_per_s
-    d = config.d_model
-    first = config.vocab_size * d + config.n_positions * d + (params - config.vocab_size * d
-                                                             - config.n_positions * d - 2 * d) / config.n_layer
-    opt_total = params / rate * clock
-    opt_exposed = max(first / rate * clock, opt_total - last_bwd)
-    total = fwd + bwd + swarmx + opt_exposed
-    seconds = total / clock
-
+    c = step_cycles(config, spec.precision, wafer, cluster, systems, passes, sizes)
+    seconds = c.total / wafer.clock_hz
     tokens = spec.batch * spec.seq
-    cf = matmul_flops_closed_form(config, tokens)
-    attn = attention_flops(config, spec.seq, spec.batch)
-    model_flops = 6 * params * tokens + attn
-    peak = wafer.peak_flops_per_s(spec.precision)
-    weight_bytes = params * b
-    sim_flops = systems * sum(passes[s].forward_flops + passes[s].backward_flops for s in sizes)
-    bounds = {
-        "compute_s": cf["six_n_t"] / (systems * peak),
-        "memoryx_weight_stream_s": n_passes * 2 * weight_bytes / wafer.memoryx_bytes_per_s,
-        "swarmx_gradient_s": (n_passes * grad_bytes / cluster.swarmx_link_bytes_per_s) if systems > 1 else 0.0,
-    }
+    flops = _step_flops(config, spec, wafer, systems, passes, sizes)
     return {
         "systems": systems,
-        "per_system_batch": per_system,
-        "micro_batch": micro,
-        "accumulation_steps": accum,
-        "activation_memory": {
-            "sequences_per_pass": pass_seqs, "passes_per_micro_batch": -(-micro // pass_seqs),
-            "micro_batch_sizes": micro_sizes,
-            "recomputation": False,
-            "sram_peak_bytes_per_pe": max(passes[s].sram_peak_bytes_per_pe for s in set(sizes)),
-            "note": "activations of a pass stay resident from its forward to its backward (no recomputation); "
-                    "a micro-batch larger than fits runs in passes, each streaming the weights again",
-        },
-        "step_cycles": total,
+        "per_system_batch": split.per_system,
+        "micro_batch": split.micro,
+        "accumulation_steps": len(split.micro_sizes),
+        "activation_memory": _activation_memory(split, passes),
+        "step_cycles": c.total,
         "step_seconds": seconds,
         "tokens_per_s": tokens / seconds,
         "samples_per_s": spec.batch / seconds,
-        "mfu": model_flops / (seconds * systems * peak),
+        "mfu": flops["model_flops"] / (seconds * systems * flops["peak_flops_per_s_per_system"]),
         "phases_cycles": {
-            "forward": fwd, "backward": bwd, "gradient_stream_out": wgrad, "swarmx_reduce": swarmx,
-            "optimizer": opt_exposed,
+            "forward": c.forward, "backward": c.backward, "gradient_stream_out": c.gradient_stream_out,
+            "swarmx_reduce": c.swarmx_reduce, "optimizer": c.optimizer,
         },
+        **_traffic(config, spec.precision, wafer, cluster, systems, passes, sizes, c),
+        "flops": flops,
+        **_bounds(config, spec, wafer, cluster, systems, len(sizes)),
+    }
+
+
+def _activation_memory(split: BatchSplit, passes: dict[int, PassTiming]) -> dict:
+    return {
+        "sequences_per_pass": split.pass_seqs, "passes_per_micro_batch": -(-split.micro // split.pass_seqs),
+        "micro_batch_sizes": split.micro_sizes,
+        "recomputation": False,
+        "sram_peak_bytes_per_pe": max(passes[s].sram_peak_bytes_per_pe for s in set(split.sizes)),
+        "note": "activations of a pass stay resident from its forward to its backward (no recomputation); "
+                "a micro-batch larger than fits runs in passes, each streaming the weights again",
+    }
+
+
+def _traffic(config: ModelConfig, precision: str, wafer: WaferSpec, cluster: ClusterSpec, systems: int,
+             passes: dict[int, PassTiming], sizes: list[int], c: StepCycles) -> dict:
+    """The report's ``memoryx`` and ``swarmx`` sections: bytes moved per system and exposed times."""
+    params = config.param_count()
+    weight_bytes = params * BYTES_PER_ELEM[precision]
+    rate = cluster.memoryx_optimizer_params_per_s
+    n_passes = len(sizes)
+    return {
         "memoryx": {
             "weight_stream_bytes_per_system": sum(
                 passes[s].forward_stream_bytes + passes[s].backward_stream_bytes - passes[s].wgrad_stream_bytes
                 for s in sizes),
             "gradient_stream_out_bytes_per_system": sum(passes[s].wgrad_stream_bytes for s in sizes),
-            "optimizer_params": params, "optimizer_total_s": params / rate, "optimizer_exposed_s": opt_exposed / clock,
+            "optimizer_params": params, "optimizer_total_s": params / rate,
+            "optimizer_exposed_s": c.optimizer / wafer.clock_hz,
         },
         "swarmx": {
-            "levels": levels, "fan_in": cluster.swarmx_fan_in,
+            "levels": c.levels, "fan_in": cluster.swarmx_fan_in,
             "broadcast_bytes": n_passes * 2 * weight_bytes if systems > 1 else 0,
-            "reduce_bytes_per_system": n_passes * grad_bytes if systems > 1 else 0,
-            "exposed_s": swarmx / clock,
+            "reduce_bytes_per_system": n_passes * weight_bytes if systems > 1 else 0,
+            "exposed_s": c.swarmx_reduce / wafer.clock_hz,
         },
-        "flops": {
-            "model_flops": model_flops, "six_n_t": 6 * params * tokens, "attention_flops": attn,
-            "definition": "mfu = (6 x params x tokens + attention flops) / (step_seconds x systems x peak); "
-                          "attention flops = 3 x 2 x 2 x seq^2 x d_model x layers per sequence (fwd + 2x bwd, "
-                          "the full unmasked score and context products)",
-            "simulated_flops": sim_flops,
-            "closed_form_weight_matmul_flops": cf["six_n_t"],
-            "peak_flops_per_s_per_system": peak,
-        },
-        "bounds_s": bounds,
-        "bound_s": max(bounds.values()),
     }
+
+
+def _step_flops(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, systems: int,
+                passes: dict[int, PassTiming], sizes: list[int]) -> dict:
+    params, tokens = config.param_count(), spec.batch * spec.seq
+    attn = attention_flops(config, spec.seq, spec.batch)
+    return {
+        "model_flops": 6 * params * tokens + attn, "six_n_t": 6 * params * tokens, "attention_flops": attn,
+        "definition": "mfu = (6 x params x tokens + attention flops) / (step_seconds x systems x peak); "
+                      "attention flops = 3 x 2 x 2 x seq^2 x d_model x layers per sequence (fwd + 2x bwd, "
+                      "the full unmasked score and context products)",
+        "simulated_flops": systems * sum(passes[s].forward_flops + passes[s].backward_flops for s in sizes),
+        "closed_form_weight_matmul_flops": matmul_flops_closed_form(config, tokens)["six_n_t"],
+        "peak_flops_per_s_per_system": wafer.peak_flops_per_s(spec.precision),
+    }
+
+
+def _bounds(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, cluster: ClusterSpec, systems: int,
+            n_passes: int) -> dict:
+    """Closed-form floors of the step: compute at peak, the weight streams at MemoryX, gradients over SwarmX."""
+    tokens = spec.batch * spec.seq
+    weight_bytes = config.param_count() * BYTES_PER_ELEM[spec.precision]
+    bounds = {
+        "compute_s": matmul_flops_closed_form(config, tokens)["six_n_t"] / (systems * wafer.peak_flops_per_s(
+            spec.precision)),
+        "memoryx_weight_stream_s": n_passes * 2 * weight_bytes / wafer.memoryx_bytes_per_s,
+        "swarmx_gradient_s": (n_passes * weight_bytes / cluster.swarmx_link_bytes_per_s) if systems > 1 else 0.0,
+    }
+    return {"bounds_s": bounds, "bound_s": max(bounds.values())}
 
 
 def run_train(spec: TrainSpec, log=lambda msg: None) -> dict:
