@@ -12,25 +12,21 @@ from ..errors import UserError
 
 def read_toml(path: str | Path, what: str = "file") -> dict:
     """The TOML file's table; ``what`` names the file in errors (e.g. "sweep file")."""
-    path = Path(path)
-    try:
-        return tomllib.loads(_text(path, what))
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"malformed TOML in {path}: {exc}") from None
+    return _parse(Path(path), what, tomllib.loads, tomllib.TOMLDecodeError, "malformed TOML in {path}: {exc}")
 
 
 def read_json(path: str | Path, what: str = "file") -> object:
-    path = Path(path)
-    try:
-        return json.loads(_text(path, what))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not JSON: {exc}") from None
+    return _parse(Path(path), what, json.loads, json.JSONDecodeError, "{path} is not JSON: {exc}")
 
 
-def _text(path: Path, what: str) -> str:
+def _parse(path: Path, what: str, parse, error: type[Exception], message: str):
     try:
-        return path.read_text()
+        text = path.read_text()
     except FileNotFoundError:
         raise UserError(f"{what} {path} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {what} {path}: {exc}") from None
+    try:
+        return parse(text)
+    except error as exc:
+        raise UserError(message.format(path=path, exc=exc)) from None
