@@ -10,7 +10,7 @@ The trend case checks the fall from 420 x 420 to 660 x 660, which a level-only f
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from ...arch import WaferSpec
 from ..run import run
@@ -33,13 +33,6 @@ def decode_tokens_per_s(wafer: WaferSpec, grid: int) -> float:
     return run(spec, wafer=wafer, log=lambda *_: None).report["tokens_per_s_per_request"]
 
 
-def _tpr(grid: int):
-    def simulate(wafer: WaferSpec) -> float:
-        return decode_tokens_per_s(wafer, grid)
-
-    return simulate
-
-
 def _trend(wafer: WaferSpec) -> float:
     (small, _), (large, _) = LLAMA3_8B_TPR[0], LLAMA3_8B_TPR[-1]
     return decode_tokens_per_s(wafer, small) / decode_tokens_per_s(wafer, large)
@@ -47,7 +40,8 @@ def _trend(wafer: WaferSpec) -> float:
 
 DECODE_CASES: tuple[Case, ...] = (
     *(Case(name=f"C2 llama3-8b decode {g}x{g}", figure="WaferLLM Table 4 (calibration.md C2)", published=tpr,
-           unit="tokens/s/request", simulate=_tpr(g), published_text=f"{tpr} tokens/s per request",
+           unit="tokens/s/request", simulate=partial(decode_tokens_per_s, grid=g),
+           published_text=f"{tpr} tokens/s per request",
            setup=SETUP, fit=True) for g, tpr in LLAMA3_8B_TPR),
     Case(name="C2 trend 420x420 / 660x660", figure="WaferLLM Table 4 (calibration.md C2)",
          published=LLAMA3_8B_TPR[0][1] / LLAMA3_8B_TPR[-1][1], unit="ratio", simulate=_trend,

@@ -17,7 +17,7 @@ fit could miss; it and the 600 x 600 point are held out of the fit.
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from ...arch import WaferSpec
 from ...mapping import TileGrid, get_mapping
@@ -53,13 +53,6 @@ def prefill_tokens_per_s(wafer: WaferSpec, grid: int) -> float:
     return PROMPT_TOKENS / (MODEL_LAYERS * prefill_layer_cycles(wafer, grid) / wafer.clock_hz)
 
 
-def _tps(grid: int):
-    def simulate(wafer: WaferSpec) -> float:
-        return prefill_tokens_per_s(wafer, grid)
-
-    return simulate
-
-
 def _trend(wafer: WaferSpec) -> float:
     (small, _), (large, _) = LLAMA3_8B_PREFILL[0], LLAMA3_8B_PREFILL[-1]
     return prefill_tokens_per_s(wafer, large) / prefill_tokens_per_s(wafer, small)
@@ -67,7 +60,8 @@ def _trend(wafer: WaferSpec) -> float:
 
 PREFILL_CASES: tuple[Case, ...] = (
     *(Case(name=f"C5 llama3-8b prefill {g}x{g}", figure="WaferLLM Table 3 (calibration.md C5)", published=tps,
-           unit="tokens/s", simulate=_tps(g), published_text=f"{tps} tokens/s (4096 / TTFT)", setup=SETUP,
+           unit="tokens/s", simulate=partial(prefill_tokens_per_s, grid=g),
+           published_text=f"{tps} tokens/s (4096 / TTFT)", setup=SETUP,
            fit=g in FIT_GRIDS) for g, tps in LLAMA3_8B_PREFILL),
     Case(name="C5 trend 720x720 / 480x480", figure="WaferLLM Table 3 (calibration.md C5)",
          published=LLAMA3_8B_PREFILL[-1][1] / LLAMA3_8B_PREFILL[0][1], unit="ratio", simulate=_trend,
