@@ -122,8 +122,9 @@ class ServingRun:
         self.n_regions, self.wafers = r * c, wafers
         self.chooser = Chooser(wafer, simulate) if mapping_info(mapping).searches else None
         self.serving = Serving(mapping, choose=self.chooser, cache_positions=cache_positions)
-        self.reference: tuple | None = None  # (graph, pass, base layout) of the last decode step simulated afresh
-        self.same_local: dict = {}  # (reference op, new op) shapes -> their region-local plans time alike
+        self.reference: tuple | None = None  # (graph, pass, its ops) of the last decode step simulated afresh
+        self.ref_local: dict = {}  # reference op shape -> (timing, kept bytes, notes) of its region-local plan
+        self.same_local: dict = {}  # (reference op, new op) shapes -> (their notes) if their plans time alike
 
     remap = None  # a defective wafer's remapped mesh (wse_sim.arch.defects)
 
@@ -153,7 +154,8 @@ class ServingRun:
         result = Engine(self.wafer, plan, numerics=numerics, progress=self.progress, record=record).run()
         out = Pass(graph, plan, result, scale_cycles(result, self.full_config.n_layer, self.config.n_layer))
         if timing_only:
-            self.reference = (graph, out, None)
+            self.reference = (graph, out, list(graph.ops()))
+            self.ref_local.clear()
             self.same_local.clear()
         return out
 
@@ -176,13 +178,13 @@ class ServingRun:
         it is only ever used timing-only (no numerics, no record)."""
         if self.reference is None:
             return None
-        ref_graph, ref, ref_base = self.reference
+        ref_graph, ref, old_ops = self.reference
         if (graph.config, graph.batch, graph.seq, graph.precision, graph.phase) != (
                 ref_graph.config, ref_graph.batch, ref_graph.seq, ref_graph.precision, ref_graph.phase):
             return None
         if self.serving.kv_positions(graph) != self.serving.kv_positions(ref_graph):  # SRAM kept for the cache
             return None
-        old_ops, new_ops = list(ref_graph.ops()), list(graph.ops())
+        new_ops = list(graph.ops())
         if len(old_ops) != len(new_ops):
             return None
         changed: dict[int, object] = {}
@@ -196,16 +198,17 @@ class ServingRun:
         for k, b in changed.items():
             a = old_ops[k]
             key = (_shape(a), _shape(b))
+            if key[0] not in self.ref_local:
+                ref_base = self.base_layout(ref_graph)
+                pa = ref_base.plan_op(a)
+                self.ref_local[key[0]] = _timing(pa), ref_base.kept_bytes_per_pe(a), pa.notes
             if key not in self.same_local:
-                if ref_base is None:
-                    ref_base = self.base_layout(ref_graph)
-                    self.reference = (ref_graph, ref, ref_base)
                 if base is None:
                     base = self.base_layout(graph)
-                pa, pb = ref_base.plan_op(a), base.plan_op(b)
-                alike = (_timing(pa) == _timing(pb)
-                         and ref_base.kept_bytes_per_pe(a) == base.kept_bytes_per_pe(b))
-                self.same_local[key] = (pa.notes, pb.notes) if alike else None
+                pb = base.plan_op(b)
+                timing, kept, notes = self.ref_local[key[0]]
+                alike = timing == _timing(pb) and kept == base.kept_bytes_per_pe(b)
+                self.same_local[key] = (notes, pb.notes) if alike else None
             if self.same_local[key] is None:
                 return None
             old_notes, new_notes = self.same_local[key]
