@@ -144,3 +144,37 @@ def test_serving_errors_are_clear():
     with pytest.raises(UserError, match=r"needs \d+ regions"):
         run(RunSpec(model="llama3-8b", phase="decode", context=4, grid="540x540", numerics=False),
             log=lambda *_: None)
+
+
+def test_decode_steps_reusing_a_simulated_step_time_like_fresh_ones():
+    """Timing-only decode steps reuse the last step simulated afresh when only the attention ops' actions and notes
+    change (issue 19): every step equals a fresh plan and simulation. Without a fixed cache reservation the SRAM
+    kept for the cache changes with the context, and no step is reused."""
+    from wse_sim.app.scenario import make_grid, resolve_model, simulated_cycles
+    from wse_sim.app.serve import ServingRun
+    from wse_sim.report.energy import op_counts
+
+    spec = RunSpec(model="cerebras-gpt-111m", wafer="wse2", grid="50x50", phase="decode", context=1, numerics=False)
+    config, _ = resolve_model(spec)
+    wafer = get_wafer("wse2")
+    region = make_grid(wafer, spec.grid, spec.tiles, spec.tile)
+
+    def serving_run(cache_positions):
+        return ServingRun(config, wafer, region, "auto", "fp16", 1, None, cache_positions, simulated_cycles)
+
+    def timing(plan):
+        return [replace(op, tasks=tuple(replace(t, actions=()) for t in op.tasks)) for op in plan.ops]
+
+    for cache_positions, contexts, reuses in ((48, (20, 21, 33, 46), 3), (None, (20, 21), 0)):
+        sr = serving_run(cache_positions)
+        reused = 0
+        for ctx in contexts:
+            step = sr.run(sr.graph(1, "decode", ctx))
+            fresh_run = serving_run(cache_positions)
+            fresh = fresh_run.run(fresh_run.graph(1, "decode", ctx))
+            reused += step.reused is not None
+            assert step.result.total_cycles == fresh.result.total_cycles
+            assert step.scaled_cycles == fresh.scaled_cycles and step.result.ops == fresh.result.ops
+            assert timing(step.plan) == timing(fresh.plan) and step.plan.params == fresh.plan.params
+            assert [c.values for c in op_counts(wafer, step.plan)] == [c.values for c in op_counts(wafer, fresh.plan)]
+        assert reused == reuses

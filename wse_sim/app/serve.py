@@ -25,7 +25,7 @@ from ..report.energy import energy_section, pass_energy
 from ..sim import Engine, SimResult
 from ..sim.numerics import Numerics
 from ..workloads import ModelConfig, WorkloadGraph, lower_model
-from ..workloads.graph import BYTES_PER_ELEM
+from ..workloads.graph import BYTES_PER_ELEM, OpKind, OpSpec
 from .scenario import (
     RunOutput,
     RunSpec,
@@ -49,6 +49,7 @@ class Pass:
     plan: ModelPlan
     result: SimResult
     scaled_cycles: int
+    reused: Pass | None = None  # the pass whose plan's tasks and simulated result this one shares (ServingRun.run)
 
 
 def block_spans(result: SimResult) -> dict[str, int]:
@@ -121,6 +122,9 @@ class ServingRun:
         self.n_regions, self.wafers = r * c, wafers
         self.chooser = Chooser(wafer, simulate) if mapping_info(mapping).searches else None
         self.serving = Serving(mapping, choose=self.chooser, cache_positions=cache_positions)
+        self.reference: tuple | None = None  # (graph, pass, its ops) of the last decode step simulated afresh
+        self.ref_local: dict = {}  # reference op shape -> (timing, kept bytes, notes) of its region-local plan
+        self.same_local: dict = {}  # (reference op, new op) shapes -> (their notes) if their plans time alike
 
     remap = None  # a defective wafer's remapped mesh (wse_sim.arch.defects)
 
@@ -136,6 +140,11 @@ class ServingRun:
         return lower_model(self.config, self.batch, seq, self.precision, phase, context)
 
     def run(self, graph: WorkloadGraph, numerics=None, record: bool = False) -> Pass:
+        """Plan and simulate ``graph``; a timing-only decode step whose plan would time like the last decode step
+        simulated afresh reuses that step's plan and result instead (see :meth:`reuse`)."""
+        timing_only = numerics is None and not record and graph.phase == "decode"
+        if timing_only and (out := self.reuse(graph)) is not None:
+            return out
         with gc_paused():  # many tasks, no cycles: see wse_sim.gc_pause
             plan = self.serving.plan(graph, self.wafer, self.region, self.n_regions, self.wafers)
         if self.chooser is not None:
@@ -143,7 +152,86 @@ class ServingRun:
         if self.remap is not None:  # detours around dead PEs (wse_sim.arch.defects); actions unchanged
             plan = apply_defects(plan, self.remap, self.wafer.wavelet_bytes)
         result = Engine(self.wafer, plan, numerics=numerics, progress=self.progress, record=record).run()
-        return Pass(graph, plan, result, scale_cycles(result, self.full_config.n_layer, self.config.n_layer))
+        out = Pass(graph, plan, result, scale_cycles(result, self.full_config.n_layer, self.config.n_layer))
+        if timing_only:
+            self.reference = (graph, out, list(graph.ops()))
+            self.ref_local.clear()
+            self.same_local.clear()
+        return out
+
+    def base_layout(self, graph: WorkloadGraph):
+        """The layout that plans ``graph``'s non-matmul ops, as :meth:`Serving.stage_needs` makes it."""
+        base = self.serving.layouts(graph, self.wafer, self.region)[1]
+        base.enforce_sram = False
+        return base
+
+    def reuse(self, graph: WorkloadGraph) -> Pass | None:
+        """Decode step ``graph`` from the reference step (the last one simulated afresh), or None.
+
+        Between decode steps only the context length changes, and with it only the attention ops' sizes. The
+        step's plan would then equal the reference's but for those ops; when each changed op's region-local plan
+        times exactly like the reference op's (same tasks but for their numerics actions, same SRAM footprint and
+        kept bytes; the notes, which may name the context, are carried over), packing, placement and simulation
+        give the same timings, so the reference's plan (with the new ops' specs and notes) and result (with their
+        flops and notes) are this step's. One region-local plan per distinct change of shape is compared (every
+        layer's attention op has the same shape). The reused plan's tasks keep the reference's numerics actions:
+        it is only ever used timing-only (no numerics, no record)."""
+        if self.reference is None:
+            return None
+        ref_graph, ref, old_ops = self.reference
+        if (graph.config, graph.batch, graph.seq, graph.precision, graph.phase) != (
+                ref_graph.config, ref_graph.batch, ref_graph.seq, ref_graph.precision, ref_graph.phase):
+            return None
+        if self.serving.kv_positions(graph) != self.serving.kv_positions(ref_graph):  # SRAM kept for the cache
+            return None
+        new_ops = list(graph.ops())
+        if len(old_ops) != len(new_ops):
+            return None
+        changed: dict[int, object] = {}
+        for k, (a, b) in enumerate(zip(old_ops, new_ops, strict=True)):
+            if a != b:
+                if a.name != b.name or a.kind != b.kind or a.kind == OpKind.MATMUL:
+                    return None
+                changed[k] = b
+        base = None
+        ops = list(ref.plan.ops)
+        for k, b in changed.items():
+            a = old_ops[k]
+            key = (_shape(a), _shape(b))
+            if key[0] not in self.ref_local:
+                ref_base = self.base_layout(ref_graph)
+                pa = ref_base.plan_op(a)
+                self.ref_local[key[0]] = _timing(pa), ref_base.kept_bytes_per_pe(a), pa.notes
+            if key not in self.same_local:
+                if base is None:
+                    base = self.base_layout(graph)
+                pb = base.plan_op(b)
+                timing, kept, notes = self.ref_local[key[0]]
+                alike = timing == _timing(pb) and kept == base.kept_bytes_per_pe(b)
+                self.same_local[key] = (notes, pb.notes) if alike else None
+            if self.same_local[key] is None:
+                return None
+            old_notes, new_notes = self.same_local[key]
+            notes = ops[k].notes  # the placed op's: where it is placed, then the region-local plan's notes
+            if old_notes != new_notes:
+                if not old_notes or not notes.endswith(old_notes):
+                    return None
+                notes = notes[:len(notes) - len(old_notes)] + new_notes
+            ops[k] = replace(ops[k], op=b, notes=notes)
+        plan = replace(ref.plan, ops=tuple(ops))
+        result = replace(ref.result, ops=[replace(t, flops=ops[k].op.flops, notes=ops[k].notes) if k in changed
+                                          else t for k, t in enumerate(ref.result.ops)])
+        return Pass(graph, plan, result, ref.scaled_cycles, ref.reused or ref)
+
+
+def _shape(op: OpSpec) -> OpSpec:
+    """``op`` without what names it (its name, block, layer and inputs)."""
+    return replace(op, name="", block="", layer=0, inputs=())
+
+
+def _timing(p) -> tuple:
+    """What of a region-local op plan the simulation reads (all but the op, its notes and numerics actions)."""
+    return tuple(replace(t, actions=()) for t in p.tasks), p.sram_bytes_per_pe, p.mapping, p.after
 
 
 def serving_summary(run: ServingRun, phase: str, prefill: Pass | None, steps: list[Pass], clock_hz: float,
@@ -244,7 +332,13 @@ def serving_energy(run: ServingRun, wafer: WaferSpec, phase: str, prefill: Pass 
     else:
         passes, tokens = steps[-1:], batch
     scope = "request (prefill and decode steps; per output token)" if phase == "generate" else "decode step"
-    return energy_section(wafer, [pass_energy(wafer, p.plan, p.result, p.scaled_cycles) for p in passes], tokens,
+    counts: dict[int, list] = {}  # a reused pass shares its reference's tasks, so their action counts
+    energies = []
+    for p in passes:
+        key = id(p.reused or p)
+        energies.append(pass_energy(wafer, p.plan, p.result, p.scaled_cycles, counts.get(key)))
+        counts[key] = energies[-1].counts
+    return energy_section(wafer, energies, tokens,
                           run.full_config.n_layer / run.config.n_layer, scope)
 
 
@@ -292,7 +386,8 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
                 executor.fill_cache(prefill.graph)
             step_ids = tokens[:, prompt:prompt + 1] if spec.phase == "decode" else generated[-1][:, None]
             executor.next_pass(g, step_ids)
-        steps.append(sr.run(g, executor, record=record))
+        # only the last step's intervals are read (its timeline); the others may reuse a simulated step
+        steps.append(sr.run(g, executor, record=record and s == n_steps - 1))
         if executor is not None and spec.phase == "generate":
             generated.append(np.argmax(executor.output("head.lm_head").reshape(spec.batch, -1), axis=-1))
         if progress and spec.phase == "generate":

@@ -120,10 +120,12 @@ class PassEnergy:
     op_starts: list = field(default_factory=list)
 
 
-def pass_energy(wafer: WaferSpec, plan: ModelPlan, result, cycles: int | None = None) -> PassEnergy:
-    """The counts of a simulated pass (``cycles``: its time, scaled to the model's depth when a layer subset ran)."""
+def pass_energy(wafer: WaferSpec, plan: ModelPlan, result, cycles: int | None = None,
+                counts: list | None = None) -> PassEnergy:
+    """The counts of a simulated pass (``cycles``: its time, scaled to the model's depth when a layer subset ran;
+    ``counts``: its ``op_counts``, when known, e.g. from a pass with the same tasks)."""
     return PassEnergy([op.name for op in result.ops], [op.block for op in result.ops], [op.kind for op in result.ops],
-                      [op.cycles for op in result.ops], op_counts(wafer, plan),
+                      [op.cycles for op in result.ops], op_counts(wafer, plan) if counts is None else counts,
                       result.total_cycles if cycles is None else cycles, int(plan.params.get("wafers", 1) or 1),
                       [op.start_cycles for op in result.ops])
 
