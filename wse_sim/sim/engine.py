@@ -30,7 +30,6 @@ from itertools import count
 from typing import Protocol
 
 import numpy as np
-import simpy
 
 from ..arch import WaferSpec
 from ..arch.costs import task_cost
@@ -91,45 +90,6 @@ class SimResult:
 
 _CATEGORY = {TaskKind.COMPUTE: "compute", TaskKind.TRANSFER: "fabric", TaskKind.STREAM: "stream",
              TaskKind.INTERWAFER: "interwafer"}
-
-
-class _Resource:
-    """A resource one task holds at a time (a tile's PEs, a link, the MemoryX port), granted first come, first served,
-    for SimPy processes (the engine's own loop keeps the same rules in :class:`_Slot` and :class:`_Run`).
-
-    It triggers exactly the events ``simpy.Resource(env, capacity=1)`` triggers, at the same points and in the same
-    order, so every simulated time is the same: a request is granted at once when the resource is free and nobody
-    waits (else it queues); a release frees the resource at once and triggers a release event whose processing
-    grants the oldest waiter, unless a request made before that already did (SimPy serves the oldest waiter then
-    too). What it leaves out is SimPy's generic put/get queue machinery and its no-op callbacks, which took more
-    than half of the engine's time on large plans. ``tests/test_engine_fastpaths.py`` checks the grant order against
-    ``simpy.Resource``.
-    """
-
-    __slots__ = ("_busy", "_env", "_waiting")
-
-    def __init__(self, env: simpy.Environment):
-        self._env = env
-        self._busy = False
-        self._waiting: deque[simpy.Event] = deque()
-
-    def request(self) -> simpy.Event:
-        """An event that triggers when the caller holds the resource."""
-        req = simpy.Event(self._env)
-        self._waiting.append(req)
-        self._grant()
-        return req
-
-    def release(self) -> None:
-        self._busy = False
-        done = simpy.Event(self._env)
-        done.callbacks.append(self._grant)
-        done.succeed()
-
-    def _grant(self, _event: simpy.Event | None = None) -> None:
-        if not self._busy and self._waiting:
-            self._busy = True
-            self._waiting.popleft().succeed()
 
 
 @dataclass(frozen=True)
