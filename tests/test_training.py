@@ -164,7 +164,10 @@ def test_step_respects_bounds_and_sublinear_scaling(tmp_path):
         assert row["efficiency"] <= 1.0 + 1e-12 and row["speedup"] <= row["systems"] + 1e-12
     assert report["time_to_train_s"] == pytest.approx(1e6 / (8 * 16) * report["step_seconds"])
     phases = report["phases_cycles"]
-    assert phases["backward"] > phases["forward"] > 0 and phases["gradient_stream_out"] > 0
+    assert phases["backward"] > phases["forward"] > 0
+    # the gradient stream-out runs inside the backward: its exposed (critical-path) part is at most the backward
+    assert 0 <= phases["gradient_stream_out"] <= phases["backward"]
+    assert report["memoryx"]["gradient_stream_out_bytes_per_system"] > 0
     # the same spec per system count: every step above its own closed-form bound
     for n in (2, 4):
         r = run_train(TrainSpec(**{**vars(spec), "systems": (n,)}))

@@ -55,6 +55,7 @@ class SystolicLayout(ResidentLayout):
                         TaskKind.COMPUTE, deps=arrival[j, s] + prev, tile=(i, j), label=f"gemm panel {s}",
                         macs_per_pe=self.rows_per_pe(i) * (k1 - k0) * self.cols_per_pe(N, j),
                         dsd_ops_per_pe=(k1 - k0) * self.cols_per_pe(N, j), dsd_len=self.rows_per_pe(i),
+                        sw_steps=g.width(s),  # the panel arrives as one block from each PE column of tile s
                         actions=(MatmulBlock(f"{ops.y}#{i},{j}", Ref(ops.x, (m0, m1), (k0, k1)),
                                              ops.w_ref((k0, k1), self.cols(N, j)), accumulate=True),),
                     ),)

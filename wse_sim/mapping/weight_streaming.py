@@ -124,6 +124,7 @@ class StreamingLayout(BlockLayout):
             computes = [[t.add(TaskKind.COMPUTE, deps=(bcast[j],), tile=(i, j), label="gemm",
                                macs_per_pe=m_per_pe[i] * k_per_pe[j] * nc,
                                dsd_ops_per_pe=k_per_pe[j] * nc, dsd_len=m_per_pe[i],
+                               sw_steps=1,  # one received weight block per chunk: one PE-level step
                                actions=(MatmulBlock(out=keys[i][j], a=x_block[i][j], b=w_block[j]),))
                          for j in range(TC)]
                         for i in range(TR)]
