@@ -148,3 +148,17 @@ def test_no_defects_at_zero_rate_gives_identical_cycles(gpt):
     zero = run(RunSpec(**kw, defects="0"), log=lambda _m: None).report
     assert zero["total_cycles"] == healthy["total_cycles"]
     assert zero["layers"] == healthy["layers"]
+
+
+def test_rows_lost_to_defects_still_draw_static_and_idle_power(gpt, tmp_path):
+    """Three rows with two dead PEs each (one spare PE per row, one spare row on the tiny wafer): two usable rows
+    lost. The mesh the mappings see shrinks, but the lost rows' PEs are still on the wafer and powered."""
+    f = tmp_path / "map.txt"
+    f.write_text("0 0\n0 1\n3 0\n3 1\n5 0\n5 1\n")
+    kw = dict(model=gpt, wafer="tiny", mapping="summa", seq=12, grid="6x8", tiles="2x2", numerics=False)
+    report = run(RunSpec(**kw, defect_map=str(f)), log=lambda _m: None).report
+    assert report["defects"]["lost_rows"] == 2 and report["defects"]["usable_pes"] == [6, 8]
+    e, p = report["energy"], report["energy"]["parameters"]
+    assert e["by_category_joules"]["static"] == pytest.approx(p["static_w_per_pe"] * 8 * 8 * e["seconds"], rel=1e-12)
+    idle = 8 * 8 * report["total_cycles"] - e["counts"]["busy_pe_cycles"]
+    assert e["counts"]["idle_pe_cycles"] == pytest.approx(idle, rel=1e-12)

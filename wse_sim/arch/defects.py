@@ -298,7 +298,7 @@ def usable_wafer(wafer, rm: Remap | None):
     """``wafer`` with its usable rectangle shrunk to what the remapping left (the same wafer when nothing is lost)."""
     if rm is None or rm.lost_rows == 0:
         return wafer
-    return replace(wafer, mesh_rows=rm.rows)
+    return replace(wafer, mesh_rows=rm.rows, retired_mesh_rows=wafer.retired_mesh_rows + rm.lost_rows)
 
 
 def defects_report(rm: Remap, plan, rate: float | None) -> dict:
