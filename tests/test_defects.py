@@ -100,6 +100,26 @@ def test_dead_links_from_the_map_file_and_drawn_from_the_toml_area(tmp_path):
     assert abs(len(with_links.dead_links) - links * 10 * w.defect_rate_per_pe) < 4 * np.sqrt(links * 3.8e-4)
 
 
+def test_each_wafer_of_a_pipeline_charges_its_own_detours():
+    """Two wafers side by side in one plan grid (as the serving placement lays a pipeline out): a transfer is
+    charged on the map of the wafer it runs on."""
+    dead, _, rows, cols = drawn("""
+        .  .  .  .  .
+        .  .  X  .  .
+        .  .  .  .  .
+        .  .  .  .  .
+        .  .  .  .  .
+    """)
+    sick, well = remap(DefectMap(rows, cols, dead), 4, 4), remap(DefectMap(rows, cols, frozenset()), 4, 4)
+    grid = TileGrid.make(4, 8, 2, 4)  # 2 x 2 tiles; tile columns 0-1 on wafer 0, 2-3 on wafer 1
+    on_0 = Task(TaskKind.TRANSFER, links=(((0, 0), (0, 1)),), bytes_per_lane=8, hops=3)
+    on_1 = Task(TaskKind.TRANSFER, links=(((0, 2), (0, 3)),), bytes_per_lane=8, hops=3)
+    plan = ModelPlan("t", grid, "fp16", (OpPlan(None, "t", (on_0, on_1), 0),))
+    # lane b crosses b1 -> b2 past the dead PE on the sick wafer only (test_detours_charge_routes_...)
+    assert [t.hops for t in apply_defects(plan, (sick, well)).ops[0].tasks] == [4, 3]
+    assert [t.hops for t in apply_defects(plan, (well, sick)).ops[0].tasks] == [3, 4]
+
+
 OP = OpSpec(name="op", kind=OpKind.MATMUL, block="b", layer=0, groups=1, m=1, k=1, n=1, flops=0, weight_bytes=0,
             act_in_bytes=0, act_out_bytes=0)
 

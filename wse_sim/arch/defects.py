@@ -390,22 +390,46 @@ class DetourCost:
         return sum(self.link(link)[1] for link in links)
 
 
-def apply_defects(plan, rm: Remap, wavelet_bytes: int = 4):
+class WaferCosts:
+    """The detour costs of each wafer of a plan: one wafer, or ``len(remaps)`` wafers side by side in the plan's
+    tile grid (equal tile columns each, as the serving placement lays a layer pipeline out), each on its own
+    remapped mesh. A transfer stays on one wafer (crossings are inter-wafer tasks, without tile links)."""
+
+    def __init__(self, grid, remaps: tuple[Remap, ...]):
+        n = len(remaps)
+        if grid.tile_cols % n:
+            raise ValueError(f"{grid.tile_cols} tile columns do not split over {n} wafers")
+        self.width = grid.tile_cols // n
+        self.costs = []
+        for w, rm in enumerate(remaps):
+            edges = grid.col_edges[w * self.width:(w + 1) * self.width + 1]
+            local = replace(grid, cols=edges[-1] - edges[0], col_edges=tuple(e - edges[0] for e in edges))
+            self.costs.append(DetourCost(rm, local))
+
+    def of(self, links) -> tuple[DetourCost, tuple]:
+        """The cost model of the wafer that ``links`` lie on, and the links in that wafer's tile coordinates."""
+        w = links[0][0][1] // self.width
+        off = w * self.width
+        return self.costs[w], tuple(((i, j - off), (i2, j2 - off)) for (i, j), (i2, j2) in links)
+
+
+def apply_defects(plan, rm: Remap | tuple[Remap, ...], wavelet_bytes: int = 4):
     """``plan`` with every transfer's hops raised by its detours on the remapped mesh and its ``link_share`` set to
     the most of its lanes sharing one physical link (actions unchanged). Its ``params`` record the hops charged
     (``defect_extra_hops``), the transfers slowed by shared links (``defect_contended_transfers``) and, per op,
     the detours' extra wavelet-hops (``defect_extra_wavelet_hops``, counted by wse_sim.report.energy)."""
     from ..arch.costs import TaskKind
 
-    cost = DetourCost(rm, plan.grid)
+    wafers = WaferCosts(plan.grid, rm if isinstance(rm, tuple) else (rm,))
     ops, charged, contended, wavelet_hops = [], 0, 0, []
     for op in plan.ops:
         tasks, op_hops = [], 0
         for t in op.tasks:
             extra, share = 0, 1
             if t.kind == TaskKind.TRANSFER and t.links:
-                extra, share = cost.task(t.links), cost.share(t.links)
-                op_hops += cost.lane_hops(t.links) * math.ceil(t.bytes_per_lane / wavelet_bytes)
+                cost, links = wafers.of(t.links)
+                extra, share = cost.task(links), cost.share(links)
+                op_hops += cost.lane_hops(links) * math.ceil(t.bytes_per_lane / wavelet_bytes)
             charged += extra
             contended += share > 1
             tasks.append(replace(t, hops=t.hops + extra, link_share=share) if extra or share > 1 else t)
@@ -457,15 +481,45 @@ def wafer_remap(wafer, defects: str | None, seed: int | None, defect_map: str | 
     return rm
 
 
-def usable_wafer(wafer, rm: Remap | None):
-    """``wafer`` with its usable rectangle shrunk to what the remapping left (the same wafer when nothing is lost)."""
-    if rm is None or rm.lost_rows == 0:
+def wafer_remaps(wafer, defects: str | None, seed: int | None, defect_map: str | None,
+                 wafers: int = 1) -> tuple[Remap, ...] | None:
+    """The remapped meshes of the ``wafers`` wafers of a pipeline: wafer ``w`` draws its own defects from seed
+    ``seed + w`` (wafer 0's are those of a one-wafer run); None for healthy wafers. A defect map file describes one
+    wafer, so it is refused for several."""
+    if wafers > 1 and defect_map is not None:
+        raise UserError(f"--defect-map lists the defects of one wafer; for --wafers {wafers} use --defects RATE "
+                        "(wafer w draws its own from --defect-seed + w)")
+    first = wafer_remap(wafer, defects, seed, defect_map)
+    if first is None:
+        return None
+    base = 0 if seed is None else seed
+    return (first, *(wafer_remap(wafer, defects, base + w, None) for w in range(1, wafers)))
+
+
+def usable_wafer(wafer, rm: Remap | tuple[Remap, ...] | None):
+    """``wafer`` with its usable rectangle shrunk to what the remapping left (the same wafer when nothing is lost);
+    over several wafers, to the smallest rectangle any of them left (the pipeline's regions are alike)."""
+    if rm is None:
         return wafer
-    return replace(wafer, mesh_rows=rm.rows, retired_mesh_rows=wafer.retired_mesh_rows + rm.lost_rows)
+    rows = min(r.rows for r in (rm if isinstance(rm, tuple) else (rm,)))
+    if rows == wafer.mesh_rows:
+        return wafer
+    return replace(wafer, mesh_rows=rows, retired_mesh_rows=wafer.retired_mesh_rows + wafer.mesh_rows - rows)
 
 
-def defects_report(rm: Remap, plan, rate: float | None) -> dict:
+SUMMED_OVER_WAFERS = ("dead_pes", "dead_links", "retired_rows", "detour_links", "extra_hops_total",
+                      "shared_physical_links", "contended_logical_links")
+
+
+def defects_report(rm: Remap | tuple[Remap, ...], plan, rate: float | None) -> dict:
     """The report's ``defects``: the remap summary, the detour hops charged on the plan's transfers and how many
-    transfers share a physical link among their lanes."""
-    return rm.summary() | {"rate_per_pe": rate, "extra_hops_charged": plan.params.get("defect_extra_hops", 0),
-                           "contended_transfers": plan.params.get("defect_contended_transfers", 0)}
+    transfers share a physical link among their lanes. Over several wafers: counts summed, the usable rectangle
+    the smallest, and ``per_wafer`` each wafer's own summary."""
+    charged = {"rate_per_pe": rate, "extra_hops_charged": plan.params.get("defect_extra_hops", 0),
+               "contended_transfers": plan.params.get("defect_contended_transfers", 0)}
+    if not isinstance(rm, tuple) or len(rm) == 1:
+        return (rm[0] if isinstance(rm, tuple) else rm).summary() | charged
+    each = [r.summary() for r in rm]
+    worst = min(each, key=lambda s: s["usable_pes"][0])
+    out = dict(worst) | {k: sum(s[k] for s in each) for k in SUMMED_OVER_WAFERS}
+    return out | charged | {"per_wafer": each}
