@@ -1,4 +1,4 @@
-"""Defective wafers: a map of failed PEs and the hardware's remapping around them (docs/defects.md).
+"""Defective wafers: a map of failed PEs and links, and the hardware's remapping around them (docs/defects.md).
 
 The hardware exposes only healthy cores as a rectangular mesh (WaferLLM section 8, HW section 7 [P]); WSE-1's
 redundant fabric links let "a row shift by one position around a dead core to the nearest spare" (Hot Chips 31, HW
@@ -10,9 +10,11 @@ remain than the mesh has, the usable rectangle loses the missing rows (``Remap.l
 
 Logical neighbours stay neighbours for the mappings, but some are physically further apart: a horizontal
 neighbour one column past a dead PE is two hops away, and vertical neighbours in rows shifted by different amounts
-(or across a retired row) are ``|d row| + |d col|`` hops apart; the extra hops are charged on every route that
-crosses them (:func:`apply_defects`) and the physical links that carry more than one logical link's traffic are
-counted (``shared_links``). Actions are untouched, so numerics are bit-identical to the healthy wafer.
+(or across a retired row) are ``|d row| + |d col|`` hops apart, and a failed link moves no PE but is routed around
+(:func:`route_links`). The extra hops are charged on every route that crosses them (:func:`apply_defects`); lanes of
+one orientation whose routes share a physical link serialise on it (``Task.link_share``); the physical links that
+carry more than one logical link's traffic are counted (``shared_links``). A pipeline of wafers has one map per
+wafer (:func:`wafer_remaps`). Actions are untouched, so numerics are bit-identical to the healthy wafer.
 """
 
 from __future__ import annotations
