@@ -33,6 +33,7 @@ def main() -> None:
                 rows.append({"case": name, "rate": rate or "none", "seed": seed, "rate_per_pe": d.get("rate_per_pe", 0),
                              "dead_pes": d.get("dead_pes", 0), "lost_rows": d.get("lost_rows", 0),
                              "extra_hops_charged": d.get("extra_hops_charged", 0),
+                             "contended_transfers": d.get("contended_transfers", 0),
                              "total_cycles": r["total_cycles"], "tokens_per_s": r["tokens_per_s"],
                              "tpot_s": r.get("tpot_s"), "ttft_s": r.get("ttft_s"),
                              "joules_per_token": r["energy"]["joules_per_token"]})

@@ -110,6 +110,9 @@ def test_compare_rows_match_direct_runs(tmp_path, capsys):
         assert by[name]["total_cycles"] == direct["total_cycles"]
         assert by[name]["streamed_bytes"] == direct["bandwidth"]["memoryx_bytes"]
         assert by[name]["max_abs_err_vs_transformers"] <= 1e-3
+        for key in ("joules_per_token", "wafer_joules_per_token", "average_w"):  # the run's own energy
+            assert by[name][key] == direct["energy"][key] and by[name][key] > 0
+        assert by[name]["defect_extra_hops"] is None  # a healthy wafer
     assert by["weight-streaming"]["streamed_bytes"] > 10 * by["summa"]["streamed_bytes"]  # resident weights
     with open(out / "compare.csv") as f:
         assert [r["mapping"] for r in csv.DictReader(f)] == mappings
@@ -119,6 +122,29 @@ def test_compare_rows_match_direct_runs(tmp_path, capsys):
         assert (out / name / "utilization.png").stat().st_size > 10_000
     assert not (out / "cannon").exists()
     assert "infeasible" in capsys.readouterr().out
+
+
+def test_compare_on_a_defective_wafer_matches_direct_runs(tmp_path):
+    """--defect-map works in compare: each row is the direct run on the same defective wafer (detours charged,
+    so more cycles and more wafer joules per token than on the healthy wafer)."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TINY))
+    dead = tmp_path / "dead.txt"
+    dead.write_text("# row col\n3 5\n20 1\n")
+    common = ["--model", str(cfg), "--wafer", "wse2", "--grid", "48x48", "--tiles", "3x4", "--seq", "8",
+              "--no-numerics", "--quiet"]
+    assert main(["compare", *common, "--mappings", "summa,systolic", "--defect-map", str(dead),
+                 "--out", str(tmp_path / "sick")]) == 0
+    assert main(["compare", *common, "--mappings", "summa,systolic", "--out", str(tmp_path / "well")]) == 0
+    sick, well = ({r["mapping"]: r for r in json.loads((tmp_path / d / "compare.json").read_text())["rows"]}
+                  for d in ("sick", "well"))
+    for name in ("summa", "systolic"):
+        direct = run(RunSpec(model=str(cfg), wafer="wse2", grid="48x48", tiles="3x4", seq=8, mapping=name,
+                             numerics=False, defect_map=str(dead)), log=lambda m: None).report
+        assert sick[name]["total_cycles"] == direct["total_cycles"] > well[name]["total_cycles"]
+        assert sick[name]["defect_extra_hops"] == direct["defects"]["extra_hops_charged"] > 0
+        assert sick[name]["wafer_joules_per_token"] == direct["energy"]["wafer_joules_per_token"]
+        assert sick[name]["wafer_joules_per_token"] > well[name]["wafer_joules_per_token"]
 
 
 def test_resident_model_too_big_says_bytes():

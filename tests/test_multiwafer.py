@@ -160,3 +160,24 @@ def test_cli_wafers(ckpt, tmp_path, capsys):
     assert out["wafers"] == 2 and out["max_context_tokens"] == BIG.n_positions - 1 and out["regions_used"] == 2
     main(["capacity", "--model", ckpt[BIG.name], "--wafer", "tiny", "--tiles", "2x2", "--precision", "fp32"])
     assert "2 wafers would hold them" in capsys.readouterr().out
+
+
+def test_defects_on_a_pipeline_each_wafer_its_own_map(ckpt):
+    """--wafers 2 with --defects: wafer w draws from seed + w (wafer 0 as a one-wafer run), the detours of both
+    are charged, the numerics stay bit for bit those of the healthy pipeline; a defect map (one wafer's) is
+    refused for two."""
+    from wse_sim.arch import get_wafer
+    from wse_sim.arch.defects import wafer_remap
+
+    spec = RunSpec(checkpoint=ckpt[SMALL.name], wafer="wse2", grid="100x100", precision="fp32", phase="decode",
+                   context=20, numerics=True, wafers=2)
+    healthy = run(spec, log=quiet)
+    sick = run(RunSpec(**{**spec.__dict__, "defects": "1e-3", "defect_seed": 4}), log=quiet)
+    assert np.array_equal(healthy.logits, sick.logits)
+    d = sick.report["defects"]
+    w = get_wafer("wse2")
+    assert d["per_wafer"] == [wafer_remap(w, "1e-3", 4, None).summary(), wafer_remap(w, "1e-3", 5, None).summary()]
+    assert d["dead_pes"] == sum(x["dead_pes"] for x in d["per_wafer"]) and d["extra_hops_charged"] > 0
+    assert sick.report["total_cycles"] > healthy.report["total_cycles"]
+    with pytest.raises(UserError, match="one wafer"):
+        run(RunSpec(**{**spec.__dict__, "defect_map": __file__}), log=quiet)

@@ -248,6 +248,30 @@ def test_timeline_marks_every_busy_column_and_shows_inter_wafer_lanes(source):
     plt.close(fig)
 
 
+@pytest.mark.parametrize("source", ["decode-llama", "prefill-summa", "decode-llama3-8b-2wafers"])
+def test_timeline_has_the_power_lane_of_the_same_pass(source):
+    """Below the lanes, on the shared time axis: one step patch whose steps are the report's op-averaged power
+    (base plus every op running), recomputed here from ``power_over_time`` independently of ``power_steps``."""
+    report = golden(source)
+    pot = report["energy"]["power_over_time"]
+    fig = plots.timeline_figure(report)
+    ax, ax_pow = fig.axes[0], fig.axes[1]
+    assert ax_pow.get_shared_x_axes().joined(ax, ax_pow) and ax.get_xlim() == ax_pow.get_xlim()
+    (patch,) = [p for p in ax_pow.get_children() if isinstance(p, StepPatch)]
+    kw, edges, _ = patch.get_data()
+    to_unit = 1.0 / report["wafer"]["clock_hz"] / (1e-6 if report["seconds"] < 1e-3 else 1e-3)
+    for left, right, value in zip(edges[:-1], edges[1:], kw, strict=True):
+        mid = (left + right) / 2 / to_unit
+        running = sum(w for s, e, w in zip(pot["start_cycles"], pot["end_cycles"], pot["dynamic_w"], strict=True)
+                      if s <= mid < e)
+        assert value * 1e3 == pytest.approx(pot["base_w"] + running, rel=1e-9)
+    assert edges[-1] == pytest.approx(max(pot["end_cycles"]) * to_unit)
+    plt.close(fig)
+    without = plots.timeline_figure({**report, "energy": None})
+    assert len(without.axes) == 1
+    plt.close(without)
+
+
 @pytest.mark.parametrize("source", ["uneven", "decode-llama3-8b-2wafers", "generate-13b-subset"])
 def test_timeline_labels_state_each_lanes_share_of_the_run(source, request):
     """Labels keep two significant digits below 10 %, so a busy lane never reads '0 %', and the title says how a

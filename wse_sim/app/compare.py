@@ -17,11 +17,16 @@ from .run import run
 from .scenario import RunSpec, report_inputs
 
 COLUMNS = ("mapping", "feasible", "total_cycles", "seconds", "tokens_per_s", "mfu", "fabric_bytes",
-           "streamed_bytes", "sram_peak_bytes_per_pe", "max_abs_err_vs_transformers", "top1_agreement", "reason")
+           "streamed_bytes", "sram_peak_bytes_per_pe", "joules_per_token", "wafer_joules_per_token", "average_w",
+           "defect_extra_hops", "max_abs_err_vs_transformers", "top1_agreement", "reason")
 
 
 def compare(spec: RunSpec, mappings: list[str], log=print, out: Path | None = None, fmt: str = "png") -> list[dict]:
-    """One row per mapping; with ``out``, each feasible run's report.json and plots go to ``out/<mapping>/``."""
+    """One row per mapping; with ``out``, each feasible run's report.json and plots go to ``out/<mapping>/``.
+
+    Energy columns are the report's ``energy`` (docs/energy.md): joules per token of the system and of the wafer
+    alone, and the system's average watts; ``defect_extra_hops`` the detour hops charged on a defective wafer's
+    plan (docs/defects.md; None on a healthy wafer)."""
     rows = []
     for name in mappings:
         log(f"running {name} ...")
@@ -45,6 +50,7 @@ def compare(spec: RunSpec, mappings: list[str], log=print, out: Path | None = No
             "tokens_per_s": report["tokens_per_s"], "mfu": report["mfu"],
             "fabric_bytes": report["bandwidth"]["fabric_bytes"], "streamed_bytes": report["bandwidth"]["memoryx_bytes"],
             "sram_peak_bytes_per_pe": report["sram_peak_bytes_per_pe"],
+            **energy_columns(report),
             "max_abs_err_vs_transformers": n.get("max_abs_err_vs_transformers"),
             "top1_agreement": n.get("top1_agreement"),
             "reason": None if n.get("enabled") else f"numerics {n.get('reason')}",
@@ -56,9 +62,21 @@ def compare(spec: RunSpec, mappings: list[str], log=print, out: Path | None = No
     return rows
 
 
+def energy_columns(report: dict) -> dict:
+    """The row's energy and defect columns from one run's report."""
+    e = report.get("energy") or {}
+    return {"joules_per_token": e.get("joules_per_token"), "wafer_joules_per_token": e.get("wafer_joules_per_token"),
+            "average_w": e.get("average_w"),
+            "defect_extra_hops": (report.get("defects") or {}).get("extra_hops_charged")}
+
+
+def _g(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def format_table(rows: list[dict]) -> str:
     head = f"{'mapping':<16} {'cycles':>13} {'tokens/s':>12} {'MFU %':>7} {'fabric GB':>10} {'stream GB':>10} " \
-           f"{'SRAM B/PE':>10} {'max|err|':>9}  note"
+           f"{'SRAM B/PE':>10} {'J/token':>9} {'wafer J/tok':>11} {'avg kW':>7} {'max|err|':>9}  note"
     lines = [head, "-" * len(head)]
     for r in rows:
         if not r["feasible"]:
@@ -67,7 +85,10 @@ def format_table(rows: list[dict]) -> str:
         err = "n/a" if r["max_abs_err_vs_transformers"] is None else f"{r['max_abs_err_vs_transformers']:.2g}"
         lines.append(f"{r['mapping']:<16} {r['total_cycles']:>13,} {r['tokens_per_s']:>12,.0f} {r['mfu'] * 100:>7.2f} "
                      f"{r['fabric_bytes'] / 1e9:>10.3f} {r['streamed_bytes'] / 1e9:>10.3f} "
-                     f"{r['sram_peak_bytes_per_pe']:>10,} {err:>9}  {r['reason'] or ''}")
+                     f"{r['sram_peak_bytes_per_pe']:>10,} {_g(r['joules_per_token'], '.3g'):>9} "
+                     f"{_g(r['wafer_joules_per_token'], '.3g'):>11} "
+                     f"{_g(None if r['average_w'] is None else r['average_w'] / 1e3, '.2f'):>7} {err:>9}  "
+                     f"{r['reason'] or ''}")
     return "\n".join(lines)
 
 
@@ -105,7 +126,8 @@ def write_chart(rows: list[dict], spec: RunSpec, path: Path) -> Path:
                ("tokens_per_s", "tokens/s", lambda v: f"{v:,.0f}"),
                ("fabric_bytes", "fabric bytes", format_bytes),
                ("streamed_bytes", "streamed bytes", format_bytes),
-               ("sram_peak_bytes_per_pe", "SRAM peak/PE", lambda v: f"{v / 1024:.1f} KiB")]
+               ("sram_peak_bytes_per_pe", "SRAM peak/PE", lambda v: f"{v / 1024:.1f} KiB"),
+               ("wafer_joules_per_token", "wafer J/token", lambda v: f"{v:.3g} J")]
     fig, ax = plt.subplots(figsize=(13, 5.5))
     width = 0.8 / max(len(ok), 1)
     x = np.arange(len(metrics))

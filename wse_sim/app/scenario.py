@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..arch import WaferSpec, load_wafer, parse_grid
-from ..arch.defects import Remap, apply_defects, defect_rate, defects_report, usable_wafer, wafer_remap
+from ..arch.defects import Remap, apply_defects, defect_rate, defects_report, usable_wafer, wafer_remaps
 from ..errors import UserError
 from ..mapping import DEFAULT_TILES, ModelPlan, TileGrid, get_mapping, mapping_info
 from ..report.build import RunInputs
@@ -247,7 +247,7 @@ class Scenario:
     config: ModelConfig
     weights: object | None
     grid: TileGrid
-    remap: Remap | None = None  # the defective wafer's remapped mesh; None: a healthy wafer
+    remap: tuple[Remap, ...] | None = None  # each defective wafer's remapped mesh; None: healthy wafers
 
     def with_defects(self, plan: ModelPlan) -> ModelPlan:
         """``plan`` with its transfers' detours around dead PEs charged (the plan itself on a healthy wafer)."""
@@ -270,9 +270,7 @@ class Scenario:
         if spec.context is not None and spec.phase != "decode":
             raise UserError(f"--context applies to --phase decode, not {spec.phase}")
         wafer = wafer or load_wafer(spec.wafer)
-        rm = wafer_remap(wafer, spec.defects, spec.defect_seed, spec.defect_map)
-        if rm is not None and spec.wafers != 1:
-            raise UserError("defects apply to one wafer (--wafers 1)")
+        rm = wafer_remaps(wafer, spec.defects, spec.defect_seed, spec.defect_map, max(spec.wafers, 1))
         wafer = usable_wafer(wafer, rm)
         config, weights = resolve_model(spec)
         if spec.tokens and spec.phase == "prefill":

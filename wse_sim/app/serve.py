@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..arch import WaferSpec
-from ..arch.defects import apply_defects, usable_wafer, wafer_remap
+from ..arch.defects import apply_defects, usable_wafer, wafer_remaps
 from ..errors import UserError
 from ..gc_pause import gc_paused
 from ..mapping import ModelPlan, TileGrid, get_mapping, mapping_info
@@ -126,7 +126,7 @@ class ServingRun:
         self.ref_local: dict = {}  # reference op shape -> (timing, kept bytes, notes) of its region-local plan
         self.same_local: dict = {}  # (reference op, new op) shapes -> (their notes) if their plans time alike
 
-    remap = None  # a defective wafer's remapped mesh (wse_sim.arch.defects)
+    remap = None  # each defective wafer's remapped mesh (wse_sim.arch.defects)
 
     @property
     def scaled(self) -> bool:
@@ -423,7 +423,8 @@ def capacity(spec: RunSpec, wafer: WaferSpec) -> dict:
     """The longest KV-cache context that fits for ``spec``'s model, wafer, region grid, precision and batch."""
     config, _ = resolve_model(spec)
     # defects only shrink the usable rectangle here (docs/defects.md)
-    wafer = usable_wafer(wafer, wafer_remap(wafer, spec.defects, spec.defect_seed, spec.defect_map))
+    wafer = usable_wafer(wafer, wafer_remaps(wafer, spec.defects, spec.defect_seed, spec.defect_map,
+                                             max(spec.wafers, 1)))
     region = make_grid(wafer, spec.grid, spec.tiles, spec.tile)
     sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset, 1,
                     simulated_cycles, wafers=spec.wafers)

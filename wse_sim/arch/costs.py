@@ -40,10 +40,11 @@ def wavelets(wafer: WaferSpec, nbytes: float) -> int:
     return math.ceil(nbytes / wafer.wavelet_bytes)
 
 
-def serialization_cycles(wafer: WaferSpec, bytes_per_lane: float) -> int:
+def serialization_cycles(wafer: WaferSpec, bytes_per_lane: float, share: int = 1) -> int:
     """Cycles to push ``bytes_per_lane`` through one PE-to-PE link (each lane of a tile edge is one link): one
-    wavelet every ``cycles_per_wavelet``."""
-    return math.ceil(wavelets(wafer, bytes_per_lane) * wafer.cycles_per_wavelet)
+    wavelet every ``cycles_per_wavelet``. ``share`` lanes whose routes cross one physical link (detours on a
+    defective wafer, wse_sim.arch.defects) push their wavelets through it one after another."""
+    return math.ceil(wavelets(wafer, bytes_per_lane) * share * wafer.cycles_per_wavelet)
 
 
 def hop_cycles(wafer: WaferSpec, hops: int) -> int:
@@ -62,7 +63,7 @@ def phase_cycles(wafer: WaferSpec, phases: int) -> int:
 
 
 def transfer_cycles(wafer: WaferSpec, bytes_per_lane: float, hops: int, stages: int = 0,
-                    turns: int = 0, phases: int = 0) -> tuple[int, int]:
+                    turns: int = 0, phases: int = 0, share: int = 1) -> tuple[int, int]:
     """(serialization, latency) of a pipelined transfer: links are held for the first, the tail adds the second.
 
     The latency is the head's hop latency, plus the overhead of each stage that combines and re-sends it, plus
@@ -70,7 +71,7 @@ def transfer_cycles(wafer: WaferSpec, bytes_per_lane: float, hops: int, stages: 
     """
     latency = (hop_cycles(wafer, hops) + stage_cycles(wafer, stages) + math.ceil(turns * wafer.turn_cycles)
                + phase_cycles(wafer, phases))
-    return serialization_cycles(wafer, bytes_per_lane), latency
+    return serialization_cycles(wafer, bytes_per_lane, share), latency
 
 
 def stream_cycles(wafer: WaferSpec, nbytes: float) -> int:
@@ -114,6 +115,7 @@ class PricedTask(Protocol):
     turns: int
     phases: int
     nbytes: int
+    link_share: int
 
 
 class TaskCost(NamedTuple):
@@ -136,7 +138,7 @@ def task_cost(wafer: WaferSpec, precision: str, task: PricedTask) -> TaskCost:
                                        task.dsd_len, task.sw_steps))
     if kind == TaskKind.TRANSFER:
         return TaskCost(*transfer_cycles(wafer, task.bytes_per_lane, task.hops, task.stages, task.turns,
-                                         task.phases))
+                                         task.phases, task.link_share))
     if kind == TaskKind.STREAM:
         return TaskCost(stream_cycles(wafer, task.nbytes))
     if kind == TaskKind.INTERWAFER:

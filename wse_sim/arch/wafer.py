@@ -19,11 +19,14 @@ from .energy import ENERGY_FIELDS, wse2_defaults
 KIB = 1024
 PRESET_DIR = Path(__file__).with_name("presets")
 PRESET_ORDER = ("wse1", "wse2", "wse3", "tiny")  # listing order of `wse-sim wafers`; other files follow sorted
-INT_FIELDS = ("mesh_rows", "mesh_cols", "wavelet_bytes", "reduce_fan_in", "spare_rows", "spare_cols")
-DEFECT_FIELDS = ("spare_rows", "spare_cols", "defect_density_per_mm2", "pe_area_mm2")
+INT_FIELDS = ("mesh_rows", "mesh_cols", "wavelet_bytes", "reduce_fan_in", "spare_rows", "spare_cols",
+              "retired_mesh_rows")
+DEFECT_FIELDS = ("spare_rows", "spare_cols", "defect_density_per_mm2", "pe_area_mm2", "link_area_mm2",
+                 "retired_mesh_rows")
 # zero switches the cost off; every other number is positive
 NON_NEGATIVE_FIELDS = ("phase_overhead_cycles", "dsd_op_overhead_cycles", "gemm_step_sw_cycles", *ENERGY_FIELDS,
-                       "spare_rows", "spare_cols", "defect_density_per_mm2")
+                       "spare_rows", "spare_cols", "defect_density_per_mm2",
+                       "link_area_mm2", "retired_mesh_rows")
 _E = wse2_defaults()  # per-action energies, WSE-2 by the method of wse_sim.arch.energy (docs/energy.md)
 # in the report's ``energy.parameters`` and ``defects``, not its ``wafer``
 REPORT_EXCLUDED = frozenset(ENERGY_FIELDS) | frozenset(DEFECT_FIELDS)
@@ -86,6 +89,12 @@ class WaferSpec:
     spare_cols: int = 8  # spare PEs at the end of every physical row (a row shifts past a dead PE)
     defect_density_per_mm2: float = 0.001  # failed-core density; TSMC 5 nm ~0.001/mm^2 (Cerebras blog, HW §7 [P])
     pe_area_mm2: float = 0.038  # one PE (core + SRAM + router); HC34 ~38,000 um^2 (HW §1b [S])
+    # area whose defect kills one PE-to-PE link (its wires and drivers): NOT FOUND for any WSE, so 0 (no failed
+    # links drawn); a TOML override draws each link failing at defect_density x this (docs/defects.md)
+    link_area_mm2: float = 0.0
+    # usable rows lost to defects (set by wse_sim.arch.defects.usable_wafer, not a TOML parameter): their PEs are
+    # still on the wafer and powered, so the energy's static and idle power count them (``powered_pes``)
+    retired_mesh_rows: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -105,6 +114,11 @@ class WaferSpec:
     @property
     def pes(self) -> int:
         return self.mesh_rows * self.mesh_cols
+
+    @property
+    def powered_pes(self) -> int:
+        """PEs drawing static and idle power: the usable mesh plus the rows defects took out of it."""
+        return (self.mesh_rows + self.retired_mesh_rows) * self.mesh_cols
 
     @property
     def link_bytes_per_cycle(self) -> float:
@@ -136,11 +150,16 @@ class WaferSpec:
         """Probability that a PE is dead: the published defect density times the PE's area."""
         return self.defect_density_per_mm2 * self.pe_area_mm2
 
+    @property
+    def link_defect_ratio(self) -> float:
+        """A link's failure probability over a PE's: their areas' ratio (the same defect density kills both)."""
+        return self.link_area_mm2 / self.pe_area_mm2
+
     def energy_dict(self) -> dict:
         return {k: getattr(self, k) for k in ENERGY_FIELDS}
 
 
-FIELD_NAMES = frozenset(f.name for f in fields(WaferSpec))
+FIELD_NAMES = frozenset(f.name for f in fields(WaferSpec)) - {"retired_mesh_rows"}  # TOML keys
 LEGACY_KEYS = frozenset({"link_bytes_per_cycle"})  # accepted in TOML files, converted to cycles_per_wavelet
 
 

@@ -267,6 +267,7 @@ class Task:
     actions: tuple[Action, ...] = ()
     ext_deps: tuple[tuple[int, int], ...] = ()  # (op index, task index) in earlier ops (ops with ``after``)
     wafer_link: int = -1  # interwafer: the link from wafer ``wafer_link`` to the next one
+    link_share: int = 1  # transfer: most of its lanes sharing one physical link (detours; wse_sim.arch.defects)
 
     def resources(self) -> tuple:
         """What the task holds while it runs (its cost's ``hold_cycles``): its tile, its links (sorted, each

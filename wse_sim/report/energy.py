@@ -11,8 +11,8 @@ not involved. Counts per task (docs/energy.md states each rule):
   turns: wavelets x turns; the payload (``nbytes``) is read from SRAM at the source and written at the
   destinations.
 - stream: MemoryX bytes, written into SRAM; inter-wafer: bytes, read and written in SRAM.
-- idle PE-cycles: every PE of every wafer times the pass's cycles, minus the busy PE-cycles; static power and the
-  system's overhead over the pass's time.
+- idle PE-cycles: every powered PE of every wafer (``powered_pes``: rows lost to defects included) times the
+  pass's cycles, minus the busy PE-cycles; static power and the system's overhead over the pass's time.
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ def power_over_time(e: ActionEnergies, wafer: WaferSpec, p: PassEnergy) -> dict:
     for c, cyc in zip(p.counts, p.op_cycles, strict=True):
         joules = sum(dynamic_joules(e, c.values).values()) - c.values["busy_pe_cycles"] * e.pe_idle_cycle_pj * PJ
         dyn.append(_sig(joules / (cyc / wafer.clock_hz)) if cyc > 0 else 0.0)
-    base = (e.static_w_per_pe * wafer.pes + e.system_overhead_w) * p.wafers \
-        + e.pe_idle_cycle_pj * PJ * wafer.pes * p.wafers * wafer.clock_hz
+    base = (e.static_w_per_pe * wafer.powered_pes + e.system_overhead_w) * p.wafers \
+        + e.pe_idle_cycle_pj * PJ * wafer.powered_pes * p.wafers * wafer.clock_hz
     return {"base_w": _sig(base), "start_cycles": list(p.op_starts),
             "end_cycles": [s + c for s, c in zip(p.op_starts, p.op_cycles, strict=True)], "dynamic_w": dyn}
 
@@ -172,16 +172,16 @@ def energy_section(wafer: WaferSpec, passes: list[PassEnergy], tokens: int, laye
             by_op[key] += joules * scale
             by_kind[kind] += joules * scale
             if op_cyc > 0:  # the op's dynamic power, and the idle power of the PEs it leaves idle
-                idle_pes = max(wafer.pes * p.wafers - c.values["busy_pe_cycles"] / op_cyc, 0.0)
+                idle_pes = max(wafer.powered_pes * p.wafers - c.values["busy_pe_cycles"] / op_cyc, 0.0)
                 op_w = (joules / op_cyc + idle_pes * e.pe_idle_cycle_pj * PJ) * wafer.clock_hz
                 peak_dynamic_w = max(peak_dynamic_w, op_w)
     v = total.values
     seconds = cycles / wafer.clock_hz
-    pe_cycles = float(wafer.pes) * wafers * cycles
+    pe_cycles = float(wafer.powered_pes) * wafers * cycles
     idle = max(pe_cycles - v["busy_pe_cycles"], 0.0)
     cat = dynamic_joules(e, v)
     cat["pe_idle"] = idle * e.pe_idle_cycle_pj * PJ
-    static_w = e.static_w_per_pe * wafer.pes * wafers
+    static_w = e.static_w_per_pe * wafer.powered_pes * wafers
     cat["static"] = static_w * seconds
     cat["system_overhead"] = e.system_overhead_w * wafers * seconds
     cat = {k: cat[k] for k in CATEGORIES}

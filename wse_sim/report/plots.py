@@ -286,9 +286,13 @@ def _timeline_title(report: dict, lanes: list[dict]) -> str:
     return "\n".join(lines)
 
 
+POWER_LANE_INCHES = 2.2  # height of the timeline's power lane
+
+
 def timeline_figure(report: dict):
     """Lanes (MemoryX, inter-wafer links, tiles or tile rows, busiest links) binned per pixel column, so a lane's
-    drawn area is its busy time at any zoom and no lane vanishes for being short."""
+    drawn area is its busy time at any zoom and no lane vanishes for being short; below them, when the report has
+    ``energy``, the power over time of the same pass (one step patch, :func:`power_steps`)."""
     tl = report.get("timeline")
     if not tl:
         raise ValueError("the report has no timeline (the run was not recorded)")
@@ -298,12 +302,20 @@ def timeline_figure(report: dict):
     to_unit = 1.0 / report["wafer"]["clock_hz"] / unit_s
     total = report["total_cycles"]
 
-    fig, ax = plt.subplots(figsize=(15, 2.4 + 0.42 * len(lanes)), dpi=DPI)
+    pot = (report.get("energy") or {}).get("power_over_time")
+    height = 2.4 + 0.42 * len(lanes)
+    if pot:  # the power lane below the activity lanes, on the same time axis (docs/energy.md)
+        fig, (ax, ax_pow) = plt.subplots(2, 1, figsize=(15, height + POWER_LANE_INCHES), dpi=DPI, sharex=True,
+                                         gridspec_kw={"height_ratios": [height, POWER_LANE_INCHES]})
+        _power_lane(ax_pow, report, pot)
+    else:
+        fig, ax = plt.subplots(figsize=(15, height), dpi=DPI)
     ax.set_yticks(range(len(lanes)), [f"{lane['name']}  {percent(lane['busy_cycles'] / max(total, 1))}"
                                       for lane in lanes], fontsize=8)
     ax.set_ylim(len(lanes) - 0.5, -0.5)
-    ax.set_xlim(0, total * to_unit)
-    ax.set_xlabel(f"simulated time ({unit})")
+    ax.set_xlim(0, total * to_unit)  # after the power lane, which shares this axis
+    if not pot:
+        ax.set_xlabel(f"simulated time ({unit})")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(_timeline_title(report, lanes), fontsize=9)
     used = list(dict.fromkeys(groups[k] for lane in lanes for k in lane["op"]))
