@@ -106,20 +106,22 @@ LLAMA31_405B = replace(CODELLAMA_34B, name="llama3.1-405b", vocab_size=128256, n
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("config", "grid", "auto_needs"), [(CODELLAMA_34B, "600x600", 5), (LLAMA31_405B, None, 32)])
-def test_the_reported_cases_need_fewer_wafers(config, grid, auto_needs):
+@pytest.mark.parametrize(("config", "grid", "auto_needs", "check_fastest"),
+                         [(CODELLAMA_34B, "600x600", 5, True), (LLAMA31_405B, None, 32, False)])
+def test_the_reported_cases_need_fewer_wafers(config, grid, auto_needs, check_fastest):
     """Issue 16's cases (generate's 4096-token prefill, fp16, WSE-2): before, auto took the mappings fastest on
     one layer (systolic, weights replicated over tile rows) and the placement asked for 49 and 64 wafers; with
     the whole model in view it needs 5 and 32, and the placement agrees (the property for every single mapping
-    is checked on small configs above)."""
+    is checked on small configs above). The 405B config is Llama 3.1's published config.json shape."""
     wafer = get_wafer("wse2")
     region = make_grid(wafer, grid)
     sr = ServingRun(config, wafer, region, "auto", "fp16", 1, None, 4097, simulated_cycles)
     graph = sr.graph(4096, "prefill", 0)
     choice, _ = sr.serving.decide(graph, wafer, region, sr.n_regions, 1)
     assert not choice.fits and choice.wafers_needed == auto_needs == least_wafers(sr, graph, choice.mappings)
-    fastest = least_wafers(sr, graph, choice.fastest)
-    assert fastest is None or fastest > auto_needs
+    if check_fastest:  # planning 126 layers of 405B once more takes minutes
+        fastest = least_wafers(sr, graph, choice.fastest)
+        assert fastest is None or fastest > auto_needs
 
 
 # ---- capacity ----------------------------------------------------------------------------------------------------
