@@ -9,8 +9,10 @@ different regions, the activations cross to the next region (every tile to the s
 counted on the links in between).
 
 Inside a region, matmuls use the chosen resident mapping (``gemv-tree``, ``gemv-allreduce``, ... or ``auto``,
-which picks per matmul shape by simulated cycles); the KV cache is placed as :func:`.ops_decode.plan_attn_decode`
-reads it (positions over tile rows, KV heads over tile columns).
+which ranks each matmul shape's candidates by simulated cycles on one layer and takes the fastest combination
+the packing accepts with every stage in SRAM, :meth:`Serving.decide` and :mod:`.serving_choice`);
+the KV cache is placed as :func:`.ops_decode.plan_attn_decode` reads it (positions over tile rows, KV heads
+over tile columns).
 
 With ``wafers`` > 1 (``--wafers N``) the stages are split layer-wise over N wafers in a pipeline: contiguous
 stages, as even in count as the regions allow, each wafer's share packed into its own regions. A token leaves a
@@ -209,9 +211,26 @@ class Serving:
         positions = self.kv_positions(graph) if positions is None else positions
         key = (graph.config, graph.batch, graph.seq, graph.precision, graph.phase, region, n_regions, wafers,
                positions, most_room)
-        if key in self.decided:
-            return self.decided[key]
-        candidates = self.choose(graph, region)
+        if key not in self.decided:
+            candidates = self.choose(graph, region)
+            shapes, opts, base = self.footprints(graph, wafer, region, candidates)
+            if most_room:
+                choice = smallest(shapes, opts, region.rows * region.cols, wafer.mesh_rows * wafer.mesh_cols * wafers)
+            else:
+                sram, kv = wafer.sram_bytes_per_pe, base.kv_cache_bytes_per_pe(positions) if positions else 0
+
+                def needs(pairs):
+                    return self.with_cache([StageNeed(kept, 0, work) for kept, work in pairs], kv)
+
+                choice = choose(shapes, opts, lambda pairs: assign_wafers(needs(pairs), sram, n_regions, wafers)
+                                is not None, lambda pairs: wafers_needed(needs(pairs), sram, n_regions))
+            self.decided[key] = choice, decisions(candidates, choice, wafers, n_regions)
+        return self.decided[key]
+
+    @staticmethod
+    def footprints(graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, candidates: dict):
+        """(each stage's shape, each matmul shape's options with their footprints in ``region``, the layout of
+        the non-matmul ops and the cache). Footprints are measured once per distinct op size."""
         cache: dict[str, ResidentLayout] = {}
 
         def layout(name):
@@ -239,21 +258,7 @@ class Serving:
                                  layout(name).plan_op(first[k]).sram_bytes_per_pe)
 
         opts = {k: options(cands, footprint(k)) for k, cands in candidates.items()}
-        sram, kv = wafer.sram_bytes_per_pe, base.kv_cache_bytes_per_pe(positions) if positions else 0
-
-        def needs(pairs):
-            return self.with_cache([StageNeed(kept, 0, work) for kept, work in pairs], kv)
-
-        if most_room:
-            choice = smallest(stage_shapes(graph, fixed), opts, region.rows * region.cols,
-                              wafer.mesh_rows * wafer.mesh_cols * wafers)
-            self.decided[key] = choice, decisions(candidates, choice, wafers, n_regions)
-            return self.decided[key]
-        choice = choose(stage_shapes(graph, fixed), opts,
-                        lambda pairs: assign_wafers(needs(pairs), sram, n_regions, wafers) is not None,
-                        lambda pairs: wafers_needed(needs(pairs), sram, n_regions))
-        self.decided[key] = choice, decisions(candidates, choice, wafers, n_regions)
-        return self.decided[key]
+        return stage_shapes(graph, fixed), opts, base
 
     def stage_needs(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, by_shape: dict | None = None):
         """(ops, their region-local plans, per-stage SRAM needs without the cache, the layout that places the
