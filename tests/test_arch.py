@@ -113,7 +113,9 @@ def test_presets_come_from_commented_toml_files():
                 assert "#" in line or lines[k - 1].startswith("#"), f"{path.name}: {line!r} has no comment"
     w2, w3, tiny = get_wafer("wse2"), get_wafer("wse3"), get_wafer("tiny")
     assert tiny.mesh_rows == 8 and tiny.stage_overhead_cycles == w2.stage_overhead_cycles  # base = "wse2"
-    assert w3.hop_latency_cycles == 2.0 and w3.stage_overhead_cycles == w2.stage_overhead_cycles  # C4; fitted beta
+    # one NoC: wse3 inherits wse2's hop latency with the beta and phase fitted together with it (wse3.toml)
+    assert w3.hop_latency_cycles == w2.hop_latency_cycles and w3.stage_overhead_cycles == w2.stage_overhead_cycles
+    assert w3.phase_overhead_cycles == w2.phase_overhead_cycles and w3.turn_cycles == w2.turn_cycles == 20.0
     assert w3.interwafer_bytes_per_s == pytest.approx(1.3 * w2.interwafer_bytes_per_s)  # CS-3: +30 % I/O
     assert w2.interwafer_bytes_per_s == 150e9 and 0 < w2.interwafer_latency_s < 1e-3
     assert w2.reduce_fan_in == 32 and isinstance(w2.reduce_fan_in, int)

@@ -157,7 +157,9 @@ def test_cli_wafers(ckpt, tmp_path, capsys):
     main(["capacity", "--model", ckpt[BIG.name], "--wafer", "tiny", "--tiles", "2x2", "--precision", "fp32",
           "--wafers", "2", "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert out["wafers"] == 2 and out["max_context_tokens"] == BIG.n_positions - 1 and out["regions_used"] == 2
+    placed = out["placement"]
+    assert out["wafers"] == 2 and placed["max_context_tokens"] == BIG.n_positions - 1 and placed["regions_used"] == 2
+    assert out["max_context_tokens"] == BIG.n_positions - 1
     main(["capacity", "--model", ckpt[BIG.name], "--wafer", "tiny", "--tiles", "2x2", "--precision", "fp32"])
     assert "2 wafers would hold them" in capsys.readouterr().out
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..arch import WaferSpec
-from ..arch.defects import apply_defects, usable_wafer, wafer_remaps
+from ..arch.defects import apply_defects
 from ..errors import UserError
 from ..gc_pause import gc_paused
 from ..mapping import ModelPlan, TileGrid, get_mapping, mapping_info
 from ..mapping.auto import resident_candidates
-from ..mapping.serving import Serving, assign_wafers, check_inner, regions_on, stage_of, wafers_needed
+from ..mapping.serving import Serving, check_inner, regions_on, stage_of
 from ..report.build import build_report, with_request
 from ..report.energy import energy_section, pass_energy
 from ..sim import Engine, SimResult
@@ -28,14 +28,11 @@ from ..workloads import ModelConfig, WorkloadGraph, lower_model
 from ..workloads.graph import BYTES_PER_ELEM, OpKind, OpSpec
 from .scenario import (
     RunOutput,
-    RunSpec,
     Scenario,
     input_tokens,
-    make_grid,
     model_weights,
     numerics_enabled,
     report_inputs,
-    resolve_model,
     simulated_cycles,
 )
 from .verify import compare_logits, compare_tokens
@@ -78,27 +75,22 @@ def scale_cycles(result: SimResult, full_layers: int, simulated_layers: int) -> 
 
 
 class Chooser:
-    """``chooser(graph, region) -> {matmul shape key: mapping}`` by simulated cycles, memoized per pass shape;
-    ``decisions`` holds the last answer's candidates for the report."""
+    """``chooser(graph, region) -> {matmul shape key: [Candidate]}``: the auto-mapper's candidates ranked by
+    simulated cycles on one layer, memoized per pass shape; :meth:`Serving.decide` chooses among them with the
+    whole model's SRAM in view."""
 
     def __init__(self, wafer: WaferSpec, simulate):
         self.wafer = wafer
         self.auto = get_mapping("auto", simulate=simulate, candidates=resident_candidates())
         self.memo: dict = {}
-        self.decisions: list = []
 
     def __call__(self, graph: WorkloadGraph, region: TileGrid) -> dict:
         key = (graph.batch, graph.seq, graph.phase, region)
         if key not in self.memo:
             one = replace(graph.config, n_layer=1)  # every layer has the same shapes; one layer + the head suffice
             g = lower_model(one, graph.batch, graph.seq, graph.precision, graph.phase, graph.context)
-            search = self.auto.search(g, self.wafer, region)
-            chosen = {k: c.mapping for k, c in search.chosen.items()}
-            decisions = [{"shape_mkn": list(k[:3]), "chosen": c.mapping,
-                          "candidates": [x.as_dict() for x in search.memo[k]]} for k, c in search.chosen.items()]
-            self.memo[key] = chosen, decisions
-        chosen, self.decisions = self.memo[key]
-        return chosen
+            self.memo[key] = self.auto.search(g, self.wafer, region).memo
+        return self.memo[key]
 
 
 class ServingRun:
@@ -147,8 +139,6 @@ class ServingRun:
             return out
         with gc_paused():  # many tasks, no cycles: see wse_sim.gc_pause
             plan = self.serving.plan(graph, self.wafer, self.region, self.n_regions, self.wafers)
-        if self.chooser is not None:
-            plan.params["decisions"] = self.chooser.decisions
         if self.remap is not None:  # detours around dead PEs (wse_sim.arch.defects); actions unchanged
             plan = apply_defects(plan, self.remap, self.wafer.wavelet_bytes)
         result = Engine(self.wafer, plan, numerics=numerics, progress=self.progress, record=record).run()
@@ -418,39 +408,3 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
         report["defects"] = scn.defects_report(main.plan)
     return RunOutput(report, logits, sim_wall, main.result, main.plan, wafer)
 
-
-def capacity(spec: RunSpec, wafer: WaferSpec) -> dict:
-    """The longest KV-cache context that fits for ``spec``'s model, wafer, region grid, precision and batch."""
-    config, _ = resolve_model(spec)
-    # defects only shrink the usable rectangle here (docs/defects.md)
-    wafer = usable_wafer(wafer, wafer_remaps(wafer, spec.defects, spec.defect_seed, spec.defect_map,
-                                             max(spec.wafers, 1)))
-    region = make_grid(wafer, spec.grid, spec.tiles, spec.tile)
-    sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset, 1,
-                    simulated_cycles, wafers=spec.wafers)
-    graph = sr.graph(1, "decode", 0)
-    _, _, needs, base = sr.serving.stage_needs(graph, wafer, region)
-    sram = wafer.sram_bytes_per_pe
-    longest = sr.serving.longest_context(needs, base, sram, sr.n_regions, config.n_positions, sr.wafers)
-    out = {
-        "model": config.name, "wafer": wafer.name, "precision": spec.precision, "batch": spec.batch,
-        "region_pes": [region.rows, region.cols], "region_tiles": list(region.shape), "regions_on_wafer": sr.n_regions,
-        "wafers": sr.wafers,
-        "simulated_layers": sr.config.n_layer, "model_layers": config.n_layer,
-        "weights_bytes": sum(op.weight_bytes for op in graph.ops() if op.kind != "embedding"),
-        "model_context": config.n_positions,
-    }
-    if longest is None:
-        least = wafers_needed(sr.serving.with_cache(needs, base.kv_cache_bytes_per_pe(1)), sram, sr.n_regions)
-        return out | {"max_context_tokens": None, "wafers_needed": least,
-                      "reason": "the weights and working sets alone do not fit"
-                      + (f" ({least} wafers would hold them)" if least and least > sr.wafers else "")}
-    ctx = longest - 1  # cached positions include the new token
-    return out | {
-        "max_context_tokens": ctx,
-        "limited_by": "the model's context" if longest == config.n_positions else "SRAM",
-        "kv_cache_bytes": sr.kv_cache_bytes(longest),
-        "kv_cache_bytes_per_pe_per_layer": base.kv_cache_bytes_per_pe(longest),
-        "regions_used": sum(len(g) for g in assign_wafers(
-            sr.serving.with_cache(needs, base.kv_cache_bytes_per_pe(longest)), sram, sr.n_regions, sr.wafers)),
-    }

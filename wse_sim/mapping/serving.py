@@ -9,8 +9,10 @@ different regions, the activations cross to the next region (every tile to the s
 counted on the links in between).
 
 Inside a region, matmuls use the chosen resident mapping (``gemv-tree``, ``gemv-allreduce``, ... or ``auto``,
-which picks per matmul shape by simulated cycles); the KV cache is placed as :func:`.ops_decode.plan_attn_decode`
-reads it (positions over tile rows, KV heads over tile columns).
+which ranks each matmul shape's candidates by simulated cycles on one layer and takes the fastest combination
+the packing accepts with every stage in SRAM, :meth:`Serving.decide` and :mod:`.serving_choice`);
+the KV cache is placed as :func:`.ops_decode.plan_attn_decode` reads it (positions over tile rows, KV heads
+over tile columns).
 
 With ``wafers`` > 1 (``--wafers N``) the stages are split layer-wise over N wafers in a pipeline: contiguous
 stages, as even in count as the regions allow, each wafer's share packed into its own regions. A token leaves a
@@ -41,6 +43,7 @@ from .placement import shift, stage_count, stage_of
 from .plan import ModelPlan, OpPlan, SramOverflowError, Task, TaskKind, TileGrid, ceil_div, split
 from .registry import get_mapping, mapping_info
 from .resident import ResidentLayout
+from .serving_choice import Choice, choose, options, shape_key, smallest, stage_shapes
 
 
 def check_inner(name: str, what: str = "serving keeps weights resident") -> None:
@@ -128,14 +131,39 @@ def wafers_needed(needs: list[StageNeed], sram: int, regions_per_wafer: int) -> 
     """The fewest wafers that hold the stages (None: a stage alone overflows a PE's SRAM)."""
     if any(n.total > sram for n in needs):
         return None
-    return next((w for w in range(1, len(needs) + 1) if assign_wafers(needs, sram, regions_per_wafer, w)), None)
+    least = ceil_div(len(pack(needs, sram)), regions_per_wafer)  # packing a wafer's share never takes fewer regions
+    return next((w for w in range(least, len(needs) + 1) if assign_wafers(needs, sram, regions_per_wafer, w)), None)
+
+
+def _unnamed(op):
+    """``op`` without what names it (its name, block, layer and inputs): ops alike in size plan alike."""
+    return replace(op, name="", block="", layer=0, inputs=())
+
+
+def decisions(candidates: dict, choice: Choice, wafers: int, n_regions: int) -> list[dict]:
+    """The report's auto decisions: per matmul shape its candidates (ranked on one layer) and the mapping chosen,
+    with why when the whole model's SRAM ruled out the fastest."""
+    out = []
+    for k, cands in candidates.items():
+        entry = {"shape_mkn": list(k[:3]), "chosen": choice.mappings[k], "candidates": [c.as_dict() for c in cands]}
+        if choice.mappings[k] != choice.fastest[k]:
+            held = f"{wafers} wafer{'s' if wafers > 1 else ''} of {n_regions} region{'s' if n_regions > 1 else ''}"
+            entry["instead_of"] = choice.fastest[k]
+            entry["why"] = (f"{choice.fastest[k]} was fastest on one layer, but with every shape's fastest mapping "
+                            f"the whole model did not fit {held}; this is the fastest combination that does"
+                            if choice.fits else
+                            f"{choice.fastest[k]} was fastest on one layer, but no combination fits {held}; this "
+                            f"one needs the fewest wafers ({choice.wafers_needed})")
+        out.append(entry)
+    return out
 
 
 class Serving:
     """Plans a whole model for serving: weights resident, stages packed into regions (see module docstring).
 
-    ``inner``: a resident mapping name, or ``auto`` (``choose(graph, region_grid)`` returns
-    ``{shape key: mapping}``, injected by the pipeline since choosing simulates).
+    ``inner``: a resident mapping name, or ``auto`` (``choose(graph, region_grid)`` returns the auto-mapper's
+    ``{shape key: [Candidate]}`` ranked on one layer, injected by the pipeline since ranking simulates; the
+    choice among them is made here with the whole model in view, :meth:`decide`).
     """
 
     name = "serving"
@@ -147,11 +175,13 @@ class Serving:
             raise UserError(f"serving with {inner} needs a chooser (built by wse_sim.app.serve)")
         self.inner, self.choose = inner, choose
         self.cache_positions = cache_positions  # SRAM reserved for this many cache positions (None: the graph's)
+        self.decided: dict = {}  # decide()'s answers, per pass shape and placement
 
     # ---- per-region planning ---------------------------------------------------------------------------------
-    def layouts(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid) -> tuple[dict, ResidentLayout]:
-        """({op name: layout for that matmul}, layout for everything else)."""
-        by_shape = self.choose(graph, region) if self.searches else None
+    def layouts(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, by_shape: dict | None = None
+                ) -> tuple[dict, ResidentLayout]:
+        """({op name: layout for that matmul}, layout for everything else). ``by_shape``: the auto-mapper's
+        {matmul shape key: mapping} (:meth:`decide`); without it a search plans only the non-matmul layout."""
         cache: dict[str, ResidentLayout] = {}
 
         def layout(name):
@@ -160,10 +190,10 @@ class Serving:
             return cache[name]
 
         per_op = {}
-        for op in graph.ops():
-            if op.kind == OpKind.MATMUL:
-                name = by_shape[(op.m, op.k, op.n, op.bias is not None)] if by_shape else self.inner
-                per_op[op.name] = layout(name)
+        if by_shape or not self.searches:
+            for op in graph.ops():
+                if op.kind == OpKind.MATMUL:
+                    per_op[op.name] = layout(by_shape[shape_key(op)] if by_shape else self.inner)
         return per_op, layout(resident_candidates()[0] if self.searches else self.inner)
 
     def kv_positions(self, graph: WorkloadGraph) -> int:
@@ -172,12 +202,73 @@ class Serving:
             return self.cache_positions
         return graph.cache_positions if graph.phase == "decode" else 0
 
-    def stage_needs(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid):
+    def decide(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, n_regions: int, wafers: int,
+               positions: int | None = None, most_room: bool = False) -> tuple[Choice, list]:
+        """The auto-mapper's mappings for ``graph`` judged with the whole model in view (:mod:`.serving_choice`):
+        all stages' weights, KV cache (``positions`` per sequence, default :meth:`kv_positions`) and working sets
+        packed into ``wafers`` wafers of ``n_regions`` regions. ``most_room``: instead, the mappings that leave the
+        most SRAM for a KV cache (capacity). Returns the choice and the report's decisions."""
+        positions = self.kv_positions(graph) if positions is None else positions
+        key = (graph.config, graph.batch, graph.seq, graph.precision, graph.phase, region, n_regions, wafers,
+               positions, most_room)
+        if key not in self.decided:
+            candidates = self.choose(graph, region)
+            shapes, opts, base = self.footprints(graph, wafer, region, candidates)
+            if most_room:
+                choice = smallest(shapes, opts, region.rows * region.cols, wafer.mesh_rows * wafer.mesh_cols * wafers)
+            else:
+                sram, kv = wafer.sram_bytes_per_pe, base.kv_cache_bytes_per_pe(positions) if positions else 0
+
+                def needs(pairs):
+                    return self.with_cache([StageNeed(kept, 0, work) for kept, work in pairs], kv)
+
+                choice = choose(shapes, opts, lambda pairs: assign_wafers(needs(pairs), sram, n_regions, wafers)
+                                is not None, lambda pairs: wafers_needed(needs(pairs), sram, n_regions))
+            self.decided[key] = choice, decisions(candidates, choice, wafers, n_regions)
+        return self.decided[key]
+
+    @staticmethod
+    def footprints(graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, candidates: dict):
+        """(each stage's shape, each matmul shape's options with their footprints in ``region``, the layout of
+        the non-matmul ops and the cache). Footprints are measured once per distinct op size."""
+        cache: dict[str, ResidentLayout] = {}
+
+        def layout(name):
+            if name not in cache:
+                cache[name] = get_mapping(name).layout(graph, wafer, region)
+                cache[name].enforce_sram = False
+            return cache[name]
+
+        base = layout(resident_candidates()[0])
+        fixed_memo: dict = {}
+
+        def fixed(op):
+            k = _unnamed(op)
+            if k not in fixed_memo:
+                fixed_memo[k] = base.kept_bytes_per_pe(op), base.plan_op(op).sram_bytes_per_pe
+            return fixed_memo[k]
+
+        first = {}
+        for op in graph.ops():
+            if op.kind == OpKind.MATMUL:
+                first.setdefault(shape_key(op), op)
+
+        def footprint(k):
+            return lambda name: (layout(name).kept_bytes_per_pe(first[k]),
+                                 layout(name).plan_op(first[k]).sram_bytes_per_pe)
+
+        opts = {k: options(cands, footprint(k)) for k, cands in candidates.items()}
+        return stage_shapes(graph, fixed), opts, base
+
+    def stage_needs(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, by_shape: dict | None = None):
         """(ops, their region-local plans, per-stage SRAM needs without the cache, the layout that places the
-        cache). Plans are made without SRAM checks; the needs are checked after packing."""
+        cache). Plans are made without SRAM checks; the needs are checked after packing. A search needs
+        ``by_shape`` (:meth:`decide`)."""
         if graph.config is None:
             raise UserError("serving runs whole models; use `wse-sim gemm` for a single matmul")
-        per_op, base = self.layouts(graph, wafer, region)
+        if self.searches and not by_shape:
+            raise ValueError("stage_needs of a search needs the mappings chosen by Serving.decide")
+        per_op, base = self.layouts(graph, wafer, region, by_shape)
         ops = list(graph.ops())
         for ctx in {id(c): c for c in (*per_op.values(), base)}.values():
             ctx.enforce_sram = False
@@ -216,7 +307,8 @@ class Serving:
     def plan(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, n_regions: int,
              wafers: int = 1) -> ModelPlan:
         """``n_regions`` regions per wafer, ``wafers`` wafers in a layer pipeline."""
-        ops, plans, bare, base = self.stage_needs(graph, wafer, region)
+        choice, decided = self.decide(graph, wafer, region, n_regions, wafers) if self.searches else (None, None)
+        ops, plans, bare, base = self.stage_needs(graph, wafer, region, choice.mappings if choice else None)
         positions = self.kv_positions(graph)
         needs = self.with_cache(bare, base.kv_cache_bytes_per_pe(positions) if positions else 0)
         sram = wafer.sram_bytes_per_pe
@@ -249,7 +341,10 @@ class Serving:
                 f"({cfg.n_layer} layers + the LM head, packed by SRAM) but {held}; use --wafers {need} (a "
                 f"layer pipeline over {need} wafers), simulate fewer layers with --layer-subset K and scale, or "
                 f"use a larger --grid" + hint)
-        return self.place(graph, wafer, region, ops, plans, needs, per_wafer, n_regions)
+        plan = self.place(graph, wafer, region, ops, plans, needs, per_wafer, n_regions)
+        if decided is not None:
+            plan.params["decisions"] = decided
+        return plan
 
     # ---- placing region plans on the wafers ------------------------------------------------------------------
     def place(self, graph, wafer, region: TileGrid, ops, plans, needs, per_wafer, n_regions: int) -> ModelPlan:
