@@ -123,7 +123,7 @@ def test_kv_cache_overflow_names_the_longest_context_and_capacity_agrees(tmp_pat
     wafer = replace(TINY, sram_bytes_per_pe=6000)
     to_hf_config(replace(LLAMA, n_positions=4096, n_layer=1)).to_json_file(tmp_path / "config.json")
     spec = RunSpec(model=str(tmp_path), wafer="tiny", grid="8x8", tiles="2x2", precision="fp32", phase="decode",
-                   numerics=False)
+                   numerics=False, weights="resident")  # auto would stream the weights instead (tested below)
     cap = capacity(spec, wafer)
     longest = cap["max_context_tokens"]
     assert cap["limited_by"] == "SRAM" and 0 < longest < 4095
@@ -137,12 +137,15 @@ def test_kv_cache_overflow_names_the_longest_context_and_capacity_agrees(tmp_pat
 def test_serving_errors_are_clear():
     with pytest.raises(UserError, match="needs --context"):
         run(RunSpec(phase="decode", numerics=False), log=lambda *_: None)
-    with pytest.raises(UserError, match="keep weights resident"):
-        run(RunSpec(phase="decode", context=4, mapping="weight-streaming", numerics=False), log=lambda *_: None)
+    with pytest.raises(UserError, match="cannot keep them resident"):
+        run(RunSpec(phase="decode", context=4, mapping="weight-streaming", weights="resident", numerics=False),
+            log=lambda *_: None)
+    with pytest.raises(UserError, match=r"resident weights .*--mapping must be auto or one of"):
+        run(RunSpec(phase="generate", mapping="pipelined", numerics=False), log=lambda *_: None)
     with pytest.raises(UserError, match=r"--layer-subset must be between 1 and 10"):
         run(RunSpec(phase="decode", context=4, layer_subset=11, numerics=False), log=lambda *_: None)
     with pytest.raises(UserError, match=r"needs \d+ regions"):
-        run(RunSpec(model="llama3-8b", phase="decode", context=4, grid="540x540", numerics=False),
+        run(RunSpec(model="llama3-8b", phase="decode", context=4, grid="540x540", numerics=False, weights="resident"),
             log=lambda *_: None)
 
 

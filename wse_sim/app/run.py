@@ -17,6 +17,6 @@ def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False,
     ``spec.wafer`` with a WaferSpec object (calibration varies its parameters); ``max_memory`` (GB) overrides the
     memory limit (not an input of the result, so not in the spec)."""
     scn = Scenario.resolve(spec, wafer, max_memory)
-    if spec.phase == "prefill":
+    if spec.phase == "prefill" and spec.mapping == "pipelined":  # its own placement: layers on bands of rows
         return run_prefill(scn, progress, log, record)
     return run_serving(scn, progress, log, record)
