@@ -66,7 +66,6 @@ def test_prefill_phase_and_generate_prefill_time_alike(models, model, sram, grid
     assert pre["prefill_cycles_scaled"] == gen["request"]["cycles"]["prefill"] > 0  # equal cycles, not close
     assert pre["ttft_s"] == gen["request"]["ttft_s"]
     assert pre["placement"]["prefill"] == gen["placement"]["prefill"]
-    assert pre["placement"]["prefill"] == gen["placement"]["decode"]  # one grid: one placement for the request
     placed = pre["placement"]["prefill"]
     if sram == 20000:
         assert placed["weights"] == "resident" and placed["regions_used"] > 1, placed

@@ -181,3 +181,27 @@ def test_decode_steps_reusing_a_simulated_step_time_like_fresh_ones():
             assert timing(step.plan) == timing(fresh.plan) and step.plan.params == fresh.plan.params
             assert [c.values for c in op_counts(wafer, step.plan)] == [c.values for c in op_counts(wafer, fresh.plan)]
         assert reused == reuses
+
+
+def test_streamed_decode_steps_reusing_a_simulated_step_time_like_fresh_ones():
+    """The same reuse with streamed weights (the weight-streaming layout's op plans compared as they are)."""
+    from wse_sim.app.scenario import make_grid, resolve_model, simulated_cycles
+    from wse_sim.app.serve import ServingRun
+
+    config, _ = resolve_model(RunSpec(model="cerebras-gpt-111m"))
+    wafer = get_wafer("wse2")
+    region = make_grid(wafer, "50x50")
+
+    def serving_run():
+        return ServingRun(config, wafer, region, "auto", "fp16", 1, None, 48, simulated_cycles, weights="streamed")
+
+    sr, reused = serving_run(), 0
+    for ctx in (20, 21, 33, 46):
+        step = sr.run(sr.graph(1, "decode", ctx))
+        fresh_run = serving_run()
+        fresh = fresh_run.run(fresh_run.graph(1, "decode", ctx))
+        reused += step.reused is not None
+        assert step.result.total_cycles == fresh.result.total_cycles and step.result.ops == fresh.result.ops
+        assert [replace(op, tasks=tuple(replace(t, actions=()) for t in op.tasks)) for op in step.plan.ops] == \
+            [replace(op, tasks=tuple(replace(t, actions=()) for t in op.tasks)) for op in fresh.plan.ops]
+    assert reused >= 2

@@ -187,7 +187,7 @@ class ServingRun:
     def run(self, graph: WorkloadGraph, numerics=None, record: bool = False) -> Pass:
         """Plan and simulate ``graph``; a timing-only decode step whose plan would time like the last decode step
         simulated afresh reuses that step's plan and result instead (see :meth:`reuse`)."""
-        timing_only = numerics is None and not record and graph.phase == "decode" and self.weights == "resident"
+        timing_only = numerics is None and not record and graph.phase == "decode"
         if timing_only and (out := self.reuse(graph)) is not None:
             return out
         with gc_paused():  # many tasks, no cycles: see wse_sim.gc_pause
@@ -227,11 +227,17 @@ class ServingRun:
         """The weight-streaming mapping's plan of ``graph`` on the region, with the whole model's KV cache
         (``cache_positions`` positions, every layer) held in SRAM beside the streaming buffers."""
         mapping = get_mapping(streaming_mapping())
-        ctx = mapping.layout(graph, self.wafer, self.region)
-        ctx.reserved_bytes_per_pe = self.config.n_layer * ctx.kv_cache_bytes_per_pe(self.cache_positions)
+        ctx = self.streamed_layout(graph)
         ops = tuple(ctx.plan_op(op) for op in graph.ops())
         return ModelPlan(mapping=mapping.name, grid=self.region, precision=graph.precision, ops=ops,
                          stream_buffers=mapping.stream_buffers, params={"stream_buffers": mapping.stream_buffers})
+
+    def streamed_layout(self, graph: WorkloadGraph):
+        """The weight-streaming layout of ``graph`` on the region, SRAM held for every layer's KV cache."""
+        ctx = get_mapping(streaming_mapping()).layout(graph, self.wafer, self.region)
+        positions = self.cache_positions if self.cache_positions is not None else graph.cache_positions
+        ctx.reserved_bytes_per_pe = self.config.n_layer * ctx.kv_cache_bytes_per_pe(positions)
+        return ctx
 
     def placement(self, plan: ModelPlan) -> dict:
         """How the weights of ``plan``'s pass are placed, and why (the report's ``placement`` entries)."""
@@ -244,11 +250,11 @@ class ServingRun:
                                  "sequence, every layer) stay on it",
                           "wafers": 1, "kv_cache_positions_reserved": self.cache_positions}
         p = plan.params
-        held = f"{self.wafers} wafers of {p['regions_on_wafer']}" if self.wafers > 1 else f"{p['regions_on_wafer']}"
-        return out | {"how": f"resident: {p['regions_used']} regions of {grid[0]}x{grid[1]} PEs (of {held} the "
-                             f"wafer{'s' if self.wafers > 1 else ''} hold{'' if self.wafers > 1 else 's'}), "
-                             f"layers packed into them in order while their weights, KV cache and working sets "
-                             f"fit each PE's SRAM; stages per region {p['stages_per_region']}",
+        held = (f"{p['regions_on_wafer']} per wafer on {self.wafers} wafers" if self.wafers > 1
+                else f"{p['regions_on_wafer']} on the wafer")
+        return out | {"how": f"resident in {p['regions_used']} {grid[0]}x{grid[1]}-PE region(s) ({held}), layers "
+                             f"packed in order while their weights, KV cache and working sets fit each PE's SRAM; "
+                             f"stages per region {p['stages_per_region']}",
                       "wafers": p["wafers"], "region_pes": grid, "regions_on_wafer": p["regions_on_wafer"],
                       "regions_used": p["regions_used"], "stages_per_region": p["stages_per_region"],
                       "kv_cache_positions_reserved": self.cache_positions}
@@ -276,8 +282,8 @@ class ServingRun:
         if (graph.config, graph.batch, graph.seq, graph.precision, graph.phase) != (
                 ref_graph.config, ref_graph.batch, ref_graph.seq, ref_graph.precision, ref_graph.phase):
             return None
-        if self.serving.kv_positions(graph) != self.serving.kv_positions(ref_graph):  # SRAM kept for the cache
-            return None
+        if self.weights == "resident" and self.serving.kv_positions(graph) != self.serving.kv_positions(ref_graph):
+            return None  # the SRAM kept for the cache differs
         new_ops = list(graph.ops())
         if len(old_ops) != len(new_ops):
             return None
@@ -287,6 +293,8 @@ class ServingRun:
                 if a.name != b.name or a.kind != b.kind or a.kind == OpKind.MATMUL:
                     return None
                 changed[k] = b
+        if self.weights == "streamed":
+            return self.reuse_streamed(graph, ref, old_ops, changed)
         base = None
         ops = list(ref.plan.ops)
         for k, b in changed.items():
@@ -312,6 +320,28 @@ class ServingRun:
                     return None
                 notes = notes[:len(notes) - len(old_notes)] + new_notes
             ops[k] = replace(ops[k], op=b, notes=notes)
+        plan = replace(ref.plan, ops=tuple(ops))
+        result = replace(ref.result, ops=[replace(t, flops=ops[k].op.flops, notes=ops[k].notes) if k in changed
+                                          else t for k, t in enumerate(ref.result.ops)])
+        return Pass(graph, plan, result, ref.scaled_cycles, ref.reused or ref)
+
+
+    def reuse_streamed(self, graph: WorkloadGraph, ref: Pass, old_ops: list, changed: dict) -> Pass | None:
+        """:meth:`reuse` for streamed weights: the plan is the streaming layout's op plans as they are, so each
+        changed op's new plan is compared with the reference plan's op itself (same tasks but for their numerics
+        actions, same SRAM footprint); its notes are the new plan's."""
+        ctx = None
+        ops = list(ref.plan.ops)
+        for k, b in changed.items():
+            key = ("streamed", _shape(old_ops[k]), _shape(b))
+            if key not in self.same_local:
+                if ctx is None:
+                    ctx = self.streamed_layout(graph)
+                pb = ctx.plan_op(b)
+                self.same_local[key] = pb.notes if _timing(pb) == _timing(ops[k]) else None
+            if self.same_local[key] is None:
+                return None
+            ops[k] = replace(ops[k], op=b, notes=self.same_local[key])
         plan = replace(ref.plan, ops=tuple(ops))
         result = replace(ref.result, ops=[replace(t, flops=ops[k].op.flops, notes=ops[k].notes) if k in changed
                                           else t for k, t in enumerate(ref.result.ops)])
