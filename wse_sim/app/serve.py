@@ -115,8 +115,9 @@ class Chooser:
 
 
 def residency(mapping: str, requested: str | None) -> tuple[str, str]:
-    """(``resident``, ``streamed`` or ``auto``, why) for ``--mapping`` and ``--weights`` (None: auto). ``auto`` is
-    decided by the first pass planned: resident when it fits the wafers, else streamed (:meth:`ServingRun.place`)."""
+    """(``resident``, ``streamed`` or ``undecided``, why) for ``--mapping`` and ``--weights`` (None: auto). An
+    undecided residency (``--weights auto`` with ``--mapping auto``) is decided by the first pass planned: resident
+    when it fits the wafers, else streamed (:meth:`ServingRun.place`)."""
     requested = requested or "auto"
     if mapping == streaming_mapping():
         if requested == "resident":
@@ -133,7 +134,7 @@ def residency(mapping: str, requested: str | None) -> tuple[str, str]:
         return "resident", "--weights resident"
     if not mapping_info(mapping).searches:
         return "resident", f"--mapping {mapping} keeps weights resident"
-    return "auto", ""
+    return "undecided", ""
 
 
 class ServingRun:
@@ -214,7 +215,7 @@ class ServingRun:
                 self.weights, self.serving, self.chooser = "streamed", None, None
                 self.why = f"auto: resident weights do not fit ({exc}); streamed from MemoryX instead"
             else:
-                if self.weights == "auto":
+                if self.weights == "undecided":
                     self.weights = "resident"
                     self.why = (f"auto: the weights, the KV cache ({self.cache_positions:,} positions per sequence) "
                                 f"and the working sets fit {plan.params['regions_used']} regions")
