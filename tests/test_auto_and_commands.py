@@ -12,7 +12,7 @@ from wse_sim.app.scenario import make_mapping
 from wse_sim.arch import load_wafer
 from wse_sim.cli import main
 from wse_sim.errors import UserError
-from wse_sim.mapping import SramOverflowError, TileGrid, get_mapping
+from wse_sim.mapping import TileGrid, get_mapping
 from wse_sim.mapping.estimate import bound_cycles
 from wse_sim.sim import Engine
 
@@ -147,8 +147,8 @@ def test_compare_on_a_defective_wafer_matches_direct_runs(tmp_path):
         assert sick[name]["wafer_joules_per_token"] > well[name]["wafer_joules_per_token"]
 
 
-def test_resident_model_too_big_says_bytes():
-    with pytest.raises(SramOverflowError, match=r"keeps all weights resident: .* B/PE of weights"):
+def test_resident_model_too_big_says_regions_and_wafers():
+    with pytest.raises(UserError, match=r"needs 3 regions of 994x750 PEs .* use --wafers 3"):
         run(RunSpec(model="cerebras-gpt-13b", mapping="summa", seq=64, precision="fp32", numerics=False),
             log=lambda m: None)
 

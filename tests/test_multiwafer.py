@@ -78,7 +78,7 @@ def test_even_split_by_stage_count_when_regions_allow():
 
 def test_a_model_too_big_for_one_wafer_names_the_wafers_it_needs_and_runs_on_them(ckpt):
     base = RunSpec(checkpoint=ckpt[BIG.name], wafer="tiny", tiles="2x2", precision="fp32", phase="decode",
-                   context=9, numerics=True)
+                   context=9, numerics=True, weights="resident")
     with pytest.raises(UserError, match=r"use --wafers 2 "):
         run(base, log=quiet)
     two = run(RunSpec(**{**base.__dict__, "wafers": 2}), log=quiet)
@@ -152,8 +152,12 @@ def test_layer_subset_scales_layers_but_not_the_crossings(ckpt):
 
 
 def test_cli_wafers(ckpt, tmp_path, capsys):
-    assert main(["run", "--checkpoint", ckpt[SMALL.name], "--wafers", "2", "--out", str(tmp_path), "--quiet"]) == 2
-    assert "--wafers applies to decode and generate" in capsys.readouterr().err
+    # a prefill is placed as generate places it: on two wafers too
+    assert main(["run", "--checkpoint", ckpt[SMALL.name], "--wafers", "2", "--seq", "8", "--no-numerics",
+                 "--out", str(tmp_path), "--quiet"]) == 0
+    placed = json.loads((tmp_path / "report.json").read_text())["placement"]["prefill"]
+    assert placed["weights"] == "resident" and placed["wafers"] == 2
+    capsys.readouterr()
     main(["capacity", "--model", ckpt[BIG.name], "--wafer", "tiny", "--tiles", "2x2", "--precision", "fp32",
           "--wafers", "2", "--json"])
     out = json.loads(capsys.readouterr().out)

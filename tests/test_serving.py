@@ -123,7 +123,7 @@ def test_kv_cache_overflow_names_the_longest_context_and_capacity_agrees(tmp_pat
     wafer = replace(TINY, sram_bytes_per_pe=6000)
     to_hf_config(replace(LLAMA, n_positions=4096, n_layer=1)).to_json_file(tmp_path / "config.json")
     spec = RunSpec(model=str(tmp_path), wafer="tiny", grid="8x8", tiles="2x2", precision="fp32", phase="decode",
-                   numerics=False)
+                   numerics=False, weights="resident")  # auto would stream the weights instead (tested below)
     cap = capacity(spec, wafer)
     longest = cap["placement"]["max_context_tokens"]
     assert cap["placement"]["limited_by"] == "SRAM" and 0 < longest < 4095
@@ -138,12 +138,15 @@ def test_kv_cache_overflow_names_the_longest_context_and_capacity_agrees(tmp_pat
 def test_serving_errors_are_clear():
     with pytest.raises(UserError, match="needs --context"):
         run(RunSpec(phase="decode", numerics=False), log=lambda *_: None)
-    with pytest.raises(UserError, match="keep weights resident"):
-        run(RunSpec(phase="decode", context=4, mapping="weight-streaming", numerics=False), log=lambda *_: None)
+    with pytest.raises(UserError, match="cannot keep them resident"):
+        run(RunSpec(phase="decode", context=4, mapping="weight-streaming", weights="resident", numerics=False),
+            log=lambda *_: None)
+    with pytest.raises(UserError, match=r"resident weights .*--mapping must be auto or one of"):
+        run(RunSpec(phase="generate", mapping="pipelined", numerics=False), log=lambda *_: None)
     with pytest.raises(UserError, match=r"--layer-subset must be between 1 and 10"):
         run(RunSpec(phase="decode", context=4, layer_subset=11, numerics=False), log=lambda *_: None)
     with pytest.raises(UserError, match=r"needs \d+ regions"):
-        run(RunSpec(model="llama3-8b", phase="decode", context=4, grid="540x540", numerics=False),
+        run(RunSpec(model="llama3-8b", phase="decode", context=4, grid="540x540", numerics=False, weights="resident"),
             log=lambda *_: None)
 
 
@@ -179,3 +182,27 @@ def test_decode_steps_reusing_a_simulated_step_time_like_fresh_ones():
             assert timing(step.plan) == timing(fresh.plan) and step.plan.params == fresh.plan.params
             assert [c.values for c in op_counts(wafer, step.plan)] == [c.values for c in op_counts(wafer, fresh.plan)]
         assert reused == reuses
+
+
+def test_streamed_decode_steps_reusing_a_simulated_step_time_like_fresh_ones():
+    """The same reuse with streamed weights (the weight-streaming layout's op plans compared as they are)."""
+    from wse_sim.app.scenario import make_grid, resolve_model, simulated_cycles
+    from wse_sim.app.serve import ServingRun
+
+    config, _ = resolve_model(RunSpec(model="cerebras-gpt-111m"))
+    wafer = get_wafer("wse2")
+    region = make_grid(wafer, "50x50")
+
+    def serving_run():
+        return ServingRun(config, wafer, region, "auto", "fp16", 1, None, 48, simulated_cycles, weights="streamed")
+
+    sr, reused = serving_run(), 0
+    for ctx in (20, 21, 33, 46):
+        step = sr.run(sr.graph(1, "decode", ctx))
+        fresh_run = serving_run()
+        fresh = fresh_run.run(fresh_run.graph(1, "decode", ctx))
+        reused += step.reused is not None
+        assert step.result.total_cycles == fresh.result.total_cycles and step.result.ops == fresh.result.ops
+        assert [replace(op, tasks=tuple(replace(t, actions=()) for t in op.tasks)) for op in step.plan.ops] == \
+            [replace(op, tasks=tuple(replace(t, actions=()) for t in op.tasks)) for op in fresh.plan.ops]
+    assert reused >= 2

@@ -42,6 +42,7 @@ REPORT_KEYS = {
     "tasks": ("simulation", "tasks"), "max_abs_err_vs_reference": ("numerics", "max_abs_err_vs_reference"),
     "max_abs_err_vs_transformers": ("numerics", "max_abs_err_vs_transformers"),
     "ttft_s": ("ttft_s",), "tpot_s": ("tpot_s",), "kv_cache_bytes": ("kv_cache_bytes",),
+    "e2e_tokens_per_s_per_request": ("request", "e2e_tokens_per_s_per_request"),
     **{k: ("energy", k) for k in ("joules", "joules_per_token", "average_w", "peak_w")},
 }
 
@@ -64,6 +65,7 @@ def expected_row(point: dict) -> dict:
     rows, cols = report["mapping"]["grid_pes"]
     row["grid_pes"] = str(rows * cols)
     row["tile_grid"] = "x".join(str(n) for n in report["mapping"]["tile_grid"])
+    row["weights_placed"] = report["placement"]["prefill"]["weights"]  # these sweeps are prefills on one grid
     assert set(row) == set(HEADLINE_COLUMNS) - {"sim_wall_s", "error"}  # every figure is checked
     return row | {"error": ""}
 

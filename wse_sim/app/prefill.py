@@ -1,4 +1,6 @@
-"""``--phase prefill``: one forward pass over ``--seq`` tokens under the chosen mapping, with real numerics."""
+"""``--phase prefill`` under the ``pipelined`` mapping: one forward pass over ``--seq`` tokens, each layer on its own
+band of PE rows, with real numerics. Every other prefill is the first pass of a request and is placed as
+``generate`` places it (:func:`wse_sim.app.serve.run_serving`)."""
 
 from __future__ import annotations
 
@@ -16,14 +18,16 @@ from .verify import compare_logits
 
 
 def run_prefill(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
-    """Plan and simulate the forward pass of ``scn``; check the logits when numerics are on."""
+    """Plan and simulate the pipelined forward pass of ``scn``; check the logits when numerics are on."""
     spec, wafer, config = scn.spec, scn.wafer, scn.config
-    if spec.layer_subset is not None:
-        raise UserError("--layer-subset applies to decode and generate (serving placement)")
+    for flag, value in (("--layer-subset", spec.layer_subset), ("--gen-tokens", spec.gen_tokens),
+                        ("--weights streamed", spec.weights == "streamed" or None)):
+        if value is not None:
+            raise UserError(f"{flag} does not apply to --mapping pipelined (its own placement: every layer on a "
+                            "band of PE rows, weights resident)")
     if spec.wafers != 1:
-        raise UserError("--wafers applies to decode and generate (resident weights, a layer pipeline); a prefill "
-                        "with weight streaming runs on one wafer (--phase generate reports the prefill's TTFT "
-                        "on N wafers)")
+        raise UserError("--mapping pipelined runs on one wafer (--wafers applies to the resident placement in "
+                        "regions)")
     graph = lower_model(config, spec.batch, spec.seq, spec.precision)
     mapping = make_mapping(spec.mapping, fixed_tiles=bool(spec.tiles or spec.tile))
     with gc_paused():  # hundreds of thousands of tasks, no cycles: see wse_sim.gc_pause
@@ -49,7 +53,12 @@ def run_prefill(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
     seconds = result.total_cycles / wafer.clock_hz
     serving = {"phase": "prefill", "ttft_s": seconds, "tpot_s": None,
                "tokens_per_s_per_request": spec.seq / seconds if seconds else None,
-               "kv_cache_bytes": graph.tokens * config.kv_cache_bytes_per_token(BYTES_PER_ELEM[spec.precision])}
+               "kv_cache_bytes": graph.tokens * config.kv_cache_bytes_per_token(BYTES_PER_ELEM[spec.precision]),
+               "placement": {"prefill": {
+                   "weights": "resident", "why": f"--mapping {spec.mapping} keeps weights resident",
+                   "grid_pes": [scn.grid.rows, scn.grid.cols], "wafers": 1, "simulated_layers": config.n_layer,
+                   "model_layers": config.n_layer,
+                   "how": "pipelined: every layer on its own band of the grid's PE rows, sequences as micro-batches"}}}
     report = build_report(report_inputs(spec), config, wafer, graph, plan, result, numerics_report, serving)
     if scn.remap is not None:
         report["defects"] = scn.defects_report(plan)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from ..arch import WaferSpec
+from ..mapping import mapping_info
 from .prefill import run_prefill
 from .scenario import RunOutput, RunSpec, Scenario
 from .serve import run_serving
@@ -17,6 +18,6 @@ def run(spec: RunSpec, progress: bool = False, log=print, record: bool = False,
     ``spec.wafer`` with a WaferSpec object (calibration varies its parameters); ``max_memory`` (GB) overrides the
     memory limit (not an input of the result, so not in the spec)."""
     scn = Scenario.resolve(spec, wafer, max_memory)
-    if spec.phase == "prefill":
+    if spec.phase == "prefill" and mapping_info(spec.mapping).whole_model:  # pipelined: its own band placement
         return run_prefill(scn, progress, log, record)
     return run_serving(scn, progress, log, record)

@@ -64,8 +64,12 @@ class RunSpec:
     defects: str | None = None  # failed PEs drawn at this per-PE rate ("published", "10x", 1e-4; docs/defects.md)
     defect_seed: int | None = None  # seed of the drawn defects (default 0)
     defect_map: str | None = None  # a file of failed PEs, "ROW COL" per line (physical coordinates)
+    weights: str | None = None  # resident | streamed | auto (None: auto); see wse_sim.app.serve
+    prefill_grid: str | None = None  # generate: the prefill pass's region grid "PxQ" (default --grid)
+    decode_grid: str | None = None  # generate: the decode steps' region grid "PxQ" (default --grid)
 
 PHASES = ("prefill", "decode", "generate")
+WEIGHTS = ("auto", "resident", "streamed")
 
 
 def _parse_pair(spec: str, what: str) -> tuple[int, int]:
@@ -228,7 +232,8 @@ def model_weights(spec: RunSpec, config: ModelConfig, weights, log):
     return weights
 
 
-OMITTED_WHEN_UNSET = ("defects", "defect_seed", "defect_map")  # a healthy wafer's inputs stay as they were
+# left out of the report's inputs while unset, so reports of runs that do not use them stay as they were
+OMITTED_WHEN_UNSET = ("defects", "defect_seed", "defect_map", "weights", "prefill_grid", "decode_grid")
 
 
 def report_inputs(spec: RunSpec) -> RunInputs:
@@ -269,6 +274,11 @@ class Scenario:
             raise UserError("--prompt needs --checkpoint with tokenizer files")
         if spec.context is not None and spec.phase != "decode":
             raise UserError(f"--context applies to --phase decode, not {spec.phase}")
+        if spec.weights is not None and spec.weights not in WEIGHTS:
+            raise UserError(f"unknown --weights {spec.weights!r} (known: {', '.join(WEIGHTS)})")
+        if (spec.prefill_grid or spec.decode_grid) and spec.phase != "generate":
+            raise UserError(f"--prefill-grid and --decode-grid apply to --phase generate, not {spec.phase} "
+                            "(use --grid)")
         wafer = wafer or load_wafer(spec.wafer)
         rm = wafer_remaps(wafer, spec.defects, spec.defect_seed, spec.defect_map, max(spec.wafers, 1))
         wafer = usable_wafer(wafer, rm)

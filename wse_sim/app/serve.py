@@ -18,8 +18,15 @@ from ..arch.defects import apply_defects
 from ..errors import UserError
 from ..gc_pause import gc_paused
 from ..mapping import ModelPlan, TileGrid, get_mapping, mapping_info
-from ..mapping.auto import resident_candidates
-from ..mapping.serving import Serving, check_inner, regions_on, stage_of
+from ..mapping.auto import resident_candidates, streaming_mapping
+from ..mapping.plan import SramOverflowError
+from ..mapping.serving import (
+    DoesNotFit,
+    Serving,
+    check_inner,
+    regions_on,
+    stage_of,
+)
 from ..report.build import build_report, with_request
 from ..report.energy import energy_section, pass_energy
 from ..sim import Engine, SimResult
@@ -28,8 +35,10 @@ from ..workloads import ModelConfig, WorkloadGraph, lower_model
 from ..workloads.graph import BYTES_PER_ELEM, OpKind, OpSpec
 from .scenario import (
     RunOutput,
+    RunSpec,
     Scenario,
     input_tokens,
+    make_grid,
     model_weights,
     numerics_enabled,
     report_inputs,
@@ -89,17 +98,52 @@ class Chooser:
         if key not in self.memo:
             one = replace(graph.config, n_layer=1)  # every layer has the same shapes; one layer + the head suffice
             g = lower_model(one, graph.batch, graph.seq, graph.precision, graph.phase, graph.context)
-            self.memo[key] = self.auto.search(g, self.wafer, region).memo
+            try:
+                self.memo[key] = self.auto.search(g, self.wafer, region).memo
+            except UserError as exc:  # no resident mapping fits a matmul: the weights do not fit resident
+                raise DoesNotFit(str(exc)) from None
         return self.memo[key]
 
 
+def residency(mapping: str, requested: str | None) -> tuple[str, str]:
+    """(``resident``, ``streamed`` or ``undecided``, why) for ``--mapping`` and ``--weights`` (None: auto). An
+    undecided residency (``--weights auto`` with ``--mapping auto``) is decided by the first pass planned: resident
+    when it fits the wafers, else streamed (:meth:`ServingRun.place`)."""
+    requested = requested or "auto"
+    if mapping == streaming_mapping():
+        if requested == "resident":
+            raise UserError(f"--mapping {mapping} streams every weight from MemoryX; it cannot keep them resident "
+                            "(--weights resident): use a resident mapping or auto")
+        return "streamed", f"--mapping {mapping} streams every weight from MemoryX"
+    if requested == "streamed":
+        if not mapping_info(mapping).searches:
+            raise UserError(f"--weights streamed: --mapping {mapping} keeps weights resident; use --mapping "
+                            f"{streaming_mapping()} or auto")
+        return "streamed", "--weights streamed"
+    check_inner(mapping, "resident weights (a layer's region, layers filling the wafers)")
+    if requested == "resident":
+        return "resident", "--weights resident"
+    if not mapping_info(mapping).searches:
+        return "resident", f"--mapping {mapping} keeps weights resident"
+    return "undecided", ""
+
+
 class ServingRun:
-    """Plans and simulates the passes of one serving run on ``wafer``."""
+    """Plans and simulates the passes of one run on ``wafer``: every phase (prefill, decode, generate) places its
+    passes here, so a prefill times alike whichever phase asked for it.
+
+    Weights are resident (:class:`~wse_sim.mapping.serving.Serving`: ``region`` is one layer's region, layers fill
+    the wafers' regions) or streamed (the weight-streaming mapping on ``region``, one wafer, the KV cache of
+    ``cache_positions`` positions held beside it); ``weights`` as :func:`residency` decides it."""
 
     def __init__(self, config: ModelConfig, wafer: WaferSpec, region: TileGrid, mapping: str, precision: str,
                  batch: int, layer_subset: int | None, cache_positions: int, simulate, progress: bool = False,
-                 wafers: int = 1):
-        check_inner(mapping, "decode and generate keep weights resident")
+                 wafers: int = 1, weights: str | None = "resident"):
+        self.weights, self.why = residency(mapping, weights)
+        if self.weights == "streamed" and wafers != 1:
+            raise UserError(f"streamed weights ({self.why}) run on one wafer; --wafers {wafers} needs resident "
+                            "weights (a layer pipeline)")
+        self.cache_positions = cache_positions
         self.full_config = config
         if layer_subset is not None:
             if not 1 <= layer_subset <= config.n_layer:
@@ -112,8 +156,9 @@ class ServingRun:
             raise UserError(f"--wafers must be at least 1, got {wafers}")
         r, c = regions_on(wafer, region.rows, region.cols)
         self.n_regions, self.wafers = r * c, wafers
-        self.chooser = Chooser(wafer, simulate) if mapping_info(mapping).searches else None
-        self.serving = Serving(mapping, choose=self.chooser, cache_positions=cache_positions)
+        resident = self.weights != "streamed"
+        self.chooser = Chooser(wafer, simulate) if resident and mapping_info(mapping).searches else None
+        self.serving = Serving(mapping, choose=self.chooser, cache_positions=cache_positions) if resident else None
         self.reference: tuple | None = None  # (graph, pass, its ops) of the last decode step simulated afresh
         self.ref_local: dict = {}  # reference op shape -> (timing, kept bytes, notes) of its region-local plan
         self.same_local: dict = {}  # (reference op, new op) shapes -> (their notes) if their plans time alike
@@ -138,7 +183,7 @@ class ServingRun:
         if timing_only and (out := self.reuse(graph)) is not None:
             return out
         with gc_paused():  # many tasks, no cycles: see wse_sim.gc_pause
-            plan = self.serving.plan(graph, self.wafer, self.region, self.n_regions, self.wafers)
+            plan = self.place(graph)
         if self.remap is not None:  # detours around dead PEs (wse_sim.arch.defects); actions unchanged
             plan = apply_defects(plan, self.remap, self.wafer.wavelet_bytes)
         result = Engine(self.wafer, plan, numerics=numerics, progress=self.progress, record=record).run()
@@ -148,6 +193,61 @@ class ServingRun:
             self.ref_local.clear()
             self.same_local.clear()
         return out
+
+    def place(self, graph: WorkloadGraph) -> ModelPlan:
+        """``graph``'s plan under the run's weights residency; ``auto`` becomes resident when this first pass fits
+        the wafers' regions, else streamed (on one wafer), and :attr:`why` says which and why."""
+        if self.weights != "streamed":
+            try:
+                plan = self.serving.plan(graph, self.wafer, self.region, self.n_regions, self.wafers)
+            except (SramOverflowError, DoesNotFit) as exc:
+                if self.weights == "resident" or self.wafers != 1:
+                    raise
+                self.weights, self.serving, self.chooser = "streamed", None, None
+                self.why = f"auto: resident weights do not fit ({exc}); streamed from MemoryX instead"
+            else:
+                if self.weights == "undecided":
+                    self.weights = "resident"
+                    self.why = (f"auto: the weights, the KV cache ({self.cache_positions:,} positions per sequence) "
+                                f"and the working sets fit {plan.params['regions_used']} regions")
+                return plan
+        return self.streamed_plan(graph)
+
+    def streamed_plan(self, graph: WorkloadGraph) -> ModelPlan:
+        """The weight-streaming mapping's plan of ``graph`` on the region, with the whole model's KV cache
+        (``cache_positions`` positions, every layer) held in SRAM beside the streaming buffers."""
+        mapping = get_mapping(streaming_mapping())
+        ctx = self.streamed_layout(graph)
+        ops = tuple(ctx.plan_op(op) for op in graph.ops())
+        return ModelPlan(mapping=mapping.name, grid=self.region, precision=graph.precision, ops=ops,
+                         stream_buffers=mapping.stream_buffers, params={"stream_buffers": mapping.stream_buffers})
+
+    def streamed_layout(self, graph: WorkloadGraph):
+        """The weight-streaming layout of ``graph`` on the region, SRAM held for every layer's KV cache."""
+        ctx = get_mapping(streaming_mapping()).layout(graph, self.wafer, self.region)
+        positions = self.cache_positions if self.cache_positions is not None else graph.cache_positions
+        ctx.reserved_bytes_per_pe = self.config.n_layer * ctx.kv_cache_bytes_per_pe(positions)
+        return ctx
+
+    def placement(self, plan: ModelPlan) -> dict:
+        """How the weights of ``plan``'s pass are placed, and why (the report's ``placement`` entries)."""
+        grid = [self.region.rows, self.region.cols]
+        out = {"weights": self.weights, "why": self.why, "grid_pes": grid,
+               "simulated_layers": self.config.n_layer, "model_layers": self.full_config.n_layer}
+        if self.weights == "streamed":
+            return out | {"how": f"every weight streams from MemoryX onto one {grid[0]}x{grid[1]}-PE grid per "
+                                 f"pass; activations and the KV cache ({self.cache_positions:,} positions per "
+                                 "sequence, every layer) stay on it",
+                          "wafers": 1, "kv_cache_positions_reserved": self.cache_positions}
+        p = plan.params
+        held = (f"{p['regions_on_wafer']} per wafer on {self.wafers} wafers" if self.wafers > 1
+                else f"{p['regions_on_wafer']} on the wafer")
+        return out | {"how": f"resident in {p['regions_used']} {grid[0]}x{grid[1]}-PE region(s) ({held}), layers "
+                             f"packed in order while their weights, KV cache and working sets fit each PE's SRAM; "
+                             f"stages per region {p['stages_per_region']}",
+                      "wafers": p["wafers"], "region_pes": grid, "regions_on_wafer": p["regions_on_wafer"],
+                      "regions_used": p["regions_used"], "stages_per_region": p["stages_per_region"],
+                      "kv_cache_positions_reserved": self.cache_positions}
 
     def base_layout(self, graph: WorkloadGraph):
         """The layout that plans ``graph``'s non-matmul ops, as :meth:`Serving.stage_needs` makes it."""
@@ -172,8 +272,8 @@ class ServingRun:
         if (graph.config, graph.batch, graph.seq, graph.precision, graph.phase) != (
                 ref_graph.config, ref_graph.batch, ref_graph.seq, ref_graph.precision, ref_graph.phase):
             return None
-        if self.serving.kv_positions(graph) != self.serving.kv_positions(ref_graph):  # SRAM kept for the cache
-            return None
+        if self.weights == "resident" and self.serving.kv_positions(graph) != self.serving.kv_positions(ref_graph):
+            return None  # the SRAM kept for the cache differs
         new_ops = list(graph.ops())
         if len(old_ops) != len(new_ops):
             return None
@@ -183,6 +283,8 @@ class ServingRun:
                 if a.name != b.name or a.kind != b.kind or a.kind == OpKind.MATMUL:
                     return None
                 changed[k] = b
+        if self.weights == "streamed":
+            return self.reuse_streamed(graph, ref, old_ops, changed)
         base = None
         ops = list(ref.plan.ops)
         for k, b in changed.items():
@@ -208,6 +310,28 @@ class ServingRun:
                     return None
                 notes = notes[:len(notes) - len(old_notes)] + new_notes
             ops[k] = replace(ops[k], op=b, notes=notes)
+        plan = replace(ref.plan, ops=tuple(ops))
+        result = replace(ref.result, ops=[replace(t, flops=ops[k].op.flops, notes=ops[k].notes) if k in changed
+                                          else t for k, t in enumerate(ref.result.ops)])
+        return Pass(graph, plan, result, ref.scaled_cycles, ref.reused or ref)
+
+
+    def reuse_streamed(self, graph: WorkloadGraph, ref: Pass, old_ops: list, changed: dict) -> Pass | None:
+        """:meth:`reuse` for streamed weights: the plan is the streaming layout's op plans as they are, so each
+        changed op's new plan is compared with the reference plan's op itself (same tasks but for their numerics
+        actions, same SRAM footprint); its notes are the new plan's."""
+        ctx = None
+        ops = list(ref.plan.ops)
+        for k, b in changed.items():
+            key = ("streamed", _shape(old_ops[k]), _shape(b))
+            if key not in self.same_local:
+                if ctx is None:
+                    ctx = self.streamed_layout(graph)
+                pb = ctx.plan_op(b)
+                self.same_local[key] = pb.notes if _timing(pb) == _timing(ops[k]) else None
+            if self.same_local[key] is None:
+                return None
+            ops[k] = replace(ops[k], op=b, notes=self.same_local[key])
         plan = replace(ref.plan, ops=tuple(ops))
         result = replace(ref.result, ops=[replace(t, flops=ops[k].op.flops, notes=ops[k].notes) if k in changed
                                           else t for k, t in enumerate(ref.result.ops)])
@@ -245,10 +369,12 @@ def serving_summary(run: ServingRun, phase: str, prefill: Pass | None, steps: li
                          "note": (f"simulated {run.config.n_layer} of {run.full_config.n_layer} layers; layer "
                                   f"cycles scaled by {run.full_config.n_layer / run.config.n_layer:g}")
                          if run.scaled else "all layers simulated"},
-        "regions": {"region_pes": [run.region.rows, run.region.cols], "regions_on_wafer": run.n_regions},
     }
     last = steps[-1] if steps else prefill
-    out["wafers"] = wafer_summary(last.plan, last.result, run.wafer, last.scaled_cycles)
+    resident = last.plan.params.get("placement") == "serving"  # streamed weights: one grid, one wafer
+    out["regions"] = {"region_pes": [run.region.rows, run.region.cols],
+                      "regions_on_wafer": run.n_regions} if resident else None
+    out["wafers"] = wafer_summary(last.plan, last.result, run.wafer, last.scaled_cycles) if resident else None
     if prefill:
         out["prefill_cycles_simulated"] = prefill.result.total_cycles
         out["prefill_cycles_scaled"] = prefill.scaled_cycles
@@ -272,6 +398,7 @@ def request_summary(prefill: Pass | None, steps: list[Pass], clock_hz: float, ba
         "tpot_s_per_step": [c / clock_hz for c in step_cycles],
         "e2e_latency_s": total / clock_hz,
         "tokens_per_s": output * clock_hz / total if total else None,
+        "e2e_tokens_per_s_per_request": output / batch * clock_hz / total if total else None,
         "cycles": {"prefill": prefill_cycles, "decode": sum(step_cycles), "total": total},
         "cycle_share": {"prefill": prefill_cycles / total if total else 0.0,
                         "decode": sum(step_cycles) / total if total else 0.0},
@@ -314,14 +441,18 @@ def wafer_summary(plan: ModelPlan, result: SimResult, wafer: WaferSpec, scaled_c
 
 def serving_energy(run: ServingRun, wafer: WaferSpec, phase: str, prefill: Pass | None, steps: list[Pass],
                    batch: int) -> dict:
-    """The report's ``energy``: a decode step's (``batch`` tokens), or a generate request's, prefill and every
-    decode step (its output tokens); layer actions scaled to the model's depth like the cycles."""
+    """The report's ``energy``: a prefill's (its prompt tokens), a decode step's (``batch`` tokens), or a generate
+    request's, prefill and every decode step (its output tokens); layer actions scaled to the model's depth like
+    the cycles."""
     if phase == "generate":
         passes = ([prefill] if prefill else []) + steps
         tokens = batch * (len(steps) + (1 if prefill else 0))
+    elif phase == "prefill":
+        passes, tokens = [prefill], batch * prefill.graph.seq
     else:
         passes, tokens = steps[-1:], batch
-    scope = "request (prefill and decode steps; per output token)" if phase == "generate" else "decode step"
+    scope = {"generate": "request (prefill and decode steps; per output token)", "prefill": "pass"}.get(
+        phase, "decode step")
     counts: dict[int, list] = {}  # a reused pass shares its reference's tasks, so their action counts
     energies = []
     for p in passes:
@@ -332,52 +463,98 @@ def serving_energy(run: ServingRun, wafer: WaferSpec, phase: str, prefill: Pass 
                           run.full_config.n_layer / run.config.n_layer, scope)
 
 
-def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
-    """``--phase decode`` and ``--phase generate`` (see the module docstring)."""
-    spec, wafer, config, weights, region = scn.spec, scn.wafer, scn.config, scn.weights, scn.grid
+def request_shape(spec: RunSpec, config: ModelConfig) -> tuple[int, int, int, int]:
+    """(prompt tokens, new tokens, decode steps, KV-cache positions per sequence placed for) of ``spec``'s run.
+
+    A prefill is the first pass of a request of ``--gen-tokens`` tokens (default 1), placed as ``generate`` places
+    it: SRAM is held for the request's whole KV cache, so both phases time the same prefill."""
     if spec.phase == "decode":
         if spec.context is None:
             raise UserError("--phase decode needs --context C (tokens already in the KV cache)")
-        prompt, new = spec.context, 1
+        return spec.context, 1, 1, spec.context + 1
+    if spec.phase == "prefill":
+        prompt, new = spec.seq, spec.gen_tokens or 1
     else:
         prompt = spec.prompt_len if spec.prompt_len is not None else spec.seq
         new = spec.gen_tokens if spec.gen_tokens is not None else 8
-        if prompt < 1 or new < 1:
-            raise UserError("--prompt-len and --gen-tokens must be at least 1")
-    positions = prompt + new - 1 if spec.phase == "generate" else prompt + 1  # cached at the last decode step
-    if max(positions, prompt + 1) > config.n_positions:  # generate: the last new token is never fed back
-        raise UserError(f"{prompt} + {new} tokens need {max(positions, prompt + 1)} positions, which exceed the "
-                        f"context of {config.name} ({config.n_positions} positions)")
-    sr = ServingRun(config, wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset,
-                    max(positions, 1), simulated_cycles, progress, spec.wafers)
-    sr.remap = scn.remap
+    if prompt < 1 or new < 1:
+        raise UserError("--prompt-len and --gen-tokens must be at least 1")
+    positions = prompt + new - 1  # cached at the last decode step; the last new token is never fed back
+    if spec.phase == "prefill" and positions > config.n_positions:
+        more = f" + --gen-tokens {new} - 1 = {positions}" if new > 1 else ""
+        raise UserError(f"--seq {prompt}{more} positions exceeds the context of {config.name} "
+                        f"({config.n_positions} positions)")
+    need = max(positions, prompt + 1)
+    if spec.phase == "generate" and need > config.n_positions:
+        raise UserError(f"{prompt} + {new} tokens need {need} positions, which exceed the context of {config.name} "
+                        f"({config.n_positions} positions)")
+    return prompt, new, (0 if spec.phase == "prefill" else new - 1), positions
+
+
+def pass_grids(scn: Scenario) -> tuple[TileGrid, TileGrid]:
+    """(prefill grid, decode grid): ``--prefill-grid`` / ``--decode-grid`` of a generate run, else ``--grid``."""
+    spec = scn.spec
+
+    def grid(text):
+        return scn.grid if text is None else make_grid(scn.wafer, text, spec.tiles, spec.tile)
+    return grid(spec.prefill_grid), grid(spec.decode_grid)
+
+
+def serving_runs(scn: Scenario, positions: int, progress: bool) -> tuple[ServingRun, ServingRun]:
+    """(the run placing the prefill, the run placing the decode steps): one object unless the grids differ."""
+    spec = scn.spec
+    grids = pass_grids(scn)
+
+    def make(region):
+        sr = ServingRun(scn.config, scn.wafer, region, spec.mapping, spec.precision, spec.batch, spec.layer_subset,
+                        max(positions, 1), simulated_cycles, progress, spec.wafers, spec.weights)
+        sr.remap = scn.remap
+        return sr
+    pre = make(grids[0])
+    return pre, (pre if grids[1] == grids[0] else make(grids[1]))
+
+
+def kv_cache_move(pre: ServingRun, dec: ServingRun, prompt: int) -> dict:
+    """The prompt's KV cache leaving the prefill's placement for the decode steps' one (split grids): its bytes,
+    and that the move is not charged, with why."""
+    return {"bytes": pre.kv_cache_bytes(prompt), "from_grid_pes": [pre.region.rows, pre.region.cols],
+            "to_grid_pes": [dec.region.rows, dec.region.cols], "charged": False,
+            "why": "not simulated: WaferLLM (Table 2) runs a request's prefill and decode as two phases on different "
+                   "grids and reports their sum; how the cache is relaid between the two placements (on one wafer "
+                   "or two) is not described, so no transfer is charged between TTFT and the first decode step"}
+
+
+def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
+    """Every phase but a pipelined prefill (see the module docstring): ``prefill`` is a request's first pass alone,
+    ``decode`` one step after a cache, ``generate`` the prefill then the decode steps."""
+    spec, wafer, config, weights = scn.spec, scn.wafer, scn.config, scn.weights
+    prompt, new, n_steps, positions = request_shape(spec, config)
+    pre_run, dec_run = serving_runs(scn, positions, progress)
     numerics_on, reason = numerics_enabled(spec, config)
     executor = tokens = None
     if numerics_on:
-        weights = model_weights(spec, sr.config, weights, log)
+        weights = model_weights(spec, pre_run.config, weights, log)
         tokens = input_tokens(spec, config, prompt + (1 if spec.phase == "decode" else 0))
     t0 = time.perf_counter()
     prefill = None
-    if spec.phase == "generate" or numerics_on:  # with numerics, a decode's cache is filled by a real prefill
-        if prompt:
-            g = sr.graph(prompt, "prefill", 0)
-            if numerics_on:
-                executor = Numerics(g, weights, tokens[:, :prompt], cache_capacity=prompt + new)
-            prefill = sr.run(g, executor, record=record and spec.phase == "generate" and new == 1)
+    if spec.phase != "decode" or numerics_on:  # with numerics, a decode's cache is filled by a real prefill
+        g = pre_run.graph(prompt, "prefill", 0)
+        if numerics_on:
+            executor = Numerics(g, weights, tokens[:, :prompt], cache_capacity=prompt + new)
+        prefill = pre_run.run(g, executor, record=record and spec.phase != "decode" and n_steps == 0)
     generated: list[np.ndarray] = []
     steps: list[Pass] = []
     if executor is not None and spec.phase == "generate":
         generated.append(np.argmax(executor.output("head.lm_head").reshape(spec.batch, prompt, -1)[:, -1], axis=-1))
-    n_steps = 1 if spec.phase == "decode" else new - 1
     for s in range(n_steps):
-        g = sr.graph(1, "decode", prompt + s)
+        g = dec_run.graph(1, "decode", prompt + s)
         if executor is not None:
             if s == 0 and prefill is not None:
                 executor.fill_cache(prefill.graph)
             step_ids = tokens[:, prompt:prompt + 1] if spec.phase == "decode" else generated[-1][:, None]
             executor.next_pass(g, step_ids)
         # only the last step's intervals are read (its timeline); the others may reuse a simulated step
-        steps.append(sr.run(g, executor, record=record and s == n_steps - 1))
+        steps.append(dec_run.run(g, executor, record=record and s == n_steps - 1))
         if executor is not None and spec.phase == "generate":
             generated.append(np.argmax(executor.output("head.lm_head").reshape(spec.batch, -1), axis=-1))
         if progress and spec.phase == "generate":
@@ -392,19 +569,41 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
         if spec.phase == "decode":
             logits = executor.output("head.lm_head").reshape(spec.batch, 1, -1)
             numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision, last_only=True))
+        elif spec.phase == "prefill":
+            logits = executor.output("head.lm_head").reshape(spec.batch, prompt, config.vocab_size)
+            numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision))
         else:
             gen = np.stack(generated, axis=1)
             numerics_report.update(compare_tokens(gen, weights, tokens[:, :prompt], spec.precision))
-    serving = serving_summary(sr, spec.phase, prefill if spec.phase == "generate" else None, steps, wafer.clock_hz,
-                              prompt, positions)
+    main_run = dec_run if steps else pre_run
+    serving = serving_summary(main_run, spec.phase, prefill if spec.phase != "decode" else None, steps,
+                              wafer.clock_hz, prompt, positions)
+    serving["placement"] = placement_section(spec.phase, pre_run, dec_run, prefill, steps, prompt)
     if spec.phase == "generate" and executor is not None:
         serving["generated_tokens"] = np.stack(generated, axis=1).tolist()
-    report = build_report(report_inputs(spec), sr.full_config, wafer, main.graph, main.plan, main.result,
+    report = build_report(report_inputs(spec), main_run.full_config, wafer, main.graph, main.plan, main.result,
                           numerics_report, serving,
-                          serving_energy(sr, wafer, spec.phase, prefill, steps, spec.batch))
+                          serving_energy(main_run, wafer, spec.phase, prefill, steps, spec.batch))
     if spec.phase == "generate":
-        report = with_request(report, request_summary(prefill, steps, wafer.clock_hz, spec.batch, prompt))
+        report = with_request(report, request_summary(prefill, steps, wafer.clock_hz, spec.batch, prompt)
+                              | {"prefill_grid_pes": [pre_run.region.rows, pre_run.region.cols],
+                                 "decode_grid_pes": [dec_run.region.rows, dec_run.region.cols]})
     if scn.remap is not None:
         report["defects"] = scn.defects_report(main.plan)
     return RunOutput(report, logits, sim_wall, main.result, main.plan, wafer)
+
+
+def placement_section(phase: str, pre: ServingRun, dec: ServingRun, prefill: Pass | None, steps: list[Pass],
+                      prompt: int) -> dict:
+    """The report's ``placement``: per pass kind the run simulated (``prefill``, ``decode``), how its weights are
+    placed and why; a generate run on two grids adds the KV cache's move between them."""
+    out = {}
+    if prefill is not None and phase != "decode":
+        out["prefill"] = pre.placement(prefill.plan)
+    if steps:
+        out["decode"] = dec.placement(steps[-1].plan)
+    if phase == "generate" and dec is not pre:
+        out["kv_cache_move"] = kv_cache_move(pre, dec, prompt)
+    return out
+
 

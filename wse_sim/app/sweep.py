@@ -35,8 +35,8 @@ HEADLINE_COLUMNS = (
     "total_cycles", "seconds", "tokens_per_s", "mfu", "flops", "flops_per_s", "bound_cycles", "compute_cycles",
     "fabric_cycles", "stream_cycles", "memoryx_bytes", "memoryx_busy_fraction", "fabric_bytes",
     "sram_peak_bytes_per_pe", "mean_busy_fraction", "parameters", "grid_pes", "tile_grid", "tasks",
-    "max_abs_err_vs_reference", "max_abs_err_vs_transformers", "ttft_s", "tpot_s", "kv_cache_bytes", "joules",
-    "joules_per_token", "average_w", "peak_w", "sim_wall_s", "error",
+    "max_abs_err_vs_reference", "max_abs_err_vs_transformers", "ttft_s", "tpot_s", "e2e_tokens_per_s_per_request",
+    "weights_placed", "kv_cache_bytes", "joules", "joules_per_token", "average_w", "peak_w", "sim_wall_s", "error",
 )
 CSV_NAME = "sweep.csv"
 
@@ -132,10 +132,13 @@ def headline(report: dict, sim_wall_s: float) -> dict:
 
 
 def serving_figures(report: dict) -> dict:
-    """TTFT, TPOT (a generate run's: of its whole request) and KV-cache bytes; None where a phase has none."""
+    """TTFT, TPOT and end-to-end tokens/s per request (a generate run's: of its whole request), where the weights
+    were placed (resident, streamed) and KV-cache bytes; None where a phase has none."""
     request = report.get("request") or report
+    placed = {p["weights"] for k, p in (report.get("placement") or {}).items() if k in ("prefill", "decode")}
     return {"ttft_s": request.get("ttft_s"), "tpot_s": request.get("tpot_s"),
-            "kv_cache_bytes": report.get("kv_cache_bytes")}
+            "e2e_tokens_per_s_per_request": request.get("e2e_tokens_per_s_per_request"),
+            "weights_placed": "+".join(sorted(placed)) or None, "kv_cache_bytes": report.get("kv_cache_bytes")}
 
 
 def _one_line(exc: BaseException) -> str:

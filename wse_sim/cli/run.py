@@ -51,13 +51,20 @@ def add_run_options(r: argparse.ArgumentParser) -> None:
 
 
 def _add_serving(r: argparse.ArgumentParser) -> None:
-    srv = r.add_argument_group("serving (decode and generate place every layer on its own --grid region)")
+    srv = r.add_argument_group("placement and serving (resident weights: --grid is one layer's region, layers fill "
+                               "the wafers' regions; every phase places its passes alike)")
     srv.add_argument("--phase", choices=["prefill", "decode", "generate"], default="prefill",
                      help="prefill: one forward pass over --seq tokens; decode: one new token after --context "
                           "cached ones; generate: prefill --prompt-len tokens, then decode to --gen-tokens")
     srv.add_argument("--context", type=nonnegative_int, help="decode: tokens already in the KV cache")
     srv.add_argument("--prompt-len", type=positive_int, help="generate: prompt tokens (default: --seq)")
-    srv.add_argument("--gen-tokens", type=positive_int, help="generate: tokens to generate (default 8)")
+    srv.add_argument("--gen-tokens", type=positive_int, help="generate: tokens to generate (default 8); prefill: the "
+                                                             "request's tokens its KV cache is placed for (default 1)")
+    srv.add_argument("--weights", choices=["auto", "resident", "streamed"],
+                     help="weights resident in SRAM (layers filling --grid regions), streamed from MemoryX (one "
+                          "--grid), or auto (default): resident when they fit the wafers, else streamed")
+    srv.add_argument("--prefill-grid", metavar="PxQ", help="generate: the prefill's region grid (default --grid)")
+    srv.add_argument("--decode-grid", metavar="PxQ", help="generate: the decode steps' region grid (default --grid)")
     srv.add_argument("--layer-subset", type=positive_int, metavar="K",
                      help="simulate K layers and scale the layer time to the model's depth (published practice "
                           "when a model does not fit the wafer)")
@@ -135,6 +142,7 @@ def spec_of(args) -> RunSpec:
         checkpoint=args.checkpoint, tokens=args.tokens, prompt=args.prompt, seed=args.seed, phase=args.phase,
         context=args.context, prompt_len=args.prompt_len, gen_tokens=args.gen_tokens, layer_subset=args.layer_subset,
         wafers=args.wafers, defects=args.defects, defect_seed=args.defect_seed, defect_map=args.defect_map,
+        weights=args.weights, prefill_grid=args.prefill_grid, decode_grid=args.decode_grid,
     )
 
 

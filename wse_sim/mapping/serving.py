@@ -53,6 +53,10 @@ def check_inner(name: str, what: str = "serving keeps weights resident") -> None
                         f"not {name!r}")
 
 
+class DoesNotFit(UserError):
+    """The model (weights, KV cache, working sets) needs more regions than the wafers hold."""
+
+
 @dataclass(frozen=True)
 class Region:
     """Region ``index`` in snake order at region row ``r``, region column ``c`` of the wafer."""
@@ -336,7 +340,7 @@ class Serving:
                     f"{n.working_bytes_per_pe:,} B/PE working set; use a larger --grid" + hint)
             need = wafers_needed(needs, sram, n_regions)
             held = f"{wafers} wafers hold {wafers * n_regions}" if wafers > 1 else f"the wafer holds {n_regions}"
-            raise UserError(
+            raise DoesNotFit(
                 f"{cfg.name} needs {len(pack(needs, sram))} regions of {region.rows}x{region.cols} PEs "
                 f"({cfg.n_layer} layers + the LM head, packed by SRAM) but {held}; use --wafers {need} (a "
                 f"layer pipeline over {need} wafers), simulate fewer layers with --layer-subset K and scale, or "

@@ -261,6 +261,9 @@ def _request_rows(report: dict) -> list[tuple[str, str]]:
                           f"prefill {share['prefill'] * 100:.1f} %, {req['decode_steps']} decode steps "
                           f"{share['decode'] * 100:.1f} %)"),
         ("tokens/s", f"{report['tokens_per_s']:,.1f}  ({req['output_tokens']} output tokens over the request)"),
+        ("request", f"TTFT {req['ttft_s'] * 1e3:.4g} ms, TPOT "
+                    f"{'n/a' if req['tpot_s'] is None else format(req['tpot_s'] * 1e6, '.4g') + ' us'}, "
+                    f"{req['e2e_tokens_per_s_per_request']:,.1f} tokens/s per request end to end"),
         ("last pass", f"{last['total_cycles']:,} cycles ({last['pass']}; the figures below are this pass's)"),
     ]
 
@@ -288,11 +291,13 @@ def _serving_rows(report: dict) -> list[tuple[str, str]]:
     if report.get("tpot_s"):
         rows.append(("TPOT", f"{report['tpot_s'] * 1e6:.4g} us  ({report['tokens_per_s_per_request']:,.1f} "
                              f"tokens/s per request)"))
+    rows += _placement_rows(report)
     if phase != "prefill":
         rows.append(("KV cache", f"{report['kv_cache_bytes'] / 1e6:,.2f} MB "
                                  f"({report['kv_cache_positions_per_sequence']:,} positions per sequence)"))
         rows.append(("layers", report["layer_subset"]["note"]))
-        p = report["mapping"]["params"]
+    p = report["mapping"]["params"]
+    if phase != "prefill" and p.get("placement") == "serving":
         w = report.get("wafers") or {"count": 1}
         held = f"{p['regions_on_wafer']} regions" if w["count"] == 1 else \
             f"{w['count']} x {p['regions_on_wafer']} regions ({w['count']} wafers)"
@@ -303,6 +308,19 @@ def _serving_rows(report: dict) -> list[tuple[str, str]]:
                                              f"{x['busy_fraction'] * 100:.2f} %" for x in w["per_wafer"])))
             rows.append(("inter-wafer link", f"{w['interwafer_share_of_time'] * 100:.2f} % of the time on the "
                                              f"critical path, {w['interwafer_bytes']:,} B"))
+    return rows
+
+
+def _placement_rows(report: dict) -> list[tuple[str, str]]:
+    """Where each pass kind's weights are (resident in regions, or streamed) and why; a split request's KV move."""
+    placement = report.get("placement") or {}
+    rows = [(f"{kind} placement", f"{p['how']} ({p['why']})") for kind, p in placement.items()
+            if kind in ("prefill", "decode")]
+    move = placement.get("kv_cache_move")
+    if move:
+        rows.append(("KV cache move", f"{move['bytes'] / 1e6:,.2f} MB from {move['from_grid_pes'][0]}x"
+                                      f"{move['from_grid_pes'][1]} to {move['to_grid_pes'][0]}x"
+                                      f"{move['to_grid_pes'][1]} PEs, not charged (see report.json)"))
     return rows
 
 

@@ -26,7 +26,7 @@ def demo_record(report: dict) -> dict:
     """The demo run as RunSpec fields, its headline figures and the summary rows it printed."""
     run = report["run"]
     spec = {"model": report["model"]["name"], "wafer": report["wafer"]["name"],
-            "mapping": report["mapping"]["name"], "seq": run["seq"], "batch": run["batch"],
+            "mapping": report["inputs"]["mapping"], "seq": run["seq"], "batch": run["batch"],
             "precision": run["precision"]}
     return {"spec": spec, **{k: report[k] for k in FIGURES},
             "mean_busy_fraction": report["utilization"]["mean_busy_fraction"],

@@ -29,7 +29,8 @@ SETUP = (f"llama3-8b decode, context {CONTEXT_TOKENS}, fp16, one layer per PxP r
 def decode_tokens_per_s(wafer: WaferSpec, grid: int) -> float:
     """Simulated LLaMA3-8B tokens/s per request on a ``grid x grid`` region (cached per wafer value)."""
     spec = RunSpec(model="llama3-8b", grid=f"{grid}x{grid}", phase="decode", context=CONTEXT_TOKENS,
-                   precision="fp16", numerics=False, layer_subset=LAYER_SUBSET)
+                   precision="fp16", numerics=False, layer_subset=LAYER_SUBSET,
+                   weights="resident")  # as WaferLLM decodes; a calibration run never falls back to streaming
     return run(spec, wafer=wafer, log=lambda *_: None).report["tokens_per_s_per_request"]
 
 
