@@ -136,7 +136,14 @@ class Numerics:
         if t is None:
             t = self.store[ref.tensor] = np.zeros(self.shapes[ref.tensor], dtype=np.float32)
         (r0, r1), (c0, c1) = ref.rows, ref.cols
-        t[r0:r1, c0:c1] = round_to(value, self.precision)
+        t[r0:r1, c0:c1] = self._rounded(value)
+
+    def _rounded(self, value: np.ndarray) -> np.ndarray:
+        """``value`` rounded to the storage precision; in fp32 a float array as it is (storing it into a
+        float32 tensor, or keeping it, is the same single RNE that ``round_to`` would make, without its copy)."""
+        if self.precision == "fp32" and value.dtype in (np.float32, np.float64):
+            return value
+        return round_to(value, self.precision)
 
     def output(self, name: str) -> np.ndarray:
         return self.store[name]
@@ -151,7 +158,7 @@ class Numerics:
                 if a.accumulate and a.out in self.buffers:
                     self.buffers[a.out] += out
                 else:
-                    self.buffers[a.out] = round_to(out, self.precision) if a.round_output else out
+                    self.buffers[a.out] = self._rounded(out) if a.round_output else out
             elif isinstance(a, ReduceWrite):
                 total = None
                 for group in a.groups:
@@ -170,7 +177,7 @@ class Numerics:
             elif isinstance(a, Elementwise):
                 self.write(a.dst, self._elementwise(a))
             elif isinstance(a, SoftmaxBlock):
-                self.buffers[a.buf] = round_to(causal_softmax(self.buffers[a.buf], 1.0, a.q_offset), self.precision)
+                self.buffers[a.buf] = self._rounded(causal_softmax(self.buffers[a.buf], 1.0, a.q_offset))
             elif isinstance(a, ContextWrite):
                 self.write(a.dst, gemm(self.buffers[a.probs], self.get(a.v)))
             elif isinstance(a, Rope):
@@ -191,7 +198,7 @@ class Numerics:
         """(max, sum of exp, exp-weighted V sum) of one query over the cache rows of one tile, in fp32."""
         scores = gemm(np.ascontiguousarray(self.get(a.q)), np.ascontiguousarray(self.get(a.k).T))
         scores *= np.float32(a.scale)
-        scores = round_to(scores, self.precision)  # scores are stored, as in prefill
+        scores = self._rounded(scores)  # scores are stored, as in prefill
         peak = scores.max(axis=1, keepdims=True)
         e = np.exp(scores - peak, dtype=np.float32)
         return peak, e.sum(axis=1, keepdims=True, dtype=np.float32), gemm(e, np.ascontiguousarray(self.get(a.v)))
