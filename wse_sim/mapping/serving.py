@@ -149,7 +149,10 @@ def decisions(candidates: dict, choice: Choice, wafers: int, n_regions: int) -> 
     with why when the whole model's SRAM ruled out the fastest."""
     out = []
     for k, cands in candidates.items():
-        entry = {"shape_mkn": list(k[:3]), "chosen": choice.mappings[k], "candidates": [c.as_dict() for c in cands]}
+        entry = {"shape_mkn": list(k[:3]), "chosen": choice.mappings[k],
+                 "why": "fewest simulated cycles on one layer among the resident candidates, and the whole model "
+                        "fits the wafers with it",
+                 "candidates": [c.as_dict() for c in cands]}
         if choice.mappings[k] != choice.fastest[k]:
             held = f"{wafers} wafer{'s' if wafers > 1 else ''} of {n_regions} region{'s' if n_regions > 1 else ''}"
             entry["instead_of"] = choice.fastest[k]
