@@ -231,3 +231,67 @@ def test_bf16_mixed_precision_close_to_torch_autocast(tiny_checkpoint):
     assert max(mine.values()) <= 1.25 * max(auto.values())
     assert np.median(list(mine.values())) <= 1.25 * np.median(list(auto.values()))
     assert 0 < max(mine.values())  # the rounding is really applied
+
+
+def _backward_plan(config, batch, seq, precision="fp32", grid="48x48", tiles="4x4"):
+    from wse_sim.app.scenario import make_grid
+    from wse_sim.arch import load_wafer
+    from wse_sim.mapping.registry import get_mapping
+    from wse_sim.workloads.training_graph import lower_backward
+
+    wafer = load_wafer("wse2")
+    return get_mapping("weight-streaming").plan(lower_backward(config, batch, seq, precision), wafer,
+                                                make_grid(wafer, grid, tiles))
+
+
+def test_plan_matmuls_follow_the_mapping(tiny_config):
+    """Every dgrad / wgrad op of the backward plan, run block by block, equals the float64 product; the blocks are
+    the plan's tiles (one per tile and weight chunk) and the wgrad's partials are summed over tile rows."""
+    from wse_sim.mapping.plan import MatmulBlock, ReduceWrite
+    from wse_sim.sim.numerics import run_matmul_plan
+
+    plan = _backward_plan(tiny_config, 3, 11, tiles="4x3")
+    rng = np.random.default_rng(0)
+    grads = [p for p in plan.ops if p.op.grad]
+    assert {p.op.grad for p in grads} == {"dgrad", "wgrad"} and len(grads) == 2 * (4 * 2 + 1)
+    for p in grads:
+        op = p.op
+        m, k, n = (op.k, op.m, op.n) if op.grad == "wgrad" else (op.m, op.k, op.n)  # dW = X^T dY: [k, m] @ [m, n]
+        a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+        out = run_matmul_plan(p, "fp32", a, b)
+        ref = a.astype(np.float64) @ b
+        assert out.shape == (m, n) and rel_err(out, ref) <= 1e-6, op.name
+        blocks = [x for t in p.tasks for x in t.actions if isinstance(x, MatmulBlock)]
+        chunks = sum(1 for t in p.tasks if t.label.startswith("stream["))
+        assert len(blocks) == 4 * 3 * chunks  # one block per tile per chunk
+        if op.grad == "wgrad":  # each write sums one tile column's partials, one per tile row
+            writes = [x for t in p.tasks for x in t.actions if isinstance(x, ReduceWrite)]
+            assert all(len(w.groups) == 1 and len(w.groups[0]) == 4 for w in writes)
+
+
+def test_grads_through_the_plan_match_torch_and_big_batch(tiny_checkpoint):
+    """The gradients with every weight matmul executed from the backward plan (what ``wse-sim train --numerics``
+    does) vs torch autograd; accumulation and data parallelism through the plan equal the big batch."""
+    from wse_sim.app.train import plan_matmuls
+
+    ck = tiny_checkpoint(activation="gelu_new")
+    weights = load_checkpoint(ck.path)
+    ids = _ids(4, 9, seed=6)
+    called = []
+
+    def through(plan):
+        run = plan_matmuls(plan)
+        return lambda name, a, b: called.append(name) or run(name, a, b)
+
+    big = loss_and_grads(weights, ids, weight_matmul=through(_backward_plan(weights.config, 4, 9)))
+    names = {p.op.name for p in _backward_plan(weights.config, 1, 9).ops if p.op.grad}
+    assert set(called) == names  # every weight matmul of the step came out of the plan
+    loss, ref = _torch_grads(ck.model, ids)
+    assert abs(big.loss - loss) <= TOL * loss
+    assert max(rel_err(big.grads[n], ref[n]) for n in ref) <= TOL
+    small = through(_backward_plan(weights.config, 1, 9))
+    acc = loss_and_grads(weights, ids, micro_batch=1, weight_matmul=small)
+    dp, _ = train_step(weights, ids, micro_batch=1, systems=2, weight_matmul=small)
+    for n, g in big.grads.items():
+        assert rel_err(acc.grads[n], g) <= 1e-5, n
+        assert rel_err(dp.grads[n], g) <= 1e-5, n

@@ -34,6 +34,7 @@ from ..gc_pause import gc_paused
 from ..mapping.plan import SramOverflowError
 from ..mapping.registry import get_mapping
 from ..sim import Engine
+from ..sim.numerics import run_matmul_plan
 from ..workloads import get_preset, load_checkpoint, load_hf_config, lower_model
 from ..workloads.config import ConfigError, ModelConfig
 from ..workloads.graph import BYTES_PER_ELEM, OpKind, WorkloadGraph
@@ -386,13 +387,20 @@ def run_train(spec: TrainSpec, log=lambda msg: None) -> dict:
                if spec.train_tokens else {}),
         } for s in steps]
     report["passes"] = {str(k): vars(v) for k, v in sorted(passes.items())}
-    report["numerics"] = _numerics(spec, config, weights)
+    report["numerics"] = _numerics(spec, config, weights, wafer, grid)
     report["loss"] = report["numerics"].get("loss")
     report["simulation_wall_s"] = time.perf_counter() - t0
     return report
 
 
-def _numerics(spec: TrainSpec, config: ModelConfig, weights) -> dict:
+def plan_matmuls(plan):
+    """``weight_matmul(name, a, b)`` for the training numerics: the backward op ``name`` of ``plan``, executed
+    block by block as the mapping partitions and reduces it."""
+    ops = {p.op.name: p for p in plan.ops}
+    return lambda name, a, b: run_matmul_plan(ops[name], plan.precision, a, b)
+
+
+def _numerics(spec: TrainSpec, config: ModelConfig, weights, wafer: WaferSpec, grid) -> dict:
     on = spec.numerics if spec.numerics is not None else (
         weights is not None or config.param_count() <= NUMERICS_MAX_PARAMS)
     if not on:
@@ -409,13 +417,19 @@ def _numerics(spec: TrainSpec, config: ModelConfig, weights) -> dict:
     if spec.batch % systems:  # an uneven split: the same gradients, computed as one system's
         systems = 1
     per = spec.batch // systems
-    micro = min(spec.micro_batch or per, per)
+    pass_seqs = split_batch(config, spec, wafer, grid, spec.systems[0]).pass_seqs
+    # in the simulated passes' pieces where they divide the share (accumulation is exact either way)
+    micro = pass_seqs if per % pass_seqs == 0 else min(spec.micro_batch or per, per)
     opt = AdamWConfig(lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay,
                       max_grad_norm=spec.max_grad_norm)
     t0 = time.perf_counter()
-    result, updated = train_step(weights, ids, opt, micro_batch=micro, systems=systems, precision=spec.precision)
+    plan = get_mapping("weight-streaming").plan(lower_backward(config, micro, spec.seq, spec.precision), wafer, grid)
+    result, updated = train_step(weights, ids, opt, micro_batch=micro, systems=systems, precision=spec.precision,
+                                 weight_matmul=plan_matmuls(plan))
     out = {"enabled": True, "loss": result.loss, "grad_norm": result.grad_norm,
            "predicted_tokens": result.predicted_tokens, "systems": systems, "micro_batch": micro,
+           "weight_gradients": "every dX = dY W^T and dW = X^T dY runs the backward plan's tile blocks and "
+                               f"reductions (weight-streaming, {micro} sequence(s) per pass)",
            "precision": spec.precision if spec.precision == "fp32" else
            f"{spec.precision} mixed: matmul operands and products rounded to {spec.precision}, fp32 accumulation, "
            "norms, softmax, loss and AdamW on fp32 master weights (torch autocast's split)",

@@ -21,6 +21,7 @@ from ..mapping.plan import (
     Elementwise,
     Free,
     MatmulBlock,
+    OpPlan,
     ReduceWrite,
     Ref,
     Rope,
@@ -238,3 +239,28 @@ class Numerics:
                 return np.zeros((0, c1 - c0), dtype=np.float32)
             return np.concatenate(parts, axis=0)
         raise ValueError(f"unknown elementwise function {a.fn!r}")
+
+
+def run_matmul_plan(op_plan: OpPlan, precision: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Run one matmul op's plan on real operands ``a [m, k]`` and ``b [k, n]``: every tile's block product
+    (:class:`MatmulBlock`) and every reduction (:class:`ReduceWrite`) in the plan's order, operands and the result
+    rounded to ``precision``; returns the ``[m, n]`` product.
+
+    Tasks run in list order, a topological order of the op's DAG; the result does not depend on which one, since
+    every partial sum has its own buffer and each reduction fixes its order. This is how training's weight
+    matmuls (the backward graph's ``dgrad`` and ``wgrad`` ops) follow the mapping outside a full engine run.
+    """
+    blocks = [x for t in op_plan.tasks for x in t.actions if isinstance(x, MatmulBlock)]
+    writes = [x for t in op_plan.tasks for x in t.actions if isinstance(x, ReduceWrite)]
+    if not blocks or not writes or any(w.bias is not None for w in writes):
+        raise ValueError(f"{op_plan.op.name}: not a bias-free matmul plan")
+    ex = Numerics.__new__(Numerics)
+    ex.precision, ex.store, ex.buffers = precision, {}, {}
+    for ref, arr in ((blocks[0].a, a), (blocks[0].b, b)):
+        ex._put(ref.tensor, arr.T if ref.transpose else arr)
+    out = writes[0].dst.tensor
+    ex.shapes = {out: (a.shape[0], b.shape[1])}
+    for t in op_plan.tasks:
+        if t.actions:
+            ex.run(t.actions)
+    return ex.store[out]
