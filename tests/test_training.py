@@ -234,10 +234,11 @@ def test_bf16_mixed_precision_close_to_torch_autocast(tiny_checkpoint):
 
 
 def _backward_plan(config, batch, seq, precision="fp32", grid="48x48", tiles="4x4"):
+    from wse_sim.workloads.training_graph import lower_backward
+
     from wse_sim.app.scenario import make_grid
     from wse_sim.arch import load_wafer
     from wse_sim.mapping.registry import get_mapping
-    from wse_sim.workloads.training_graph import lower_backward
 
     wafer = load_wafer("wse2")
     return get_mapping("weight-streaming").plan(lower_backward(config, batch, seq, precision), wafer,
@@ -295,3 +296,34 @@ def test_grads_through_the_plan_match_torch_and_big_batch(tiny_checkpoint):
     for n, g in big.grads.items():
         assert rel_err(acc.grads[n], g) <= 1e-5, n
         assert rel_err(dp.grads[n], g) <= 1e-5, n
+
+
+def test_train_energy_and_defects(tmp_path):
+    """Energy per step: the per-system accounting over the whole step time (forward, backward and the exposed
+    SwarmX/optimizer time), static power in closed form, times the systems; a defective wafer pays detours
+    (more wavelet-hops, never a faster step) and reports them, with the same loss bit for bit."""
+    from wse_sim.app.train import TrainSpec, run_train
+    from wse_sim.arch import load_wafer
+
+    kw = dict(model=_tiny_config_json(tmp_path), wafer="wse2", grid="48x48", tiles="4x4", batch=4, micro_batch=2,
+              seq=8, precision="fp32", numerics=True)
+    healthy = run_train(TrainSpec(**kw, systems=(1, 2)))
+    e = healthy["energy"]
+    one = e["per_system"]
+    assert one["seconds"] == pytest.approx(healthy["step_seconds"], rel=1e-6)
+    assert e["joules"] == pytest.approx(sum(e["by_category_joules"].values()), rel=1e-9)
+    assert e["joules_per_token"] == pytest.approx(e["joules"] / (4 * 8))
+    assert e["average_w"] == pytest.approx(e["joules"] / healthy["step_seconds"])
+    wafer = load_wafer("wse2")
+    assert e["by_category_joules"]["static"] == pytest.approx(wafer.static_w_per_pe * wafer.pes
+                                                              * healthy["step_seconds"], rel=1e-6)
+    assert one["counts"]["fmac_fp32"] >= healthy["flops"]["simulated_flops"] / 2  # every simulated MAC is priced
+    two = healthy["scaling"][1]
+    assert two["joules_per_token"] > 0
+    f = tmp_path / "dead.txt"
+    f.write_text("3 5\n10 20\n30 7\n")
+    sick = run_train(TrainSpec(**kw, systems=(1,), defect_map=str(f)))
+    assert sick["defects"]["dead_pes"] == 3 and sum(sick["defects"]["extra_hops_charged"].values()) > 0
+    assert sick["step_seconds"] >= healthy["step_seconds"]
+    assert sick["energy"]["per_system"]["counts"]["wavelet_hops"] > one["counts"]["wavelet_hops"]
+    assert sick["loss"] == healthy["loss"] and sick["numerics"]["grad_norm"] == healthy["numerics"]["grad_norm"]
