@@ -327,3 +327,44 @@ def test_train_energy_and_defects(tmp_path):
     assert sick["step_seconds"] >= healthy["step_seconds"]
     assert sick["energy"]["per_system"]["counts"]["wavelet_hops"] > one["counts"]["wavelet_hops"]
     assert sick["loss"] == healthy["loss"] and sick["numerics"]["grad_norm"] == healthy["numerics"]["grad_norm"]
+
+
+def test_train_sweep_and_compare(tmp_path, capsys):
+    """A train sweep over systems, micro-batch and precision: one row per point, each equal to the direct run
+    (the rows come back from Dask workers); it plots; compare --train runs per system count and refuses, as a
+    row, mappings training does not plan."""
+    import csv
+    import json
+
+    from wse_sim.app.train import TrainSpec, run_train
+    from wse_sim.cli import main
+
+    model = _tiny_config_json(tmp_path)
+    toml = tmp_path / "train.toml"
+    toml.write_text(f'command = "train"\nmodels = ["{model}"]\nwafer = "wse2"\ngrid = "48x48"\ntiles = "4x4"\n'
+                    'systems = [1, 2]\nmicro_batch = [1, 2]\nprecision = ["bf16", "fp32"]\nbatch = 4\nseq = 8\n'
+                    'numerics = false\n')
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(toml), "--out", str(out), "--workers", "1", "--plot", "--x", "systems", "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert len(rows) == 8 and not any(r["error"] for r in rows)
+    assert (out / "sweep.png").is_file()
+    r = next(r for r in rows if (r["systems"], r["micro_batch"], r["precision"]) == ("2", "1", "fp32"))
+    direct = run_train(TrainSpec(model=model, wafer="wse2", grid="48x48", tiles="4x4", systems=(2,), micro_batch=1,
+                                 precision="fp32", batch=4, seq=8, numerics=False))
+    assert float(r["step_seconds"]) == direct["step_seconds"] and float(r["joules"]) == direct["energy"]["joules"]
+    assert int(r["accumulation_steps"]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'command = "train"\nmodels = ["{model}"]\nmappings = ["summa"]\n')
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown key 'mappings'" in capsys.readouterr().err
+
+    cmp_out = tmp_path / "cmp"
+    assert main(["compare", "--train", "--model", model, "--wafer", "wse2", "--grid", "48x48", "--tiles", "4x4",
+                 "--mappings", "weight-streaming,summa", "--systems", "1,2", "--batch", "4", "--seq", "8",
+                 "--micro-batch", "2", "--out", str(cmp_out), "--quiet"]) == 0
+    got = json.loads((cmp_out / "compare.json").read_text())["rows"]
+    assert [(g["mapping"], g["systems"], g["feasible"]) for g in got] == [
+        ("weight-streaming", 1, True), ("weight-streaming", 2, True), ("summa", None, False)]
+    assert got[1]["speedup"] == pytest.approx(got[0]["step_seconds"] / got[1]["step_seconds"])
+    assert "weight streaming only" in got[2]["reason"]

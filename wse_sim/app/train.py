@@ -410,6 +410,7 @@ def run_train(spec: TrainSpec, log=lambda msg: None) -> dict:
         "run": {"batch": spec.batch, "micro_batch": spec.micro_batch, "seq": spec.seq, "precision": spec.precision,
                 "systems": list(spec.systems), "recipe": spec.recipe},
         "params": config.param_count(),
+        "grid_pes": grid.rows * grid.cols,
         **{k: head[k] for k in head},
     }
     if spec.recipe:
