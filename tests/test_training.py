@@ -233,7 +233,8 @@ def test_bf16_mixed_precision_close_to_torch_autocast(tiny_checkpoint):
     assert 0 < max(mine.values())  # the rounding is really applied
 
 
-def _backward_plan(config, batch, seq, precision="fp32", grid="48x48", tiles="4x4"):
+def _backward_plan(config, batch, seq, precision="fp32", grid="48x48", tiles="4x4", forward=False):
+    from wse_sim.workloads import lower_model
     from wse_sim.workloads.training_graph import lower_backward
 
     from wse_sim.app.scenario import make_grid
@@ -241,7 +242,8 @@ def _backward_plan(config, batch, seq, precision="fp32", grid="48x48", tiles="4x
     from wse_sim.mapping.registry import get_mapping
 
     wafer = load_wafer("wse2")
-    return get_mapping("weight-streaming").plan(lower_backward(config, batch, seq, precision), wafer,
+    lower = lower_model if forward else lower_backward
+    return get_mapping("weight-streaming").plan(lower(config, batch, seq, precision), wafer,
                                                 make_grid(wafer, grid, tiles))
 
 
@@ -271,8 +273,9 @@ def test_plan_matmuls_follow_the_mapping(tiny_config):
 
 
 def test_grads_through_the_plan_match_torch_and_big_batch(tiny_checkpoint):
-    """The gradients with every weight matmul executed from the backward plan (what ``wse-sim train --numerics``
-    does) vs torch autograd; accumulation and data parallelism through the plan equal the big batch."""
+    """The gradients with every weight matmul (forward, dgrad, wgrad) executed from its plan (what ``wse-sim
+    train --numerics`` does) vs torch autograd; accumulation and data parallelism through the plans equal the
+    big batch."""
     from wse_sim.app.train import plan_matmuls
 
     ck = tiny_checkpoint(activation="gelu_new")
@@ -280,17 +283,19 @@ def test_grads_through_the_plan_match_torch_and_big_batch(tiny_checkpoint):
     ids = _ids(4, 9, seed=6)
     called = []
 
-    def through(plan):
-        run = plan_matmuls(plan)
-        return lambda name, a, b: called.append(name) or run(name, a, b)
+    def through(batch):
+        cfg = weights.config
+        run = plan_matmuls(_backward_plan(cfg, batch, 9, forward=True), _backward_plan(cfg, batch, 9))
+        return lambda name, a, b, bias=None: called.append(name) or run(name, a, b, bias)
 
-    big = loss_and_grads(weights, ids, weight_matmul=through(_backward_plan(weights.config, 4, 9)))
-    names = {p.op.name for p in _backward_plan(weights.config, 1, 9).ops if p.op.grad}
-    assert set(called) == names  # every weight matmul of the step came out of the plan
+    big = loss_and_grads(weights, ids, weight_matmul=through(4))
+    names = {p.op.name for fwd in (True, False) for p in _backward_plan(weights.config, 1, 9, forward=fwd).ops
+             if p.op.kind == "matmul" and p.op.weight}
+    assert set(called) == names and len(names) == 3 * (4 * 2 + 1)  # every weight matmul came out of a plan
     loss, ref = _torch_grads(ck.model, ids)
     assert abs(big.loss - loss) <= TOL * loss
     assert max(rel_err(big.grads[n], ref[n]) for n in ref) <= TOL
-    small = through(_backward_plan(weights.config, 1, 9))
+    small = through(1)
     acc = loss_and_grads(weights, ids, micro_batch=1, weight_matmul=small)
     dp, _ = train_step(weights, ids, micro_batch=1, systems=2, weight_matmul=small)
     for n, g in big.grads.items():

@@ -59,14 +59,21 @@ def _bias_add(y: np.ndarray, b: np.ndarray) -> np.ndarray:
     return y
 
 
+def _plain(mm):
+    """``weight_matmul(name, a, b, bias=None)`` by the plain matmul ``mm`` (the name unused)."""
+    return lambda name, a, b, bias=None: mm(a, b) if bias is None else _bias_add(mm(a, b), bias)
+
+
 def _layer_forward(x: np.ndarray, w: LayerWeights, batch: int, seq: int, n_head: int, eps: float, act: str,
-                   mm=gemm):
-    """One block on ``x [tokens, d]``; returns the output and what the backward pass keeps."""
+                   mm=gemm, wmm=None, prefix: str = ""):
+    """One block on ``x [tokens, d]``; returns the output and what the backward pass keeps. ``wmm(name, a, b,
+    bias)`` runs the weight matmuls, named as the forward graph's ops (``<prefix>.qkv``...)."""
+    wmm = wmm or _plain(mm)
     d = x.shape[1]
     dh = d // n_head
     scale = 1.0 / math.sqrt(dh)
     h1 = layernorm(x, w.ln1_g, w.ln1_b, eps)
-    qkv = _bias_add(mm(h1, w.w_qkv), w.b_qkv)
+    qkv = wmm(f"{prefix}.qkv", h1, w.w_qkv, w.b_qkv)
     probs = np.empty((batch, n_head, seq, seq), np.float32)
     ctx = np.empty((batch * seq, d), np.float32)
     for b in range(batch):
@@ -77,11 +84,11 @@ def _layer_forward(x: np.ndarray, w: LayerWeights, batch: int, seq: int, n_head:
             v = qkv[rows, 2 * d + h * dh:2 * d + (h + 1) * dh]
             probs[b, h] = causal_softmax(mm(q, k.T), scale)
             ctx[rows, h * dh:(h + 1) * dh] = mm(probs[b, h], v)
-    x_mid = x + _bias_add(mm(ctx, w.w_attn_proj), w.b_attn_proj)
+    x_mid = x + wmm(f"{prefix}.attn_proj", ctx, w.w_attn_proj, w.b_attn_proj)
     h2 = layernorm(x_mid, w.ln2_g, w.ln2_b, eps)
-    f = _bias_add(mm(h2, w.w_fc), w.b_fc)
+    f = wmm(f"{prefix}.fc", h2, w.w_fc, w.b_fc)
     g = gelu(f, act)
-    out = x_mid + _bias_add(mm(g, w.w_fc_proj), w.b_fc_proj)
+    out = x_mid + wmm(f"{prefix}.fc_proj", g, w.w_fc_proj, w.b_fc_proj)
     return out, (x, h1, qkv, probs, ctx, x_mid, h2, f, g)
 
 
@@ -89,7 +96,7 @@ def _layer_backward(dout: np.ndarray, w: LayerWeights, saved, batch: int, seq: i
                     act: str, grads: dict[str, np.ndarray], mm=gemm, wmm=None, prefix: str = "") -> np.ndarray:
     """Add the block's weight gradients into ``grads`` (field names) and return ``dx``. ``wmm(name, a, b)``
     runs the weight matmuls' gradients, named as the backward graph's ops (``<prefix>.fc.dgrad``...)."""
-    wmm = wmm or (lambda name, a, b: mm(a, b))
+    wmm = wmm or _plain(mm)
     x, h1, qkv, probs, ctx, x_mid, h2, f, g = saved
     d = x.shape[1]
     dh = d // n_head
@@ -165,9 +172,11 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
     ``micro_batch`` sequences at a time (default: all), gradients accumulated in fp32 in micro-batch order.
     ``global_predicted``: the predicted tokens of the whole global batch when this is one replica's share (the
     gradient is then this share's part of the global mean; ``loss`` stays this share's own mean).
-    ``weight_matmul(name, a, b)``: runs the gradient matmuls of the weights (``dX = dY W^T``, ``dW = X^T dY``),
-    named as the ops of :func:`~.training_graph.lower_backward` (``layer0.fc.wgrad``, ``head.lm_head.dgrad``);
-    the simulator passes one that executes the op's mapping plan. Default: the precision's plain matmul.
+    ``weight_matmul(name, a, b, bias=None)``: runs every matmul with a weight: the forward's (``a @ W + bias``,
+    named as the ops of ``lower_model``: ``layer0.qkv``, ``head.lm_head``) and its gradients (``dX = dY W^T``,
+    ``dW = X^T dY``, named as the ops of :func:`~.training_graph.lower_backward`: ``layer0.fc.wgrad``,
+    ``head.lm_head.dgrad``); the simulator passes one that executes the op's mapping plan. Default: the
+    precision's plain matmul.
     """
     _check(weights)
     cfg = weights.config
@@ -181,7 +190,7 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
         raise ValueError("a training step needs sequences of at least 2 tokens")
     scale = 1.0 / (global_predicted or predicted)
     mm = mixed_precision_matmul(precision)
-    wmm = weight_matmul or (lambda name, a, b: mm(a, b))
+    wmm = weight_matmul or _plain(mm)
     eps, act, H = cfg.layer_norm_epsilon, cfg.activation, cfg.n_head
     layer_grads = [{f: np.zeros_like(getattr(lw, f)) for f in HF_LAYER_NAMES} for lw in weights.layers]
     dwte = np.zeros_like(weights.wte)
@@ -193,11 +202,11 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
         mids = ids[b0:b0 + mb]
         x = embedding(mids, weights.wte, weights.wpe)
         saved = []
-        for lw in weights.layers:
-            x, keep = _layer_forward(x, lw, mb, seq, H, eps, act, mm)
+        for i, lw in enumerate(weights.layers):
+            x, keep = _layer_forward(x, lw, mb, seq, H, eps, act, mm, wmm, f"layer{i}")
             saved.append(keep)
         hf = layernorm(x, weights.lnf_g, weights.lnf_b, eps)
-        logits = mm(hf, weights.wte.T)
+        logits = wmm("head.lm_head", hf, weights.wte.T)
         part, dlogits = cross_entropy(logits, causal_lm_targets(mids), scale)
         loss_sum += part
         # tied head: logits = hf wte^T

@@ -444,11 +444,16 @@ def run_train(spec: TrainSpec, log=lambda msg: None) -> dict:
     return report
 
 
-def plan_matmuls(plan):
-    """``weight_matmul(name, a, b)`` for the training numerics: the backward op ``name`` of ``plan``, executed
-    block by block as the mapping partitions and reduces it."""
-    ops = {p.op.name: p for p in plan.ops}
-    return lambda name, a, b: run_matmul_plan(ops[name], plan.precision, a, b)
+def plan_matmuls(*plans):
+    """``weight_matmul(name, a, b, bias)`` for the training numerics: op ``name`` of the forward or backward
+    ``plans``, executed block by block as the mapping partitions and reduces it."""
+    ops = {p.op.name: (p, plan.precision) for plan in plans for p in plan.ops}
+
+    def run(name, a, b, bias=None):
+        op_plan, precision = ops[name]
+        return run_matmul_plan(op_plan, precision, a, b, bias)
+
+    return run
 
 
 def _numerics(spec: TrainSpec, config: ModelConfig, weights, wafer: WaferSpec, grid) -> dict:
@@ -474,13 +479,16 @@ def _numerics(spec: TrainSpec, config: ModelConfig, weights, wafer: WaferSpec, g
     opt = AdamWConfig(lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay,
                       max_grad_norm=spec.max_grad_norm)
     t0 = time.perf_counter()
-    plan = get_mapping("weight-streaming").plan(lower_backward(config, micro, spec.seq, spec.precision), wafer, grid)
+    mapping = get_mapping("weight-streaming")
+    plans = [mapping.plan(lower(config, micro, spec.seq, spec.precision), wafer, grid)
+             for lower in (lower_model, lower_backward)]
     result, updated = train_step(weights, ids, opt, micro_batch=micro, systems=systems, precision=spec.precision,
-                                 weight_matmul=plan_matmuls(plan))
+                                 weight_matmul=plan_matmuls(*plans))
     out = {"enabled": True, "loss": result.loss, "grad_norm": result.grad_norm,
            "predicted_tokens": result.predicted_tokens, "systems": systems, "micro_batch": micro,
-           "weight_gradients": "every dX = dY W^T and dW = X^T dY runs the backward plan's tile blocks and "
-                               f"reductions (weight-streaming, {micro} sequence(s) per pass)",
+           "weight_matmuls": "every matmul with a weight (forward X W + b, backward dX = dY W^T and "
+                             "dW = X^T dY) runs its plan's tile blocks and reductions (weight-streaming, "
+                             f"{micro} sequence(s) per pass)",
            "precision": spec.precision if spec.precision == "fp32" else
            f"{spec.precision} mixed: matmul operands and products rounded to {spec.precision}, fp32 accumulation, "
            "norms, softmax, loss and AdamW on fp32 master weights (torch autocast's split)",
