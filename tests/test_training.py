@@ -234,3 +234,145 @@ def test_bf16_mixed_precision_close_to_torch_autocast(tiny_checkpoint):
     assert max(mine.values()) <= 1.25 * max(auto.values())
     assert np.median(list(mine.values())) <= 1.25 * np.median(list(auto.values()))
     assert 0 < max(mine.values())  # the rounding is really applied
+
+
+def _backward_plan(config, batch, seq, precision="fp32", grid="48x48", tiles="4x4", forward=False):
+    from wse_sim.workloads import lower_model
+    from wse_sim.workloads.training_graph import lower_backward
+
+    from wse_sim.app.scenario import make_grid
+    from wse_sim.arch import load_wafer
+    from wse_sim.mapping.registry import get_mapping
+
+    wafer = load_wafer("wse2")
+    lower = lower_model if forward else lower_backward
+    return get_mapping("weight-streaming").plan(lower(config, batch, seq, precision), wafer,
+                                                make_grid(wafer, grid, tiles))
+
+
+def test_plan_matmuls_follow_the_mapping(tiny_config):
+    """Every dgrad / wgrad op of the backward plan, run block by block, equals the float64 product; the blocks are
+    the plan's tiles (one per tile and weight chunk) and the wgrad's partials are summed over tile rows."""
+    from wse_sim.mapping.plan import MatmulBlock, ReduceWrite
+    from wse_sim.sim.numerics import run_matmul_plan
+
+    plan = _backward_plan(tiny_config, 3, 11, tiles="4x3")
+    rng = np.random.default_rng(0)
+    grads = [p for p in plan.ops if p.op.grad]
+    assert {p.op.grad for p in grads} == {"dgrad", "wgrad"} and len(grads) == 2 * (4 * 2 + 1)
+    for p in grads:
+        op = p.op
+        m, k, n = (op.k, op.m, op.n) if op.grad == "wgrad" else (op.m, op.k, op.n)  # dW = X^T dY: [k, m] @ [m, n]
+        a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+        out = run_matmul_plan(p, "fp32", a, b)
+        ref = a.astype(np.float64) @ b
+        assert out.shape == (m, n) and rel_err(out, ref) <= 1e-6, op.name
+        blocks = [x for t in p.tasks for x in t.actions if isinstance(x, MatmulBlock)]
+        chunks = sum(1 for t in p.tasks if t.label.startswith("stream["))
+        assert len(blocks) == 4 * 3 * chunks  # one block per tile per chunk
+        if op.grad == "wgrad":  # each write sums one tile column's partials, one per tile row
+            writes = [x for t in p.tasks for x in t.actions if isinstance(x, ReduceWrite)]
+            assert all(len(w.groups) == 1 and len(w.groups[0]) == 4 for w in writes)
+
+
+def test_grads_through_the_plan_match_torch_and_big_batch(tiny_checkpoint):
+    """The gradients with every weight matmul (forward, dgrad, wgrad) executed from its plan (what ``wse-sim
+    train --numerics`` does) vs torch autograd; accumulation and data parallelism through the plans equal the
+    big batch."""
+    from wse_sim.app.train import plan_matmuls
+
+    ck = tiny_checkpoint(activation="gelu_new")
+    weights = load_checkpoint(ck.path)
+    ids = _ids(4, 9, seed=6)
+    called = []
+
+    def through(batch):
+        cfg = weights.config
+        run = plan_matmuls(_backward_plan(cfg, batch, 9, forward=True), _backward_plan(cfg, batch, 9))
+        return lambda name, a, b, bias=None: called.append(name) or run(name, a, b, bias)
+
+    big = loss_and_grads(weights, ids, weight_matmul=through(4))
+    names = {p.op.name for fwd in (True, False) for p in _backward_plan(weights.config, 1, 9, forward=fwd).ops
+             if p.op.kind == "matmul" and p.op.weight}
+    assert set(called) == names and len(names) == 3 * (4 * 2 + 1)  # every weight matmul came out of a plan
+    loss, ref = _torch_grads(ck.model, ids)
+    assert abs(big.loss - loss) <= TOL * loss
+    assert max(rel_err(big.grads[n], ref[n]) for n in ref) <= TOL
+    small = through(1)
+    acc = loss_and_grads(weights, ids, micro_batch=1, weight_matmul=small)
+    dp, _ = train_step(weights, ids, micro_batch=1, systems=2, weight_matmul=small)
+    for n, g in big.grads.items():
+        assert rel_err(acc.grads[n], g) <= 1e-5, n
+        assert rel_err(dp.grads[n], g) <= 1e-5, n
+
+
+def test_train_energy_and_defects(tmp_path):
+    """Energy per step: the per-system accounting over the whole step time (forward, backward and the exposed
+    SwarmX/optimizer time), static power in closed form, times the systems; a defective wafer pays detours
+    (more wavelet-hops, never a faster step) and reports them, with the same loss bit for bit."""
+    from wse_sim.app.train import TrainSpec, run_train
+    from wse_sim.arch import load_wafer
+
+    kw = dict(model=_tiny_config_json(tmp_path), wafer="wse2", grid="48x48", tiles="4x4", batch=4, micro_batch=2,
+              seq=8, precision="fp32", numerics=True)
+    healthy = run_train(TrainSpec(**kw, systems=(1, 2)))
+    e = healthy["energy"]
+    one = e["per_system"]
+    assert one["seconds"] == pytest.approx(healthy["step_seconds"], rel=1e-6)
+    assert e["joules"] == pytest.approx(sum(e["by_category_joules"].values()), rel=1e-9)
+    assert e["joules_per_token"] == pytest.approx(e["joules"] / (4 * 8))
+    assert e["average_w"] == pytest.approx(e["joules"] / healthy["step_seconds"])
+    wafer = load_wafer("wse2")
+    assert e["by_category_joules"]["static"] == pytest.approx(wafer.static_w_per_pe * wafer.pes
+                                                              * healthy["step_seconds"], rel=1e-6)
+    assert one["counts"]["fmac_fp32"] >= healthy["flops"]["simulated_flops"] / 2  # every simulated MAC is priced
+    two = healthy["scaling"][1]
+    assert two["joules_per_token"] > 0
+    f = tmp_path / "dead.txt"
+    f.write_text("3 5\n10 20\n30 7\n")
+    sick = run_train(TrainSpec(**kw, systems=(1,), defect_map=str(f)))
+    assert sick["defects"]["dead_pes"] == 3 and sum(sick["defects"]["extra_hops_charged"].values()) > 0
+    assert sick["step_seconds"] >= healthy["step_seconds"]
+    assert sick["energy"]["per_system"]["counts"]["wavelet_hops"] > one["counts"]["wavelet_hops"]
+    assert sick["loss"] == healthy["loss"] and sick["numerics"]["grad_norm"] == healthy["numerics"]["grad_norm"]
+
+
+def test_train_sweep_and_compare(tmp_path, capsys):
+    """A train sweep over systems, micro-batch and precision: one row per point, each equal to the direct run
+    (the rows come back from Dask workers); it plots; compare --train runs per system count and refuses, as a
+    row, mappings training does not plan."""
+    import csv
+    import json
+
+    from wse_sim.app.train import TrainSpec, run_train
+    from wse_sim.cli import main
+
+    model = _tiny_config_json(tmp_path)
+    toml = tmp_path / "train.toml"
+    toml.write_text(f'command = "train"\nmodels = ["{model}"]\nwafer = "wse2"\ngrid = "48x48"\ntiles = "4x4"\n'
+                    'systems = [1, 2]\nmicro_batch = [1, 2]\nprecision = ["bf16", "fp32"]\nbatch = 4\nseq = 8\n'
+                    'numerics = false\n')
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(toml), "--out", str(out), "--workers", "1", "--plot", "--x", "systems", "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert len(rows) == 8 and not any(r["error"] for r in rows)
+    assert (out / "sweep.png").is_file()
+    r = next(r for r in rows if (r["systems"], r["micro_batch"], r["precision"]) == ("2", "1", "fp32"))
+    direct = run_train(TrainSpec(model=model, wafer="wse2", grid="48x48", tiles="4x4", systems=(2,), micro_batch=1,
+                                 precision="fp32", batch=4, seq=8, numerics=False))
+    assert float(r["step_seconds"]) == direct["step_seconds"] and float(r["joules"]) == direct["energy"]["joules"]
+    assert int(r["accumulation_steps"]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'command = "train"\nmodels = ["{model}"]\nmappings = ["summa"]\n')
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown key 'mappings'" in capsys.readouterr().err
+
+    cmp_out = tmp_path / "cmp"
+    assert main(["compare", "--train", "--model", model, "--wafer", "wse2", "--grid", "48x48", "--tiles", "4x4",
+                 "--mappings", "weight-streaming,summa", "--systems", "1,2", "--batch", "4", "--seq", "8",
+                 "--micro-batch", "2", "--out", str(cmp_out), "--quiet"]) == 0
+    got = json.loads((cmp_out / "compare.json").read_text())["rows"]
+    assert [(g["mapping"], g["systems"], g["feasible"]) for g in got] == [
+        ("weight-streaming", 1, True), ("weight-streaming", 2, True), ("summa", None, False)]
+    assert got[1]["speedup"] == pytest.approx(got[0]["step_seconds"] / got[1]["step_seconds"])
+    assert "weight streaming only" in got[2]["reason"]

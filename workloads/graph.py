@@ -76,6 +76,7 @@ class OpSpec:
     gamma: str | None = None  # LayerNorm scale/shift attribute names
     beta: str | None = None
     inputs: tuple[str, ...] = ()  # names of the tensors this op reads: other ops' names, or "tokens"
+    grad: str | None = None  # backward matmuls (training): "dgrad" (dX = dY W^T) or "wgrad" (dW = X^T dY)
 
     @property
     def is_matmul(self) -> bool:

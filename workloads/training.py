@@ -59,14 +59,21 @@ def _bias_add(y: np.ndarray, b: np.ndarray) -> np.ndarray:
     return y
 
 
+def _plain(mm):
+    """``weight_matmul(name, a, b, bias=None)`` by the plain matmul ``mm`` (the name unused)."""
+    return lambda name, a, b, bias=None: mm(a, b) if bias is None else _bias_add(mm(a, b), bias)
+
+
 def _layer_forward(x: np.ndarray, w: LayerWeights, batch: int, seq: int, n_head: int, eps: float, act: str,
-                   mm=gemm):
-    """One block on ``x [tokens, d]``; returns the output and what the backward pass keeps."""
+                   mm=gemm, wmm=None, prefix: str = ""):
+    """One block on ``x [tokens, d]``; returns the output and what the backward pass keeps. ``wmm(name, a, b,
+    bias)`` runs the weight matmuls, named as the forward graph's ops (``<prefix>.qkv``...)."""
+    wmm = wmm or _plain(mm)
     d = x.shape[1]
     dh = d // n_head
     scale = 1.0 / math.sqrt(dh)
     h1 = layernorm(x, w.ln1_g, w.ln1_b, eps)
-    qkv = _bias_add(mm(h1, w.w_qkv), w.b_qkv)
+    qkv = wmm(f"{prefix}.qkv", h1, w.w_qkv, w.b_qkv)
     probs = np.empty((batch, n_head, seq, seq), np.float32)
     ctx = np.empty((batch * seq, d), np.float32)
     for b in range(batch):
@@ -77,36 +84,38 @@ def _layer_forward(x: np.ndarray, w: LayerWeights, batch: int, seq: int, n_head:
             v = qkv[rows, 2 * d + h * dh:2 * d + (h + 1) * dh]
             probs[b, h] = causal_softmax(mm(q, k.T), scale)
             ctx[rows, h * dh:(h + 1) * dh] = mm(probs[b, h], v)
-    x_mid = x + _bias_add(mm(ctx, w.w_attn_proj), w.b_attn_proj)
+    x_mid = x + wmm(f"{prefix}.attn_proj", ctx, w.w_attn_proj, w.b_attn_proj)
     h2 = layernorm(x_mid, w.ln2_g, w.ln2_b, eps)
-    f = _bias_add(mm(h2, w.w_fc), w.b_fc)
+    f = wmm(f"{prefix}.fc", h2, w.w_fc, w.b_fc)
     g = gelu(f, act)
-    out = x_mid + _bias_add(mm(g, w.w_fc_proj), w.b_fc_proj)
+    out = x_mid + wmm(f"{prefix}.fc_proj", g, w.w_fc_proj, w.b_fc_proj)
     return out, (x, h1, qkv, probs, ctx, x_mid, h2, f, g)
 
 
 def _layer_backward(dout: np.ndarray, w: LayerWeights, saved, batch: int, seq: int, n_head: int, eps: float,
-                    act: str, grads: dict[str, np.ndarray], mm=gemm) -> np.ndarray:
-    """Add the block's weight gradients into ``grads`` (field names) and return ``dx``."""
+                    act: str, grads: dict[str, np.ndarray], mm=gemm, wmm=None, prefix: str = "") -> np.ndarray:
+    """Add the block's weight gradients into ``grads`` (field names) and return ``dx``. ``wmm(name, a, b)``
+    runs the weight matmuls' gradients, named as the backward graph's ops (``<prefix>.fc.dgrad``...)."""
+    wmm = wmm or _plain(mm)
     x, h1, qkv, probs, ctx, x_mid, h2, f, g = saved
     d = x.shape[1]
     dh = d // n_head
     scale = 1.0 / math.sqrt(dh)
     # MLP: out = x_mid + gelu(h2 W_fc + b) W_proj + b
-    grads["w_fc_proj"] += mm(g.T, dout)
+    grads["w_fc_proj"] += wmm(f"{prefix}.fc_proj.wgrad", g.T, dout)
     grads["b_fc_proj"] += dout.sum(axis=0, dtype=np.float32)
-    df = gelu_backward(f, mm(dout, w.w_fc_proj.T), act)
-    grads["w_fc"] += mm(h2.T, df)
+    df = gelu_backward(f, wmm(f"{prefix}.fc_proj.dgrad", dout, w.w_fc_proj.T), act)
+    grads["w_fc"] += wmm(f"{prefix}.fc.wgrad", h2.T, df)
     grads["b_fc"] += df.sum(axis=0, dtype=np.float32)
-    dh2 = mm(df, w.w_fc.T)
+    dh2 = wmm(f"{prefix}.fc.dgrad", df, w.w_fc.T)
     dx_ln, dg, db = layernorm_backward(x_mid, w.ln2_g, eps, dh2)
     grads["ln2_g"] += dg
     grads["ln2_b"] += db
     dx_mid = dout + dx_ln
     # attention: x_mid = x + attn(ln1(x)) W_o + b_o
-    grads["w_attn_proj"] += mm(ctx.T, dx_mid)
+    grads["w_attn_proj"] += wmm(f"{prefix}.attn_proj.wgrad", ctx.T, dx_mid)
     grads["b_attn_proj"] += dx_mid.sum(axis=0, dtype=np.float32)
-    dctx = mm(dx_mid, w.w_attn_proj.T)
+    dctx = wmm(f"{prefix}.attn_proj.dgrad", dx_mid, w.w_attn_proj.T)
     dqkv = np.empty_like(qkv)
     for b in range(batch):
         rows = slice(b * seq, (b + 1) * seq)
@@ -117,9 +126,9 @@ def _layer_backward(dout: np.ndarray, w: LayerWeights, saved, batch: int, seq: i
             ds = causal_softmax_backward(p, mm(dc, qkv[rows, cv].T), scale)
             dqkv[rows, cq] = mm(ds, qkv[rows, ck])
             dqkv[rows, ck] = mm(ds.T, qkv[rows, cq])
-    grads["w_qkv"] += mm(h1.T, dqkv)
+    grads["w_qkv"] += wmm(f"{prefix}.qkv.wgrad", h1.T, dqkv)
     grads["b_qkv"] += dqkv.sum(axis=0, dtype=np.float32)
-    dh1 = mm(dqkv, w.w_qkv.T)
+    dh1 = wmm(f"{prefix}.qkv.dgrad", dqkv, w.w_qkv.T)
     dx_ln, dg, db = layernorm_backward(x, w.ln1_g, eps, dh1)
     grads["ln1_g"] += dg
     grads["ln1_b"] += db
@@ -156,12 +165,18 @@ def mixed_precision_matmul(precision: str):
 
 
 def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: int | None = None,
-                   global_predicted: int | None = None, precision: str = "fp32") -> StepResult:
+                   global_predicted: int | None = None, precision: str = "fp32",
+                   weight_matmul=None) -> StepResult:
     """The causal-LM loss of ``token_ids [batch, seq]`` (labels = input ids) and its gradients, fp32.
 
     ``micro_batch`` sequences at a time (default: all), gradients accumulated in fp32 in micro-batch order.
     ``global_predicted``: the predicted tokens of the whole global batch when this is one replica's share (the
     gradient is then this share's part of the global mean; ``loss`` stays this share's own mean).
+    ``weight_matmul(name, a, b, bias=None)``: runs every matmul with a weight: the forward's (``a @ W + bias``,
+    named as the ops of ``lower_model``: ``layer0.qkv``, ``head.lm_head``) and its gradients (``dX = dY W^T``,
+    ``dW = X^T dY``, named as the ops of :func:`~.training_graph.lower_backward`: ``layer0.fc.wgrad``,
+    ``head.lm_head.dgrad``); the simulator passes one that executes the op's mapping plan. Default: the
+    precision's plain matmul.
     """
     _check(weights)
     cfg = weights.config
@@ -175,6 +190,7 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
         raise ValueError("a training step needs sequences of at least 2 tokens")
     scale = 1.0 / (global_predicted or predicted)
     mm = mixed_precision_matmul(precision)
+    wmm = weight_matmul or _plain(mm)
     eps, act, H = cfg.layer_norm_epsilon, cfg.activation, cfg.n_head
     layer_grads = [{f: np.zeros_like(getattr(lw, f)) for f in HF_LAYER_NAMES} for lw in weights.layers]
     dwte = np.zeros_like(weights.wte)
@@ -186,20 +202,21 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
         mids = ids[b0:b0 + mb]
         x = embedding(mids, weights.wte, weights.wpe)
         saved = []
-        for lw in weights.layers:
-            x, keep = _layer_forward(x, lw, mb, seq, H, eps, act, mm)
+        for i, lw in enumerate(weights.layers):
+            x, keep = _layer_forward(x, lw, mb, seq, H, eps, act, mm, wmm, f"layer{i}")
             saved.append(keep)
         hf = layernorm(x, weights.lnf_g, weights.lnf_b, eps)
-        logits = mm(hf, weights.wte.T)
+        logits = wmm("head.lm_head", hf, weights.wte.T)
         part, dlogits = cross_entropy(logits, causal_lm_targets(mids), scale)
         loss_sum += part
         # tied head: logits = hf wte^T
-        dwte += mm(dlogits.T, hf)
-        dx, dg, db = layernorm_backward(x, weights.lnf_g, eps, mm(dlogits, weights.wte))
+        dwte += wmm("head.lm_head.wgrad", hf.T, dlogits).T
+        dx, dg, db = layernorm_backward(x, weights.lnf_g, eps, wmm("head.lm_head.dgrad", dlogits, weights.wte))
         dlnf_g += dg
         dlnf_b += db
         for i in reversed(range(len(weights.layers))):
-            dx = _layer_backward(dx, weights.layers[i], saved[i], mb, seq, H, eps, act, layer_grads[i], mm)
+            dx = _layer_backward(dx, weights.layers[i], saved[i], mb, seq, H, eps, act, layer_grads[i], mm, wmm,
+                                 f"layer{i}")
         embedding_backward(mids, dx, dwte, dwpe)
     grads = {_PREFIX + "wte.weight": dwte, _PREFIX + "wpe.weight": dwpe,
              _PREFIX + "ln_f.weight": dlnf_g, _PREFIX + "ln_f.bias": dlnf_b}
@@ -255,8 +272,8 @@ class AdamW:
 
 
 def train_step(weights: ModelWeights, token_ids: np.ndarray, config: AdamWConfig | None = None,
-               micro_batch: int | None = None, systems: int = 1,
-               precision: str = "fp32") -> tuple[StepResult, ModelWeights]:
+               micro_batch: int | None = None, systems: int = 1, precision: str = "fp32",
+               weight_matmul=None) -> tuple[StepResult, ModelWeights]:
     """One optimizer step: ``systems`` data-parallel replicas each accumulate their share of the batch in
     micro-batches, the gradients are summed (SwarmX), clipped and applied by AdamW (MemoryX)."""
     ids = np.asarray(token_ids)
@@ -268,7 +285,7 @@ def train_step(weights: ModelWeights, token_ids: np.ndarray, config: AdamWConfig
     loss = 0.0
     for s in range(systems):
         r = loss_and_grads(weights, ids[s * per:(s + 1) * per], micro_batch, global_predicted=predicted,
-                           precision=precision)
+                           precision=precision, weight_matmul=weight_matmul)
         parts.append(r.grads)
         loss += r.extras["loss_sum"] / predicted
     grads = sum_grads(parts)

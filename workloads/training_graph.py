@@ -39,10 +39,10 @@ def _backward_ops(ops: list[OpSpec], names: set[str]) -> list[OpSpec]:
         if op.kind == OpKind.MATMUL and op.weight:
             # dgrad: [tokens, n] @ [n, k]; the same weight streams again (no bias in a dgrad)
             b = op.act_in_bytes // max(op.groups * op.m * op.k, 1)
-            dgrad = replace(base, name=op.name + ".dgrad", k=op.n, n=op.k, bias=None,
+            dgrad = replace(base, name=op.name + ".dgrad", k=op.n, n=op.k, bias=None, grad="dgrad",
                             flops=op.groups * 2 * op.m * op.k * op.n, weight_bytes=op.k * op.n * b,
                             act_in_bytes=op.groups * op.m * op.n * b, act_out_bytes=op.groups * op.m * op.k * b)
-            wgrad = replace(base, name=op.name + ".wgrad")  # dW (and the bias's row sum) streams out
+            wgrad = replace(base, name=op.name + ".wgrad", grad="wgrad")  # dW (and the bias's row sum) streams out
             out += [dgrad, wgrad]
         elif op.kind in (OpKind.ATTN_SCORES, OpKind.ATTN_CONTEXT):
             out += [base, replace(base, name=op.name + ".bwd2", inputs=base.inputs)]

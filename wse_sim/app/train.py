@@ -29,11 +29,14 @@ import numpy as np
 
 from ..arch import WaferSpec, load_wafer
 from ..arch.cluster import ClusterSpec, load_cluster
+from ..arch.defects import Remap, apply_defects, defect_rate, usable_wafer, wafer_remap
 from ..errors import UserError
 from ..gc_pause import gc_paused
 from ..mapping.plan import SramOverflowError
 from ..mapping.registry import get_mapping
+from ..report.energy import Counts, PassEnergy, energy_section, pass_energy
 from ..sim import Engine
+from ..sim.numerics import run_matmul_plan
 from ..workloads import get_preset, load_checkpoint, load_hf_config, lower_model
 from ..workloads.config import ConfigError, ModelConfig
 from ..workloads.graph import BYTES_PER_ELEM, OpKind, WorkloadGraph
@@ -81,6 +84,9 @@ class TrainSpec:
     save_updated: str | None = None
     train_tokens: float | None = None  # tokens of the whole run (time to train); default the recipe's
     cluster_overrides: dict | None = None
+    defects: str | None = None  # failed PEs drawn at this per-PE rate (as `run`; docs/defects.md)
+    defect_seed: int | None = None
+    defect_map: str | None = None  # a file of failed PEs, "ROW COL" per line
 
 
 NUMERICS_MAX_PARAMS = 20_000_000
@@ -130,15 +136,24 @@ class PassTiming:
     forward_flops: int
     backward_flops: int
     sram_peak_bytes_per_pe: int
+    defect_extra_hops: int = 0  # detour hops charged on the pass's transfers (a defective wafer)
+    energy: tuple = ()  # (forward, backward) PassEnergy: the counts the step's energy prices (not in the report)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "energy"}
 
 
-def _simulate(graph: WorkloadGraph, wafer: WaferSpec, grid):
+def _simulate(graph: WorkloadGraph, wafer: WaferSpec, grid, remap: Remap | None = None):
+    """(result, SRAM peak per PE, detour hops, PassEnergy) of one engine run of ``graph``'s weight-streaming plan;
+    on a defective wafer the plan's transfers pay the detours (its actions are unchanged)."""
     mapping = get_mapping("weight-streaming")
     with gc_paused():
         plan = mapping.plan(graph, wafer, grid)
+        if remap is not None:
+            plan = apply_defects(plan, remap, wafer.wavelet_bytes)
     result = Engine(wafer, plan).run()
     sram = max(op.sram_bytes_per_pe for op in plan.ops)
-    return result, sram
+    return result, sram, plan.params.get("defect_extra_hops", 0), pass_energy(wafer, plan, result)
 
 
 def _fits(config: ModelConfig, seqs: int, spec: TrainSpec, wafer: WaferSpec, grid) -> bool:
@@ -152,15 +167,17 @@ def _fits(config: ModelConfig, seqs: int, spec: TrainSpec, wafer: WaferSpec, gri
     return True
 
 
-def simulate_pass(config: ModelConfig, seqs: int, spec: TrainSpec, wafer: WaferSpec, grid) -> PassTiming:
+def simulate_pass(config: ModelConfig, seqs: int, spec: TrainSpec, wafer: WaferSpec, grid,
+                  remap: Remap | None = None) -> PassTiming:
     fwd_graph = lower_model(config, seqs, spec.seq, spec.precision)
     bwd_graph = lower_backward(config, seqs, spec.seq, spec.precision)
-    fwd, sram_f = _simulate(fwd_graph, wafer, grid)
-    bwd, sram_b = _simulate(bwd_graph, wafer, grid)
+    fwd, sram_f, hops_f, energy_f = _simulate(fwd_graph, wafer, grid, remap)
+    bwd, sram_b, hops_b, energy_b = _simulate(bwd_graph, wafer, grid, remap)
     wgrad = [op for op in bwd.ops if op.name.endswith(".wgrad")]
     return PassTiming(seqs, fwd.total_cycles, bwd.total_cycles, fwd.stream_bytes, bwd.stream_bytes,
                       sum(op.stream_cycles for op in wgrad), sum(op.stream_bytes for op in wgrad),
-                      fwd_graph.total_flops, bwd_graph.total_flops, max(sram_f, sram_b))
+                      fwd_graph.total_flops, bwd_graph.total_flops, max(sram_f, sram_b), hops_f + hops_b,
+                      (energy_f, energy_b))
 
 
 def matmul_flops_closed_form(config: ModelConfig, tokens: int) -> dict:
@@ -243,18 +260,19 @@ def step_cycles(config: ModelConfig, precision: str, wafer: WaferSpec, cluster: 
 
 
 def step_model(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, cluster: ClusterSpec, systems: int,
-               passes: dict[int, PassTiming], grid, log) -> dict:
+               passes: dict[int, PassTiming], grid, log, remap: Remap | None = None) -> dict:
     """Time one optimizer step on ``systems`` systems, simulating (and caching in ``passes``) what it needs."""
     split = split_batch(config, spec, wafer, grid, systems)
     sizes = split.sizes
-    for s in set(sizes):
+    for s in sorted(set(sizes), reverse=True):
         if s not in passes:
             log(f"simulating a pass of {s} sequence(s) x {spec.seq} tokens: forward and backward ...")
-            passes[s] = simulate_pass(config, s, spec, wafer, grid)
+            passes[s] = simulate_pass(config, s, spec, wafer, grid, remap)
     c = step_cycles(config, spec.precision, wafer, cluster, systems, passes, sizes)
     seconds = c.total / wafer.clock_hz
     tokens = spec.batch * spec.seq
     flops = _step_flops(config, spec, wafer, systems, passes, sizes)
+    traffic = _traffic(config, spec.precision, wafer, cluster, systems, passes, sizes, c)
     return {
         "systems": systems,
         "per_system_batch": split.per_system,
@@ -270,9 +288,34 @@ def step_model(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, cluster: 
             "forward": c.forward, "backward": c.backward, "gradient_stream_out": c.gradient_stream_out,
             "swarmx_reduce": c.swarmx_reduce, "optimizer": c.optimizer,
         },
-        **_traffic(config, spec.precision, wafer, cluster, systems, passes, sizes, c),
+        **traffic,
+        "energy": step_energy(wafer, systems, [passes[s] for s in sizes], c, traffic, tokens),
         "flops": flops,
         **_bounds(config, spec, wafer, cluster, systems, len(sizes)),
+    }
+
+
+def step_energy(wafer: WaferSpec, systems: int, step_passes: list[PassTiming], c: StepCycles, traffic: dict,
+                tokens: int) -> dict:
+    """The step's ``energy``: one system's passes (every forward and backward engine run, priced by
+    :func:`~wse_sim.report.energy.energy_section` as ``run`` prices a prefill), its gradient bytes over SwarmX
+    (priced per byte as inter-wafer 100 GbE traffic) and the exposed SwarmX and optimizer time (the wafer idles:
+    static, idle-PE and system power), times ``systems`` (every system runs the busiest one's passes)."""
+    idle = PassEnergy([], [], [], [], [], round(c.swarmx_reduce + c.optimizer), 1)
+    swarmx = Counts()
+    swarmx.values["interwafer_bytes"] = float(traffic["swarmx"]["reduce_bytes_per_system"])
+    links = PassEnergy(["swarmx.gradient_reduce"], ["swarmx"], ["swarmx"], [0], [swarmx], 0, 1)
+    one = energy_section(wafer, [idle, links, *(e for p in step_passes for e in p.energy)],
+                         tokens // systems, scope="train step, one system")
+    seconds = one["seconds"]
+    total = one["joules"] * systems
+    return {
+        "scope": "one optimizer step, every system", "systems": systems, "joules": total,
+        "by_category_joules": {k: v * systems for k, v in one["by_category_joules"].items()},
+        "joules_per_token": total / tokens, "average_w": total / seconds if seconds else 0.0,
+        "per_system": one,
+        "not_counted": "MemoryX's AdamW arithmetic and DRAM traffic (no per-update energy parameter; its exposed "
+                       "time is charged as idle wafer and system power), SwarmX's node compute beyond link bytes",
     }
 
 
@@ -347,14 +390,16 @@ def run_train(spec: TrainSpec, log=lambda msg: None) -> dict:
     config, weights = _resolve_model(spec)
     if config.is_llama:
         raise UserError("wse-sim train covers GPT-2 models (the Cerebras-GPT family)")
-    wafer = load_wafer(spec.wafer)
+    healthy = load_wafer(spec.wafer)
+    remap = wafer_remap(healthy, spec.defects, spec.defect_seed, spec.defect_map)
+    wafer = usable_wafer(healthy, remap)  # every system's wafer has the same defects (a simplification)
     cluster = load_cluster(wafer.name, spec.cluster_overrides)
     grid = make_grid(wafer, spec.grid, spec.tiles)
     if spec.seq > config.n_positions:
         raise UserError(f"seq {spec.seq} exceeds the model's {config.n_positions} positions")
     t0 = time.perf_counter()
     passes: dict[int, PassTiming] = {}
-    steps = [step_model(config, spec, wafer, cluster, n, passes, grid, log) for n in spec.systems]
+    steps = [step_model(config, spec, wafer, cluster, n, passes, grid, log, remap) for n in spec.systems]
     head = steps[0]
     report: dict = {
         "kind": "train",
@@ -365,6 +410,7 @@ def run_train(spec: TrainSpec, log=lambda msg: None) -> dict:
         "run": {"batch": spec.batch, "micro_batch": spec.micro_batch, "seq": spec.seq, "precision": spec.precision,
                 "systems": list(spec.systems), "recipe": spec.recipe},
         "params": config.param_count(),
+        "grid_pes": grid.rows * grid.cols,
         **{k: head[k] for k in head},
     }
     if spec.recipe:
@@ -384,15 +430,33 @@ def run_train(spec: TrainSpec, log=lambda msg: None) -> dict:
             "efficiency": base["step_seconds"] / s["step_seconds"] / (s["systems"] / base["systems"]),
             **({"time_to_train_s": spec.train_tokens / (spec.batch * spec.seq) * s["step_seconds"]}
                if spec.train_tokens else {}),
+            "joules_per_token": s["energy"]["joules_per_token"],
         } for s in steps]
-    report["passes"] = {str(k): vars(v) for k, v in sorted(passes.items())}
-    report["numerics"] = _numerics(spec, config, weights)
+    report["passes"] = {str(k): v.to_dict() for k, v in sorted(passes.items())}
+    if remap is not None:
+        rate = defect_rate(healthy, spec.defects) if spec.defects is not None else None
+        report["defects"] = remap.summary() | {"rate_per_pe": rate,
+            "extra_hops_charged": {str(k): v.defect_extra_hops for k, v in sorted(passes.items())},
+            "note": "every system's wafer has this defect map; extra hops per simulated pass (forward + backward)"}
+    report["numerics"] = _numerics(spec, config, weights, wafer, grid)
     report["loss"] = report["numerics"].get("loss")
     report["simulation_wall_s"] = time.perf_counter() - t0
     return report
 
 
-def _numerics(spec: TrainSpec, config: ModelConfig, weights) -> dict:
+def plan_matmuls(*plans):
+    """``weight_matmul(name, a, b, bias)`` for the training numerics: op ``name`` of the forward or backward
+    ``plans``, executed block by block as the mapping partitions and reduces it."""
+    ops = {p.op.name: (p, plan.precision) for plan in plans for p in plan.ops}
+
+    def run(name, a, b, bias=None):
+        op_plan, precision = ops[name]
+        return run_matmul_plan(op_plan, precision, a, b, bias)
+
+    return run
+
+
+def _numerics(spec: TrainSpec, config: ModelConfig, weights, wafer: WaferSpec, grid) -> dict:
     on = spec.numerics if spec.numerics is not None else (
         weights is not None or config.param_count() <= NUMERICS_MAX_PARAMS)
     if not on:
@@ -409,13 +473,22 @@ def _numerics(spec: TrainSpec, config: ModelConfig, weights) -> dict:
     if spec.batch % systems:  # an uneven split: the same gradients, computed as one system's
         systems = 1
     per = spec.batch // systems
-    micro = min(spec.micro_batch or per, per)
+    pass_seqs = split_batch(config, spec, wafer, grid, spec.systems[0]).pass_seqs
+    # in the simulated passes' pieces where they divide the share (accumulation is exact either way)
+    micro = pass_seqs if per % pass_seqs == 0 else min(spec.micro_batch or per, per)
     opt = AdamWConfig(lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay,
                       max_grad_norm=spec.max_grad_norm)
     t0 = time.perf_counter()
-    result, updated = train_step(weights, ids, opt, micro_batch=micro, systems=systems, precision=spec.precision)
+    mapping = get_mapping("weight-streaming")
+    plans = [mapping.plan(lower(config, micro, spec.seq, spec.precision), wafer, grid)
+             for lower in (lower_model, lower_backward)]
+    result, updated = train_step(weights, ids, opt, micro_batch=micro, systems=systems, precision=spec.precision,
+                                 weight_matmul=plan_matmuls(*plans))
     out = {"enabled": True, "loss": result.loss, "grad_norm": result.grad_norm,
            "predicted_tokens": result.predicted_tokens, "systems": systems, "micro_batch": micro,
+           "weight_matmuls": "every matmul with a weight (forward X W + b, backward dX = dY W^T and "
+                             "dW = X^T dY) runs its plan's tile blocks and reductions (weight-streaming, "
+                             f"{micro} sequence(s) per pass)",
            "precision": spec.precision if spec.precision == "fp32" else
            f"{spec.precision} mixed: matmul operands and products rounded to {spec.precision}, fp32 accumulation, "
            "norms, softmax, loss and AdamW on fp32 master weights (torch autocast's split)",
@@ -439,11 +512,17 @@ def summary_lines(report: dict) -> list[str]:
         f"step {report['step_seconds']:.4g} s   tokens/s {report['tokens_per_s']:,.0f}   "
         f"samples/s {report['samples_per_s']:.4g}   MFU {100 * report['mfu']:.1f} %",
         "phases (cycles): " + ", ".join(f"{k} {v:,.0f}" for k, v in report["phases_cycles"].items()),
+        f"energy {report['energy']['joules']:.4g} J per step ({report['energy']['joules_per_token']:.3g} J/token, "
+        f"{report['energy']['average_w'] / 1e3:.3g} kW average over {report['systems']} system(s))",
         f"closed-form bound {report['bound_s']:.4g} s ("
         + ", ".join(f"{k} {v:.3g}" for k, v in report["bounds_s"].items()) + ")",
         f"activations: {report['activation_memory']['sequences_per_pass']} sequence(s) per pass, "
         f"{report['activation_memory']['passes_per_micro_batch']} pass(es) per micro-batch, no recomputation",
     ]
+    if "defects" in report:
+        d = report["defects"]
+        lines.append(f"defects: {d['dead_pes']} dead PE(s), {d['lost_rows']} row(s) lost, detour hops charged per "
+                     f"pass {d['extra_hops_charged']}")
     if report.get("loss") is not None:
         lines.append(f"loss {report['loss']:.6f}   grad norm {report['numerics']['grad_norm']:.4g}")
     if "time_to_train_s" in report:

@@ -10,6 +10,7 @@ from ..app import RunSpec
 from ..app.catalog import check_names, mapping_names
 from ..app.compare import compare, format_table, write_outputs
 from ..app.gemm import GemmSpec, format_gemm, run_gemm
+from ..app.train import TrainSpec
 from ..errors import UserError
 from .options import add_defects, add_grid, add_numerics, add_precision, add_shared, add_wafer, positive_int
 
@@ -42,6 +43,10 @@ def add_parsers(sub) -> None:
     c.add_argument("--out", default="out/compare", help="compare.json/.csv/.png, and <mapping>/ report + plots")
     c.add_argument("--format", choices=["png", "svg"], default="png", help="image format of the per-mapping plots")
     c.add_argument("--quiet", action="store_true")
+    c.add_argument("--train", action="store_true",
+                   help="compare one training step (wse-sim train) per mapping and system count instead of a prefill")
+    c.add_argument("--systems", help="--train: system counts, e.g. 1,2,4 (default 1)")
+    c.add_argument("--micro-batch", type=positive_int, help="--train: sequences per micro-batch and system")
     c.set_defaults(func=cmd_compare)
 
 
@@ -64,6 +69,8 @@ def cmd_compare(args) -> None:
     unknown = [m for m in names if m not in known]
     if unknown:
         raise UserError(f"unknown mapping(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    if args.train:
+        return _compare_train(args, names)
     spec = RunSpec(model=args.model, wafer=args.wafer, seq=args.seq, batch=args.batch, precision=args.precision,
                    grid=args.grid, tiles=args.tiles, tile=args.tile, numerics=args.numerics, seed=args.seed,
                    defects=args.defects, defect_seed=args.defect_seed, defect_map=args.defect_map)
@@ -76,4 +83,21 @@ def cmd_compare(args) -> None:
     rows = compare(spec, names, log=log, out=Path(args.out), fmt=args.format)
     paths = write_outputs(rows, spec, Path(args.out))
     print(format_table(rows))
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _compare_train(args, names: list[str]) -> None:
+    from ..app.train_sweep import compare_train, format_train_table, write_train_compare
+    from .train import _systems
+
+    if args.tile:
+        raise UserError("--tile does not apply to --train (weight streaming takes --tiles)")
+    spec = TrainSpec(model=args.model, wafer=args.wafer, seq=args.seq, batch=args.batch, precision=args.precision,
+                     grid=args.grid, tiles=args.tiles, micro_batch=args.micro_batch,
+                     systems=_systems(args.systems) if args.systems else (1,), numerics=args.numerics,
+                     seed=args.seed, defects=args.defects, defect_seed=args.defect_seed, defect_map=args.defect_map)
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    rows = compare_train(spec, names, log=log)
+    paths = write_train_compare(rows, spec, Path(args.out))
+    print(format_train_table(rows))
     print("wrote " + ", ".join(str(p) for p in paths))

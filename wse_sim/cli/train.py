@@ -8,7 +8,7 @@ from pathlib import Path
 from ..app.train import RECIPES, TrainSpec, run_train, summary_lines
 from ..errors import UserError
 from ..report.training import write_training_plots
-from .options import add_grid, add_numerics, add_wafer, positive_int
+from .options import add_defects, add_grid, add_numerics, add_wafer, positive_int
 
 
 def _systems(text: str) -> tuple[int, ...]:
@@ -36,6 +36,7 @@ def add_parsers(sub) -> None:
                    "the model from the published Cerebras-GPT recipe (training.md)")
     add_wafer(p)
     add_grid(p, tile=False)
+    add_defects(p)
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="bf16", help="storage precision")
     p.add_argument("--systems", type=_systems, help="systems (CS-2s), or a list such as 1,2,4,8,16 for a scaling "
                    "table (default 1, or the recipe's)")
@@ -77,7 +78,8 @@ def cmd_train(args) -> None:
         tiles=args.tiles, max_pass_batch=args.max_pass_batch, numerics=args.numerics, tokens=tokens, seed=args.seed,
         lr=args.lr, betas=(args.beta1, args.beta2), eps=args.adam_eps, weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm or None, save_grads=args.save_grads, save_updated=args.save_updated,
-        train_tokens=args.train_tokens,
+        train_tokens=args.train_tokens, defects=args.defects, defect_seed=args.defect_seed,
+        defect_map=args.defect_map,
     )
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     report = run_train(spec, log)

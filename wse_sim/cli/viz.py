@@ -59,8 +59,11 @@ def cmd_sweep(args) -> None:
     if args.toml is None and not args.plot:
         raise UserError("give a SWEEP.toml to run, or --plot to draw an existing sweep.csv")
     if args.toml is not None:
-        s = run_sweep(args.toml, out, scheduler=args.scheduler, n_workers=args.workers, progress=not args.quiet,
-                      retry_errors=args.retry_errors)
+        from ..app.train_sweep import is_train_sweep, run_train_sweep
+
+        runner = run_train_sweep if is_train_sweep(args.toml) else run_sweep  # command = "train": training steps
+        s = runner(args.toml, out, scheduler=args.scheduler, n_workers=args.workers, progress=not args.quiet,
+                   retry_errors=args.retry_errors)
         print(f"{s.csv_path}: {s.points} points, {s.skipped} already done, {s.ran} run, {s.failed} of them failed")
         if s.all_failed:
             raise UserError(f"every point of the sweep failed (see the error column of {s.csv_path})")

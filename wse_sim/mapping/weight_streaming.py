@@ -97,7 +97,9 @@ class StreamingLayout(BlockLayout):
         K = op.k
         x, y = op.inputs[0], op.name
         w_name = weight_tensor(op, op.weight)
-        w_transposed = op.weight == "wte"  # the tied LM head reads the [vocab, d] embedding as [d, vocab]
+        # the tied LM head reads the [vocab, d] embedding as [d, vocab]; a dgrad reads its weight transposed
+        w_transposed = (op.weight == "wte") != (op.grad == "dgrad")
+        wgrad = op.grad == "wgrad"
         bias = weight_tensor(op, op.bias) if op.bias else None
         chunks, sram = self.chunks(op)
         widest = max(n1 - n0 for _, n0, n1 in chunks)
@@ -121,11 +123,14 @@ class StreamingLayout(BlockLayout):
                      for j in range(TC)]
             w_block = [Ref(w_name, k_span[j], (n0, n1), transpose=w_transposed) for j in range(TC)]
             keys = [[f"{y}#{n0},{i},{j}" for j in range(TC)] for i in range(TR)]
+            blocks = (_wgrad_blocks(op, keys, k_span, m_span, (n0, n1)) if wgrad else
+                      [[MatmulBlock(out=keys[i][j], a=x_block[i][j], b=w_block[j]) for j in range(TC)]
+                       for i in range(TR)])
             computes = [[t.add(TaskKind.COMPUTE, deps=(bcast[j],), tile=(i, j), label="gemm",
                                macs_per_pe=m_per_pe[i] * k_per_pe[j] * nc,
                                dsd_ops_per_pe=k_per_pe[j] * nc, dsd_len=m_per_pe[i],
                                sw_steps=1,  # one received weight block per chunk: one PE-level step
-                               actions=(MatmulBlock(out=keys[i][j], a=x_block[i][j], b=w_block[j]),))
+                               actions=(blocks[i][j],))
                          for j in range(TC)]
                         for i in range(TR)]
             arm = max(g.row_hops(0, c), g.row_hops(c, TC - 1))  # the longer arm of the reduction into column c
@@ -139,15 +144,37 @@ class StreamingLayout(BlockLayout):
                     bytes_per_lane=m_per_pe[i] * nc * ACC_BYTES,
                     hops=arm, stages=arm,  # every PE on an arm adds and forwards
                     nbytes=(TC - 1) * (m1 - m0) * nc * ACC_BYTES,
-                    actions=(
+                    actions=() if wgrad else (
                         ReduceWrite(dst=Ref(y, (m0, m1), (n0, n1)), groups=groups,
                                     bias=Ref(bias, (0, 1), (n0, n1)) if bias else None),
                         Free(tuple(row_keys)),
                     ),
                 )
             t.add(TaskKind.BARRIER, deps=tuple(idx for row in computes for idx in row), label="weights consumed",
-                  frees_buffer_of=s)
+                  frees_buffer_of=s, actions=_wgrad_reduce(y, keys, k_span, (n0, n1)) if wgrad else ())
         return OpPlan(
             op=op, mapping="weight-streaming", tasks=t.finish(), sram_bytes_per_pe=sram,
             notes=f"{len(chunks)} weight chunks of <= {widest} columns",
         )
+
+
+def wgrad_operand(op: OpSpec) -> str:
+    """Name of the output gradient ``dY`` a weight-gradient op (``op.grad == "wgrad"``) reads."""
+    return f"{op.name}.dy"
+
+
+def _wgrad_blocks(op: OpSpec, keys, k_span, m_span, cols) -> list[list[MatmulBlock]]:
+    """``dW = X^T dY`` on the forward's partitioning: tile (i, j) holds ``X[m_i, k_j]`` and multiplies it,
+    transposed, by its tokens' rows of the chunk's ``dY`` columns, the same MACs as the forward block."""
+    x, dy = op.inputs[0], wgrad_operand(op)
+    return [[MatmulBlock(out=keys[i][j], a=Ref(x, k_span[j], m_span[i], transpose=True), b=Ref(dy, m_span[i], cols))
+             for j in range(len(k_span))] for i in range(len(m_span))]
+
+
+def _wgrad_reduce(y: str, keys, k_span, cols) -> tuple:
+    """The weight gradient's partial sums are over tokens, i.e. over tile rows: each tile column's partials are
+    added in tile-row order into its rows ``k_j`` of ``dW`` (the timing still charges the forward's row chain:
+    docs/training.md, weaknesses)."""
+    writes = tuple(ReduceWrite(dst=Ref(y, k_span[j], cols), groups=(tuple(row[j] for row in keys),))
+                   for j in range(len(k_span)))
+    return (*writes, Free(tuple(key for row in keys for key in row)))

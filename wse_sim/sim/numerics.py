@@ -21,6 +21,7 @@ from ..mapping.plan import (
     Elementwise,
     Free,
     MatmulBlock,
+    OpPlan,
     ReduceWrite,
     Ref,
     Rope,
@@ -245,3 +246,31 @@ class Numerics:
                 return np.zeros((0, c1 - c0), dtype=np.float32)
             return np.concatenate(parts, axis=0)
         raise ValueError(f"unknown elementwise function {a.fn!r}")
+
+
+def run_matmul_plan(op_plan: OpPlan, precision: str, a: np.ndarray, b: np.ndarray,
+                    bias: np.ndarray | None = None) -> np.ndarray:
+    """Run one matmul op's plan on real operands ``a [m, k]`` and ``b [k, n]`` (and ``bias [n]`` when the plan
+    adds one): every tile's block product (:class:`MatmulBlock`) and every reduction (:class:`ReduceWrite`, which
+    adds the bias) in the plan's order, operands and the result rounded to ``precision``; returns ``[m, n]``.
+
+    Tasks run in list order, a topological order of the op's DAG; the result does not depend on which one, since
+    every partial sum has its own buffer and each reduction fixes its order. This is how training's weight
+    matmuls (the backward graph's ``dgrad`` and ``wgrad`` ops) follow the mapping outside a full engine run.
+    """
+    blocks = [x for t in op_plan.tasks for x in t.actions if isinstance(x, MatmulBlock)]
+    writes = [x for t in op_plan.tasks for x in t.actions if isinstance(x, ReduceWrite)]
+    if not blocks or not writes or (writes[0].bias is None) != (bias is None):
+        raise ValueError(f"{op_plan.op.name}: not a matmul plan {'with' if bias is not None else 'without'} a bias")
+    ex = Numerics.__new__(Numerics)
+    ex.precision, ex.store, ex.buffers = precision, {}, {}
+    for ref, arr in ((blocks[0].a, a), (blocks[0].b, b)):
+        ex._put(ref.tensor, arr.T if ref.transpose else arr)
+    if bias is not None:
+        ex._put(writes[0].bias.tensor, bias)
+    out = writes[0].dst.tensor
+    ex.shapes = {out: (a.shape[0], b.shape[1])}
+    for t in op_plan.tasks:
+        if t.actions:
+            ex.run(t.actions)
+    return ex.store[out]
