@@ -128,6 +128,11 @@ def residency(mapping: str, requested: str | None) -> tuple[str, str]:
     return "undecided", ""
 
 
+
+def regions(n: int) -> str:
+    """``n`` regions, in words (one region, 3 regions)."""
+    return "one region" if n == 1 else f"{n} regions"
+
 class ServingRun:
     """Plans and simulates the passes of one run on ``wafer``: every phase (prefill, decode, generate) places its
     passes here, so a prefill times alike whichever phase asked for it.
@@ -209,7 +214,7 @@ class ServingRun:
                 if self.weights == "undecided":
                     self.weights = "resident"
                     self.why = (f"auto: the weights, the KV cache ({self.cache_positions:,} positions per sequence) "
-                                f"and the working sets fit {plan.params['regions_used']} regions")
+                                f"and the working sets fit {regions(plan.params['regions_used'])}")
                 return plan
         return self.streamed_plan(graph)
 
