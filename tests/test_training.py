@@ -376,3 +376,28 @@ def test_train_sweep_and_compare(tmp_path, capsys):
         ("weight-streaming", 1, True), ("weight-streaming", 2, True), ("summa", None, False)]
     assert got[1]["speedup"] == pytest.approx(got[0]["step_seconds"] / got[1]["step_seconds"])
     assert "weight streaming only" in got[2]["reason"]
+
+
+def test_step_timeline_lanes_add_up_to_the_step(tmp_path):
+    """The step picture is drawn from the report alone: the wafer's bars tile the step exactly, passes in order,
+    and every link bar fits inside the phase it belongs to."""
+    from wse_sim.app.train import TrainSpec, run_train
+    from wse_sim.report.training import step_lanes, write_training_plots
+
+    spec = TrainSpec(model=_tiny_config_json(tmp_path), wafer="wse2", grid="48x48", tiles="4x4", systems=(2,),
+                     batch=8, micro_batch=2, seq=16, precision="bf16", numerics=False, train_tokens=1e6)
+    report = run_train(spec)
+    lanes = step_lanes(report)
+    wafer = lanes["wafer"]
+    assert [k for _, _, k in wafer[:-1] if k in ("forward", "backward")] == ["forward", "backward"] * len(
+        report["pass_order"])
+    assert sum(report["pass_order"]) == report["per_system_batch"]
+    ends = [start + width for start, width, _ in wafer]
+    assert all(abs(wafer[i + 1][0] - ends[i]) < 1e-12 for i in range(len(wafer) - 1))  # back to back
+    assert ends[-1] == pytest.approx(report["step_seconds"], rel=1e-12)
+    phase_at = {round(start, 15): width for start, width, _ in wafer}  # each wafer bar by its start
+    for lane in ("MemoryX -> wafer", "wafer -> MemoryX", "SwarmX"):
+        for start, width, _ in lanes[lane]:
+            assert 0 <= width <= phase_at[round(start, 15)]
+    assert lanes["SwarmX"], "two systems reduce gradients over SwarmX"
+    assert [p.name for p in write_training_plots(report, tmp_path)] == ["phases.png"]

@@ -279,6 +279,7 @@ def step_model(config: ModelConfig, spec: TrainSpec, wafer: WaferSpec, cluster: 
         "micro_batch": split.micro,
         "accumulation_steps": len(split.micro_sizes),
         "activation_memory": _activation_memory(split, passes),
+        "pass_order": sizes,  # sequences of each forward + backward pass, in the order the step runs them
         "step_cycles": c.total,
         "step_seconds": seconds,
         "tokens_per_s": tokens / seconds,
@@ -343,6 +344,7 @@ def _traffic(config: ModelConfig, precision: str, wafer: WaferSpec, cluster: Clu
                 passes[s].forward_stream_bytes + passes[s].backward_stream_bytes - passes[s].wgrad_stream_bytes
                 for s in sizes),
             "gradient_stream_out_bytes_per_system": sum(passes[s].wgrad_stream_bytes for s in sizes),
+            "link_bytes_per_s": wafer.memoryx_bytes_per_s,
             "optimizer_params": params, "optimizer_total_s": params / rate,
             "optimizer_exposed_s": c.optimizer / wafer.clock_hz,
         },
