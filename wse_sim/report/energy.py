@@ -91,12 +91,16 @@ def op_counts(wafer: WaferSpec, plan: ModelPlan) -> list[Counts]:
     out = []
     detours = plan.params.get("defect_extra_wavelet_hops")  # a defective wafer (wse_sim.arch.defects)
     costs = TaskCosts(wafer, plan.precision)
+    known: dict[int, dict] = {}  # by id of an op's tasks: ops sharing one plan's tasks count alike
     for k, op in enumerate(plan.ops):
-        total = Counts()
+        done = known.get(id(op.tasks))
+        total = Counts(dict(done)) if done is not None else Counts()
         v = total.values
-        for t in op.tasks:
-            if t.kind != TaskKind.BARRIER:
-                add_task_counts(v, wafer, plan, t, costs)
+        if done is None:
+            for t in op.tasks:
+                if t.kind != TaskKind.BARRIER:
+                    add_task_counts(v, wafer, plan, t, costs)
+            known[id(op.tasks)] = dict(v)
         if detours:
             v["wavelet_hops"] += detours[k]
         out.append(total)
