@@ -206,3 +206,23 @@ def test_streamed_decode_steps_reusing_a_simulated_step_time_like_fresh_ones():
         assert [replace(op, tasks=tuple(replace(t, actions=()) for t in op.tasks)) for op in step.plan.ops] == \
             [replace(op, tasks=tuple(replace(t, actions=()) for t in op.tasks)) for op in fresh.plan.ops]
     assert reused >= 2
+
+
+@pytest.mark.parametrize("cfg", [LLAMA, QWEN], ids=lambda c: c.name)
+def test_shared_streamed_plans_time_like_each_ops_own_plan(cfg):
+    """Timing-only streamed passes plan each op size once (``shared_plans``): every op's plan equals its own plan
+    but for the numerics actions (tasks, SRAM, notes, mapping), and simulates to the same op timings."""
+    from wse_sim.app.serve import _timing, shared_plans
+
+    graph = lower_model(cfg, 2, 11, "fp16")
+    grid = TileGrid.make(TINY.mesh_rows, TINY.mesh_cols, 3, 3)
+    ops = list(graph.ops())
+    fresh = [get_mapping("weight-streaming").layout(graph, TINY, grid).plan_op(op) for op in ops]
+    shared = shared_plans(get_mapping("weight-streaming").layout(graph, TINY, grid), ops)
+    assert len({id(p.tasks) for p in shared}) < len(shared)  # some ops share one plan's tasks
+    for op, f, s in zip(ops, fresh, shared, strict=True):
+        assert s.op == op and s.notes == f.notes and _timing(s) == _timing(f)
+        assert not any(t.actions for t in s.tasks)
+    a = Engine(TINY, replace(get_mapping("weight-streaming").plan(graph, TINY, grid), ops=tuple(fresh))).run()
+    b = Engine(TINY, replace(get_mapping("weight-streaming").plan(graph, TINY, grid), ops=shared)).run()
+    assert a.ops == b.ops and a.total_cycles == b.total_cycles

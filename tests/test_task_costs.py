@@ -1,10 +1,12 @@
 """One task-cost function prices every task kind for both the engine and the auto-mapper's analytical bound."""
 
+from dataclasses import replace
+
 import pytest
 from wse_sim.workloads import OpKind, OpSpec
 
 from wse_sim.arch import get_wafer
-from wse_sim.arch.costs import TaskCost, task_cost
+from wse_sim.arch.costs import PricedTask, TaskCost, TaskCosts, priced_key, task_cost
 from wse_sim.mapping import ModelPlan, OpPlan, Task, TaskKind, TileGrid, estimate
 from wse_sim.sim import Engine, engine
 
@@ -31,7 +33,23 @@ def simulated(tasks, precision="fp16") -> int:
 
 
 def test_engine_and_bound_call_the_one_task_cost():
-    assert engine.task_cost is task_cost and estimate.task_cost is task_cost
+    assert engine.TaskCosts is TaskCosts and estimate.task_cost is task_cost
+    for precision in ("fp32", "fp16"):
+        costs = TaskCosts(WAFER, precision)
+        for t in ONE_OF_EACH.values():
+            assert costs(t) == task_cost(WAFER, precision, t) == costs(t)
+
+
+@pytest.mark.parametrize("kind", list(TaskKind))
+@pytest.mark.parametrize("field", list(PricedTask.__annotations__))
+def test_the_memo_key_holds_every_field_the_cost_reads(kind, field):
+    """Changing any priced field of a task either leaves its cost alone or changes its memo key."""
+    t = ONE_OF_EACH[kind]
+    if field == "kind":
+        return
+    other = replace(t, **{field: getattr(t, field) * 2 + 1})
+    if task_cost(WAFER, "fp16", other) != task_cost(WAFER, "fp16", t):
+        assert priced_key(other) != priced_key(t)
 
 
 @pytest.mark.parametrize("kind", list(TaskKind))

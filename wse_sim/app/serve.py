@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..gc_pause import gc_paused
 from ..mapping import ModelPlan, TileGrid, get_mapping, mapping_info
 from ..mapping.auto import resident_candidates, streaming_mapping
-from ..mapping.plan import SramOverflowError
+from ..mapping.plan import OpPlan, SramOverflowError
 from ..mapping.serving import (
     DoesNotFit,
     Serving,
@@ -188,7 +188,7 @@ class ServingRun:
         if timing_only and (out := self.reuse(graph)) is not None:
             return out
         with gc_paused():  # many tasks, no cycles: see wse_sim.gc_pause
-            plan = self.place(graph)
+            plan = self.place(graph, timing_only=numerics is None)
         if self.remap is not None:  # detours around dead PEs (wse_sim.arch.defects); actions unchanged
             plan = apply_defects(plan, self.remap, self.wafer.wavelet_bytes)
         result = Engine(self.wafer, plan, numerics=numerics, progress=self.progress, record=record).run()
@@ -199,9 +199,10 @@ class ServingRun:
             self.same_local.clear()
         return out
 
-    def place(self, graph: WorkloadGraph) -> ModelPlan:
+    def place(self, graph: WorkloadGraph, timing_only: bool = False) -> ModelPlan:
         """``graph``'s plan under the run's weights residency; ``auto`` becomes resident when this first pass fits
-        the wafers' regions, else streamed (on one wafer), and :attr:`why` says which and why."""
+        the wafers' regions, else streamed (on one wafer), and :attr:`why` says which and why. ``timing_only``:
+        the plan will be simulated without numerics (see :meth:`streamed_plan`)."""
         if self.weights != "streamed":
             try:
                 plan = self.serving.plan(graph, self.wafer, self.region, self.n_regions, self.wafers)
@@ -216,14 +217,17 @@ class ServingRun:
                     self.why = (f"auto: the weights, the KV cache ({self.cache_positions:,} positions per sequence) "
                                 f"and the working sets fit {regions(plan.params['regions_used'])}")
                 return plan
-        return self.streamed_plan(graph)
+        return self.streamed_plan(graph, timing_only)
 
-    def streamed_plan(self, graph: WorkloadGraph) -> ModelPlan:
+    def streamed_plan(self, graph: WorkloadGraph, timing_only: bool = False) -> ModelPlan:
         """The weight-streaming mapping's plan of ``graph`` on the region, with the whole model's KV cache
-        (``cache_positions`` positions, every layer) held in SRAM beside the streaming buffers."""
+        (``cache_positions`` positions, every layer) held in SRAM beside the streaming buffers.
+
+        ``timing_only``: the tasks carry no numerics actions, the only part of a streamed op's plan its names
+        change, so ops alike in size (every layer's) share the tasks of one plan (:func:`shared_plans`)."""
         mapping = get_mapping(streaming_mapping())
         ctx = self.streamed_layout(graph)
-        ops = tuple(ctx.plan_op(op) for op in graph.ops())
+        ops = shared_plans(ctx, graph.ops()) if timing_only else tuple(ctx.plan_op(op) for op in graph.ops())
         return ModelPlan(mapping=mapping.name, grid=self.region, precision=graph.precision, ops=ops,
                          stream_buffers=mapping.stream_buffers, params={"stream_buffers": mapping.stream_buffers})
 
@@ -341,6 +345,21 @@ class ServingRun:
         result = replace(ref.result, ops=[replace(t, flops=ops[k].op.flops, notes=ops[k].notes) if k in changed
                                           else t for k, t in enumerate(ref.result.ops)])
         return Pass(graph, plan, result, ref.scaled_cycles, ref.reused or ref)
+
+
+def shared_plans(ctx, ops) -> tuple[OpPlan, ...]:
+    """``ctx``'s plans of ``ops`` without numerics actions, planned once per op size: an op alike in size to an
+    earlier one (:func:`_shape`) gets that plan's tasks, SRAM and notes with its own op spec."""
+    first: dict[OpSpec, OpPlan] = {}
+    out = []
+    for op in ops:
+        key = _shape(op)
+        seen = first.get(key)
+        if seen is None:
+            p = ctx.plan_op(op)
+            seen = first[key] = replace(p, tasks=tuple(replace(t, actions=()) if t.actions else t for t in p.tasks))
+        out.append(seen if seen.op == op else replace(seen, op=op))
+    return tuple(out)
 
 
 def _shape(op: OpSpec) -> OpSpec:

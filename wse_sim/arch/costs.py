@@ -146,6 +146,36 @@ def task_cost(wafer: WaferSpec, precision: str, task: PricedTask) -> TaskCost:
     return TaskCost(0)
 
 
+def priced_key(task: PricedTask) -> tuple:
+    """The fields :func:`task_cost` reads for ``task``'s kind: tasks with equal keys cost the same."""
+    kind = task.kind
+    if kind == TaskKind.COMPUTE:
+        return kind, task.macs_per_pe, task.elem_ops_per_pe, task.dsd_ops_per_pe, task.dsd_len, task.sw_steps
+    if kind == TaskKind.TRANSFER:
+        return kind, task.bytes_per_lane, task.hops, task.stages, task.turns, task.phases, task.link_share
+    if kind == TaskKind.STREAM:
+        return kind, task.nbytes
+    if kind == TaskKind.INTERWAFER:
+        return kind, task.nbytes, task.hops
+    return (kind,)
+
+
+class TaskCosts:
+    """:func:`task_cost` on one wafer at one precision, computed once per distinct :func:`priced_key`: a plan
+    has hundreds of thousands of tasks but few distinct ones."""
+
+    def __init__(self, wafer: WaferSpec, precision: str):
+        self.wafer, self.precision = wafer, precision
+        self.known: dict[tuple, TaskCost] = {}
+
+    def __call__(self, task: PricedTask) -> TaskCost:
+        key = priced_key(task)
+        cost = self.known.get(key)
+        if cost is None:
+            cost = self.known[key] = task_cost(self.wafer, self.precision, task)
+        return cost
+
+
 # ---- PE-level steps of a GEMM k-loop ------------------------------------------------------------------------------
 # A block GEMM on a P x P PE mesh (SUMMA, Cannon, MeshGEMM) runs in P steps: each step a PE receives one block of A
 # and one of B (broadcast from the step's owner, or shifted from a ring neighbour) and multiplies them. The receive

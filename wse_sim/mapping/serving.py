@@ -280,12 +280,35 @@ class Serving:
         for ctx in {id(c): c for c in (*per_op.values(), base)}.values():
             ctx.enforce_sram = False
         plans = [per_op.get(op.name, base).plan_op(op) for op in ops]
+        return ops, plans, self._needs(graph, ops, per_op, base, [p.sram_bytes_per_pe for p in plans]), base
+
+    def bare_needs(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, by_shape: dict | None = None):
+        """(per-stage SRAM needs without the cache, the layout that places the cache), as :meth:`stage_needs`
+        gives them, with one plan per distinct op size (ops alike in size plan alike): enough to tell whether the
+        model fits before planning every op."""
+        per_op, base = self.layouts(graph, wafer, region, by_shape)
+        ops = list(graph.ops())
+        for ctx in {id(c): c for c in (*per_op.values(), base)}.values():
+            ctx.enforce_sram = False
+        memo: dict = {}
+
+        def working(op):
+            key = (id(per_op.get(op.name, base)), _unnamed(op))
+            if key not in memo:
+                memo[key] = per_op.get(op.name, base).plan_op(op).sram_bytes_per_pe
+            return memo[key]
+
+        return self._needs(graph, ops, per_op, base, [working(op) for op in ops]), base
+
+    @staticmethod
+    def _needs(graph: WorkloadGraph, ops: list, per_op: dict, base: ResidentLayout, working: list[int]):
+        """Per-stage needs of ``ops`` whose plans hold ``working`` bytes per PE each."""
         needs = [StageNeed() for _ in range(stage_count(graph))]
-        for op, p in zip(ops, plans, strict=True):
+        for op, w in zip(ops, working, strict=True):
             need = needs[stage_of(op)]
             need.kept_bytes_per_pe += per_op.get(op.name, base).kept_bytes_per_pe(op)
-            need.working_bytes_per_pe = max(need.working_bytes_per_pe, p.sram_bytes_per_pe)
-        return ops, plans, needs, base
+            need.working_bytes_per_pe = max(need.working_bytes_per_pe, w)
+        return needs
 
     @staticmethod
     def with_cache(needs: list[StageNeed], kv_bytes_per_pe: int) -> list[StageNeed]:
@@ -315,7 +338,8 @@ class Serving:
              wafers: int = 1) -> ModelPlan:
         """``n_regions`` regions per wafer, ``wafers`` wafers in a layer pipeline."""
         choice, decided = self.decide(graph, wafer, region, n_regions, wafers) if self.searches else (None, None)
-        ops, plans, bare, base = self.stage_needs(graph, wafer, region, choice.mappings if choice else None)
+        by_shape = choice.mappings if choice else None
+        bare, base = self.bare_needs(graph, wafer, region, by_shape)  # fits? (before planning every op)
         positions = self.kv_positions(graph)
         needs = self.with_cache(bare, base.kv_cache_bytes_per_pe(positions) if positions else 0)
         sram = wafer.sram_bytes_per_pe
@@ -348,6 +372,7 @@ class Serving:
                 f"({cfg.n_layer} layers + the LM head, packed by SRAM) but {held}; use --wafers {need} (a "
                 f"layer pipeline over {need} wafers), simulate fewer layers with --layer-subset K and scale, or "
                 f"use a larger --grid" + hint)
+        ops, plans, _, _ = self.stage_needs(graph, wafer, region, by_shape)  # it fits: plan every op
         plan = self.place(graph, wafer, region, ops, plans, needs, per_wafer, n_regions)
         if decided is not None:
             plan.params["decisions"] = decided

@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ..arch import WaferSpec
-from ..arch.costs import TaskKind, task_cost, wavelets
+from ..arch.costs import TaskCosts, TaskKind, wavelets
 from ..arch.energy import ActionEnergies
 from ..mapping.plan import ModelPlan, Task, TileGrid
 
@@ -56,38 +56,53 @@ def link_wavelet_hops(wafer: WaferSpec, grid: TileGrid, task: Task) -> float:
 def task_counts(wafer: WaferSpec, plan: ModelPlan, task: Task) -> Counts:
     """The actions of one task (see the module docstring)."""
     c = Counts()
-    v = c.values
+    add_task_counts(c.values, wafer, plan, task, TaskCosts(wafer, plan.precision))
+    return c
+
+
+def add_task_counts(v: dict, wafer: WaferSpec, plan: ModelPlan, task: Task, costs: TaskCosts) -> None:
+    """Add the actions of one task to the counts ``v`` (``costs`` prices it on ``wafer``)."""
     kind = task.kind
     elem_bytes = 4 if plan.precision == "fp32" else 2
     if kind == TaskKind.COMPUTE:
         pes = plan.grid.pes(task.tile)
         ops = (task.macs_per_pe + task.elem_ops_per_pe) * pes
-        v["fmac_fp32" if plan.precision == "fp32" else "fmac_fp16"] = float(ops)
-        v["sram_read_bytes"] = 2.0 * ops * elem_bytes
-        v["sram_write_bytes"] = 1.0 * ops * elem_bytes
-        v["busy_pe_cycles"] = float(task_cost(wafer, plan.precision, task).hold_cycles * pes)
+        v["fmac_fp32" if plan.precision == "fp32" else "fmac_fp16"] += float(ops)
+        v["sram_read_bytes"] += 2.0 * ops * elem_bytes
+        v["sram_write_bytes"] += 1.0 * ops * elem_bytes
+        v["busy_pe_cycles"] += float(costs(task).hold_cycles * pes)
     elif kind == TaskKind.TRANSFER:
-        v["wavelet_hops"] = link_wavelet_hops(wafer, plan.grid, task)
-        v["turn_wavelets"] = float(wavelets(wafer, task.nbytes) * task.turns) if task.nbytes else 0.0
-        v["sram_read_bytes"] = v["sram_write_bytes"] = float(task.nbytes)
+        v["wavelet_hops"] += link_wavelet_hops(wafer, plan.grid, task)
+        v["turn_wavelets"] += float(wavelets(wafer, task.nbytes) * task.turns) if task.nbytes else 0.0
+        v["sram_read_bytes"] += float(task.nbytes)
+        v["sram_write_bytes"] += float(task.nbytes)
     elif kind == TaskKind.STREAM:
-        v["memoryx_bytes"] = v["sram_write_bytes"] = float(task.nbytes)
+        v["memoryx_bytes"] += float(task.nbytes)
+        v["sram_write_bytes"] += float(task.nbytes)
     elif kind == TaskKind.INTERWAFER:
-        v["interwafer_bytes"] = v["sram_read_bytes"] = v["sram_write_bytes"] = float(task.nbytes)
-    return c
+        v["interwafer_bytes"] += float(task.nbytes)
+        v["sram_read_bytes"] += float(task.nbytes)
+        v["sram_write_bytes"] += float(task.nbytes)
 
 
 def op_counts(wafer: WaferSpec, plan: ModelPlan) -> list[Counts]:
-    """Counts per op of the plan, in plan order."""
+    """Counts per op of the plan, in plan order: each op's tasks' counts added in task order, as summing each
+    task's :func:`task_counts` would (adding a task's zero counts changes no sum)."""
     out = []
     detours = plan.params.get("defect_extra_wavelet_hops")  # a defective wafer (wse_sim.arch.defects)
+    costs = TaskCosts(wafer, plan.precision)
+    known: dict[int, dict] = {}  # by id of an op's tasks: ops sharing one plan's tasks count alike
     for k, op in enumerate(plan.ops):
-        total = Counts()
-        for t in op.tasks:
-            if t.kind != TaskKind.BARRIER:
-                total.add(task_counts(wafer, plan, t))
+        done = known.get(id(op.tasks))
+        total = Counts(dict(done)) if done is not None else Counts()
+        v = total.values
+        if done is None:
+            for t in op.tasks:
+                if t.kind != TaskKind.BARRIER:
+                    add_task_counts(v, wafer, plan, t, costs)
+            known[id(op.tasks)] = dict(v)
         if detours:
-            total.values["wavelet_hops"] += detours[k]
+            v["wavelet_hops"] += detours[k]
         out.append(total)
     return out
 

@@ -32,7 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from ..arch import WaferSpec
-from ..arch.costs import task_cost
+from ..arch.costs import TaskCosts
 from ..gc_pause import gc_paused
 from ..mapping.plan import ModelPlan, Task, TaskKind
 
@@ -196,6 +196,7 @@ class _Run:
 
     def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None, record: bool):
         self.wafer, self.plan, self.numerics, self.precision = wafer, plan, numerics, plan.precision
+        self.costs = TaskCosts(wafer, plan.precision)  # each distinct task priced once
         self.now = 0
         self.queue: list = []  # (time, order, callback, argument)
         self.order = count()
@@ -269,7 +270,7 @@ class _Run:
         if t.kind == TaskKind.BARRIER:
             self.finish(i)
             return
-        cost = task_cost(self.wafer, self.precision, t)
+        cost = self.costs(t)
         self.latency[i] = cost.latency_cycles
         self.cost[i] = cost
         self.starts.append(i)
