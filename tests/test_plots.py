@@ -1,7 +1,6 @@
 """Plots and the report data behind them, checked against the SimResult of the same run (no golden images)."""
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -381,24 +380,3 @@ def test_write_plots_writes_each_figure(uneven, tmp_path, fmt):
     without = {**uneven.report, "timeline": None, "energy": None}  # an unrecorded run's report, no energy
     assert [p.name for p in plots.write_plots(without, tmp_path / "b", fmt)] == [f"utilization.{fmt}",
                                                                                  f"layers.{fmt}"]
-
-
-def test_forked_drawing_writes_the_same_files(uneven, tmp_path, monkeypatch):
-    """``fork=True`` (the ``wse-sim`` command) draws the layers figure in a child: the same files, byte for byte,
-    and a child that fails is redrawn in the parent, raising what drawing raises."""
-    report = uneven.report
-    here = plots.write_plots(report, tmp_path / "here")
-    forked = plots.write_plots(report, tmp_path / "forked", fork=True)
-    assert [p.name for p in here] == [p.name for p in forked] and "layers.png" in [p.name for p in here]
-    for a, b in zip(here, forked, strict=True):
-        assert a.read_bytes() == b.read_bytes(), a.name
-    calls = []
-
-    def broken(_report):
-        calls.append(os.getpid())
-        raise RuntimeError("cannot draw")
-
-    monkeypatch.setattr(plots, "layers_figure", broken)
-    with pytest.raises(RuntimeError, match="cannot draw"):
-        plots.write_plots(report, tmp_path / "broken", fork=True)
-    assert calls == [os.getpid()]  # the parent's own attempt (the child's appended only in the child)

@@ -25,10 +25,5 @@ def one_run_process() -> None:
     gc_pause.freeze_on_resume = True
 
 
-def owns_process() -> bool:
-    """Whether :func:`one_run_process` was called: the process is the ``wse-sim`` command's, which may fork."""
-    return gc_pause.freeze_on_resume
-
-
 __all__ = ["DEFAULT_TILES", "PRECISIONS", "ReferenceImportError", "RunOutput", "RunSpec", "Scenario",
-           "one_run_process", "owns_process", "run"]
+           "one_run_process", "run"]

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..app import RunSpec, owns_process, run
+from ..app import RunSpec, run
 from ..app.files import read_toml
 from ..app.scenario import MAX_MEMORY_ENV, MAX_MEMORY_GB, generated_texts, prompt_ids
 from ..errors import UserError
@@ -182,8 +182,7 @@ def cmd_run(args) -> None:
         tmp = staged.folder(out)
         (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "ops.csv").write_text(ops_csv(report))
-        plots = [out / p.name for p in write_plots(last_pass_view(report), tmp, args.format,  # draw the last pass
-                                                          fork=owns_process())]
+        plots = [out / p.name for p in write_plots(last_pass_view(report), tmp, args.format)]  # draw the last pass
         if args.trace:
             info = {k: report[k]["name"] for k in ("model", "wafer", "mapping")} | {"run": report["run"]}
             write_trace(staged.file(args.trace), out_run.result, out_run.plan.grid, out_run.wafer.clock_hz,

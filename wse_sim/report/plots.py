@@ -9,7 +9,6 @@ op; ``energy``: joules by category and by op; ``sweep``: headline figures across
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import matplotlib
@@ -536,47 +535,18 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def write_plots(report: dict, out_dir: str | Path, fmt: str = "png", fork: bool = False) -> list[Path]:
-    """Write utilization, layers and (if the report has one) timeline and energy figures into ``out_dir``.
-
-    ``fork``: draw the layers figure (about half the drawing) in a forked child process beside the others, so
-    a second core halves the wait; only for a process that ends after its run (the ``wse-sim`` command), since
-    a fork copies one thread of a caller that may have others. The files are the same either way."""
+def write_plots(report: dict, out_dir: str | Path, fmt: str = "png") -> list[Path]:
+    """Write utilization, layers and (if the report has one) timeline figures into ``out_dir``."""
     check_format(fmt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = [(utilization_figure, out / f"utilization.{fmt}")]
+    paths = [save(utilization_figure(report), out / f"utilization.{fmt}")]
     if report.get("timeline"):
-        figures.append((timeline_figure, out / f"timeline.{fmt}"))
-    figures.append((layers_figure, out / f"layers.{fmt}"))
+        paths.append(save(timeline_figure(report), out / f"timeline.{fmt}"))
+    paths.append(save(layers_figure(report), out / f"layers.{fmt}"))
     if report.get("energy"):
-        figures.append((energy_figure, out / f"energy.{fmt}"))
-    child = _fork_drawing(report, (layers_figure, out / f"layers.{fmt}")) if fork and hasattr(os, "fork") else None
-    for draw, path in figures:
-        if child is None or path != child[1]:
-            save(draw(report), path)
-    if child is not None:
-        _, status = os.waitpid(child[0], 0)
-        if os.waitstatus_to_exitcode(status) != 0:  # the child failed: draw it here, raising what it raised
-            save(child[2](report), child[1])
-    return [path for _, path in figures]
-
-
-def _fork_drawing(report: dict, figure) -> tuple | None:
-    """(pid, path, draw) of a child process drawing ``figure`` = (draw, path), or None when none could start."""
-    draw, path = figure
-    try:
-        pid = os.fork()
-    except OSError:
-        return None
-    if pid == 0:  # the child: draw, then end at once (no teardown, no atexit handlers of the parent's)
-        code = 1
-        try:
-            save(draw(report), path)
-            code = 0
-        finally:
-            os._exit(code)
-    return pid, path, draw
+        paths.append(save(energy_figure(report), out / f"energy.{fmt}"))
+    return paths
 
 
 # ---- sweeps -----------------------------------------------------------------------------------------------------
