@@ -171,20 +171,12 @@ class Numerics:
             if self._pending:
                 self.flush()
             if isinstance(a, ReduceWrite):
-                total = None
-                for group in a.groups:
-                    part = self.buffers[group[0]]
-                    for key in group[1:]:
-                        part = part + self.buffers[key]
-                    total = part if total is None else total + part
+                terms = [_fold([self.buffers[key] for key in group]) for group in a.groups]
                 if a.bias is not None:
-                    total = total + self.get(a.bias)
-                self.write(a.dst, total)
+                    terms.append(self.get(a.bias))
+                self.write(a.dst, _fold(terms))
             elif isinstance(a, Combine):
-                total = self.buffers[a.keys[0]]
-                for key in a.keys[1:]:
-                    total = total + self.buffers.pop(key)
-                self.buffers[a.out] = total
+                self.buffers[a.out] = _fold([self.buffers[a.keys[0]], *(self.buffers.pop(k) for k in a.keys[1:])])
             elif isinstance(a, Elementwise):
                 self.write(a.dst, self._elementwise(a))
             elif isinstance(a, SoftmaxBlock):
@@ -315,3 +307,17 @@ class Numerics:
                 return np.zeros((0, c1 - c0), dtype=np.float32)
             return np.concatenate(parts, axis=0)
         raise ValueError(f"unknown elementwise function {a.fn!r}")
+
+
+def _fold(terms: list[np.ndarray]) -> np.ndarray:
+    """``((t0 + t1) + t2) + ...`` in fp32, one rounding per add as the mapping orders them; the sum is one new
+    array (added into in place: no allocation and page faults per term), or ``t0`` itself when alone."""
+    if len(terms) == 1:
+        return terms[0]
+    total = np.add(terms[0], terms[1])
+    for t in terms[2:]:
+        if t.dtype == total.dtype and t.shape[0] <= total.shape[0] and t.shape[1] <= total.shape[1]:
+            np.add(total, t, out=total)
+        else:  # a wider type or shape: the sum takes it, as ``total + t`` does
+            total = total + t
+    return total
