@@ -3,7 +3,7 @@
   (a) timing-only forward of every preset (Cerebras-GPT, Llama family) on WSE-2, seq 2048, batch 1, fp16
       (goal: 13B < 10 s wall)
   (b) numerics forward of Cerebras-GPT-111M, seq 512, fp32: the simulator vs transformers' GPT2LMHeadModel on the
-      same weights (goal: simulator <= 2x torch)
+      same weights (goal: simulator <= 1.5x torch, issue 19)
   (c) numba GEMM vs numpy at 1024^3, from benchmarks/bench_gemm.py's run() when that file is present
   (d) the auto-mapper's search for Cerebras-GPT-13B on WSE-2, seq 2048, fp16 (goal: < 5 s), then building the plan
   (e) serving: timing-only decode steps (LLaMA3-8B on WSE-2 regions, LLaMA3-70B over 4 WSE-3 wafers) and a
@@ -172,7 +172,7 @@ def bench_numerics(model: str = "cerebras-gpt-111m", seq: int = 512, precision: 
     print(table(["step", "wall s"], rows))
     err = float(np.max(np.abs(logits - hf)))
     top1 = float(np.mean(np.argmax(logits, -1) == np.argmax(hf, -1)))
-    print(f"simulator / torch forward = {sim / fwd:.2f}x (goal <= 2x); "
+    print(f"simulator / torch forward = {sim / fwd:.2f}x (goal <= 1.5x, issue 19); "
           f"max |logit diff| {err:.3g}, top-1 agreement {top1 * 100:.2f} %\n")
 
 

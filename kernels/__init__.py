@@ -5,7 +5,7 @@ Everything here is a plain function of numpy arrays; the heavy ones are numba-co
 
 from .activations import GELU_VARIANTS, add, gelu
 from .embedding import embedding
-from .gemm import gemm
+from .gemm import gemm, gemm_blocks
 from .llama import rmsnorm, rope, silu_gate
 from .norm import layernorm
 from .precision import PRECISIONS, round_to
@@ -19,6 +19,7 @@ __all__ = [
     "embedding",
     "gelu",
     "gemm",
+    "gemm_blocks",
     "layernorm",
     "rmsnorm",
     "rope",

@@ -512,3 +512,49 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
         out[...] = c
         return out
     return c
+
+
+# ---- many independent blocks at once -----------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _gemm_blocks(ab, bb, spec, coff, slab):
+    """Block ``i`` of ``spec`` (rows: a offset, a strides, b offset, b strides, m, k, n) into
+    ``slab[coff[i]:]``; the blocks run in parallel, each through the serial driver (one thread per block)."""
+    for i in prange(spec.shape[0]):
+        m, k, n = spec[i, 6], spec[i, 7], spec[i, 8]
+        _gemm_serial(ab, spec[i, 0], spec[i, 1], spec[i, 2], bb, spec[i, 3], spec[i, 4], spec[i, 5], m, k, n,
+                     slab[coff[i]:coff[i] + m * n])
+
+
+def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray) -> list[np.ndarray]:
+    """Independent products of blocks of two tensors, in parallel: ``[A_i @ B_i for each row of spec]``.
+
+    ``a`` and ``b`` are C-contiguous float32 arrays (any shape); row ``i`` of the int64 ``spec [n_blocks, 9]``
+    is ``(a_off, a_s0, a_s1, b_off, b_s0, b_s1, m, k, n)``: ``A_i[r, p] = a.flat[a_off + r*a_s0 + p*a_s1]``
+    and likewise ``B_i``, in elements (``m, n, k >= 1``; every element inside its array). Each block runs
+    through the same serial driver as :func:`gemm`, so each result is bit for bit what ``gemm`` gives for that
+    block (one FMA chain per element over ``k`` in order), whatever the thread count. The results are
+    C-contiguous ``[m, n]`` views into one new buffer.
+    """
+    a, b = require_f32(a, "gemm_blocks: a"), require_f32(b, "gemm_blocks: b")
+    if not (a.flags.c_contiguous and b.flags.c_contiguous):
+        raise ValueError("gemm_blocks: a and b must be C-contiguous")
+    spec = np.ascontiguousarray(spec, dtype=np.int64)
+    if spec.ndim != 2 or spec.shape[1] != 9 or (spec.shape[0] and spec[:, 6:].min() < 1):
+        raise ValueError("gemm_blocks: spec must be [n_blocks, 9] with m, k, n >= 1")
+    for arr, off, s0, s1, rows, cols in ((a, 0, 1, 2, 6, 7), (b, 3, 4, 5, 7, 8)):
+        last = spec[:, off] + (spec[:, rows] - 1) * spec[:, s0] + (spec[:, cols] - 1) * spec[:, s1]
+        if spec.shape[0] and (spec[:, off].min() < 0 or spec[:, (s0, s1)].min() < 0 or last.max() >= arr.size):
+            raise ValueError("gemm_blocks: a block reaches outside its array")
+    sizes = spec[:, 6] * spec[:, 8]
+    coff = np.zeros(len(spec), np.int64)
+    np.cumsum(sizes[:-1], out=coff[1:])
+    slab = np.empty(int(sizes.sum()), np.float32)
+    if len(spec):
+        _gemm_blocks(_writeable_flat(a), _writeable_flat(b), spec, coff, slab)
+    shapes = zip(coff.tolist(), sizes.tolist(), spec[:, 6].tolist(), spec[:, 8].tolist(), strict=True)
+    return [slab[o:o + s].reshape(m, n) for o, s, m, n in shapes]
+
+
+def _writeable_flat(x: np.ndarray) -> np.ndarray:
+    """``x`` as a 1-D array numba types like the others (a copy only when ``x`` is read-only)."""
+    return (x if x.flags.writeable else np.array(x, order="C")).reshape(-1)

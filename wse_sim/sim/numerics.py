@@ -4,6 +4,11 @@ The engine calls :meth:`Numerics.run` when a task completes, so every tile multi
 partial sums are added in exactly the order the mapping reduces them. Tensors live in one store keyed by op
 name (a simulation convenience: which tile holds which block is the plan's business). Every stored value is
 rounded to the storage precision; products and partial sums accumulate in fp32.
+
+Consecutive ``MatmulBlock`` actions (the tiles of one step, and of the tasks that end together) are queued and
+multiplied in parallel when the next other action (or a read) comes: they only read the store, which only other
+actions write, and their results enter the buffers in queue order, so every value is bit for bit what running
+them one by one gives.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from ..kernels import causal_softmax, embedding, gelu, gemm, layernorm, rmsnorm, rope, round_to, silu_gate
+from ..kernels import causal_softmax, embedding, gelu, gemm, gemm_blocks, layernorm, rmsnorm, rope, round_to, silu_gate
 from ..mapping.plan import (
     Combine,
     ContextWrite,
@@ -30,6 +35,8 @@ from ..mapping.plan import (
 from ..workloads import OpKind, WorkloadGraph
 from ..workloads.weights import ModelWeights
 
+MAX_PENDING_BLOCKS = 512  # queued MatmulBlock actions before a flush (bounds the memory of unread products)
+
 
 class Numerics:
     """Tensor store plus an interpreter for plan actions.
@@ -38,6 +45,8 @@ class Numerics:
     (default: what this graph needs). :meth:`next_pass` moves the same store on to another pass of the same
     model (a decode step after a prefill), keeping weights and caches: how ``generate`` runs.
     """
+
+    max_pending_blocks = MAX_PENDING_BLOCKS  # 1 multiplies every block as it comes (the serial path)
 
     def __init__(self, graph: WorkloadGraph, weights: ModelWeights, token_ids: np.ndarray,
                  cache_capacity: int | None = None):
@@ -52,6 +61,7 @@ class Numerics:
 
     def next_pass(self, graph: WorkloadGraph, token_ids: np.ndarray) -> None:
         """Run ``graph`` (same model and precision) next, on ``token_ids [batch, seq]``; caches are kept."""
+        self.flush()
         cfg = graph.config
         if token_ids.shape != (graph.batch, graph.seq):
             raise ValueError(f"token ids have shape {token_ids.shape}, expected {(graph.batch, graph.seq)}")
@@ -104,6 +114,7 @@ class Numerics:
             self.store: dict[str, np.ndarray] = {}
             self._weights: set[str] = set()  # store keys of parameters (kept across passes)
         self.buffers: dict[str, np.ndarray] = {}
+        self._pending: list[MatmulBlock] = []  # queued products (see flush)
         self.shapes: dict[str, tuple[int, int]] = {
             op.name: (op.m, op.n) for op in graph.ops() if op.kind not in (OpKind.ATTN_SCORES, OpKind.SOFTMAX)
         }
@@ -147,34 +158,26 @@ class Numerics:
         return round_to(value, self.precision)
 
     def output(self, name: str) -> np.ndarray:
+        self.flush()
         return self.store[name]
 
     # ---- actions ---------------------------------------------------------------------------------------------
     def run(self, actions: tuple) -> None:
         for a in actions:
             if isinstance(a, MatmulBlock):
-                out = gemm(self.get(a.a), self.get(a.b))
-                if a.scale != 1.0:
-                    out *= np.float32(a.scale)
-                if a.accumulate and a.out in self.buffers:
-                    self.buffers[a.out] += out
-                else:
-                    self.buffers[a.out] = self._rounded(out) if a.round_output else out
-            elif isinstance(a, ReduceWrite):
-                total = None
-                for group in a.groups:
-                    part = self.buffers[group[0]]
-                    for key in group[1:]:
-                        part = part + self.buffers[key]
-                    total = part if total is None else total + part
+                self._pending.append(a)
+                if len(self._pending) >= self.max_pending_blocks:
+                    self.flush()
+                continue
+            if self._pending:
+                self.flush()
+            if isinstance(a, ReduceWrite):
+                terms = [_fold([self.buffers[key] for key in group]) for group in a.groups]
                 if a.bias is not None:
-                    total = total + self.get(a.bias)
-                self.write(a.dst, total)
+                    terms.append(self.get(a.bias))
+                self.write(a.dst, _fold(terms))
             elif isinstance(a, Combine):
-                total = self.buffers[a.keys[0]]
-                for key in a.keys[1:]:
-                    total = total + self.buffers.pop(key)
-                self.buffers[a.out] = total
+                self.buffers[a.out] = _fold([self.buffers[a.keys[0]], *(self.buffers.pop(k) for k in a.keys[1:])])
             elif isinstance(a, Elementwise):
                 self.write(a.dst, self._elementwise(a))
             elif isinstance(a, SoftmaxBlock):
@@ -194,6 +197,65 @@ class Numerics:
                     self.buffers.pop(key, None)
             else:  # pragma: no cover - a new action type without an interpreter is a programming error
                 raise TypeError(f"no interpreter for action {type(a).__name__}")
+
+    def flush(self) -> None:
+        """Multiply the queued ``MatmulBlock`` actions (in parallel where they share operand tensors) and
+        store their results in queue order."""
+        pending, self._pending = self._pending, []
+        products = self._products(pending)
+        for a, out in zip(pending, products, strict=True):
+            if a.scale != 1.0:
+                out *= np.float32(a.scale)
+            if a.accumulate and a.out in self.buffers:
+                self.buffers[a.out] += out
+            else:
+                self.buffers[a.out] = self._rounded(out) if a.round_output else out
+
+    def _products(self, blocks: list[MatmulBlock]) -> list[np.ndarray]:
+        """``a @ b`` of every block: blocks with the same two operand tensors go to :func:`gemm_blocks` together,
+        the rest (a group of one, an empty block, an operand not C-contiguous) to :func:`gemm`."""
+        products: list[np.ndarray | None] = [None] * len(blocks)
+        groups: dict[tuple[str, str], list[tuple[int, tuple]]] = {}
+        for i, a in enumerate(blocks):
+            spec = self._block_spec(a)
+            if spec is None:
+                products[i] = gemm(self.get(a.a), self.get(a.b))
+            else:
+                groups.setdefault((a.a.tensor, a.b.tensor), []).append((i, spec))
+        for (ta, tb), members in groups.items():
+            if len(members) == 1:
+                i = members[0][0]
+                products[i] = gemm(self.get(blocks[i].a), self.get(blocks[i].b))
+                continue
+            outs = gemm_blocks(self.store[ta], self.store[tb], np.array([spec for _, spec in members]))
+            for (i, _), out in zip(members, outs, strict=True):
+                products[i] = out
+        return products
+
+    def _block_spec(self, a: MatmulBlock) -> tuple | None:
+        """``(a_off, a_s0, a_s1, b_off, b_s0, b_s1, m, k, n)`` of the block in its operands' flat storage, or
+        None when :func:`gemm_blocks` cannot take it."""
+        ra, rb = self._operand(a.a), self._operand(a.b)
+        if ra is None or rb is None or ra[4] != rb[3]:
+            return None
+        return ra[0], ra[1], ra[2], rb[0], rb[1], rb[2], ra[3], ra[4], rb[4]
+
+    def _operand(self, ref: Ref) -> tuple | None:
+        """``(offset, s0, s1, rows, cols)`` of ``get(ref)`` in the flat C-contiguous store tensor (same clamping
+        as numpy's slicing), or None when it is empty or the tensor is not a C-contiguous float32 array."""
+        t = self.store[ref.tensor]
+        if t.ndim != 2 or t.dtype != np.float32 or not t.flags.c_contiguous:
+            return None
+        (r0, r1), (c0, c1) = ref.rows, ref.cols
+        h, w = t.shape if not ref.transpose else t.shape[::-1]  # get() = t[c0:c1, r0:r1].T when transposed
+        r0, r1, c0, c1 = min(r0, h), min(r1, h), min(c0, w), min(c1, w)
+        rows, cols = r1 - r0, c1 - c0
+        if rows < 1 or cols < 1:
+            return None
+        width = t.shape[1]
+        if ref.transpose:
+            return c0 * width + r0, 1, width, rows, cols
+        return r0 * width + c0, width, 1, rows, cols
 
     def _attend(self, a: DecodeAttnPartial) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(max, sum of exp, exp-weighted V sum) of one query over the cache rows of one tile, in fp32."""
@@ -263,7 +325,7 @@ def run_matmul_plan(op_plan: OpPlan, precision: str, a: np.ndarray, b: np.ndarra
     if not blocks or not writes or (writes[0].bias is None) != (bias is None):
         raise ValueError(f"{op_plan.op.name}: not a matmul plan {'with' if bias is not None else 'without'} a bias")
     ex = Numerics.__new__(Numerics)
-    ex.precision, ex.store, ex.buffers = precision, {}, {}
+    ex.precision, ex.store, ex.buffers, ex._pending = precision, {}, {}, []
     for ref, arr in ((blocks[0].a, a), (blocks[0].b, b)):
         ex._put(ref.tensor, arr.T if ref.transpose else arr)
     if bias is not None:
@@ -273,4 +335,18 @@ def run_matmul_plan(op_plan: OpPlan, precision: str, a: np.ndarray, b: np.ndarra
     for t in op_plan.tasks:
         if t.actions:
             ex.run(t.actions)
-    return ex.store[out]
+    return ex.output(out)
+
+
+def _fold(terms: list[np.ndarray]) -> np.ndarray:
+    """``((t0 + t1) + t2) + ...`` in fp32, one rounding per add as the mapping orders them; the sum is one new
+    array (added into in place: no allocation and page faults per term), or ``t0`` itself when alone."""
+    if len(terms) == 1:
+        return terms[0]
+    total = np.add(terms[0], terms[1])
+    for t in terms[2:]:
+        if t.dtype == total.dtype and t.shape[0] <= total.shape[0] and t.shape[1] <= total.shape[1]:
+            np.add(total, t, out=total)
+        else:  # a wider type or shape: the sum takes it, as ``total + t`` does
+            total = total + t
+    return total
