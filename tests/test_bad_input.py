@@ -205,3 +205,29 @@ def test_prompt_sets_seq_and_generate_prints_the_text(tokenizer_checkpoint, tmp_
     assert f"generated text: {bpe.decode(generated)!r}\n" in capsys.readouterr().out
     assert main([*base, "--seq", str(n + 1), "--out", str(tmp_path / "explicit")]) == 2  # an explicit --seq stays
     assert f"1x{n} tokens but 1x{n + 1} were needed" in capsys.readouterr().err
+
+
+def test_memoryx_capacity_checked_for_streamed_weights_and_training_state(tmp_path, capsys):
+    """A model streamed from MemoryX must fit it: weights at the storage precision (inference), plus AdamW's fp32
+    master weights and moments (training, 12 B per parameter). 111M in bf16 needs 222 MB of weights and 1.55 GB
+    with the optimizer state; a MemoryX of 1 GB holds the first and not the second."""
+    from wse_sim.workloads import get_preset
+
+    from wse_sim.mapping.weight_streaming import ADAMW_STATE_BYTES_PER_PARAM, memoryx_bytes
+
+    config = get_preset("cerebras-gpt-111m")
+    assert memoryx_bytes(config, "bf16") == 2 * config.param_count()
+    assert memoryx_bytes(config, "bf16", ADAMW_STATE_BYTES_PER_PARAM) == 14 * config.param_count()
+    small = tmp_path / "small-memoryx.toml"
+    small.write_text('base = "wse2"\nmemoryx_capacity_bytes = 1e9\n')
+    tiny = tmp_path / "tiny-memoryx.toml"
+    tiny.write_text('base = "wse2"\nmemoryx_capacity_bytes = 1e8\n')
+    run = ["run", "--model", "cerebras-gpt-111m", "--seq", "8", "--grid", "64x64", "--mapping", "weight-streaming",
+           "--precision", "bf16", "--no-numerics", "--quiet", "--out", str(tmp_path / "r")]
+    assert main([*run, "--wafer", str(tiny)]) == 2
+    assert "weights need 0.222 GB of MemoryX but tiny-memoryx has 0.1 GB" in capsys.readouterr().err
+    assert main([*run, "--wafer", str(small)]) == 0  # 1 GB holds the weights
+    train = ["train", "--model", "cerebras-gpt-111m", "--batch", "1", "--seq", "8", "--grid", "64x64",
+             "--precision", "bf16", "--out", str(tmp_path / "t")]
+    assert main([*train, "--wafer", str(small)]) == 2
+    assert "weights and AdamW state need 1.55 GB of MemoryX but small-memoryx has 1 GB" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from ..mapping.serving import (
     regions_on,
     stage_of,
 )
+from ..mapping.weight_streaming import check_memoryx
 from ..report.build import build_report, with_request
 from ..report.energy import energy_section, pass_energy
 from ..sim import Engine, SimResult
@@ -226,6 +227,7 @@ class ServingRun:
         ``timing_only``: the tasks carry no numerics actions, the only part of a streamed op's plan its names
         change, so ops alike in size (every layer's) share the tasks of one plan (:func:`shared_plans`)."""
         mapping = get_mapping(streaming_mapping())
+        check_memoryx(self.full_config, graph.precision, self.wafer)
         ctx = self.streamed_layout(graph)
         ops = shared_plans(ctx, graph.ops()) if timing_only else tuple(ctx.plan_op(op) for op in graph.ops())
         return ModelPlan(mapping=mapping.name, grid=self.region, precision=graph.precision, ops=ops,

@@ -34,6 +34,7 @@ from ..errors import UserError
 from ..gc_pause import gc_paused
 from ..mapping.plan import SramOverflowError
 from ..mapping.registry import get_mapping
+from ..mapping.weight_streaming import ADAMW_STATE_BYTES_PER_PARAM, check_memoryx
 from ..report.energy import Counts, PassEnergy, energy_section, pass_energy
 from ..sim import Engine
 from ..sim.numerics import run_matmul_plan
@@ -396,6 +397,7 @@ def run_train(spec: TrainSpec, log=lambda msg: None) -> dict:
     remap = wafer_remap(healthy, spec.defects, spec.defect_seed, spec.defect_map)
     wafer = usable_wafer(healthy, remap)  # every system's wafer has the same defects (a simplification)
     cluster = load_cluster(wafer.name, spec.cluster_overrides)
+    check_memoryx(config, spec.precision, wafer, ADAMW_STATE_BYTES_PER_PARAM)
     grid = make_grid(wafer, spec.grid, spec.tiles)
     if spec.seq > config.n_positions:
         raise UserError(f"seq {spec.seq} exceeds the model's {config.n_positions} positions")

@@ -12,7 +12,9 @@ Chunks pipeline: while one is reduced the next is broadcast and computed, and th
 from __future__ import annotations
 
 from ..arch import WaferSpec
-from ..workloads import OpSpec, WorkloadGraph
+from ..errors import UserError
+from ..workloads import ModelConfig, OpSpec, WorkloadGraph
+from ..workloads.graph import BYTES_PER_ELEM
 from .layout import ACC_BYTES, BlockLayout, Builder, weight_tensor
 from .plan import (
     Free,
@@ -29,6 +31,23 @@ from .plan import (
 )
 from .registry import register
 
+# Training keeps AdamW's state beside the weights in MemoryX: an fp32 master copy and the two fp32 moments
+# (Loshchilov & Hutter's AdamW; mixed-precision training keeps fp32 masters), 4 bytes each per parameter.
+ADAMW_STATE_BYTES_PER_PARAM = 12
+
+
+def memoryx_bytes(config: ModelConfig, precision: str, optimizer_state_bytes_per_param: int = 0) -> int:
+    """Bytes MemoryX holds for ``config``: every weight at the storage precision, plus optimizer state."""
+    return config.param_count() * (BYTES_PER_ELEM[precision] + optimizer_state_bytes_per_param)
+
+
+def check_memoryx(config: ModelConfig, precision: str, wafer: WaferSpec, optimizer_state_bytes_per_param: int = 0):
+    """Refuse a model whose weights (and optimizer state) exceed ``wafer.memoryx_capacity_bytes``."""
+    need = memoryx_bytes(config, precision, optimizer_state_bytes_per_param)
+    if need > wafer.memoryx_capacity_bytes:
+        what = "weights and AdamW state" if optimizer_state_bytes_per_param else "weights"
+        raise UserError(f"{config.name}'s {what} need {need / 1e9:.3g} GB of MemoryX but {wafer.name} has "
+                        f"{wafer.memoryx_capacity_bytes / 1e9:.3g} GB (memoryx_capacity_bytes)")
 
 @register("weight-streaming")
 class WeightStreaming:
@@ -43,6 +62,7 @@ class WeightStreaming:
         return StreamingLayout(graph, wafer, grid, self.stream_buffers)
 
     def plan(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid) -> ModelPlan:
+        check_memoryx(graph.config, graph.precision, wafer)
         ctx = self.layout(graph, wafer, grid)
         ops = tuple(ctx.plan_op(op) for op in graph.ops())
         return ModelPlan(
