@@ -224,7 +224,16 @@ def run_sweep(toml_path: str | Path, out_dir: str | Path, scheduler: str | None 
     """Run every point not yet in ``out_dir/sweep.csv`` on Dask, appending each row as it finishes."""
     sweep = load_sweep(toml_path)
     check_names(sweep)
-    columns = [*sweep.columns, *HEADLINE_COLUMNS]
+    return run_points(sweep, HEADLINE_COLUMNS, run_point, "sweep points", out_dir, scheduler, n_workers, processes,
+                      progress, retry_errors)
+
+
+def run_points(sweep: Sweep, result_columns, runner, desc: str, out_dir: str | Path, scheduler: str | None,
+               n_workers: int | None, processes: bool, progress: bool, retry_errors: bool) -> SweepSummary:
+    """Run ``runner(point)`` on Dask for every point of ``sweep`` not yet in ``out_dir/sweep.csv`` (a point whose
+    row holds an error too, with ``retry_errors``), appending each row (the point's values, then
+    ``result_columns``) as it finishes; shared by run and train sweeps."""
+    columns = [*sweep.columns, *result_columns]
     path = Path(out_dir) / CSV_NAME
     done = _read_rows(path, columns, retry_errors) if path.exists() else []
 
@@ -243,9 +252,9 @@ def run_sweep(toml_path: str | Path, out_dir: str | Path, scheduler: str | None 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with path.open("w", newline="") as f:
                     csv.writer(f).writerow(columns)
-            futures = client.map(run_point, todo, pure=False)
+            futures = client.map(runner, todo, pure=False)
             point_of = {fut.key: p for fut, p in zip(futures, todo, strict=True)}
-            bar = tqdm(total=len(todo), desc="sweep points", unit="point", file=sys.stderr,
+            bar = tqdm(total=len(todo), desc=desc, unit="point", file=sys.stderr,
                        disable=not (progress and sys.stderr.isatty()))
             with path.open("a", newline="") as f, bar:
                 writer = csv.writer(f)
@@ -290,4 +299,4 @@ def plot_sweep(csv_path: str | Path, out_path: str | Path, x: str | None = None)
 
 
 __all__ = ["HEADLINE_COLUMNS", "Sweep", "SweepSummary", "check_names", "dask_client", "fmt", "headline", "load_sweep",
-           "plot_sweep", "read_sweep_csv", "run_point", "run_sweep"]
+           "plot_sweep", "read_sweep_csv", "run_point", "run_points", "run_sweep"]

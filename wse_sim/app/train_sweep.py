@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
-import sys
 import types
 import typing
 from dataclasses import replace
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .files import read_toml
-from .sweep import CSV_NAME, Sweep, SweepSummary, _one_line, _read_rows, _typed, dask_client, fmt
+from .sweep import Sweep, SweepSummary, _one_line, _typed, run_points
 from .train import TrainSpec, run_train
 
 COMMAND_KEY = "command"
@@ -113,46 +112,11 @@ def run_train_sweep(toml_path: str | Path, out_dir: str | Path, scheduler: str |
                     n_workers: int | None = None, processes: bool = True, progress: bool = True,
                     retry_errors: bool = False) -> SweepSummary:
     """Run every train point not yet in ``out_dir/sweep.csv`` on Dask, appending each row as it finishes."""
-    from distributed import as_completed
-    from tqdm import tqdm
-
     sweep = load_train_sweep(toml_path)
     for point in sweep.points:  # misspelt models, wafers, recipes fail before the cluster starts
         train_spec(point)
-    columns = [*sweep.columns, *TRAIN_COLUMNS]
-    path = Path(out_dir) / CSV_NAME
-    done = _read_rows(path, columns, retry_errors) if path.exists() else []
-
-    def key(values: dict) -> tuple:
-        return tuple(values[c] if isinstance(values[c], str) else fmt(values[c]) for c in sweep.columns)
-
-    finished = {key(r) for r in done}
-    todo = [p for p in sweep.points if key(p) not in finished]
-    failed = 0
-    if todo:
-        with dask_client(scheduler, n_workers, processes) as client:
-            if not path.exists() or path.stat().st_size == 0:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with path.open("w", newline="") as f:
-                    csv.writer(f).writerow(columns)
-            futures = client.map(run_train_point, todo, pure=False)
-            point_of = {fut.key: p for fut, p in zip(futures, todo, strict=True)}
-            bar = tqdm(total=len(todo), desc="train sweep points", unit="point", file=sys.stderr,
-                       disable=not (progress and sys.stderr.isatty()))
-            with path.open("a", newline="") as f, bar:
-                writer = csv.writer(f)
-                for fut in as_completed(futures):
-                    try:
-                        result = fut.result()
-                    except Exception as exc:  # the worker died or the task was lost: still a row
-                        result = {"error": _one_line(exc)}
-                    failed += bool(result["error"])
-                    writer.writerow([fmt({**point_of[fut.key], **result}.get(c)) for c in columns])
-                    f.flush()
-                    bar.update(1)
-    wanted = {key(p) for p in sweep.points}
-    failed_before = sum(bool(r["error"]) for r in done if key(r) in wanted)
-    return SweepSummary(path, len(sweep.points), len(sweep.points) - len(todo), len(todo), failed, failed_before)
+    return run_points(sweep, TRAIN_COLUMNS, run_train_point, "train sweep points", out_dir, scheduler, n_workers,
+                      processes, progress, retry_errors)
 
 
 # ---- compare ------------------------------------------------------------------------------------------------------
