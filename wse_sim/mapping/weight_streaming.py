@@ -62,7 +62,8 @@ class WeightStreaming:
         return StreamingLayout(graph, wafer, grid, self.stream_buffers)
 
     def plan(self, graph: WorkloadGraph, wafer: WaferSpec, grid: TileGrid) -> ModelPlan:
-        check_memoryx(graph.config, graph.precision, wafer)
+        if graph.config is not None:  # a model (a lone GEMM's operand fits any MemoryX)
+            check_memoryx(graph.config, graph.precision, wafer)
         ctx = self.layout(graph, wafer, grid)
         ops = tuple(ctx.plan_op(op) for op in graph.ops())
         return ModelPlan(
