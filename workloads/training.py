@@ -64,26 +64,52 @@ def _plain(mm):
     return lambda name, a, b, bias=None: mm(a, b) if bias is None else _bias_add(mm(a, b), bias)
 
 
-def _layer_forward(x: np.ndarray, w: LayerWeights, batch: int, seq: int, n_head: int, eps: float, act: str,
-                   mm=gemm, wmm=None, prefix: str = ""):
+class WholeAttention:
+    """One layer's causal self-attention on whole (sequence, head) tensors: ``forward(block, qkv)`` returns the
+    context ``[tokens, d]`` and the probabilities the backward keeps, ``backward(block, qkv, probs, dctx)``
+    returns ``dqkv``. The simulator passes one that runs the mapping's tile blocks instead
+    (:class:`wse_sim.sim.train_numerics.PlanAttention`); ``block`` names the layer (unused here)."""
+
+    def __init__(self, mm, batch: int, seq: int, n_head: int):
+        self.mm, self.batch, self.seq, self.n_head = mm, batch, seq, n_head
+
+    def _heads(self, d: int):
+        dh = d // self.n_head
+        for b in range(self.batch):
+            rows = slice(b * self.seq, (b + 1) * self.seq)
+            for h in range(self.n_head):
+                yield b, h, rows, tuple(slice(o + h * dh, o + (h + 1) * dh) for o in (0, d, 2 * d))
+
+    def forward(self, block: str, qkv: np.ndarray):
+        mm, d = self.mm, qkv.shape[1] // 3
+        scale = 1.0 / math.sqrt(d // self.n_head)
+        probs = np.empty((self.batch, self.n_head, self.seq, self.seq), np.float32)
+        ctx = np.empty((qkv.shape[0], d), np.float32)
+        for b, h, rows, (cq, ck, cv) in self._heads(d):
+            probs[b, h] = causal_softmax(mm(qkv[rows, cq], qkv[rows, ck].T), scale)
+            ctx[rows, cq] = mm(probs[b, h], qkv[rows, cv])
+        return ctx, probs
+
+    def backward(self, block: str, qkv: np.ndarray, probs: np.ndarray, dctx: np.ndarray) -> np.ndarray:
+        mm, d = self.mm, qkv.shape[1] // 3
+        scale = 1.0 / math.sqrt(d // self.n_head)
+        dqkv = np.empty_like(qkv)
+        for b, h, rows, (cq, ck, cv) in self._heads(d):
+            p, dc = probs[b, h], np.ascontiguousarray(dctx[rows, cq])
+            dqkv[rows, cv] = mm(p.T, dc)
+            ds = causal_softmax_backward(p, mm(dc, qkv[rows, cv].T), scale)
+            dqkv[rows, cq] = mm(ds, qkv[rows, ck])
+            dqkv[rows, ck] = mm(ds.T, qkv[rows, cq])
+        return dqkv
+
+
+def _layer_forward(x: np.ndarray, w: LayerWeights, eps: float, act: str, wmm, attn, prefix: str):
     """One block on ``x [tokens, d]``; returns the output and what the backward pass keeps. ``wmm(name, a, b,
-    bias)`` runs the weight matmuls, named as the forward graph's ops (``<prefix>.qkv``...)."""
-    wmm = wmm or _plain(mm)
-    d = x.shape[1]
-    dh = d // n_head
-    scale = 1.0 / math.sqrt(dh)
+    bias)`` runs the weight matmuls, named as the forward graph's ops (``<prefix>.qkv``...), ``attn`` the
+    attention (:class:`WholeAttention`'s methods)."""
     h1 = layernorm(x, w.ln1_g, w.ln1_b, eps)
     qkv = wmm(f"{prefix}.qkv", h1, w.w_qkv, w.b_qkv)
-    probs = np.empty((batch, n_head, seq, seq), np.float32)
-    ctx = np.empty((batch * seq, d), np.float32)
-    for b in range(batch):
-        rows = slice(b * seq, (b + 1) * seq)
-        for h in range(n_head):
-            q = qkv[rows, h * dh:(h + 1) * dh]
-            k = qkv[rows, d + h * dh:d + (h + 1) * dh]
-            v = qkv[rows, 2 * d + h * dh:2 * d + (h + 1) * dh]
-            probs[b, h] = causal_softmax(mm(q, k.T), scale)
-            ctx[rows, h * dh:(h + 1) * dh] = mm(probs[b, h], v)
+    ctx, probs = attn.forward(prefix, qkv)
     x_mid = x + wmm(f"{prefix}.attn_proj", ctx, w.w_attn_proj, w.b_attn_proj)
     h2 = layernorm(x_mid, w.ln2_g, w.ln2_b, eps)
     f = wmm(f"{prefix}.fc", h2, w.w_fc, w.b_fc)
@@ -92,15 +118,11 @@ def _layer_forward(x: np.ndarray, w: LayerWeights, batch: int, seq: int, n_head:
     return out, (x, h1, qkv, probs, ctx, x_mid, h2, f, g)
 
 
-def _layer_backward(dout: np.ndarray, w: LayerWeights, saved, batch: int, seq: int, n_head: int, eps: float,
-                    act: str, grads: dict[str, np.ndarray], mm=gemm, wmm=None, prefix: str = "") -> np.ndarray:
+def _layer_backward(dout: np.ndarray, w: LayerWeights, saved, eps: float, act: str, grads: dict[str, np.ndarray],
+                    wmm, attn, prefix: str) -> np.ndarray:
     """Add the block's weight gradients into ``grads`` (field names) and return ``dx``. ``wmm(name, a, b)``
     runs the weight matmuls' gradients, named as the backward graph's ops (``<prefix>.fc.dgrad``...)."""
-    wmm = wmm or _plain(mm)
     x, h1, qkv, probs, ctx, x_mid, h2, f, g = saved
-    d = x.shape[1]
-    dh = d // n_head
-    scale = 1.0 / math.sqrt(dh)
     # MLP: out = x_mid + gelu(h2 W_fc + b) W_proj + b
     grads["w_fc_proj"] += wmm(f"{prefix}.fc_proj.wgrad", g.T, dout)
     grads["b_fc_proj"] += dout.sum(axis=0, dtype=np.float32)
@@ -116,16 +138,7 @@ def _layer_backward(dout: np.ndarray, w: LayerWeights, saved, batch: int, seq: i
     grads["w_attn_proj"] += wmm(f"{prefix}.attn_proj.wgrad", ctx.T, dx_mid)
     grads["b_attn_proj"] += dx_mid.sum(axis=0, dtype=np.float32)
     dctx = wmm(f"{prefix}.attn_proj.dgrad", dx_mid, w.w_attn_proj.T)
-    dqkv = np.empty_like(qkv)
-    for b in range(batch):
-        rows = slice(b * seq, (b + 1) * seq)
-        for h in range(n_head):
-            cq, ck, cv = (slice(o + h * dh, o + (h + 1) * dh) for o in (0, d, 2 * d))
-            p, dc = probs[b, h], np.ascontiguousarray(dctx[rows, cq])
-            dqkv[rows, cv] = mm(p.T, dc)
-            ds = causal_softmax_backward(p, mm(dc, qkv[rows, cv].T), scale)
-            dqkv[rows, cq] = mm(ds, qkv[rows, ck])
-            dqkv[rows, ck] = mm(ds.T, qkv[rows, cq])
+    dqkv = attn.backward(prefix, qkv, probs, dctx)
     grads["w_qkv"] += wmm(f"{prefix}.qkv.wgrad", h1.T, dqkv)
     grads["b_qkv"] += dqkv.sum(axis=0, dtype=np.float32)
     dh1 = wmm(f"{prefix}.qkv.dgrad", dqkv, w.w_qkv.T)
@@ -166,7 +179,7 @@ def mixed_precision_matmul(precision: str):
 
 def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: int | None = None,
                    global_predicted: int | None = None, precision: str = "fp32",
-                   weight_matmul=None) -> StepResult:
+                   weight_matmul=None, attention=None) -> StepResult:
     """The causal-LM loss of ``token_ids [batch, seq]`` (labels = input ids) and its gradients, fp32.
 
     ``micro_batch`` sequences at a time (default: all), gradients accumulated in fp32 in micro-batch order.
@@ -176,7 +189,9 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
     named as the ops of ``lower_model``: ``layer0.qkv``, ``head.lm_head``) and its gradients (``dX = dY W^T``,
     ``dW = X^T dY``, named as the ops of :func:`~.training_graph.lower_backward`: ``layer0.fc.wgrad``,
     ``head.lm_head.dgrad``); the simulator passes one that executes the op's mapping plan. Default: the
-    precision's plain matmul.
+    precision's plain matmul. ``attention``: each layer's attention forward and backward (the methods of
+    :class:`WholeAttention`, built for ``micro_batch`` sequences); the simulator passes one that runs the
+    mapping's tile blocks. Default: :class:`WholeAttention` with the precision's matmul.
     """
     _check(weights)
     cfg = weights.config
@@ -191,7 +206,8 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
     scale = 1.0 / (global_predicted or predicted)
     mm = mixed_precision_matmul(precision)
     wmm = weight_matmul or _plain(mm)
-    eps, act, H = cfg.layer_norm_epsilon, cfg.activation, cfg.n_head
+    attn = attention or WholeAttention(mm, mb, seq, cfg.n_head)
+    eps, act = cfg.layer_norm_epsilon, cfg.activation
     layer_grads = [{f: np.zeros_like(getattr(lw, f)) for f in HF_LAYER_NAMES} for lw in weights.layers]
     dwte = np.zeros_like(weights.wte)
     dwpe = np.zeros_like(weights.wpe)
@@ -203,7 +219,7 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
         x = embedding(mids, weights.wte, weights.wpe)
         saved = []
         for i, lw in enumerate(weights.layers):
-            x, keep = _layer_forward(x, lw, mb, seq, H, eps, act, mm, wmm, f"layer{i}")
+            x, keep = _layer_forward(x, lw, eps, act, wmm, attn, f"layer{i}")
             saved.append(keep)
         hf = layernorm(x, weights.lnf_g, weights.lnf_b, eps)
         logits = wmm("head.lm_head", hf, weights.wte.T)
@@ -215,7 +231,7 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
         dlnf_g += dg
         dlnf_b += db
         for i in reversed(range(len(weights.layers))):
-            dx = _layer_backward(dx, weights.layers[i], saved[i], mb, seq, H, eps, act, layer_grads[i], mm, wmm,
+            dx = _layer_backward(dx, weights.layers[i], saved[i], eps, act, layer_grads[i], wmm, attn,
                                  f"layer{i}")
         embedding_backward(mids, dx, dwte, dwpe)
     grads = {_PREFIX + "wte.weight": dwte, _PREFIX + "wpe.weight": dwpe,
@@ -273,7 +289,7 @@ class AdamW:
 
 def train_step(weights: ModelWeights, token_ids: np.ndarray, config: AdamWConfig | None = None,
                micro_batch: int | None = None, systems: int = 1, precision: str = "fp32",
-               weight_matmul=None) -> tuple[StepResult, ModelWeights]:
+               weight_matmul=None, attention=None) -> tuple[StepResult, ModelWeights]:
     """One optimizer step: ``systems`` data-parallel replicas each accumulate their share of the batch in
     micro-batches, the gradients are summed (SwarmX), clipped and applied by AdamW (MemoryX)."""
     ids = np.asarray(token_ids)
@@ -285,7 +301,7 @@ def train_step(weights: ModelWeights, token_ids: np.ndarray, config: AdamWConfig
     loss = 0.0
     for s in range(systems):
         r = loss_and_grads(weights, ids[s * per:(s + 1) * per], micro_batch, global_predicted=predicted,
-                           precision=precision, weight_matmul=weight_matmul)
+                           precision=precision, weight_matmul=weight_matmul, attention=attention)
         parts.append(r.grads)
         loss += r.extras["loss_sum"] / predicted
     grads = sum_grads(parts)
