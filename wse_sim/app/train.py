@@ -38,7 +38,7 @@ from ..mapping.weight_streaming import ADAMW_STATE_BYTES_PER_PARAM, check_memory
 from ..report.energy import Counts, PassEnergy, energy_section, pass_energy
 from ..sim import Engine
 from ..sim.numerics import run_matmul_plan
-from ..sim.train_numerics import PlanAttention
+from ..sim.train_numerics import PlanOps
 from ..workloads import get_preset, load_checkpoint, load_hf_config, lower_model
 from ..workloads.config import ConfigError, ModelConfig
 from ..workloads.graph import BYTES_PER_ELEM, OpKind, WorkloadGraph
@@ -488,7 +488,7 @@ def _numerics(spec: TrainSpec, config: ModelConfig, weights, wafer: WaferSpec, g
     plans = [mapping.plan(lower(config, micro, spec.seq, spec.precision), wafer, grid)
              for lower in (lower_model, lower_backward)]
     result, updated = train_step(weights, ids, opt, micro_batch=micro, systems=systems, precision=spec.precision,
-                                 weight_matmul=plan_matmuls(*plans), attention=PlanAttention(*plans))
+                                 weight_matmul=plan_matmuls(*plans), ops=PlanOps(*plans))
     out = {"enabled": True, "loss": result.loss, "grad_norm": result.grad_norm,
            "predicted_tokens": result.predicted_tokens, "systems": systems, "micro_batch": micro,
            "weight_matmuls": "every matmul with a weight (forward X W + b, backward dX = dY W^T and "

@@ -1,4 +1,5 @@
-"""Training numerics through the mapping: attention forward and backward on the plan's tile blocks.
+"""Training numerics through the mapping: attention forward and backward, and the row-wise backward ops, on the
+plan's tile blocks (:class:`PlanOps`; the weight matmuls run their own plans, :func:`~.numerics.run_matmul_plan`).
 
 The weight-streaming plan's attention ops partition the work the same way forward and backward: tile column ``j``
 owns the heads ``h % TC == j``, tile row ``i`` its token rows, and tile (i, j) multiplies, for each sequence its
@@ -23,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import gemm, round_to
-from ..kernels.backward import causal_softmax_backward
-from ..mapping.plan import ContextWrite, Free, MatmulBlock, OpPlan, Ref
+from ..kernels.backward import causal_softmax_backward, cross_entropy, layernorm_backward, row_block_sum
+from ..mapping.plan import ContextWrite, Free, MatmulBlock, OpPlan, Ref, split
+from ..workloads.training import WholeTensorOps
 from .numerics import Numerics
 
 
@@ -120,21 +122,45 @@ def run_attention_backward(blocks: list[AttentionBlock], precision: str, qkv: np
     return dqkv
 
 
-class PlanAttention:
-    """The training numerics' attention (``forward(block, qkv)``, ``backward(block, qkv, saved, dctx)``, see
-    :func:`wse_sim.workloads.training.loss_and_grads`) executed on the tile blocks of a forward and a backward
-    weight-streaming plan of the same pass size."""
+class PlanOps(WholeTensorOps):
+    """The training numerics' ops other than the weight matmuls (see
+    :class:`~wse_sim.workloads.training.WholeTensorOps`) on the tile blocks of a forward and a backward
+    weight-streaming plan of the same pass size, which share the block layout: token rows split over the ``TR``
+    tile rows, feature columns over the ``TC`` tile columns (``split``, as :class:`~..mapping.blocks.Blocks`).
+
+    - attention: :func:`run_attention_plan` and :func:`run_attention_backward` on the plans' attention ops;
+    - LayerNorm backward: rows by tile row; each row's two sums over ``d`` one fp32 partial per tile column
+      (its columns of ``d``), added in tile-column order (the plan's row all-reduce, as a chain); ``dgamma`` and
+      ``dbeta`` one partial per tile row, added down the tile columns in tile-row order;
+    - bias gradients: one partial row sum per tile row, added in tile-row order (the wgrad's reduction);
+    - the loss: the logits' vocabulary columns split over tile columns as the LM head's output is; each row's
+      sum of exponentials one partial per tile column, added in column order (its max is order-free).
+
+    GELU's backward is elementwise and the embedding's scatter-add adds rows in token order, which is tile-row
+    order: their partition cannot change a bit, so they run as the whole-tensor kernels.
+    """
 
     def __init__(self, forward_plan, backward_plan):
         self.ops = {p.op.name: p for plan in (forward_plan, backward_plan) for p in plan.ops}
         self.precision = forward_plan.precision
+        self.tiles = forward_plan.grid.shape  # (TR, TC)
 
-    def forward(self, block: str, qkv: np.ndarray):
+    def attention_forward(self, block: str, qkv: np.ndarray):
         o = self.ops
         return run_attention_plan(o[f"{block}.attn_scores"], o[f"{block}.softmax"], o[f"{block}.attn_context"],
                                   self.precision, qkv)
 
-    def backward(self, block: str, qkv: np.ndarray, probs, dctx: np.ndarray) -> np.ndarray:
+    def attention_backward(self, block: str, qkv: np.ndarray, probs, dctx: np.ndarray) -> np.ndarray:
         o = self.ops
         blocks = attention_blocks(o[f"{block}.attn_scores.bwd"], o[f"{block}.attn_context.bwd"])
         return run_attention_backward(blocks, self.precision, qkv, probs, dctx)
+
+    def layernorm_backward(self, name: str, x: np.ndarray, gamma: np.ndarray, eps: float, dy: np.ndarray):
+        TR, TC = self.tiles
+        return layernorm_backward(x, gamma, eps, dy, split(x.shape[0], TR), split(x.shape[1], TC))
+
+    def bias_grad(self, name: str, dy: np.ndarray) -> np.ndarray:
+        return row_block_sum(dy, split(dy.shape[0], self.tiles[0]))
+
+    def cross_entropy(self, name: str, logits: np.ndarray, targets: np.ndarray, scale: float):
+        return cross_entropy(logits, targets, scale, split(logits.shape[1], self.tiles[1]))
