@@ -8,6 +8,7 @@ AdamW step with torch's update order. Each is checked against torch autograd in 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -26,42 +27,66 @@ IGNORE_INDEX = -100  # labels equal to this are not predicted (torch's cross_ent
 
 # ---- LayerNorm -------------------------------------------------------------------------------------------------
 @njit(cache=True)
-def _layernorm_bwd(x, gamma, eps, dy, dx, dgamma, dbeta):
-    rows, d = x.shape
+def _layernorm_bwd(x, gamma, eps, dy, row_edges, col_edges, dx, dgamma, dbeta):
+    d = x.shape[1]
     inv_d = np.float32(1.0) / np.float32(d)
     xhat = np.empty(d, np.float32)
-    for i in range(rows):
-        mean = np.float32(0.0)
+    pg = np.empty(d, np.float32)  # one tile row's partial dgamma, dbeta
+    pb = np.empty(d, np.float32)
+    for t in range(row_edges.shape[0] - 1):
+        pg[:] = 0.0
+        pb[:] = 0.0
+        for i in range(row_edges[t], row_edges[t + 1]):
+            mean = np.float32(0.0)
+            for j in range(d):
+                mean += x[i, j]
+            mean *= inv_d
+            var = np.float32(0.0)
+            for j in range(d):
+                u = x[i, j] - mean
+                var += u * u
+            var *= inv_d
+            rstd = np.float32(1.0) / np.sqrt(var + eps)
+            s1 = np.float32(0.0)  # sum of g, folded over the tile columns' partials in column order
+            s2 = np.float32(0.0)  # sum of g * xhat
+            for c in range(col_edges.shape[0] - 1):
+                p1 = np.float32(0.0)
+                p2 = np.float32(0.0)
+                for j in range(col_edges[c], col_edges[c + 1]):
+                    xhat[j] = (x[i, j] - mean) * rstd
+                    g = dy[i, j] * gamma[j]
+                    p1 += g
+                    p2 += g * xhat[j]
+                    pg[j] += dy[i, j] * xhat[j]
+                    pb[j] += dy[i, j]
+                s1 += p1
+                s2 += p2
+            s1 *= inv_d
+            s2 *= inv_d
+            for j in range(d):
+                dx[i, j] = rstd * (dy[i, j] * gamma[j] - s1 - xhat[j] * s2)
         for j in range(d):
-            mean += x[i, j]
-        mean *= inv_d
-        var = np.float32(0.0)
-        for j in range(d):
-            t = x[i, j] - mean
-            var += t * t
-        var *= inv_d
-        rstd = np.float32(1.0) / np.sqrt(var + eps)
-        s1 = np.float32(0.0)  # sum of g
-        s2 = np.float32(0.0)  # sum of g * xhat
-        for j in range(d):
-            xhat[j] = (x[i, j] - mean) * rstd
-            g = dy[i, j] * gamma[j]
-            s1 += g
-            s2 += g * xhat[j]
-            dgamma[j] += dy[i, j] * xhat[j]
-            dbeta[j] += dy[i, j]
-        s1 *= inv_d
-        s2 *= inv_d
-        for j in range(d):
-            dx[i, j] = rstd * (dy[i, j] * gamma[j] - s1 - xhat[j] * s2)
+            dgamma[j] += pg[j]
+            dbeta[j] += pb[j]
 
 
-def layernorm_backward(x: np.ndarray, gamma: np.ndarray, eps: float,
-                       dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _edges(edges, n: int, what: str) -> np.ndarray:
+    """``edges`` (increasing, from 0 to ``n``) as int64, or ``(0, n)`` when None."""
+    e = np.asarray((0, n) if edges is None else edges, dtype=np.int64)
+    if e.ndim != 1 or e.shape[0] < 2 or e[0] != 0 or e[-1] != n or (np.diff(e) < 0).any():
+        raise ValueError(f"{what} edges {tuple(e)} must rise from 0 to {n}")
+    return e
+
+
+def layernorm_backward(x: np.ndarray, gamma: np.ndarray, eps: float, dy: np.ndarray, row_edges=None,
+                       col_edges=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients ``(dx, dgamma, dbeta)`` of ``layernorm(x [rows, d], gamma, beta, eps)`` given ``dy``.
 
     ``dx = rstd (g - mean(g) - xhat mean(g xhat))`` with ``g = dy gamma``; the statistics are recomputed from
-    ``x`` (nothing but the input is kept from the forward pass).
+    ``x`` (nothing but the input is kept from the forward pass). With a tile partition (``row_edges`` over the
+    rows, ``col_edges`` over ``d``; default one block): each row's two sums over ``d`` are one fp32 partial per
+    column block, added in column order, and ``dgamma``/``dbeta`` one fp32 partial per row block, added in row
+    order (one block each: a plain sequential sum, as the single kernel).
     """
     x = np.ascontiguousarray(require_f32(x, "layernorm_backward: x"))
     dy = np.ascontiguousarray(require_f32(dy, "layernorm_backward: dy"))
@@ -71,8 +96,19 @@ def layernorm_backward(x: np.ndarray, gamma: np.ndarray, eps: float,
     dx = np.empty_like(x)
     dgamma = np.zeros(x.shape[1], np.float32)
     dbeta = np.zeros(x.shape[1], np.float32)
-    _layernorm_bwd(x, gamma, np.float32(eps), dy, dx, dgamma, dbeta)
+    _layernorm_bwd(x, gamma, np.float32(eps), dy, _edges(row_edges, x.shape[0], "row"),
+                   _edges(col_edges, x.shape[1], "column"), dx, dgamma, dbeta)
     return dx, dgamma, dbeta
+
+
+def row_block_sum(dy: np.ndarray, row_edges) -> np.ndarray:
+    """``dy [rows, n]`` summed over rows as a partitioned reduction: one fp32 partial per row block (numpy's
+    sum inside it), the partials added in block order (a bias gradient summed down the tile rows)."""
+    e = _edges(row_edges, dy.shape[0], "row")
+    total = np.zeros(dy.shape[1], np.float32)
+    for r0, r1 in itertools.pairwise(e):
+        total += dy[r0:r1].sum(axis=0, dtype=np.float32)
+    return total
 
 
 # ---- GELU ------------------------------------------------------------------------------------------------------
@@ -151,7 +187,7 @@ def causal_softmax_backward(probs: np.ndarray, dprobs: np.ndarray, scale: float 
 
 # ---- cross-entropy ---------------------------------------------------------------------------------------------
 @njit(cache=True)
-def _xent(logits, targets, scale, dlogits):
+def _xent(logits, targets, scale, col_edges, dlogits):
     rows, vocab = logits.shape
     total = 0.0  # float64: the loss sum over many rows (a reported scalar, not a stored tensor)
     for i in range(rows):
@@ -160,15 +196,18 @@ def _xent(logits, targets, scale, dlogits):
             for j in range(vocab):
                 dlogits[i, j] = 0.0
             continue
-        mx = np.float32(-np.inf)
+        mx = np.float32(-np.inf)  # a max: the same whatever the order
         for j in range(vocab):
             if logits[i, j] > mx:
                 mx = logits[i, j]
-        s = np.float32(0.0)
-        for j in range(vocab):
-            e = np.exp(logits[i, j] - mx)
-            dlogits[i, j] = e
-            s += e
+        s = np.float32(0.0)  # one partial per column block, added in column order
+        for c in range(col_edges.shape[0] - 1):
+            p = np.float32(0.0)
+            for j in range(col_edges[c], col_edges[c + 1]):
+                e = np.exp(logits[i, j] - mx)
+                dlogits[i, j] = e
+                p += e
+            s += p
         lse = mx + np.log(s)
         total += lse - logits[i, t]
         inv = np.float32(1.0) / s
@@ -178,12 +217,14 @@ def _xent(logits, targets, scale, dlogits):
     return total
 
 
-def cross_entropy(logits: np.ndarray, targets: np.ndarray, scale: float) -> tuple[float, np.ndarray]:
+def cross_entropy(logits: np.ndarray, targets: np.ndarray, scale: float,
+                  col_edges=None) -> tuple[float, np.ndarray]:
     """Summed cross-entropy of ``logits [rows, vocab]`` against int ``targets [rows]`` and its gradient.
 
     Returns ``(sum of -log softmax(logits)[t] over rows, scale * (softmax - onehot))``; rows whose target is
     ``IGNORE_INDEX`` add nothing and get zero gradient. ``scale = 1 / (predicted tokens of the global batch)``
-    makes the gradient that of the mean loss, so micro-batches simply add.
+    makes the gradient that of the mean loss, so micro-batches simply add. ``col_edges``: the vocabulary's
+    blocks (default one); each row's sum of exponentials is one fp32 partial per block, added in block order.
     """
     logits = np.ascontiguousarray(require_f32(logits, "cross_entropy: logits"))
     targets = np.ascontiguousarray(targets, dtype=np.int64)
@@ -193,7 +234,7 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, scale: float) -> tupl
     if bad.any():
         raise ValueError(f"cross_entropy: target {int(targets[np.argmax(bad)])} outside the vocabulary")
     d = np.empty_like(logits)
-    total = _xent(logits, targets, np.float32(scale), d)
+    total = _xent(logits, targets, np.float32(scale), _edges(col_edges, logits.shape[1], "column"), d)
     return float(total), d
 
 

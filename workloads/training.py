@@ -64,26 +64,66 @@ def _plain(mm):
     return lambda name, a, b, bias=None: mm(a, b) if bias is None else _bias_add(mm(a, b), bias)
 
 
-def _layer_forward(x: np.ndarray, w: LayerWeights, batch: int, seq: int, n_head: int, eps: float, act: str,
-                   mm=gemm, wmm=None, prefix: str = ""):
+class WholeTensorOps:
+    """The step's ops other than the weight matmuls, on whole tensors: each layer's causal self-attention
+    (``attention_forward(block, qkv)`` returns the context ``[tokens, d]`` and the probabilities the backward
+    keeps, ``attention_backward(block, qkv, probs, dctx)`` returns ``dqkv``), the LayerNorm backward, the bias
+    gradients (row sums) and the loss. The simulator passes a subclass that runs them on the mapping's tile
+    blocks (:class:`wse_sim.sim.train_numerics.PlanOps`); the names (the forward graph's op names: ``layer0``,
+    ``layer0.ln_2``, ``layer0.fc``, ``head.lm_head``) say which op's partition applies (unused here)."""
+
+    def __init__(self, mm, batch: int, seq: int, n_head: int):
+        self.mm, self.batch, self.seq, self.n_head = mm, batch, seq, n_head
+
+    def _heads(self, d: int):
+        dh = d // self.n_head
+        for b in range(self.batch):
+            rows = slice(b * self.seq, (b + 1) * self.seq)
+            for h in range(self.n_head):
+                yield b, h, rows, tuple(slice(o + h * dh, o + (h + 1) * dh) for o in (0, d, 2 * d))
+
+    def attention_forward(self, block: str, qkv: np.ndarray):
+        mm, d = self.mm, qkv.shape[1] // 3
+        scale = 1.0 / math.sqrt(d // self.n_head)
+        probs = np.empty((self.batch, self.n_head, self.seq, self.seq), np.float32)
+        ctx = np.empty((qkv.shape[0], d), np.float32)
+        for b, h, rows, (cq, ck, cv) in self._heads(d):
+            probs[b, h] = causal_softmax(mm(qkv[rows, cq], qkv[rows, ck].T), scale)
+            ctx[rows, cq] = mm(probs[b, h], qkv[rows, cv])
+        return ctx, probs
+
+    def attention_backward(self, block: str, qkv: np.ndarray, probs, dctx: np.ndarray) -> np.ndarray:
+        mm, d = self.mm, qkv.shape[1] // 3
+        scale = 1.0 / math.sqrt(d // self.n_head)
+        dqkv = np.empty_like(qkv)
+        for b, h, rows, (cq, ck, cv) in self._heads(d):
+            p, dc = probs[b, h], np.ascontiguousarray(dctx[rows, cq])
+            dqkv[rows, cv] = mm(p.T, dc)
+            ds = causal_softmax_backward(p, mm(dc, qkv[rows, cv].T), scale)
+            dqkv[rows, cq] = mm(ds, qkv[rows, ck])
+            dqkv[rows, ck] = mm(ds.T, qkv[rows, cq])
+        return dqkv
+
+    def layernorm_backward(self, name: str, x: np.ndarray, gamma: np.ndarray, eps: float, dy: np.ndarray):
+        """``(dx, dgamma, dbeta)`` of LayerNorm op ``name``."""
+        return layernorm_backward(x, gamma, eps, dy)
+
+    def bias_grad(self, name: str, dy: np.ndarray) -> np.ndarray:
+        """The bias gradient of weight op ``name``: ``dy`` summed over its rows (tokens)."""
+        return dy.sum(axis=0, dtype=np.float32)
+
+    def cross_entropy(self, name: str, logits: np.ndarray, targets: np.ndarray, scale: float):
+        """``(summed loss, dlogits)`` of the logits of op ``name`` (see :func:`~..kernels.backward.cross_entropy`)."""
+        return cross_entropy(logits, targets, scale)
+
+
+def _layer_forward(x: np.ndarray, w: LayerWeights, eps: float, act: str, wmm, ops, prefix: str):
     """One block on ``x [tokens, d]``; returns the output and what the backward pass keeps. ``wmm(name, a, b,
-    bias)`` runs the weight matmuls, named as the forward graph's ops (``<prefix>.qkv``...)."""
-    wmm = wmm or _plain(mm)
-    d = x.shape[1]
-    dh = d // n_head
-    scale = 1.0 / math.sqrt(dh)
+    bias)`` runs the weight matmuls, named as the forward graph's ops (``<prefix>.qkv``...), ``ops`` the
+    attention (a :class:`WholeTensorOps`)."""
     h1 = layernorm(x, w.ln1_g, w.ln1_b, eps)
     qkv = wmm(f"{prefix}.qkv", h1, w.w_qkv, w.b_qkv)
-    probs = np.empty((batch, n_head, seq, seq), np.float32)
-    ctx = np.empty((batch * seq, d), np.float32)
-    for b in range(batch):
-        rows = slice(b * seq, (b + 1) * seq)
-        for h in range(n_head):
-            q = qkv[rows, h * dh:(h + 1) * dh]
-            k = qkv[rows, d + h * dh:d + (h + 1) * dh]
-            v = qkv[rows, 2 * d + h * dh:2 * d + (h + 1) * dh]
-            probs[b, h] = causal_softmax(mm(q, k.T), scale)
-            ctx[rows, h * dh:(h + 1) * dh] = mm(probs[b, h], v)
+    ctx, probs = ops.attention_forward(prefix, qkv)
     x_mid = x + wmm(f"{prefix}.attn_proj", ctx, w.w_attn_proj, w.b_attn_proj)
     h2 = layernorm(x_mid, w.ln2_g, w.ln2_b, eps)
     f = wmm(f"{prefix}.fc", h2, w.w_fc, w.b_fc)
@@ -92,44 +132,31 @@ def _layer_forward(x: np.ndarray, w: LayerWeights, batch: int, seq: int, n_head:
     return out, (x, h1, qkv, probs, ctx, x_mid, h2, f, g)
 
 
-def _layer_backward(dout: np.ndarray, w: LayerWeights, saved, batch: int, seq: int, n_head: int, eps: float,
-                    act: str, grads: dict[str, np.ndarray], mm=gemm, wmm=None, prefix: str = "") -> np.ndarray:
+def _layer_backward(dout: np.ndarray, w: LayerWeights, saved, eps: float, act: str, grads: dict[str, np.ndarray],
+                    wmm, ops, prefix: str) -> np.ndarray:
     """Add the block's weight gradients into ``grads`` (field names) and return ``dx``. ``wmm(name, a, b)``
     runs the weight matmuls' gradients, named as the backward graph's ops (``<prefix>.fc.dgrad``...)."""
-    wmm = wmm or _plain(mm)
     x, h1, qkv, probs, ctx, x_mid, h2, f, g = saved
-    d = x.shape[1]
-    dh = d // n_head
-    scale = 1.0 / math.sqrt(dh)
     # MLP: out = x_mid + gelu(h2 W_fc + b) W_proj + b
     grads["w_fc_proj"] += wmm(f"{prefix}.fc_proj.wgrad", g.T, dout)
-    grads["b_fc_proj"] += dout.sum(axis=0, dtype=np.float32)
+    grads["b_fc_proj"] += ops.bias_grad(f"{prefix}.fc_proj", dout)
     df = gelu_backward(f, wmm(f"{prefix}.fc_proj.dgrad", dout, w.w_fc_proj.T), act)
     grads["w_fc"] += wmm(f"{prefix}.fc.wgrad", h2.T, df)
-    grads["b_fc"] += df.sum(axis=0, dtype=np.float32)
+    grads["b_fc"] += ops.bias_grad(f"{prefix}.fc", df)
     dh2 = wmm(f"{prefix}.fc.dgrad", df, w.w_fc.T)
-    dx_ln, dg, db = layernorm_backward(x_mid, w.ln2_g, eps, dh2)
+    dx_ln, dg, db = ops.layernorm_backward(f"{prefix}.ln_2", x_mid, w.ln2_g, eps, dh2)
     grads["ln2_g"] += dg
     grads["ln2_b"] += db
     dx_mid = dout + dx_ln
     # attention: x_mid = x + attn(ln1(x)) W_o + b_o
     grads["w_attn_proj"] += wmm(f"{prefix}.attn_proj.wgrad", ctx.T, dx_mid)
-    grads["b_attn_proj"] += dx_mid.sum(axis=0, dtype=np.float32)
+    grads["b_attn_proj"] += ops.bias_grad(f"{prefix}.attn_proj", dx_mid)
     dctx = wmm(f"{prefix}.attn_proj.dgrad", dx_mid, w.w_attn_proj.T)
-    dqkv = np.empty_like(qkv)
-    for b in range(batch):
-        rows = slice(b * seq, (b + 1) * seq)
-        for h in range(n_head):
-            cq, ck, cv = (slice(o + h * dh, o + (h + 1) * dh) for o in (0, d, 2 * d))
-            p, dc = probs[b, h], np.ascontiguousarray(dctx[rows, cq])
-            dqkv[rows, cv] = mm(p.T, dc)
-            ds = causal_softmax_backward(p, mm(dc, qkv[rows, cv].T), scale)
-            dqkv[rows, cq] = mm(ds, qkv[rows, ck])
-            dqkv[rows, ck] = mm(ds.T, qkv[rows, cq])
+    dqkv = ops.attention_backward(prefix, qkv, probs, dctx)
     grads["w_qkv"] += wmm(f"{prefix}.qkv.wgrad", h1.T, dqkv)
-    grads["b_qkv"] += dqkv.sum(axis=0, dtype=np.float32)
+    grads["b_qkv"] += ops.bias_grad(f"{prefix}.qkv", dqkv)
     dh1 = wmm(f"{prefix}.qkv.dgrad", dqkv, w.w_qkv.T)
-    dx_ln, dg, db = layernorm_backward(x, w.ln1_g, eps, dh1)
+    dx_ln, dg, db = ops.layernorm_backward(f"{prefix}.ln_1", x, w.ln1_g, eps, dh1)
     grads["ln1_g"] += dg
     grads["ln1_b"] += db
     return dx_mid + dx_ln
@@ -166,7 +193,7 @@ def mixed_precision_matmul(precision: str):
 
 def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: int | None = None,
                    global_predicted: int | None = None, precision: str = "fp32",
-                   weight_matmul=None) -> StepResult:
+                   weight_matmul=None, ops=None) -> StepResult:
     """The causal-LM loss of ``token_ids [batch, seq]`` (labels = input ids) and its gradients, fp32.
 
     ``micro_batch`` sequences at a time (default: all), gradients accumulated in fp32 in micro-batch order.
@@ -176,7 +203,9 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
     named as the ops of ``lower_model``: ``layer0.qkv``, ``head.lm_head``) and its gradients (``dX = dY W^T``,
     ``dW = X^T dY``, named as the ops of :func:`~.training_graph.lower_backward`: ``layer0.fc.wgrad``,
     ``head.lm_head.dgrad``); the simulator passes one that executes the op's mapping plan. Default: the
-    precision's plain matmul.
+    precision's plain matmul. ``ops``: the attention (forward and backward), LayerNorm backward, bias
+    gradients and loss (a :class:`WholeTensorOps` for ``micro_batch`` sequences); the simulator passes one that
+    runs the mapping's tile blocks. Default: :class:`WholeTensorOps` with the precision's matmul.
     """
     _check(weights)
     cfg = weights.config
@@ -191,7 +220,8 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
     scale = 1.0 / (global_predicted or predicted)
     mm = mixed_precision_matmul(precision)
     wmm = weight_matmul or _plain(mm)
-    eps, act, H = cfg.layer_norm_epsilon, cfg.activation, cfg.n_head
+    ops = ops or WholeTensorOps(mm, mb, seq, cfg.n_head)
+    eps, act = cfg.layer_norm_epsilon, cfg.activation
     layer_grads = [{f: np.zeros_like(getattr(lw, f)) for f in HF_LAYER_NAMES} for lw in weights.layers]
     dwte = np.zeros_like(weights.wte)
     dwpe = np.zeros_like(weights.wpe)
@@ -203,19 +233,20 @@ def loss_and_grads(weights: ModelWeights, token_ids: np.ndarray, micro_batch: in
         x = embedding(mids, weights.wte, weights.wpe)
         saved = []
         for i, lw in enumerate(weights.layers):
-            x, keep = _layer_forward(x, lw, mb, seq, H, eps, act, mm, wmm, f"layer{i}")
+            x, keep = _layer_forward(x, lw, eps, act, wmm, ops, f"layer{i}")
             saved.append(keep)
         hf = layernorm(x, weights.lnf_g, weights.lnf_b, eps)
         logits = wmm("head.lm_head", hf, weights.wte.T)
-        part, dlogits = cross_entropy(logits, causal_lm_targets(mids), scale)
+        part, dlogits = ops.cross_entropy("head.lm_head", logits, causal_lm_targets(mids), scale)
         loss_sum += part
         # tied head: logits = hf wte^T
         dwte += wmm("head.lm_head.wgrad", hf.T, dlogits).T
-        dx, dg, db = layernorm_backward(x, weights.lnf_g, eps, wmm("head.lm_head.dgrad", dlogits, weights.wte))
+        dx, dg, db = ops.layernorm_backward("head.ln_f", x, weights.lnf_g, eps,
+                                            wmm("head.lm_head.dgrad", dlogits, weights.wte))
         dlnf_g += dg
         dlnf_b += db
         for i in reversed(range(len(weights.layers))):
-            dx = _layer_backward(dx, weights.layers[i], saved[i], mb, seq, H, eps, act, layer_grads[i], mm, wmm,
+            dx = _layer_backward(dx, weights.layers[i], saved[i], eps, act, layer_grads[i], wmm, ops,
                                  f"layer{i}")
         embedding_backward(mids, dx, dwte, dwpe)
     grads = {_PREFIX + "wte.weight": dwte, _PREFIX + "wpe.weight": dwpe,
@@ -273,7 +304,7 @@ class AdamW:
 
 def train_step(weights: ModelWeights, token_ids: np.ndarray, config: AdamWConfig | None = None,
                micro_batch: int | None = None, systems: int = 1, precision: str = "fp32",
-               weight_matmul=None) -> tuple[StepResult, ModelWeights]:
+               weight_matmul=None, ops=None) -> tuple[StepResult, ModelWeights]:
     """One optimizer step: ``systems`` data-parallel replicas each accumulate their share of the batch in
     micro-batches, the gradients are summed (SwarmX), clipped and applied by AdamW (MemoryX)."""
     ids = np.asarray(token_ids)
@@ -285,7 +316,7 @@ def train_step(weights: ModelWeights, token_ids: np.ndarray, config: AdamWConfig
     loss = 0.0
     for s in range(systems):
         r = loss_and_grads(weights, ids[s * per:(s + 1) * per], micro_batch, global_predicted=predicted,
-                           precision=precision, weight_matmul=weight_matmul)
+                           precision=precision, weight_matmul=weight_matmul, ops=ops)
         parts.append(r.grads)
         loss += r.extras["loss_sum"] / predicted
     grads = sum_grads(parts)

@@ -16,7 +16,9 @@ cannot hide, whichever is longer.
 
 Numerics (``--numerics``, small models or a ``--checkpoint``): the loss, the gradients (by Hugging Face name)
 and the AdamW step of :mod:`wse_sim.workloads.training`, on the same global batch split the same way over
-systems and micro-batches. They run beside the timing model, not inside the engine's tasks.
+systems and micro-batches, with the weight matmuls, the attention and the row-wise reductions on the plans'
+tile blocks (:func:`plan_matmuls`, :class:`~wse_sim.sim.train_numerics.PlanOps`). They run beside the timing
+model, not inside the engine's tasks.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ..mapping.weight_streaming import ADAMW_STATE_BYTES_PER_PARAM, check_memory
 from ..report.energy import Counts, PassEnergy, energy_section, pass_energy
 from ..sim import Engine
 from ..sim.numerics import run_matmul_plan
+from ..sim.train_numerics import PlanOps
 from ..workloads import get_preset, load_checkpoint, load_hf_config, lower_model
 from ..workloads.config import ConfigError, ModelConfig
 from ..workloads.graph import BYTES_PER_ELEM, OpKind, WorkloadGraph
@@ -487,12 +490,24 @@ def _numerics(spec: TrainSpec, config: ModelConfig, weights, wafer: WaferSpec, g
     plans = [mapping.plan(lower(config, micro, spec.seq, spec.precision), wafer, grid)
              for lower in (lower_model, lower_backward)]
     result, updated = train_step(weights, ids, opt, micro_batch=micro, systems=systems, precision=spec.precision,
-                                 weight_matmul=plan_matmuls(*plans))
+                                 weight_matmul=plan_matmuls(*plans), ops=PlanOps(*plans))
     out = {"enabled": True, "loss": result.loss, "grad_norm": result.grad_norm,
            "predicted_tokens": result.predicted_tokens, "systems": systems, "micro_batch": micro,
            "weight_matmuls": "every matmul with a weight (forward X W + b, backward dX = dY W^T and "
                              "dW = X^T dY) runs its plan's tile blocks and reductions (weight-streaming, "
                              f"{micro} sequence(s) per pass)",
+           "attention": "forward scores, softmax and context (the plan's own actions) and backward dP = dC V^T, "
+                        "dS, dQ = dS K, dK = dS^T Q, dV = P^T dC on the plan's tile blocks (tile column j: heads "
+                        "h % TC == j; tile row i: its token rows, keys up to its last query); dK and dV: one fp32 "
+                        "partial per tile row, summed per (sequence, head) in tile-row order",
+           "row_ops": "in the block layout's partition: LayerNorm backward (each row's sums over d one partial "
+                      "per tile column, in column order; dgamma, dbeta one per tile row, in tile-row order), "
+                      "bias gradients (one row sum per tile row, in tile-row order), the loss (each row's sum of "
+                      "exponentials one partial per tile column's vocabulary block); whole-tensor kernels where "
+                      "the partition changes no bit: forward LayerNorm (whole rows per tile row), GELU and its "
+                      "backward, residual adds (elementwise), the embedding and its scatter-add (token order)",
+           "not_modelled": "all of it runs beside the timing model on the plans' blocks, not inside the engine's "
+                           "tasks; AdamW runs on whole tensors (MemoryX)",
            "precision": spec.precision if spec.precision == "fp32" else
            f"{spec.precision} mixed: matmul operands and products rounded to {spec.precision}, fp32 accumulation, "
            "norms, softmax, loss and AdamW on fp32 master weights (torch autocast's split)",
