@@ -286,9 +286,9 @@ class ServingRun:
         give the same timings, so the reference's plan (with the new ops' specs and notes) and result (with their
         flops and notes) are this step's. One region-local plan per distinct change of shape is compared (every
         layer's attention op has the same shape). The reused plan's tasks keep the reference's numerics actions:
-        it is only ever used timing-only (no numerics). The tasks the simulation reads being the reference's, so are
-        the busy intervals (``record``: op index, task label, bytes and MACs of each), when the reference has them.
-        """
+        it is only ever used timing-only (no numerics). A recorded step (``record``) shares the reference's busy
+        intervals (each a task's op index, label, bytes and MACs at its simulated time, all as a fresh simulation
+        of this step gives them), so it needs a reference that was recorded."""
         if self.reference is None:
             return None
         ref_graph, ref, old_ops = self.reference
@@ -593,8 +593,8 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
                 executor.fill_cache(prefill.graph)
             step_ids = tokens[:, prompt:prompt + 1] if spec.phase == "decode" else generated[-1][:, None]
             executor.next_pass(g, step_ids)
-        # only the last step's intervals are read (its timeline); timing-only, every step records, so that the
-        # step reused for the others (the first) has them for the last
+        # only the last step's intervals are read (its timeline). Timing-only, every step asks for them: only a
+        # step simulated afresh pays for recording, and the reference step it becomes can then serve the last
         steps.append(dec_run.run(g, executor, record=record and (executor is None or s == n_steps - 1)))
         if executor is not None and spec.phase == "generate":
             generated.append(np.argmax(executor.output("head.lm_head").reshape(spec.batch, -1), axis=-1))
