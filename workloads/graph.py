@@ -6,7 +6,8 @@ per (batch, head). Elementwise ops have ``k = 0`` and act on an ``m x n`` array.
 
 Two phases: ``prefill`` runs ``seq`` tokens per sequence from position 0; ``decode`` runs one new token per
 sequence at position ``context``, attending to a KV cache of ``context`` earlier tokens (op ``attn_decode``,
-which also appends the new token's key and value to the cache).
+which also appends the new token's key and value to the cache). A decode graph at another context is derived
+from a lowered one (:func:`at_context`): serving lowers the model once per run.
 """
 
 from __future__ import annotations
