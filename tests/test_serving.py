@@ -184,6 +184,31 @@ def test_decode_steps_reusing_a_simulated_step_time_like_fresh_ones():
         assert reused == reuses
 
 
+def test_recorded_decode_steps_reuse_a_recorded_step_and_its_intervals():
+    """A recorded timing-only decode step (the last of a generate run, whose timeline the report draws) reuses a
+    recorded reference step: its result, busy intervals included, equals a fresh recorded simulation's. A reference
+    simulated without recording has no intervals to give, and a recorded step is then simulated afresh."""
+    from wse_sim.app.scenario import make_grid, resolve_model, simulated_cycles
+    from wse_sim.app.serve import ServingRun
+
+    config, _ = resolve_model(RunSpec(model="cerebras-gpt-111m"))
+    wafer = get_wafer("wse2")
+    region = make_grid(wafer, "50x50")
+
+    def serving_run():
+        return ServingRun(config, wafer, region, "auto", "fp16", 1, None, 48, simulated_cycles)
+
+    sr = serving_run()
+    for ctx, record, reused in ((20, False, False), (21, True, False), (22, True, True), (23, False, True)):
+        step = sr.run(sr.graph(1, "decode", ctx), record=record)
+        assert (step.reused is not None) == reused
+        fresh_run = serving_run()
+        fresh = fresh_run.run(fresh_run.graph(1, "decode", ctx), record=record)
+        assert step.result.total_cycles == fresh.result.total_cycles and step.result.ops == fresh.result.ops
+        if record:
+            assert step.result.intervals and step.result.intervals == fresh.result.intervals
+
+
 def test_streamed_decode_steps_reusing_a_simulated_step_time_like_fresh_ones():
     """The same reuse with streamed weights (the weight-streaming layout's op plans compared as they are)."""
     from wse_sim.app.scenario import make_grid, resolve_model, simulated_cycles

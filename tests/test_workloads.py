@@ -2,7 +2,7 @@
 
 import networkx as nx
 import pytest
-from wse_sim.workloads import PRESETS, OpKind, config_from_hf, get_preset, lower_model
+from wse_sim.workloads import PRESETS, OpKind, at_context, config_from_hf, get_preset, lower_model
 from wse_sim.workloads.config import ConfigError
 
 # ../shared/facts/models.md, column "parameters, tied embeddings".
@@ -51,6 +51,29 @@ def test_graph_structure():
     assert nx.is_directed_acyclic_graph(layer)
     assert layer.has_edge("layer0.residual_1", "layer0.residual_2")  # the second residual skips the MLP
     assert [op.name for op in g.ops()][:3] == ["embed", "layer0.ln_1", "layer0.qkv"]
+
+
+
+@pytest.mark.parametrize("name", ["cerebras-gpt-111m", "llama3-8b"])
+def test_decode_graph_at_another_context_equals_lowering_it_afresh(name):
+    """A serving run lowers its decode graph once and derives each step's (``at_context``): the same ops in the
+    same order, block by block the same nodes, attributes and edges, as lowering that context afresh; the graph
+    derived from is left as it was."""
+    c = get_preset(name)
+    first = lower_model(c, 2, 1, "fp16", "decode", 5)
+    before = [(name, dict(g.nodes(data="op")), sorted(g.edges)) for name, g in first.blocks]
+    for context in (5, 6, 300):
+        derived, fresh = at_context(first, context), lower_model(c, 2, 1, "fp16", "decode", context)
+        fields = ("config", "batch", "seq", "precision", "phase", "context")
+        assert [getattr(derived, f) for f in fields] == [getattr(fresh, f) for f in fields]
+        assert list(derived.ops()) == list(fresh.ops())
+        for (na, a), (nb, b) in zip(derived.blocks, fresh.blocks, strict=True):
+            assert na == nb and dict(a.nodes(data=True)) == dict(b.nodes(data=True)) and a.edges == b.edges
+    assert [(name, dict(g.nodes(data="op")), sorted(g.edges)) for name, g in first.blocks] == before
+    with pytest.raises(ValueError, match="decode graphs"):
+        at_context(lower_model(c, 1, 4, "fp16"), 3)
+    with pytest.raises(ConfigError, match="exceeds the context"):
+        at_context(first, c.n_positions)
 
 
 def test_config_from_hf_and_errors():

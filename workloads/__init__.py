@@ -5,7 +5,7 @@ Installed as ``wse_sim.workloads`` (see ``pyproject.toml``, setuptools ``package
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import PRESETS, ModelConfig, config_from_hf, get_preset, load_hf_config
-from .graph import OpKind, OpSpec, WorkloadGraph, lower_gemm, lower_model
+from .graph import OpKind, OpSpec, WorkloadGraph, at_context, lower_gemm, lower_model
 from .hf_reference import (
     ReferenceImportError,
     import_transformers,
@@ -29,6 +29,7 @@ __all__ = [
     "OpSpec",
     "ReferenceImportError",
     "WorkloadGraph",
+    "at_context",
     "config_from_hf",
     "encode_prompt",
     "get_preset",

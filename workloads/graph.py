@@ -6,14 +6,16 @@ per (batch, head). Elementwise ops have ``k = 0`` and act on an ``m x n`` array.
 
 Two phases: ``prefill`` runs ``seq`` tokens per sequence from position 0; ``decode`` runs one new token per
 sequence at position ``context``, attending to a KV cache of ``context`` earlier tokens (op ``attn_decode``,
-which also appends the new token's key and value to the cache).
+which also appends the new token's key and value to the cache). A decode graph at another context is derived
+from a lowered one (:func:`at_context`): serving lowers the model once per run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import cached_property
 
 import networkx as nx
 
@@ -112,9 +114,16 @@ class WorkloadGraph:
 
     def ops(self) -> Iterator[OpSpec]:
         """All operators in a valid execution order (topological within each block)."""
+        return iter(self.op_order)
+
+    @cached_property
+    def op_order(self) -> tuple[OpSpec, ...]:
+        """:meth:`ops` as a tuple, sorted once (the block graphs are not changed after lowering)."""
+        out = []
         for _, g in self.blocks:
-            for node in nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n]["order"]):
-                yield g.nodes[node]["op"]
+            out += (g.nodes[node]["op"] for node in nx.lexicographical_topological_sort(
+                g, key=lambda n: g.nodes[n]["order"]))
+        return tuple(out)
 
     @property
     def total_flops(self) -> int:
@@ -327,6 +336,32 @@ def lower_model(config: ModelConfig, batch: int, seq: int, precision: str = "fp3
     blocks.append(("head", _block_graph("head", head_ops)))
     return WorkloadGraph(config=config, batch=batch, seq=seq, precision=precision, blocks=tuple(blocks),
                          phase=phase, context=context)
+
+
+def at_context(graph: WorkloadGraph, context: int) -> WorkloadGraph:
+    """Decode graph ``graph`` at ``context`` cached tokens: equal to lowering its model again for that context.
+
+    Only the attention op (``attn_decode``, its keys, FLOPs and cache bytes) depends on the context, so each
+    layer's block graph is copied with that node's op re-derived, and the other blocks are shared: a serving run
+    lowers the model once and derives every decode step's graph from it."""
+    config = graph.config
+    if graph.phase != "decode" or config is None:
+        raise ValueError(f"at_context derives decode graphs of a model, not a {graph.phase} graph")
+    _check_run(config, graph.batch, graph.seq, graph.precision, "decode", context)
+    b = BYTES_PER_ELEM[graph.precision]
+    blocks, new = [], {}
+    for name, g in graph.blocks:
+        attn = [(node, op) for node, op in g.nodes(data="op") if op.kind == OpKind.ATTN_DECODE]
+        if attn:
+            g = g.copy()
+            for node, op in attn:
+                new[node], = _attention(config, op.block, op.layer, op.block + ".", graph.batch, graph.seq,
+                                        "decode", context, b)
+                g.nodes[node]["op"] = new[node]
+        blocks.append((name, g))
+    out = replace(graph, blocks=tuple(blocks), context=context)
+    out.__dict__["op_order"] = tuple(new.get(op.name, op) for op in graph.op_order)  # same order, no re-sort
+    return out
 
 
 def lower_gemm(m: int, k: int, n: int, precision: str = "fp32", bias: bool = False) -> WorkloadGraph:

@@ -32,7 +32,7 @@ from ..report.build import build_report, with_request
 from ..report.energy import energy_section, pass_energy
 from ..sim import Engine, SimResult
 from ..sim.numerics import Numerics
-from ..workloads import ModelConfig, WorkloadGraph, lower_model
+from ..workloads import ModelConfig, WorkloadGraph, at_context, lower_model
 from ..workloads.graph import BYTES_PER_ELEM, OpKind, OpSpec
 from .scenario import (
     RunOutput,
@@ -166,6 +166,7 @@ class ServingRun:
         self.chooser = Chooser(wafer, simulate) if resident and mapping_info(mapping).searches else None
         self.serving = Serving(mapping, choose=self.chooser, cache_positions=cache_positions) if resident else None
         self.reference: tuple | None = None  # (graph, pass, its ops) of the last decode step simulated afresh
+        self.lowered: WorkloadGraph | None = None  # the first decode graph lowered: later steps derive from it
         self.ref_local: dict = {}  # reference op shape -> (timing, kept bytes, notes) of its region-local plan
         self.same_local: dict = {}  # (reference op, new op) shapes -> (their notes) if their plans time alike
 
@@ -180,13 +181,22 @@ class ServingRun:
         return self.batch * positions * self.full_config.kv_cache_bytes_per_token(BYTES_PER_ELEM[self.precision])
 
     def graph(self, seq: int, phase: str, context: int) -> WorkloadGraph:
-        return lower_model(self.config, self.batch, seq, self.precision, phase, context)
+        """The pass's lowered model. The model is lowered once per run for its decode steps: a step's graph is
+        the first decode graph's with the context changed (:func:`~wse_sim.workloads.graph.at_context`: only
+        the attention ops are re-derived), equal to lowering it afresh."""
+        if phase == "decode" and self.lowered is not None and self.lowered.seq == seq:
+            return at_context(self.lowered, context)
+        out = lower_model(self.config, self.batch, seq, self.precision, phase, context)
+        if phase == "decode":
+            self.lowered = out
+        return out
 
     def run(self, graph: WorkloadGraph, numerics=None, record: bool = False) -> Pass:
         """Plan and simulate ``graph``; a timing-only decode step whose plan would time like the last decode step
-        simulated afresh reuses that step's plan and result instead (see :meth:`reuse`)."""
-        timing_only = numerics is None and not record and graph.phase == "decode"
-        if timing_only and (out := self.reuse(graph)) is not None:
+        simulated afresh reuses that step's plan and result instead (see :meth:`reuse`). ``record``: the result
+        keeps its busy intervals (a reused step shares its reference's, so only a recorded reference serves)."""
+        timing_only = numerics is None and graph.phase == "decode"
+        if timing_only and (out := self.reuse(graph, record)) is not None:
             return out
         with gc_paused():  # many tasks, no cycles: see wse_sim.gc_pause
             plan = self.place(graph, timing_only=numerics is None)
@@ -266,7 +276,7 @@ class ServingRun:
         base.enforce_sram = False
         return base
 
-    def reuse(self, graph: WorkloadGraph) -> Pass | None:
+    def reuse(self, graph: WorkloadGraph, record: bool = False) -> Pass | None:
         """Decode step ``graph`` from the reference step (the last one simulated afresh), or None.
 
         Between decode steps only the context length changes, and with it only the attention ops' sizes. The
@@ -276,10 +286,14 @@ class ServingRun:
         give the same timings, so the reference's plan (with the new ops' specs and notes) and result (with their
         flops and notes) are this step's. One region-local plan per distinct change of shape is compared (every
         layer's attention op has the same shape). The reused plan's tasks keep the reference's numerics actions:
-        it is only ever used timing-only (no numerics, no record)."""
+        it is only ever used timing-only (no numerics). A recorded step (``record``) shares the reference's busy
+        intervals (each a task's op index, label, bytes and MACs at its simulated time, all as a fresh simulation
+        of this step gives them), so it needs a reference that was recorded."""
         if self.reference is None:
             return None
         ref_graph, ref, old_ops = self.reference
+        if record and ref.result.intervals is None:
+            return None
         if (graph.config, graph.batch, graph.seq, graph.precision, graph.phase) != (
                 ref_graph.config, ref_graph.batch, ref_graph.seq, ref_graph.precision, ref_graph.phase):
             return None
@@ -579,8 +593,9 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
                 executor.fill_cache(prefill.graph)
             step_ids = tokens[:, prompt:prompt + 1] if spec.phase == "decode" else generated[-1][:, None]
             executor.next_pass(g, step_ids)
-        # only the last step's intervals are read (its timeline); the others may reuse a simulated step
-        steps.append(dec_run.run(g, executor, record=record and s == n_steps - 1))
+        # only the last step's intervals are read (its timeline). Timing-only, every step asks for them: only a
+        # step simulated afresh pays for recording, and the reference step it becomes can then serve the last
+        steps.append(dec_run.run(g, executor, record=record and (executor is None or s == n_steps - 1)))
         if executor is not None and spec.phase == "generate":
             generated.append(np.argmax(executor.output("head.lm_head").reshape(spec.batch, -1), axis=-1))
         if progress and spec.phase == "generate":
