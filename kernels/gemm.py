@@ -207,17 +207,15 @@ def _vfma(typingctx, a, b, c):
 
 
 # ---- micro-kernel ------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
-def _micro_ab(kc, ap, ao, ars, aps, bp, bo, ldb, t, to, ldt, load):
-    """``T[MR, NR] (+)= A_panel @ B_panel`` with the tile in registers.
+@njit(cache=True)
+def _micro(kc, ap, ao, bp, bo, ldb, t, to, ldt, load):
+    """``T[MR, NR] (+)= Ap_panel @ B_panel`` with the tile in registers.
 
-    Row ``r``, step ``p`` of the A panel is ``ap[ao + r*ars + p*aps]`` (a packed panel: ``ars = 1, aps = MR``;
-    rows of a row-major A read in place: ``ars = lda, aps = 1``), ``bp[bo:]`` holds kc rows of NR contiguous
+    ``ap[ao:]`` is a packed ``kc x MR`` panel (MR values per k), ``bp[bo:]`` holds kc rows of NR contiguous
     values ``ldb`` apart (a packed panel, or row-major B itself), and the tile lives in flat ``t`` at ``to``
     with row stride ``ldt``. ``load`` continues the chain from the values in ``t`` (later k blocks) instead
     of starting from zero. Rows 6..11 exist only for MR == 12 (a compile-time constant, so the untaken
-    branches vanish). Row r's accumulators are ``c{r}0, c{r}1`` (r in hex). Inlined into the two callers
-    below, so their constant strides fold into the addresses.
+    branches vanish). Row r's accumulators are ``c{r}0, c{r}1`` (r in hex).
     """
     z = _vzero()
     c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51 = z, z, z, z, z, z, z, z, z, z, z, z
@@ -253,30 +251,30 @@ def _micro_ab(kc, ap, ao, ars, aps, bp, bo, ldb, t, to, ldt, load):
         b1 = _vload(bp, bo + VW)
         a = _vbcast(ap, ao)
         c00, c01 = _vfma(a, b0, c00), _vfma(a, b1, c01)
-        a = _vbcast(ap, ao + 1 * ars)
+        a = _vbcast(ap, ao + 1)
         c10, c11 = _vfma(a, b0, c10), _vfma(a, b1, c11)
-        a = _vbcast(ap, ao + 2 * ars)
+        a = _vbcast(ap, ao + 2)
         c20, c21 = _vfma(a, b0, c20), _vfma(a, b1, c21)
-        a = _vbcast(ap, ao + 3 * ars)
+        a = _vbcast(ap, ao + 3)
         c30, c31 = _vfma(a, b0, c30), _vfma(a, b1, c31)
-        a = _vbcast(ap, ao + 4 * ars)
+        a = _vbcast(ap, ao + 4)
         c40, c41 = _vfma(a, b0, c40), _vfma(a, b1, c41)
-        a = _vbcast(ap, ao + 5 * ars)
+        a = _vbcast(ap, ao + 5)
         c50, c51 = _vfma(a, b0, c50), _vfma(a, b1, c51)
         if MR == 12:
-            a = _vbcast(ap, ao + 6 * ars)
+            a = _vbcast(ap, ao + 6)
             c60, c61 = _vfma(a, b0, c60), _vfma(a, b1, c61)
-            a = _vbcast(ap, ao + 7 * ars)
+            a = _vbcast(ap, ao + 7)
             c70, c71 = _vfma(a, b0, c70), _vfma(a, b1, c71)
-            a = _vbcast(ap, ao + 8 * ars)
+            a = _vbcast(ap, ao + 8)
             c80, c81 = _vfma(a, b0, c80), _vfma(a, b1, c81)
-            a = _vbcast(ap, ao + 9 * ars)
+            a = _vbcast(ap, ao + 9)
             c90, c91 = _vfma(a, b0, c90), _vfma(a, b1, c91)
-            a = _vbcast(ap, ao + 10 * ars)
+            a = _vbcast(ap, ao + 10)
             ca0, ca1 = _vfma(a, b0, ca0), _vfma(a, b1, ca1)
-            a = _vbcast(ap, ao + 11 * ars)
+            a = _vbcast(ap, ao + 11)
             cb0, cb1 = _vfma(a, b0, cb0), _vfma(a, b1, cb1)
-        ao += aps
+        ao += MR
         bo += ldb
     r = to
     _vstore(t, r, c00)
@@ -315,18 +313,6 @@ def _micro_ab(kc, ap, ao, ars, aps, bp, bo, ldb, t, to, ldt, load):
         r += ldt
         _vstore(t, r, cb0)
         _vstore(t, r + VW, cb1)
-
-
-@njit(cache=True)
-def _micro(kc, ap, ao, bp, bo, ldb, t, to, ldt, load):
-    """The micro-kernel on a packed A panel (``kc`` groups of MR values from ``ap[ao:]``)."""
-    _micro_ab(kc, ap, ao, 1, MR, bp, bo, ldb, t, to, ldt, load)
-
-
-@njit(cache=True)
-def _micro_rows(kc, ab, ao, lda, bp, bo, ldb, t, to, ldt, load):
-    """The micro-kernel on MR rows of a row-major A read in place (row ``r`` from ``ab[ao + r*lda:]``)."""
-    _micro_ab(kc, ab, ao, lda, 1, bp, bo, ldb, t, to, ldt, load)
 
 
 # ---- packing -----------------------------------------------------------------------------------------------
@@ -381,10 +367,10 @@ def _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap):
 def _block(ap, bp, bp0, bb, b_row0, sb0, direct, cf, ldc, ic, mc, jc, jp0, jp1, n, kc, load, scratch):
     """``C[ic:ic+mc, cols of B panels jp0..jp1 of the jc slab]`` (+)= packed A @ B panels.
 
-    B panels come from the packed ``bp`` (panel ``bp0`` first), or with ``direct`` (row-major B, few rows of A to reuse a panel)
-    full-width panels are read in place from ``bb`` (row ``pc`` starts at ``b_row0``, rows ``sb0`` apart).
-    Full tiles go straight to C; edge tiles run through ``scratch`` (an MR x NR buffer) so the micro-kernel
-    never reads or writes outside C.
+    B panels come from the packed ``bp`` (panel ``bp0`` first), or with ``direct`` (row-major B, few rows of A
+    to reuse a panel) full-width panels are read in place from ``bb`` (row ``pc`` starts at ``b_row0``, rows
+    ``sb0`` apart). Full tiles go straight to C; edge tiles run through ``scratch`` (an MR x NR buffer) so the
+    micro-kernel never reads or writes outside C.
     """
     for jp in range(jp0, jp1):
         j0 = jc + jp * NR
