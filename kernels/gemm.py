@@ -16,6 +16,9 @@ bound for fp32 (``u = 2**-24``).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 from llvmlite import binding as llvm_binding
@@ -361,18 +364,18 @@ def _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap):
 
 
 @njit(cache=True)
-def _block(ap, bp, bb, b_row0, sb0, direct, cf, ldc, ic, mc, jc, jp0, jp1, n, kc, load, scratch):
+def _block(ap, bp, bp0, bb, b_row0, sb0, direct, cf, ldc, ic, mc, jc, jp0, jp1, n, kc, load, scratch):
     """``C[ic:ic+mc, cols of B panels jp0..jp1 of the jc slab]`` (+)= packed A @ B panels.
 
-    B panels come from the packed ``bp``, or with ``direct`` (row-major B, few rows of A to reuse a panel)
-    full-width panels are read in place from ``bb`` (row ``pc`` starts at ``b_row0``, rows ``sb0`` apart).
-    Full tiles go straight to C; edge tiles run through ``scratch`` (an MR x NR buffer) so the micro-kernel
-    never reads or writes outside C.
+    B panels come from the packed ``bp`` (panel ``bp0`` first), or with ``direct`` (row-major B, few rows of A
+    to reuse a panel) full-width panels are read in place from ``bb`` (row ``pc`` starts at ``b_row0``, rows
+    ``sb0`` apart). Full tiles go straight to C; edge tiles run through ``scratch`` (an MR x NR buffer) so the
+    micro-kernel never reads or writes outside C.
     """
     for jp in range(jp0, jp1):
         j0 = jc + jp * NR
         nr = min(NR, n - j0)
-        bsrc, bo, ldb = bp, jp * kc * NR, NR
+        bsrc, bo, ldb = bp, (jp - bp0) * kc * NR, NR
         if direct and nr == NR:
             bsrc, bo, ldb = bb, b_row0 + j0, sb0
         for ip in range((mc + MR - 1) // MR):
@@ -395,25 +398,36 @@ def _block(ap, bp, bb, b_row0, sb0, direct, cf, ldc, ic, mc, jc, jp0, jp1, n, kc
 # ---- drivers -----------------------------------------------------------------------------------------------
 @njit(cache=True)
 def _gemm_serial(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c):
-    """Single-threaded driver: loops jc (NC) > pc (KC) > ic (MC) around the block kernel."""
+    """Single-threaded driver: loops jc (NC) > pc (KC) > ic (MC) around the block kernel.
+
+    When A is one MC block (short, wide products such as the LM head's blocks), each B panel is packed just
+    before the A panels use it, so it is still in L1; otherwise all panels of a KC x NC slab are packed first
+    and every MC block of A reuses them."""
     direct = sb1 == 1 and m <= DIRECT_B_MAX_M
+    one_block = m <= MC and not direct
     cf = c.reshape(-1)
     kcap = min(KC, k)
-    bp = np.empty(kcap * (min(NC, n) + NR), np.float32)
+    bp = np.empty(kcap * (NR if one_block else min(NC, n) + NR), np.float32)
     ap = np.empty(kcap * (min(MC, m) + MR), np.float32)
     scratch = np.empty(MR * NR, np.float32)
     for jc in range(0, n, NC):
         npan = (min(NC, n - jc) + NR - 1) // NR
         for pc in range(0, k, KC):
             kc = min(KC, k - pc)
+            b_row0 = boff + pc * sb0
+            if one_block:
+                _pack_a(ab, aoff, sa0, sa1, 0, m, pc, kc, ap)
+                for jp in range(npan):
+                    _pack_b_panel(bb, boff, sb0, sb1, pc, kc, jc + jp * NR, n, 0, bp)
+                    _block(ap, bp, jp, bb, b_row0, sb0, False, cf, n, 0, m, jc, jp, jp + 1, n, kc, pc > 0, scratch)
+                continue
             for jp in range(npan):
                 if not direct or jc + (jp + 1) * NR > n:
                     _pack_b_panel(bb, boff, sb0, sb1, pc, kc, jc + jp * NR, n, jp * kc * NR, bp)
             for ic in range(0, m, MC):
                 mc = min(MC, m - ic)
                 _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap)
-                b_row0 = boff + pc * sb0
-                _block(ap, bp, bb, b_row0, sb0, direct, cf, n, ic, mc, jc, 0, npan, n, kc, pc > 0, scratch)
+                _block(ap, bp, 0, bb, b_row0, sb0, direct, cf, n, ic, mc, jc, 0, npan, n, kc, pc > 0, scratch)
 
 
 @njit(cache=True, parallel=True)
@@ -440,7 +454,7 @@ def _gemm_parallel(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c, mc_blk, j
                     ap = np.empty(((mc + MR - 1) // MR) * MR * kc, np.float32)
                     scratch = np.empty(MR * NR, np.float32)
                     _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap)
-                    _block(ap, bp, bb, 0, sb0, False, cf, n, ic, mc, jc, jp0, jp1, n, kc, pc > 0, scratch)
+                    _block(ap, bp, 0, bb, 0, sb0, False, cf, n, ic, mc, jc, jp0, jp1, n, kc, pc > 0, scratch)
 
 
 def _flat_view(x: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -515,14 +529,63 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
 
 
 # ---- many independent blocks at once -----------------------------------------------------------------------
-@njit(cache=True, parallel=True)
-def _gemm_blocks(ab, bb, spec, coff, slab):
-    """Block ``i`` of ``spec`` (rows: a offset, a strides, b offset, b strides, m, k, n) into
-    ``slab[coff[i]:]``; the blocks run in parallel, each through the serial driver (one thread per block)."""
-    for i in prange(spec.shape[0]):
+@intrinsic
+def _claim(typingctx, counter):
+    """Atomically ``counter[0] += 1``, returning the old value: the next unclaimed task for this thread."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], ir.Constant(ir.IntType(64), 0))
+        return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return types.int64(counter), codegen
+
+
+@njit(cache=True, nogil=True)
+def _gemm_blocks_worker(ab, bb, spec, coff, slab, order, counter):
+    """Claim blocks ``order[counter[0]++]`` until none are left, each through the serial driver into
+    ``slab[coff[i]:]``. Every thread taking part runs this loop, so a thread the OS does not schedule simply
+    claims fewer blocks (no static share to wait for)."""
+    while True:
+        t = _claim(counter)
+        if t >= order.shape[0]:
+            return
+        i = order[t]
         m, k, n = spec[i, 6], spec[i, 7], spec[i, 8]
         _gemm_serial(ab, spec[i, 0], spec[i, 1], spec[i, 2], bb, spec[i, 3], spec[i, 4], spec[i, 5], m, k, n,
                      slab[coff[i]:coff[i] + m * n])
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Helper threads for :func:`gemm_blocks` (created on first use; a forked child makes its own)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(1, config.NUMBA_NUM_THREADS - 1),
+                                   thread_name_prefix="wse-sim-gemm")
+    return _POOL
+
+
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _run_shared(fn, args: tuple, threads: int) -> None:
+    """``fn(*args)`` in this thread and in ``threads - 1`` helper threads at once (``fn`` releases the GIL and
+    claims its work from a shared counter). A helper that has not started by the time this thread's call
+    returns finds no work left; it is cancelled when still queued."""
+    futures = [_pool().submit(fn, *args) for _ in range(threads - 1)]
+    try:
+        fn(*args)
+    finally:
+        for f in futures:
+            if not f.cancel():
+                f.result()
 
 
 def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray) -> list[np.ndarray]:
@@ -534,6 +597,11 @@ def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray) -> list[np.ndarr
     through the same serial driver as :func:`gemm`, so each result is bit for bit what ``gemm`` gives for that
     block (one FMA chain per element over ``k`` in order), whatever the thread count. The results are
     C-contiguous ``[m, n]`` views into one new buffer.
+
+    The threads are plain Python threads running a ``nogil`` kernel that claims blocks one at a time (largest
+    first), not a numba ``prange``: a parallel region of numba's OpenMP layer costs milliseconds when the
+    OpenMP runtime spins (loaded by torch before ``wse_sim`` set ``OMP_WAIT_POLICY``), and a static split
+    waits for a thread that another process holds off its core.
     """
     a, b = require_f32(a, "gemm_blocks: a"), require_f32(b, "gemm_blocks: b")
     if not (a.flags.c_contiguous and b.flags.c_contiguous):
@@ -550,7 +618,11 @@ def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray) -> list[np.ndarr
     np.cumsum(sizes[:-1], out=coff[1:])
     slab = np.empty(int(sizes.sum()), np.float32)
     if len(spec):
-        _gemm_blocks(_writeable_flat(a), _writeable_flat(b), spec, coff, slab)
+        work = sizes * spec[:, 7]
+        order = np.argsort(-work, kind="stable")
+        threads = 1 if work.sum() < PARALLEL_MIN_WORK else min(numba.get_num_threads(), len(spec))
+        args = (_writeable_flat(a), _writeable_flat(b), spec, coff, slab, order, np.zeros(1, np.int64))
+        _run_shared(_gemm_blocks_worker, args, threads)
     shapes = zip(coff.tolist(), sizes.tolist(), spec[:, 6].tolist(), spec[:, 8].tolist(), strict=True)
     return [slab[o:o + s].reshape(m, n) for o, s, m, n in shapes]
 

@@ -36,6 +36,11 @@ from ..workloads import OpKind, WorkloadGraph
 from ..workloads.weights import ModelWeights
 
 MAX_PENDING_BLOCKS = 512  # queued MatmulBlock actions before a flush (bounds the memory of unread products)
+# Queued products' bytes before a flush. One flush's products share one new buffer: kept this small, it stays in
+# the last-level cache (32 MiB on the machine of benchmarks/README.md) for the adds that follow, and malloc reuses
+# freed memory for it instead of mapping fresh pages. The 111M LM head's 512 blocks (1.6 MB each) made 730 MB
+# buffers: 1.75 CPU s per forward, against 0.8 s in 16 MB flushes (section (f) "on branch gemmk").
+MAX_PENDING_BYTES = 16 << 20
 
 
 class Numerics:
@@ -47,6 +52,7 @@ class Numerics:
     """
 
     max_pending_blocks = MAX_PENDING_BLOCKS  # 1 multiplies every block as it comes (the serial path)
+    max_pending_bytes = MAX_PENDING_BYTES
 
     def __init__(self, graph: WorkloadGraph, weights: ModelWeights, token_ids: np.ndarray,
                  cache_capacity: int | None = None):
@@ -115,6 +121,7 @@ class Numerics:
             self._weights: set[str] = set()  # store keys of parameters (kept across passes)
         self.buffers: dict[str, np.ndarray] = {}
         self._pending: list[MatmulBlock] = []  # queued products (see flush)
+        self._pending_bytes = 0  # their size in fp32 (an upper bound: refs are clamped to their tensors)
         self.shapes: dict[str, tuple[int, int]] = {
             op.name: (op.m, op.n) for op in graph.ops() if op.kind not in (OpKind.ATTN_SCORES, OpKind.SOFTMAX)
         }
@@ -166,7 +173,8 @@ class Numerics:
         for a in actions:
             if isinstance(a, MatmulBlock):
                 self._pending.append(a)
-                if len(self._pending) >= self.max_pending_blocks:
+                self._pending_bytes += 4 * (a.a.rows[1] - a.a.rows[0]) * (a.b.cols[1] - a.b.cols[0])
+                if len(self._pending) >= self.max_pending_blocks or self._pending_bytes >= self.max_pending_bytes:
                     self.flush()
                 continue
             if self._pending:
@@ -201,7 +209,7 @@ class Numerics:
     def flush(self) -> None:
         """Multiply the queued ``MatmulBlock`` actions (in parallel where they share operand tensors) and
         store their results in queue order."""
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
         products = self._products(pending)
         for a, out in zip(pending, products, strict=True):
             if a.scale != 1.0:
@@ -325,7 +333,7 @@ def run_matmul_plan(op_plan: OpPlan, precision: str, a: np.ndarray, b: np.ndarra
     if not blocks or not writes or (writes[0].bias is None) != (bias is None):
         raise ValueError(f"{op_plan.op.name}: not a matmul plan {'with' if bias is not None else 'without'} a bias")
     ex = Numerics.__new__(Numerics)
-    ex.precision, ex.store, ex.buffers, ex._pending = precision, {}, {}, []
+    ex.precision, ex.store, ex.buffers, ex._pending, ex._pending_bytes = precision, {}, {}, [], 0
     for ref, arr in ((blocks[0].a, a), (blocks[0].b, b)):
         ex._put(ref.tensor, arr.T if ref.transpose else arr)
     if bias is not None:
