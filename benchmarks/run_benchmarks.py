@@ -45,6 +45,8 @@ def machine() -> str:
     import numba
     import simpy
 
+    import wse_sim  # noqa: F401 (first: it sets OMP_WAIT_POLICY=passive before torch loads libgomp, as the CLI does)
+
     parts = [f"python {platform.python_version()}", f"numpy {np.__version__}", f"numba {numba.__version__}",
              f"simpy {simpy.__version__}"]
     try:
