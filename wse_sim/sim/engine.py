@@ -202,6 +202,7 @@ class _Run:
         self.deps: list[list[int]] = []
         self.op_end: list[int] = []
         self.codes, self.hold, self.latency, self.keys, self.special = [], [], [], [], []
+        self.macs: list[int] = []  # FMACs of a compute task over its tile's PEs
         self.succ: list[list[int]] = [[] for _ in range(n)]
         self.res_key: list = []  # resource index -> key (see Task.resources)
         self.pes: list = []  # resource index -> PEs of the tile, for a tile
@@ -219,7 +220,7 @@ class _Run:
             desc = described.get(id(ts))
             if desc is None:
                 desc = described[id(ts)] = self._describe(ts)
-            codes, hold, latency, keys, special, nbytes = desc
+            codes, hold, latency, keys, special, macs, nbytes = desc
             self.tasks += ts
             self.op_of += [k] * len(ts)
             self.codes += codes
@@ -227,6 +228,7 @@ class _Run:
             self.latency += latency
             self.keys += keys
             self.special += special
+            self.macs += macs
             for kind, b in nbytes:  # every task finishes (else run() raises): its bytes count for its op
                 self.op_bytes[kind][k] += b
             base = i = len(deps)
@@ -253,8 +255,9 @@ class _Run:
         self.remaining = [len(d) for d in deps]
 
     def _describe(self, ts: tuple[Task, ...]) -> tuple:
-        """Per task of ``ts``: kind code (its place in ``_done``), hold and latency cycles, resource indices, and
-        whether :meth:`finish` has more to do than launch successors; and the bytes per counted kind."""
+        """Per task of ``ts``: kind code (its place in ``_done``), hold and latency cycles, resource indices,
+        whether :meth:`finish` has more to do than launch successors and a compute's FMACs over its tile; and the
+        bytes per counted kind."""
         barrier, numerics, code_of = self.barrier, self.numerics is not None, self.code_of
         codes = [code_of.get(t.kind, barrier) for t in ts]
         priced = self.costs.of_all(ts)
@@ -279,7 +282,9 @@ class _Run:
             keys.append(ks)
         special = [bool(numerics and t.actions) or (t.frees_buffer_of is not None and c == barrier)
                    for t, c in zip(ts, codes, strict=True)]
-        return (codes, [c.hold_cycles for c in priced], [c.latency_cycles for c in priced], keys, special,
+        pes = self.pes
+        macs = [t.macs_per_pe * pes[ks[0]] if t.kind == compute else 0 for t, ks in zip(ts, keys, strict=True)]
+        return (codes, [c.hold_cycles for c in priced], [c.latency_cycles for c in priced], keys, special, macs,
                 [(kind, b) for kind, b in nbytes.items() if b])
 
     def _intern(self, t: Task) -> tuple[int, ...]:
@@ -471,8 +476,7 @@ class _Run:
 
     # ---- the end of each task kind -----------------------------------------------------------------------------
     def _compute_done(self, i: int) -> None:
-        r, cyc = self.keys[i][0], self.hold[i]
-        macs = self.tasks[i].macs_per_pe * self.pes[r]
+        r, cyc, macs = self.keys[i][0], self.hold[i], self.macs[i]
         self.tile_busy[r] += cyc
         self.tile_macs[r] += macs
         if self.intervals is not None and cyc:  # _record, inline
