@@ -296,3 +296,31 @@ def test_run_plans_match_simpy(kind, tmp_path):
     assert plans
     for wafer, plan, _ in plans:
         check(wafer, plan)
+
+
+def test_a_finished_run_is_freed_without_the_cyclic_collector(monkeypatch):
+    """No reference cycle keeps a run (its per-task lists) alive once Engine.run returns: the collector paused
+    around the run would otherwise traverse all of it afterwards."""
+    import gc
+    import weakref
+
+    from wse_sim.sim import engine
+
+    runs = []
+    real = engine._Run.__init__
+
+    def spy(self, *args):
+        real(self, *args)
+        runs.append(weakref.ref(self))
+
+    monkeypatch.setattr(engine._Run, "__init__", spy)
+    graph = lower_model(GPT, 2, 11, "fp16")
+    plan = get_mapping("weight-streaming").plan(graph, TINY, TileGrid.make(TINY.mesh_rows, TINY.mesh_cols, 3, 3))
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        Engine(TINY, plan, record=True).run()
+        assert len(runs) == 1 and runs[0]() is None
+    finally:
+        if was:
+            gc.enable()
