@@ -1,6 +1,6 @@
 """The planners' speed-ups change no result: the collector pause restores the collector's state, and the cached
-grid hash is the dataclass's. (The engine's own event queue is held to SimPy's order by the golden runs, whose
-reports were made with one SimPy process per task.)"""
+grid hash is the dataclass's. (The engine's own event queue is held to SimPy's order by tests/test_engine_simpy.py,
+against one real SimPy process per task, and by the golden runs.)"""
 
 import gc
 

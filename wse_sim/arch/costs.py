@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
+from operator import attrgetter
 from typing import NamedTuple, Protocol
 
 from .wafer import WaferSpec
@@ -146,18 +147,23 @@ def task_cost(wafer: WaferSpec, precision: str, task: PricedTask) -> TaskCost:
     return TaskCost(0)
 
 
+_PRICED_FIELDS = {  # per kind, the fields task_cost reads (after the kind itself)
+    TaskKind.COMPUTE: ("macs_per_pe", "elem_ops_per_pe", "dsd_ops_per_pe", "dsd_len", "sw_steps"),
+    TaskKind.TRANSFER: ("bytes_per_lane", "hops", "stages", "turns", "phases", "link_share"),
+    TaskKind.STREAM: ("nbytes",),
+    TaskKind.INTERWAFER: ("nbytes", "hops"),
+}
+# One C-level getter per kind: a plan prices hundreds of thousands of tasks.
+_KEY_OF = {kind: attrgetter("kind", *fields) for kind, fields in _PRICED_FIELDS.items()}
+
+
+def _kind_only(task: PricedTask) -> tuple:
+    return (task.kind,)
+
+
 def priced_key(task: PricedTask) -> tuple:
     """The fields :func:`task_cost` reads for ``task``'s kind: tasks with equal keys cost the same."""
-    kind = task.kind
-    if kind == TaskKind.COMPUTE:
-        return kind, task.macs_per_pe, task.elem_ops_per_pe, task.dsd_ops_per_pe, task.dsd_len, task.sw_steps
-    if kind == TaskKind.TRANSFER:
-        return kind, task.bytes_per_lane, task.hops, task.stages, task.turns, task.phases, task.link_share
-    if kind == TaskKind.STREAM:
-        return kind, task.nbytes
-    if kind == TaskKind.INTERWAFER:
-        return kind, task.nbytes, task.hops
-    return (kind,)
+    return _KEY_OF.get(task.kind, _kind_only)(task)
 
 
 class TaskCosts:
@@ -174,6 +180,18 @@ class TaskCosts:
         if cost is None:
             cost = self.known[key] = task_cost(self.wafer, self.precision, task)
         return cost
+
+    def of_all(self, tasks) -> list[TaskCost]:
+        """``[self(t) for t in tasks]``, without a Python call per task."""
+        known, key_of = self.known, _KEY_OF
+        out = []
+        for t in tasks:
+            key = key_of.get(t.kind, _kind_only)(t)
+            cost = known.get(key)
+            if cost is None:
+                cost = known[key] = task_cost(self.wafer, self.precision, t)
+            out.append(cost)
+        return out
 
 
 # ---- PE-level steps of a GEMM k-loop ------------------------------------------------------------------------------

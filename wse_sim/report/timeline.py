@@ -119,9 +119,10 @@ def timeline_summary(result: SimResult, grid: TileGrid, cap: int = MAX_SEGMENTS_
     link_iv: list[list] = [[] for _ in top_links]
     memx_iv: list = []
     wafer_iv: dict[int, list] = {}
-    for group, res, s, e, k, *_ in result.intervals:
+    tile_cols = grid.tile_cols if per_tile else 0
+    for group, res, s, e, k, _, _, _ in result.intervals:  # (no starred unpacking: a list per interval)
         if group == "tile":
-            tile_iv[res[0] * grid.tile_cols + res[1] if per_tile else res[0]].append((s, e, k))
+            tile_iv[res[0] * tile_cols + res[1] if per_tile else res[0]].append((s, e, k))
         elif group == "link":
             n = lane_of_link.get(res)
             if n is not None:
