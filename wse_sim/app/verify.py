@@ -29,8 +29,9 @@ def compare_logits(logits, executor, weights, tokens, precision: str, last_only:
 
     The float64 reference shares no code with the simulator's kernels; its agreement with ``transformers`` is
     tested (tests/test_weights.py, tests/test_verify.py), so the default check costs no torch import (about 3 s)
-    and no second forward. ``checked_against`` names what was compared."""
-    stored = weights.map_arrays(lambda a: round_to(a, precision))
+    and no second forward. ``checked_against`` names what was compared. ``executor``: the run's
+    :class:`~wse_sim.sim.numerics.Numerics`, whose stored (rounded) weights are the ones compared on."""
+    stored = executor.stored_weights(weights)
     ref = reference_logits(stored, tokens)
     if last_only:
         ref = ref[:, -1:]
