@@ -49,7 +49,7 @@ def test_bound_is_below_simulation_and_auto_is_never_worse(shape):
 def test_auto_model_report_says_why(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(TINY))
     r = run(RunSpec(model=str(tmp_path / "config.json"), wafer="wse2", grid="64x64", seq=16, precision="fp32",
-                    numerics=True), log=lambda m: None).report
+                    numerics=True, check_transformers=True), log=lambda m: None).report
     assert r["numerics"]["max_abs_err_vs_transformers"] <= 1e-3
     decisions = r["mapping"]["params"]["decisions"]
     d, v = TINY["n_embd"], TINY["vocab_size"]  # qkv, attention proj, fc, fc proj, LM head
@@ -99,7 +99,8 @@ def test_compare_rows_match_direct_runs(tmp_path, capsys):
     out = tmp_path / "cmp"
     mappings = ["weight-streaming", "summa", "cannon", "systolic"]
     assert main(["compare", "--model", str(cfg), "--wafer", "wse2", "--grid", "48x48", "--tiles", "3x4", "--seq",
-                 "8", "--precision", "fp32", "--mappings", ",".join(mappings), "--out", str(out), "--quiet"]) == 0
+                 "8", "--precision", "fp32", "--mappings", ",".join(mappings), "--out", str(out), "--quiet",
+                 "--check-transformers"]) == 0
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [r["mapping"] for r in rows] == mappings
     by = {r["mapping"]: r for r in rows}

@@ -67,7 +67,8 @@ def test_cli_reports_broken_reference_and_exits_2(tmp_path, monkeypatch, capsys)
     config = tmp_path / "config.json"
     config.write_text('{"model_type": "gpt2", "n_embd": 48, "n_layer": 1, "n_head": 3, "vocab_size": 101, '
                       '"n_positions": 64}')
-    rc = main(["run", "--model", str(config), "--wafer", "tiny", "--seq", "8", "--tiles", "2x2", "--numerics",
-               "--out", str(tmp_path / "out"), "--quiet"])
-    assert rc == 2
+    argv = ["run", "--model", str(config), "--wafer", "tiny", "--seq", "8", "--tiles", "2x2", "--numerics",
+            "--out", str(tmp_path / "out"), "--quiet"]
+    assert main([*argv, "--check-transformers"]) == 2
     assert "installed but failed to import: RuntimeError" in capsys.readouterr().err
+    assert main(argv) == 0  # by default only the float64 reference runs: transformers is not imported

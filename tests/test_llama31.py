@@ -180,7 +180,8 @@ def test_decode_through_the_simulated_mapping_matches_transformers(checkpoint):
     # decode at position 30 after a 30-token KV cache: past the original 16 positions
     ids = random_tokens(VOCAB, batch=1, seq=31, seed=5)
     spec = RunSpec(checkpoint=str(checkpoint), wafer="tiny", grid="4x4", tiles="2x2", precision="fp32",
-                   phase="decode", context=30, numerics=True, tokens=",".join(map(str, ids[0])))
+                   phase="decode", context=30, numerics=True, check_transformers=True,
+                   tokens=",".join(map(str, ids[0])))
     out = run(spec, log=lambda *_: None)
     n = out.report["numerics"]
     print(f"simulated decode vs transformers: {n}")

@@ -300,7 +300,7 @@ def odd_config(tmp_path_factory):
 @pytest.mark.parametrize("mapping", MAPPINGS)
 def test_model_with_non_divisible_widths_matches_transformers(odd_config, mapping):
     spec = RunSpec(model=odd_config, wafer="wse2", grid="16x16", tiles="4x4", seq=8, precision="fp32",
-                   numerics=True, mapping=mapping)
+                   numerics=True, mapping=mapping, check_transformers=True)
     out = run(spec, log=lambda *_: None)
     num = out.report["numerics"]
     assert num["enabled"] is True

@@ -78,7 +78,7 @@ def test_even_split_by_stage_count_when_regions_allow():
 
 def test_a_model_too_big_for_one_wafer_names_the_wafers_it_needs_and_runs_on_them(ckpt):
     base = RunSpec(checkpoint=ckpt[BIG.name], wafer="tiny", tiles="2x2", precision="fp32", phase="decode",
-                   context=9, numerics=True, weights="resident")
+                   context=9, numerics=True, weights="resident", check_transformers=True)
     with pytest.raises(UserError, match=r"use --wafers 2 "):
         run(base, log=quiet)
     two = run(RunSpec(**{**base.__dict__, "wafers": 2}), log=quiet)

@@ -27,7 +27,7 @@ def hf_logits(model, ids):
 def test_fp32_logits_match_transformers(tiny_checkpoint, batch, seq, grid, tiles, activation):
     ckpt = tiny_checkpoint(activation=activation)
     spec = RunSpec(checkpoint=str(ckpt.path), wafer="tiny", seq=seq, batch=batch, precision="fp32", grid=grid,
-                   tiles=tiles, numerics=True, seed=3)
+                   tiles=tiles, numerics=True, seed=3, check_transformers=True)
     res = run(spec, log=lambda m: None)
     report, logits = res.report, res.logits
     from wse_sim.workloads.tokens import random_tokens
@@ -40,6 +40,7 @@ def test_fp32_logits_match_transformers(tiny_checkpoint, batch, seq, grid, tiles
     assert n["max_abs_err_vs_transformers"] < 1e-4
     assert n["max_abs_err_vs_reference"] < 1e-4
     assert n["top1_agreement"] == 1.0
+    assert len(n["checked_against"]) == 2 and n["transformers_vs_reference_max_abs_err"] < 1e-4  # both ran
 
 
 def test_bin_checkpoint_and_saved_logits(tiny_checkpoint, tmp_path):
@@ -67,7 +68,8 @@ def test_reports_with_numerics_are_byte_identical(tiny_checkpoint, tmp_path):
 
 
 def run_111m(precision: str) -> dict:
-    spec = RunSpec(model="cerebras-gpt-111m", wafer="wse2", seq=128, precision=precision, numerics=True)
+    spec = RunSpec(model="cerebras-gpt-111m", wafer="wse2", seq=128, precision=precision, numerics=True,
+                   check_transformers=True)
     report = run(spec, log=lambda m: None).report
     print(f"111M {precision}:", report["numerics"])
     return report

@@ -15,7 +15,8 @@ TINY = {"model_type": "gpt2", "n_embd": 68, "n_layer": 3, "n_head": 17, "vocab_s
 def test_numerics_through_stages(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(TINY))
     r = run(RunSpec(model=str(tmp_path / "config.json"), mapping="pipelined", wafer="wse2", grid="40x48",
-                    tiles="1x4", batch=2, seq=12, precision="fp32", numerics=True), log=lambda m: None).report
+                    tiles="1x4", batch=2, seq=12, precision="fp32", numerics=True, check_transformers=True),
+            log=lambda m: None).report
     assert r["numerics"]["max_abs_err_vs_transformers"] <= 1e-3
     params = r["mapping"]["params"]
     assert params["stages"] == 4 and params["microbatches"] == 2  # 3 layers + head; one sequence each

@@ -57,7 +57,7 @@ def test_llama_prefill_numerics_match_transformers(cfg, mapping):
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-gpt"])
 def test_decode_through_the_serving_path_matches_transformers(checkpoints, name):
     spec = RunSpec(checkpoint=checkpoints[name], wafer="tiny", grid="4x4", tiles="2x2", precision="fp32",
-                   phase="decode", context=9, numerics=True)
+                   phase="decode", context=9, numerics=True, check_transformers=True)
     report = run(spec, log=lambda *_: None).report
     n = report["numerics"]
     assert n["max_abs_err_vs_transformers"] <= 1e-3, n

@@ -162,15 +162,16 @@ def _adopt_meta_rotary(model, hf_config) -> None:
             setattr(model.get_submodule(parent), attr, type(module)(config=hf_config))
 
 
-def _build_model(weights: ModelWeights):
-    """A float32 eval-mode transformers causal LM holding copies of ``weights``."""
+def _build_model(weights: ModelWeights, dtype: str = "float32"):
+    """An eval-mode transformers causal LM holding copies of ``weights``, in float32 (or ``dtype``: "float64"
+    makes transformers a second float64 reference, for tests of the numpy one)."""
     torch, transformers = import_transformers()
     config = weights.config
     if config.tie_word_embeddings != (weights.lm_head is None):
         weights.validate()  # raises CheckpointError explaining the tied/untied mismatch
     hf_config = to_hf_config(config)
     model_cls = getattr(transformers, _HF_CLASSES[config.hf_model_type][1])
-    state = {k: torch.tensor(np.asarray(v, dtype=np.float32)) for k, v in hf_state_dict(weights).items()}
+    state = {k: torch.tensor(np.asarray(v, dtype=dtype)) for k, v in hf_state_dict(weights).items()}
     # Build on the meta device and adopt the tensors (skips a random init: ~3 s for the 111M model); Llama's
     # rotary buffers are computed, not loaded, so they are rebuilt. Buffers still on meta (other transformers
     # versions) mean falling back to a normal build.
@@ -183,14 +184,15 @@ def _build_model(weights: ModelWeights):
         model = model_cls(hf_config)
         model.load_state_dict(state, strict=True)
     model.config._attn_implementation = "eager"
-    return model.to(torch.float32).eval()
+    return model.to(getattr(torch, dtype)).eval()
 
 
-def transformers_logits(weights: ModelWeights, token_ids: np.ndarray) -> np.ndarray:
-    """Logits float32 ``[batch, seq, vocab]`` of the transformers model loaded with ``weights``."""
+def transformers_logits(weights: ModelWeights, token_ids: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    """Logits ``[batch, seq, vocab]`` of the transformers model loaded with ``weights``, computed and returned in
+    ``dtype`` ("float32" or "float64")."""
     torch, _ = import_transformers()
     ids = check_token_ids(token_ids, weights.config)
-    model = _build_model(weights)
+    model = _build_model(weights, dtype)
     with torch.no_grad():
         return model(input_ids=torch.from_numpy(np.ascontiguousarray(ids))).logits.numpy()
 

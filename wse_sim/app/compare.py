@@ -18,7 +18,8 @@ from .scenario import RunSpec, report_inputs
 
 COLUMNS = ("mapping", "feasible", "total_cycles", "seconds", "tokens_per_s", "mfu", "fabric_bytes",
            "streamed_bytes", "sram_peak_bytes_per_pe", "joules_per_token", "wafer_joules_per_token", "average_w",
-           "defect_extra_hops", "max_abs_err_vs_transformers", "top1_agreement", "reason")
+           "defect_extra_hops", "max_abs_err_vs_reference", "top1_agreement_vs_reference",
+           "max_abs_err_vs_transformers", "top1_agreement", "reason")
 
 
 def compare(spec: RunSpec, mappings: list[str], log=print, out: Path | None = None, fmt: str = "png") -> list[dict]:
@@ -51,6 +52,8 @@ def compare(spec: RunSpec, mappings: list[str], log=print, out: Path | None = No
             "fabric_bytes": report["bandwidth"]["fabric_bytes"], "streamed_bytes": report["bandwidth"]["memoryx_bytes"],
             "sram_peak_bytes_per_pe": report["sram_peak_bytes_per_pe"],
             **energy_columns(report),
+            "max_abs_err_vs_reference": n.get("max_abs_err_vs_reference"),
+            "top1_agreement_vs_reference": n.get("top1_agreement_vs_reference"),
             "max_abs_err_vs_transformers": n.get("max_abs_err_vs_transformers"),
             "top1_agreement": n.get("top1_agreement"),
             "reason": None if n.get("enabled") else f"numerics {n.get('reason')}",
@@ -82,7 +85,7 @@ def format_table(rows: list[dict]) -> str:
         if not r["feasible"]:
             lines.append(f"{r['mapping']:<16} {'infeasible':>13}  {r['reason']}")
             continue
-        err = "n/a" if r["max_abs_err_vs_transformers"] is None else f"{r['max_abs_err_vs_transformers']:.2g}"
+        err = "n/a" if r["max_abs_err_vs_reference"] is None else f"{r['max_abs_err_vs_reference']:.2g}"
         lines.append(f"{r['mapping']:<16} {r['total_cycles']:>13,} {r['tokens_per_s']:>12,.0f} {r['mfu'] * 100:>7.2f} "
                      f"{r['fabric_bytes'] / 1e9:>10.3f} {r['streamed_bytes'] / 1e9:>10.3f} "
                      f"{r['sram_peak_bytes_per_pe']:>10,} {_g(r['joules_per_token'], '.3g'):>9} "

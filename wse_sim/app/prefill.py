@@ -17,8 +17,9 @@ from .scenario import RunOutput, Scenario, input_tokens, make_mapping, model_wei
 from .verify import compare_logits
 
 
-def run_prefill(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
-    """Plan and simulate the pipelined forward pass of ``scn``; check the logits when numerics are on."""
+def run_prefill(scn: Scenario, progress: bool, log, record: bool, defer_checks: bool = False) -> RunOutput:
+    """Plan and simulate the pipelined forward pass of ``scn``; check the logits when numerics are on (or leave
+    the check to the caller, ``defer_checks``: ``RunOutput.pending_checks``)."""
     spec, wafer, config = scn.spec, scn.wafer, scn.config
     for flag, value in (("--layer-subset", spec.layer_subset), ("--gen-tokens", spec.gen_tokens),
                         ("--weights streamed", spec.weights == "streamed" or None)):
@@ -44,12 +45,19 @@ def run_prefill(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
     result = Engine(wafer, plan, numerics=executor, progress=progress, record=record).run()
     sim_wall = time.perf_counter() - t0
 
-    logits = None
+    logits = check = None
     numerics_report: dict = {"enabled": bool(numerics_on), "reason": reason}
     if executor is not None:
         logits = executor.output("head.lm_head").reshape(spec.batch, spec.seq, config.vocab_size)
-        log("checking logits against the float64 reference and transformers ...")
-        numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision))
+        hf = bool(spec.check_transformers)
+
+        def check() -> None:
+            log(f"checking logits against the float64 reference{' and transformers' * hf} ...")
+            numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision,
+                                                  check_transformers=hf))
+        if not defer_checks:
+            check()
+            check = None
     seconds = result.total_cycles / wafer.clock_hz
     serving = {"phase": "prefill", "ttft_s": seconds, "tpot_s": None,
                "tokens_per_s_per_request": spec.seq / seconds if seconds else None,
@@ -62,4 +70,4 @@ def run_prefill(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
     report = build_report(report_inputs(spec), config, wafer, graph, plan, result, numerics_report, serving)
     if scn.remap is not None:
         report["defects"] = scn.defects_report(plan)
-    return RunOutput(report, logits, sim_wall, result, plan, wafer)
+    return RunOutput(report, logits, sim_wall, result, plan, wafer, pending_checks=check)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class RunSpec:
     tiles: str | None = None  # "TRxTC" tile grid; default DEFAULT_TILES (capped by the grid)
     tile: str | None = None  # "HxW" PEs per tile (alternative to tiles)
     numerics: bool | None = None  # None = automatic by model size
+    check_transformers: bool | None = None  # logits also against transformers (None: float64 reference only)
     checkpoint: str | None = None
     tokens: str | None = None
     prompt: str | None = None
@@ -198,6 +200,9 @@ class RunOutput:
     result: SimResult
     plan: ModelPlan
     wafer: WaferSpec
+    # The reference checks when ``run(defer_checks=True)`` left them to the caller: calling it fills
+    # ``report["numerics"]`` (the same dict) with what was compared and the errors. None: nothing left to run.
+    pending_checks: Callable[[], None] | None = None
 
 
 def simulated_cycles(wafer: WaferSpec, plan: ModelPlan) -> int:
@@ -233,7 +238,8 @@ def model_weights(spec: RunSpec, config: ModelConfig, weights, log):
 
 
 # left out of the report's inputs while unset, so reports of runs that do not use them stay as they were
-OMITTED_WHEN_UNSET = ("defects", "defect_seed", "defect_map", "weights", "prefill_grid", "decode_grid")
+OMITTED_WHEN_UNSET = ("check_transformers", "defects", "defect_seed", "defect_map", "weights", "prefill_grid",
+                      "decode_grid")
 
 
 def report_inputs(spec: RunSpec) -> RunInputs:

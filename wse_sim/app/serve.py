@@ -564,9 +564,10 @@ def kv_cache_move(pre: ServingRun, dec: ServingRun, prompt: int) -> dict:
                    "or two) is not described, so no transfer is charged between TTFT and the first decode step"}
 
 
-def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
+def run_serving(scn: Scenario, progress: bool, log, record: bool, defer_checks: bool = False) -> RunOutput:
     """Every phase but a pipelined prefill (see the module docstring): ``prefill`` is a request's first pass alone,
-    ``decode`` one step after a cache, ``generate`` the prefill then the decode steps."""
+    ``decode`` one step after a cache, ``generate`` the prefill then the decode steps. ``defer_checks``: the
+    reference checks are left to the caller (``RunOutput.pending_checks``)."""
     spec, wafer, config, weights = scn.spec, scn.wafer, scn.config, scn.weights
     prompt, new, n_steps, positions = request_shape(spec, config)
     pre_run, dec_run = serving_runs(scn, positions, progress)
@@ -604,18 +605,26 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
 
     main = steps[-1] if steps else prefill
     numerics_report: dict = {"enabled": bool(numerics_on), "reason": reason}
-    logits = None
+    logits = check = None
     if executor is not None:
-        log("checking against the float64 reference and transformers ...")
-        if spec.phase == "decode":
-            logits = executor.output("head.lm_head").reshape(spec.batch, 1, -1)
-            numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision, last_only=True))
-        elif spec.phase == "prefill":
-            logits = executor.output("head.lm_head").reshape(spec.batch, prompt, config.vocab_size)
-            numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision))
-        else:
+        hf = bool(spec.check_transformers)
+        if spec.phase == "generate":
             gen = np.stack(generated, axis=1)
-            numerics_report.update(compare_tokens(gen, weights, tokens[:, :prompt], spec.precision))
+
+            def check() -> None:
+                log("checking the generated tokens against transformers' generate() ...")
+                numerics_report.update(compare_tokens(gen, weights, tokens[:, :prompt], spec.precision))
+        else:
+            decode = spec.phase == "decode"
+            logits = executor.output("head.lm_head").reshape(spec.batch, 1 if decode else prompt, config.vocab_size)
+
+            def check() -> None:
+                log(f"checking against the float64 reference{' and transformers' * hf} ...")
+                numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision,
+                                                      last_only=decode, check_transformers=hf))
+        if not defer_checks:
+            check()
+            check = None
     main_run = dec_run if steps else pre_run
     serving = serving_summary(main_run, spec.phase, prefill if spec.phase != "decode" else None, steps,
                               wafer.clock_hz, prompt, positions)
@@ -631,7 +640,7 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool) -> RunOutput:
                                  "decode_grid_pes": [dec_run.region.rows, dec_run.region.cols]})
     if scn.remap is not None:
         report["defects"] = scn.defects_report(main.plan)
-    return RunOutput(report, logits, sim_wall, main.result, main.plan, wafer)
+    return RunOutput(report, logits, sim_wall, main.result, main.plan, wafer, pending_checks=check)
 
 
 def placement_section(phase: str, pre: ServingRun, dec: ServingRun, prefill: Pass | None, steps: list[Pass],

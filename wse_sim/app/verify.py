@@ -17,20 +17,34 @@ def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.argmax(a, axis=-1) == np.argmax(b, axis=-1)))
 
 
-def compare_logits(logits, executor, weights, tokens, precision: str, last_only: bool = False) -> dict:
-    """Errors of ``logits`` against both references; ``last_only``: ``logits`` are the last position's only
-    (a decode step after a cache of the earlier tokens)."""
-    stored = weights.map_arrays(lambda a: round_to(a, precision))
+REFERENCE = "float64 numpy forward (wse_sim.workloads.reference)"
+TRANSFORMERS = "transformers float32 forward (eager attention)"
+NOT_REQUESTED = "not run (on request: --check-transformers)"
+
+
+def compare_logits(logits, executor, weights, tokens, precision: str, last_only: bool = False,
+                   check_transformers: bool = False) -> dict:
+    """Errors of ``logits`` against the float64 reference, and against ``transformers`` if ``check_transformers``;
+    ``last_only``: ``logits`` are the last position's only (a decode step after a cache of the earlier tokens).
+
+    The float64 reference shares no code with the simulator's kernels; its agreement with ``transformers`` is
+    tested (tests/test_weights.py, tests/test_verify.py), so the default check costs no torch import (about 3 s)
+    and no second forward. ``checked_against`` names what was compared. ``executor``: the run's
+    :class:`~wse_sim.sim.numerics.Numerics`, whose stored (rounded) weights are the ones compared on."""
+    stored = executor.stored_weights(weights)
     ref = reference_logits(stored, tokens)
     if last_only:
         ref = ref[:, -1:]
     out = {
         "precision": precision,
         "compared_tokens": int(tokens.size),
+        "checked_against": [REFERENCE],
         "logit_abs_max": float(np.max(np.abs(ref))),
         "max_abs_err_vs_reference": float(np.max(np.abs(logits.astype(np.float64) - ref))),
         "top1_agreement_vs_reference": top1_agreement(logits, ref),
     }
+    if not check_transformers:
+        return out | {"max_abs_err_vs_transformers": None, "top1_agreement": None, "transformers": NOT_REQUESTED}
     try:
         hf = transformers_logits(stored, tokens)
         if last_only:
@@ -39,6 +53,7 @@ def compare_logits(logits, executor, weights, tokens, precision: str, last_only:
         out |= {"max_abs_err_vs_transformers": None, "top1_agreement": None, "transformers": f"unavailable: {exc}"}
         return out
     out |= {
+        "checked_against": [REFERENCE, TRANSFORMERS],
         "max_abs_err_vs_transformers": float(np.max(np.abs(logits - hf))),
         "top1_agreement": top1_agreement(logits, hf),
         "transformers_vs_reference_max_abs_err": float(np.max(np.abs(hf.astype(np.float64) - ref))),

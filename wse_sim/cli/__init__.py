@@ -13,7 +13,7 @@ import threading
 from ..app import ReferenceImportError, one_run_process
 from ..errors import UserError
 from ..report.provenance import version_line
-from . import calibrate, catalog, mapping, run, serving, train, viz
+from . import calibrate, catalog, mapping, outputs, run, serving, train, viz
 
 SUBCOMMANDS = (run, train, catalog, mapping, serving, viz, calibrate)  # each has add_parsers(sub), in help order
 
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     :mod:`wse_sim.gc_pause`). Called with ``argv`` (tests, scripts), it returns the exit code."""
     if argv is None:
         one_run_process()
+        outputs.draw_in_child = True
     code = _main(argv)
     if argv is None:
         for stream in (sys.stdout, sys.stderr):

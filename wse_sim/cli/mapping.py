@@ -12,7 +12,16 @@ from ..app.compare import compare, format_table, write_outputs
 from ..app.gemm import GemmSpec, format_gemm, run_gemm
 from ..app.train import TrainSpec
 from ..errors import UserError
-from .options import add_defects, add_grid, add_numerics, add_precision, add_shared, add_wafer, positive_int
+from .options import (
+    add_check_transformers,
+    add_defects,
+    add_grid,
+    add_numerics,
+    add_precision,
+    add_shared,
+    add_wafer,
+    positive_int,
+)
 
 COMPARE_DEFAULT = "weight-streaming,summa,cannon,meshgemm,systolic,pipelined,auto"
 
@@ -39,6 +48,7 @@ def add_parsers(sub) -> None:
     c.add_argument("--seq", type=positive_int, default=512)
     c.add_argument("--batch", type=positive_int, default=1)
     add_numerics(c, "run real numerics through each mapping (default for models up to 1.3B)")
+    add_check_transformers(c)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", default="out/compare", help="compare.json/.csv/.png, and <mapping>/ report + plots")
     c.add_argument("--format", choices=["png", "svg"], default="png", help="image format of the per-mapping plots")
@@ -73,7 +83,8 @@ def cmd_compare(args) -> None:
         return _compare_train(args, names)
     spec = RunSpec(model=args.model, wafer=args.wafer, seq=args.seq, batch=args.batch, precision=args.precision,
                    grid=args.grid, tiles=args.tiles, tile=args.tile, numerics=args.numerics, seed=args.seed,
-                   defects=args.defects, defect_seed=args.defect_seed, defect_map=args.defect_map)
+                   check_transformers=args.check_transformers, defects=args.defects, defect_seed=args.defect_seed,
+                   defect_map=args.defect_map)
 
     def log(msg):
         if not args.quiet:

@@ -63,6 +63,14 @@ def add_numerics(p: argparse.ArgumentParser, default_help: str) -> None:
     num.add_argument("--no-numerics", dest="numerics", action="store_false", help="timing only")
 
 
+def add_check_transformers(p: argparse.ArgumentParser) -> None:
+    """``--check-transformers``: the logits against transformers too, not only the float64 reference."""
+    p.add_argument("--check-transformers", action="store_true", default=None,
+                   help="also compare the simulated logits with transformers' float32 forward on the same weights "
+                        "(imports torch: about 4 s more); by default they are checked against the float64 numpy "
+                        "reference alone")
+
+
 def add_defects(p: argparse.ArgumentParser) -> None:
     """``--defects``, ``--defect-seed`` and ``--defect-map``: a defective wafer (docs/defects.md)."""
     p.add_argument("--defects", metavar="RATE",

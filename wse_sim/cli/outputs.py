@@ -3,9 +3,12 @@ name in its own folder and all are moved into place together, so an interrupted 
 
 from __future__ import annotations
 
+import gc
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
@@ -93,3 +96,44 @@ class Staged:
 
     def __exit__(self, *exc) -> None:
         self.discard()
+
+
+# Set by the ``wse-sim`` command (one run, then the process ends; see wse_sim.cli.main): the plots may be drawn
+# in a forked child while the parent runs the reference checks. Never in a library call: a fork there could
+# copy the caller's threads mid-operation.
+draw_in_child = False
+
+
+def start_drawing(draw: Callable[[], list[Path]]) -> Callable[[], list[Path]]:
+    """Start ``draw`` (it writes files and returns their paths) and return the function that waits for its paths.
+
+    With :data:`draw_in_child` and ``os.fork``, ``draw`` runs in a forked child, so matplotlib's single-threaded
+    drawing (about 3 CPU s for the demo's four figures) overlaps the parent's next step on a second core. The
+    child only draws: it does not use numba or OpenMP, whose threads it would not have. If the child fails,
+    waiting draws again in this process, so a real error is raised here, where it is reported. Otherwise ``draw``
+    runs when waited for."""
+    if not (draw_in_child and hasattr(os, "fork")):
+        return draw
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: draw, send the paths, end without the parent's exit handlers or buffered output
+        os.close(read_fd)
+        code = 1
+        try:
+            gc.freeze()  # no full collection through the parent's objects (each would copy their pages)
+            with os.fdopen(write_fd, "w") as pipe:
+                pipe.write(json.dumps([str(p) for p in draw()]))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+
+    def wait() -> list[Path]:
+        with os.fdopen(read_fd) as pipe:
+            sent = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0 or not sent:
+            return draw()
+        return [Path(p) for p in json.loads(sent)]
+
+    return wait

@@ -14,8 +14,8 @@ from ..errors import UserError
 from ..report.build import format_summary, last_pass_view
 from ..report.tables import ops_csv
 from ..report.trace import write_trace
-from .options import add_numerics, add_shared, nonnegative_int, positive_float, positive_int
-from .outputs import Staged, check_file, check_folder
+from .options import add_check_transformers, add_numerics, add_shared, nonnegative_int, positive_float, positive_int
+from .outputs import Staged, check_file, check_folder, start_drawing
 
 
 def add_parsers(sub) -> None:
@@ -35,6 +35,7 @@ def add_run_options(r: argparse.ArgumentParser) -> None:
                                                     "the --prompt's length)")
     r.add_argument("--batch", type=positive_int, default=1)
     add_numerics(r, "run real numerics through the mapping (default for models up to 1.3B)")
+    add_check_transformers(r)
     r.add_argument("--tokens", help="comma-separated token ids (sets the input; must be batch*seq long)")
     r.add_argument("--prompt", help="text prompt (needs --checkpoint with tokenizer files)")
     r.add_argument("--seed", type=int, default=0, help="seed for random weights and tokens")
@@ -139,7 +140,8 @@ def spec_of(args) -> RunSpec:
     return RunSpec(
         model=args.model, wafer=args.wafer, mapping=args.mapping, seq=seq or RunSpec.seq, batch=args.batch,
         precision=args.precision, grid=args.grid, tiles=args.tiles, tile=args.tile, numerics=args.numerics,
-        checkpoint=args.checkpoint, tokens=args.tokens, prompt=args.prompt, seed=args.seed, phase=args.phase,
+        check_transformers=args.check_transformers, checkpoint=args.checkpoint, tokens=args.tokens,
+        prompt=args.prompt, seed=args.seed, phase=args.phase,
         context=args.context, prompt_len=args.prompt_len, gen_tokens=args.gen_tokens, layer_subset=args.layer_subset,
         wafers=args.wafers, defects=args.defects, defect_seed=args.defect_seed, defect_map=args.defect_map,
         weights=args.weights, prefill_grid=args.prefill_grid, decode_grid=args.decode_grid,
@@ -171,18 +173,25 @@ def cmd_run(args) -> None:
 
     spec = spec_of(args)
     out_run = run(spec, progress=not args.quiet, log=log, record=True,  # intervals: timeline, trace
-                  max_memory=args.max_memory_gb)
+                  max_memory=args.max_memory_gb, defer_checks=True)
     report, logits, wall = out_run.report, out_run.logits, out_run.sim_wall_s
     if args.save_logits and logits is None:
         raise UserError("--save-logits needs numerics on (drop --no-numerics)")
 
-    # Everything succeeded: only now write outputs, to temporary names moved into place together.
+    # Outputs go to temporary names moved into place together once everything succeeded. The plots (of the
+    # last pass; they do not show the numerics) are drawn beside the reference checks, in a child process.
     out = Path(args.out)
     with Staged() as staged:
         tmp = staged.folder(out)
+        view = last_pass_view(report)
+        wait_for_plots = start_drawing(lambda: write_plots(view, tmp, args.format))
+        try:
+            if out_run.pending_checks is not None:
+                out_run.pending_checks()  # fills report["numerics"]
+        finally:
+            plots = [out / p.name for p in wait_for_plots()]
         (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "ops.csv").write_text(ops_csv(report))
-        plots = [out / p.name for p in write_plots(last_pass_view(report), tmp, args.format)]  # draw the last pass
         if args.trace:
             info = {k: report[k]["name"] for k in ("model", "wafer", "mapping")} | {"run": report["run"]}
             write_trace(staged.file(args.trace), out_run.result, out_run.plan.grid, out_run.wafer.clock_hz,

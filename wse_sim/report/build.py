@@ -181,14 +181,29 @@ def last_pass_view(report: dict) -> dict:
     return report | {k: last[k] for k in ("total_cycles", "seconds", "tokens_per_s")}
 
 
+def _logit_check_rows(n: dict) -> list[tuple[str, str]]:
+    """What the simulated logits were checked against (``checked_against``, over how many tokens) and the
+    largest error and top-1 agreement against each; transformers' rows say why it did not run when it did not."""
+    def pct(v):
+        return "n/a" if v is None else f"{v * 100:.2f} %"
+
+    def err(v):
+        return "n/a" if v is None else f"{v:.3g}"
+
+    checked = n.get("checked_against") or []
+    rows = [("checked against", f"{'; '.join(checked)}, {n.get('compared_tokens')} tokens"),
+            ("max |err| vs float64 ref", err(n.get("max_abs_err_vs_reference"))),
+            ("top-1 vs float64 ref", pct(n.get("top1_agreement_vs_reference")))]
+    if n.get("max_abs_err_vs_transformers") is None:
+        return [*rows, ("transformers", n.get("transformers", "n/a"))]
+    return [*rows, ("max |err| vs transformers", err(n["max_abs_err_vs_transformers"])),
+            ("top-1 vs transformers", pct(n.get("top1_agreement")))]
+
+
 def summary_rows(report: dict) -> list[tuple[str, str]]:
     """Headline figures as (label, value) pairs for the printed table."""
     n = report["numerics"]
     bw = report["bandwidth"]
-
-    def fmt_err(key):
-        v = n.get(key)
-        return "n/a" if v is None else f"{v:.3g}"
 
     rows = [
         ("model", f"{report['model']['name']} ({report['model']['parameters']:,} params)"),
@@ -216,11 +231,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
                      f"{'identical' if match else 'differ'} ({n['generated_tokens_compared']} greedy tokens, "
                      f"agreement {n['token_agreement'] * 100:.1f} %)"))
     elif n.get("enabled"):
-        rows += [
-            ("max |err| vs transformers", fmt_err("max_abs_err_vs_transformers")),
-            ("max |err| vs float64 ref", fmt_err("max_abs_err_vs_reference")),
-            ("top-1 agreement", "n/a" if n.get("top1_agreement") is None else f"{n['top1_agreement'] * 100:.2f} %"),
-        ]
+        rows += _logit_check_rows(n)
     else:
         rows.append(("numerics", f"off: {n.get('reason')}"))
     kinds = ("compute_cycles", "fabric_cycles", "stream_cycles", "interwafer_cycles")

@@ -13,7 +13,7 @@ them one by one gives.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import numpy as np
 
@@ -143,6 +143,19 @@ class Numerics:
         if w.lnf_b is not None:
             self._put("head.lnf_b", w.lnf_b)
         self._weights = set(self.store)
+
+    def stored_weights(self, w: ModelWeights) -> ModelWeights:
+        """``w`` (the weights this executor was loaded with) as the store holds them, rounded to the storage
+        precision: the exact values the simulated pass computed with, without a copy (the checks compare the
+        references on them instead of rounding every weight again)."""
+        def held(name: str, like: np.ndarray | None) -> np.ndarray | None:
+            return None if like is None else self.store[name].reshape(like.shape)
+
+        layers = tuple(type(lw)(**{f.name: held(f"layer{i}.{f.name}", getattr(lw, f.name)) for f in fields(lw)})
+                       for i, lw in enumerate(w.layers))
+        return replace(w, wte=held("embed.wte", w.wte), wpe=held("embed.wpe", w.wpe), layers=layers,
+                       lnf_g=held("head.lnf_g", w.lnf_g), lnf_b=held("head.lnf_b", w.lnf_b),
+                       lm_head=held("head.wte", w.lm_head))
 
     # ---- tensor access -----------------------------------------------------------------------------------------
     def get(self, ref: Ref) -> np.ndarray:
