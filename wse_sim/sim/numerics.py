@@ -112,6 +112,15 @@ class Numerics:
             self._put(name, arr)
         return self
 
+    @classmethod
+    def bare(cls, precision: str) -> Numerics:
+        """An executor with an empty store and no graph, for running one op's plan outside an engine run
+        (:func:`run_matmul_plan`, training's attention): the caller puts the operands and the output shapes."""
+        self = cls.__new__(cls)
+        self.precision, self.store, self.buffers, self.shapes = precision, {}, {}, {}
+        self._pending, self._pending_bytes = [], 0
+        return self
+
     def _setup(self, graph: WorkloadGraph) -> None:
         self.precision = graph.precision
         self.seq = graph.seq
@@ -345,8 +354,7 @@ def run_matmul_plan(op_plan: OpPlan, precision: str, a: np.ndarray, b: np.ndarra
     writes = [x for t in op_plan.tasks for x in t.actions if isinstance(x, ReduceWrite)]
     if not blocks or not writes or (writes[0].bias is None) != (bias is None):
         raise ValueError(f"{op_plan.op.name}: not a matmul plan {'with' if bias is not None else 'without'} a bias")
-    ex = Numerics.__new__(Numerics)
-    ex.precision, ex.store, ex.buffers, ex._pending, ex._pending_bytes = precision, {}, {}, [], 0
+    ex = Numerics.bare(precision)
     for ref, arr in ((blocks[0].a, a), (blocks[0].b, b)):
         ex._put(ref.tensor, arr.T if ref.transpose else arr)
     if bias is not None:

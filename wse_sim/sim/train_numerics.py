@@ -30,13 +30,6 @@ from ..workloads.training import WholeTensorOps
 from .numerics import Numerics
 
 
-def _bare(precision: str) -> Numerics:
-    """An interpreter with an empty store (no graph): the caller puts the operands and output shapes."""
-    ex = Numerics.__new__(Numerics)
-    ex.precision, ex.store, ex.buffers, ex._pending, ex.shapes = precision, {}, {}, [], {}
-    return ex
-
-
 def run_attention_plan(scores: OpPlan, softmax: OpPlan, context: OpPlan, precision: str,
                        qkv: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One layer's attention forward from its plans: every tile's score block (:class:`MatmulBlock`, scaled and
@@ -44,7 +37,7 @@ def run_attention_plan(scores: OpPlan, softmax: OpPlan, context: OpPlan, precisi
 
     Returns the context ``[tokens, d]`` and the probabilities by buffer key (the plan's ``Free`` of them is
     skipped: the backward reads them)."""
-    ex = _bare(precision)
+    ex = Numerics.bare(precision)
     ex._put(context.op.inputs[1], qkv)
     ex.shapes[context.op.name] = (qkv.shape[0], qkv.shape[1] // 3)  # GPT-2: q, k and v each d wide
     for plan in (scores, softmax, context):
