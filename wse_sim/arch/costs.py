@@ -75,7 +75,11 @@ def transfer_cycles(wafer: WaferSpec, bytes_per_lane: float, hops: int, stages: 
 
 
 def stream_cycles(wafer: WaferSpec, nbytes: float) -> int:
-    """Cycles for ``nbytes`` of weights to cross the MemoryX -> wafer link."""
+    """Cycles for ``nbytes`` to cross the MemoryX link in one direction: weights in, or gradients out.
+
+    The link is full-duplex, each direction at ``wafer.memoryx_bytes_per_s``: 12 x 100 GbE ports, "1.2 Tbps I/O
+    to and from the chip", CS-3 raising "the ingress/egress bandwidth by 30%" (shared/facts/hardware.md, host I/O
+    and per-system I/O rows); Ethernet carries both directions at line rate at once."""
     return math.ceil(nbytes / wafer.memoryx_bytes_per_cycle)
 
 
@@ -94,6 +98,7 @@ class TaskKind(StrEnum):
     """What a task occupies on the hardware, and so which formula prices it (see :func:`task_cost`)."""
 
     STREAM = "stream"  # MemoryX -> wafer ingress of weights
+    STREAM_OUT = "stream_out"  # wafer -> MemoryX egress (weight gradients): its own port, no weight buffer
     TRANSFER = "transfer"  # fabric: holds its links for the serialization time, then adds hop latency
     COMPUTE = "compute"  # one tile's PEs busy
     BARRIER = "barrier"  # no cost: joins dependencies; may free a weight buffer
@@ -139,7 +144,7 @@ def task_cost(wafer: WaferSpec, precision: str, task: PricedTask) -> TaskCost:
     if kind == TaskKind.TRANSFER:
         return TaskCost(*transfer_cycles(wafer, task.bytes_per_lane, task.hops, task.stages, task.turns,
                                          task.phases, task.link_share))
-    if kind == TaskKind.STREAM:
+    if kind in (TaskKind.STREAM, TaskKind.STREAM_OUT):
         return TaskCost(stream_cycles(wafer, task.nbytes))
     if kind == TaskKind.INTERWAFER:
         return TaskCost(*interwafer_cycles(wafer, task.nbytes, task.hops))
@@ -153,7 +158,7 @@ def priced_key(task: PricedTask) -> tuple:
         return kind, task.macs_per_pe, task.elem_ops_per_pe, task.dsd_ops_per_pe, task.dsd_len, task.sw_steps
     if kind == TaskKind.TRANSFER:
         return kind, task.bytes_per_lane, task.hops, task.stages, task.turns, task.phases, task.link_share
-    if kind == TaskKind.STREAM:
+    if kind in (TaskKind.STREAM, TaskKind.STREAM_OUT):
         return kind, task.nbytes
     if kind == TaskKind.INTERWAFER:
         return kind, task.nbytes, task.hops

@@ -51,7 +51,8 @@ def step_lanes(report: dict) -> dict[str, list[tuple[float, float, str]]]:
     each pass's forward then backward (``pass_order``), then the exposed SwarmX and optimizer time; MemoryX's link
     carries each phase's weights in and each backward's gradients out (busy time, drawn from the phase's start);
     SwarmX reduces each pass's gradients during its backward (more than one system); AdamW runs in MemoryX as the
-    last backward's gradients arrive, its exposed part after it."""
+    last backward's gradients arrive, its exposed part after it. The link is full-duplex: the weights in and the
+    gradients out are separate lanes, each direction at ``link_bytes_per_s``."""
     clock_s = report["step_seconds"] / report["step_cycles"]
     mx, sx, ph = report["memoryx"], report["swarmx"], report["phases_cycles"]
     link = mx["link_bytes_per_s"]
@@ -62,9 +63,8 @@ def step_lanes(report: dict) -> dict[str, list[tuple[float, float, str]]]:
         p = report["passes"][str(seqs)]
         fwd, bwd = p["forward_cycles"] * clock_s, p["backward_cycles"] * clock_s
         lanes["wafer"] += [(t, fwd, "forward"), (t + fwd, bwd, "backward")]
-        weights_in = p["backward_stream_bytes"] - p["wgrad_stream_bytes"]
         lanes["MemoryX -> wafer"] += [(t, min(fwd, p["forward_stream_bytes"] / link), "weights in"),
-                                      (t + fwd, min(bwd, weights_in / link), "weights in")]
+                                      (t + fwd, min(bwd, p["backward_stream_bytes"] / link), "weights in")]
         lanes["wafer -> MemoryX"].append((t + fwd, min(bwd, p["wgrad_stream_bytes"] / link), "gradients out"))
         if report["systems"] > 1:
             per_pass = sx["reduce_bytes_per_system"] / len(report["pass_order"])
