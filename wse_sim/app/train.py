@@ -133,7 +133,8 @@ class PassTiming:
     backward_cycles: int
     forward_stream_bytes: int  # MemoryX -> wafer (weights, norm parameters, embedding rows)
     backward_stream_bytes: int  # MemoryX -> wafer in the backward (the weights again, for the dgrad ops)
-    wgrad_stream_cycles: int  # the wgrad ops' critical-path cycles on the gradient stream-out (in the backward)
+    wgrad_stream_cycles: int  # exposed gradient stream-out in the backward: on the wgrad ops' critical paths, plus
+    # the tail after the last op, when only stream-outs are left
     wgrad_stream_bytes: int  # wafer -> MemoryX: the weight gradients (the link's egress direction)
     forward_flops: int
     backward_flops: int
@@ -178,8 +179,9 @@ def simulate_pass(config: ModelConfig, seqs: int, spec: TrainSpec, wafer: WaferS
     fwd, sram_f, hops_f, energy_f = _simulate(fwd_graph, wafer, grid, remap)
     bwd, sram_b, hops_b, energy_b = _simulate(bwd_graph, wafer, grid, remap)
     wgrad = [op for op in bwd.ops if op.name.endswith(".wgrad")]
+    tail = bwd.total_cycles - bwd.ops[-1].end_cycles  # stream-outs still leaving after the last op ended
     return PassTiming(seqs, fwd.total_cycles, bwd.total_cycles, fwd.stream_bytes, bwd.stream_bytes,
-                      sum(op.stream_cycles for op in wgrad), bwd.stream_out_bytes,
+                      sum(op.stream_cycles for op in wgrad) + tail, bwd.stream_out_bytes,
                       fwd_graph.total_flops, bwd_graph.total_flops, max(sram_f, sram_b), hops_f + hops_b,
                       memoryx_in_busy_cycles=fwd.memoryx_busy_cycles + bwd.memoryx_busy_cycles,
                       memoryx_out_busy_cycles=bwd.memoryx_out_busy_cycles, energy=(energy_f, energy_b))

@@ -100,7 +100,7 @@ def step_timeline_figure(report: dict):
     ph, clock_s = report["phases_cycles"], report["step_seconds"] / report["step_cycles"]
     label = {"forward": f"forward {ph['forward'] * clock_s:.3g} s",
              "backward": f"backward {ph['backward'] * clock_s:.3g} s",
-             "weights in": "weights in (link busy)", "gradients out": "gradients out (link busy)",
+             "weights in": "weights in (ingress busy)", "gradients out": "gradients out (egress busy)",
              "swarmx": f"SwarmX (exposed {ph['swarmx_reduce'] * clock_s:.3g} s)",
              "optimizer": f"AdamW (exposed {ph['optimizer'] * clock_s:.3g} s)"}
     ax.legend(handles=[Patch(color=c, label=label[k]) for k, c in STEP_COLORS.items()], fontsize=7, ncol=3,
@@ -108,6 +108,6 @@ def step_timeline_figure(report: dict):
     passes = len(report["pass_order"])
     ax.set_title(f"{report['model']} on {report['systems']} system(s): one optimizer step of "
                  f"{report['accumulation_steps']} micro-batch(es) in {passes} pass(es), {report['step_seconds']:.4g} s"
-                 "\nlinks: busy time of each phase, drawn from its start", fontsize=10)
+                 "\nMemoryX link (full-duplex) and SwarmX: busy time of each phase, drawn from its start", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return fig
