@@ -19,6 +19,7 @@ ONE_OF_EACH = {
     TaskKind.TRANSFER: Task(TaskKind.TRANSFER, links=(((0, 0), (0, 1)), ((0, 1), (1, 1))), bytes_per_lane=1000,
                             hops=7, stages=2, turns=1, phases=3),
     TaskKind.STREAM: Task(TaskKind.STREAM, nbytes=123_456),
+    TaskKind.STREAM_OUT: Task(TaskKind.STREAM_OUT, nbytes=65_432),
     TaskKind.INTERWAFER: Task(TaskKind.INTERWAFER, nbytes=50_000, hops=40, wafer_link=0),
     TaskKind.BARRIER: Task(TaskKind.BARRIER),
 }

@@ -5,9 +5,9 @@ Every backward matmul is a GEMM with transposed operands, lowered as an ordinary
 - ``<op>.dgrad``: ``dX = dY W^T``: ``m = tokens``, contraction over the forward's ``n``, output width the
   forward's ``k``; its weight streams in from MemoryX a second time (weight streaming keeps no weights).
 - ``<op>.wgrad``: ``dW = X^T dY``: the forward's ``m x k x n`` multiply-adds, the ``k x n`` result leaving
-  the wafer for MemoryX. It is planned with the forward's shape, so the mapping moves ``k x n`` weight bytes
-  over the MemoryX link for it: the gradient stream-out, charged on the same link as the weight stream-in
-  (a conservative half-duplex view of a link that is full-duplex on the hardware; docs/training.md).
+  the wafer for MemoryX. It keeps the forward's shape (``grad="wgrad"``); the weight-streaming mapping plans
+  it as its data moves (``dY`` broadcast along tile rows, partials reduced down tile columns, the gradient
+  streamed out on the MemoryX link's egress direction: ``StreamingLayout.wgrad_matmul``).
 - attention: ``dQ = dS K`` and ``dK = dS^T Q`` are two ops of the scores' shape, ``dP = dC V^T`` and
   ``dV = P^T dC`` two of the context's; the softmax, GELU, norms and residual adds appear once each at their
   forward FLOPs per element (their backward costs about the same elementwise work).

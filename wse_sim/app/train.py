@@ -7,8 +7,9 @@ activations of a pass stay in SRAM from its forward to its backward: no recomput
 is split, and every pass streams the weights again). Each pass is two engine runs of the existing
 weight-streaming plan: the forward graph (weights stream in layer by layer) and the backward graph of
 :mod:`wse_sim.workloads.training_graph` (layers in reverse; every weight streams in again for ``dX = dY W^T``
-and its gradient ``dW = X^T dY`` streams out). Across systems, SwarmX broadcasts the weight stream down a tree
-and sums the gradient stream on the way up at line rate: it adds its per-level latency to every stream and
+and its gradient ``dW = X^T dY`` streams out, on the MemoryX link's other direction: the link is full-duplex).
+Across systems, SwarmX broadcasts the weight stream down a tree and sums the gradient stream on the way up at
+line rate: it adds its per-level latency to every stream and
 whatever part of the gradient traffic the backward pass cannot hide. AdamW runs in MemoryX as the gradients
 of the last micro-batch arrive, layer by layer; what is exposed is the update of the first layer and the
 embeddings (the next step's forward needs them first) or the part of the whole update the last backward pass
@@ -133,14 +134,17 @@ class PassTiming:
     sequences: int
     forward_cycles: int
     backward_cycles: int
-    forward_stream_bytes: int
-    backward_stream_bytes: int
-    wgrad_stream_cycles: int  # MemoryX-link cycles of the gradient stream-out inside the backward run
-    wgrad_stream_bytes: int
+    forward_stream_bytes: int  # MemoryX -> wafer (weights, norm parameters, embedding rows)
+    backward_stream_bytes: int  # MemoryX -> wafer in the backward (the weights again, for the dgrad ops)
+    wgrad_stream_cycles: int  # exposed gradient stream-out in the backward: on the wgrad ops' critical paths, plus
+    # the tail after the last op, when only stream-outs are left
+    wgrad_stream_bytes: int  # wafer -> MemoryX: the weight gradients (the link's egress direction)
     forward_flops: int
     backward_flops: int
     sram_peak_bytes_per_pe: int
     defect_extra_hops: int = 0  # detour hops charged on the pass's transfers (a defective wafer)
+    memoryx_in_busy_cycles: int = 0  # the MemoryX link's ingress busy in the forward and backward runs
+    memoryx_out_busy_cycles: int = 0  # its egress busy (gradient stream-outs), in parallel with the ingress
     energy: tuple = ()  # (forward, backward) PassEnergy: the counts the step's energy prices (not in the report)
 
     def to_dict(self) -> dict:
@@ -178,10 +182,12 @@ def simulate_pass(config: ModelConfig, seqs: int, spec: TrainSpec, wafer: WaferS
     fwd, sram_f, hops_f, energy_f = _simulate(fwd_graph, wafer, grid, remap)
     bwd, sram_b, hops_b, energy_b = _simulate(bwd_graph, wafer, grid, remap)
     wgrad = [op for op in bwd.ops if op.name.endswith(".wgrad")]
+    tail = bwd.total_cycles - bwd.ops[-1].end_cycles  # stream-outs still leaving after the last op ended
     return PassTiming(seqs, fwd.total_cycles, bwd.total_cycles, fwd.stream_bytes, bwd.stream_bytes,
-                      sum(op.stream_cycles for op in wgrad), sum(op.stream_bytes for op in wgrad),
+                      sum(op.stream_cycles for op in wgrad) + tail, bwd.stream_out_bytes,
                       fwd_graph.total_flops, bwd_graph.total_flops, max(sram_f, sram_b), hops_f + hops_b,
-                      (energy_f, energy_b))
+                      memoryx_in_busy_cycles=fwd.memoryx_busy_cycles + bwd.memoryx_busy_cycles,
+                      memoryx_out_busy_cycles=bwd.memoryx_out_busy_cycles, energy=(energy_f, energy_b))
 
 
 def matmul_flops_closed_form(config: ModelConfig, tokens: int) -> dict:
@@ -345,10 +351,13 @@ def _traffic(config: ModelConfig, precision: str, wafer: WaferSpec, cluster: Clu
     return {
         "memoryx": {
             "weight_stream_bytes_per_system": sum(
-                passes[s].forward_stream_bytes + passes[s].backward_stream_bytes - passes[s].wgrad_stream_bytes
-                for s in sizes),
+                passes[s].forward_stream_bytes + passes[s].backward_stream_bytes for s in sizes),
             "gradient_stream_out_bytes_per_system": sum(passes[s].wgrad_stream_bytes for s in sizes),
+            "weight_stream_busy_s_per_system": sum(passes[s].memoryx_in_busy_cycles for s in sizes) / wafer.clock_hz,
+            "gradient_stream_out_busy_s_per_system": sum(passes[s].memoryx_out_busy_cycles for s in sizes)
+            / wafer.clock_hz,
             "link_bytes_per_s": wafer.memoryx_bytes_per_s,
+            "link_duplex": "full: weights in and gradients out each at link_bytes_per_s, at once",
             "optimizer_params": params, "optimizer_total_s": params / rate,
             "optimizer_exposed_s": c.optimizer / wafer.clock_hz,
         },

@@ -76,7 +76,11 @@ def transfer_cycles(wafer: WaferSpec, bytes_per_lane: float, hops: int, stages: 
 
 
 def stream_cycles(wafer: WaferSpec, nbytes: float) -> int:
-    """Cycles for ``nbytes`` of weights to cross the MemoryX -> wafer link."""
+    """Cycles for ``nbytes`` to cross the MemoryX link in one direction: weights in, or gradients out.
+
+    The link is full-duplex, each direction at ``wafer.memoryx_bytes_per_s``: 12 x 100 GbE ports, "1.2 Tbps I/O
+    to and from the chip", CS-3 raising "the ingress/egress bandwidth by 30%" (shared/facts/hardware.md, host I/O
+    and per-system I/O rows); Ethernet carries both directions at line rate at once."""
     return math.ceil(nbytes / wafer.memoryx_bytes_per_cycle)
 
 
@@ -95,6 +99,7 @@ class TaskKind(StrEnum):
     """What a task occupies on the hardware, and so which formula prices it (see :func:`task_cost`)."""
 
     STREAM = "stream"  # MemoryX -> wafer ingress of weights
+    STREAM_OUT = "stream_out"  # wafer -> MemoryX egress (weight gradients): its own port, no weight buffer
     TRANSFER = "transfer"  # fabric: holds its links for the serialization time, then adds hop latency
     COMPUTE = "compute"  # one tile's PEs busy
     BARRIER = "barrier"  # no cost: joins dependencies; may free a weight buffer
@@ -140,7 +145,7 @@ def task_cost(wafer: WaferSpec, precision: str, task: PricedTask) -> TaskCost:
     if kind == TaskKind.TRANSFER:
         return TaskCost(*transfer_cycles(wafer, task.bytes_per_lane, task.hops, task.stages, task.turns,
                                          task.phases, task.link_share))
-    if kind == TaskKind.STREAM:
+    if kind in (TaskKind.STREAM, TaskKind.STREAM_OUT):
         return TaskCost(stream_cycles(wafer, task.nbytes))
     if kind == TaskKind.INTERWAFER:
         return TaskCost(*interwafer_cycles(wafer, task.nbytes, task.hops))
@@ -151,6 +156,7 @@ _PRICED_FIELDS = {  # per kind, the fields task_cost reads (after the kind itsel
     TaskKind.COMPUTE: ("macs_per_pe", "elem_ops_per_pe", "dsd_ops_per_pe", "dsd_len", "sw_steps"),
     TaskKind.TRANSFER: ("bytes_per_lane", "hops", "stages", "turns", "phases", "link_share"),
     TaskKind.STREAM: ("nbytes",),
+    TaskKind.STREAM_OUT: ("nbytes",),
     TaskKind.INTERWAFER: ("nbytes", "hops"),
 }
 # One C-level getter per kind: a plan prices hundreds of thousands of tasks.

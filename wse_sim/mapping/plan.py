@@ -271,7 +271,8 @@ class Task:
 
     def resources(self) -> tuple:
         """What the task holds while it runs (its cost's ``hold_cycles``): its tile, its links (sorted, each
-        once), the MemoryX port ``"memoryx"`` or its inter-wafer link ``("interwafer", w)``; a barrier nothing."""
+        once), the MemoryX ingress port ``"memoryx"``, its egress port ``"memoryx_out"`` (a full-duplex link: see
+        :func:`~wse_sim.arch.costs.stream_cycles`) or its inter-wafer link ``("interwafer", w)``; a barrier nothing."""
         kind = self.kind
         if kind == TaskKind.COMPUTE:
             return (self.tile,)
@@ -279,6 +280,8 @@ class Task:
             return tuple(sorted(set(self.links)))
         if kind == TaskKind.STREAM:
             return ("memoryx",)
+        if kind == TaskKind.STREAM_OUT:
+            return ("memoryx_out",)
         if kind == TaskKind.INTERWAFER:
             return (("interwafer", self.wafer_link),)
         return ()

@@ -7,6 +7,12 @@ multiplies its block, and the partial sums of each tile row are reduced along th
 ``c`` by a bidirectional chain (every PE on an arm adds its partial and forwards: one routing stage each).
 Chunks pipeline: while one is reduced the next is broadcast and computed, and the stream runs ahead by
 ``stream_buffers`` chunks (double buffering by default), across op and layer boundaries.
+
+A weight gradient ``dW = X^T dY`` (a training backward's ``wgrad`` op) moves the other way: nothing streams in;
+chunk ``c``'s columns of ``dY`` (resident in owner tile column ``c``) are broadcast along every tile row, every
+tile multiplies its ``X`` block transposed by them, each tile column's partial sums (over its tokens) are chain-
+reduced down the tile rows, and the reduced ``k x nc`` gradient streams out to MemoryX on the link's egress
+direction (:meth:`StreamingLayout.wgrad_matmul`).
 """
 
 from __future__ import annotations
@@ -88,13 +94,19 @@ class StreamingLayout(BlockLayout):
         """The weight's column chunks ``(root tile column, n0, n1)``, each as wide as the SRAM left over allows,
         and the SRAM per PE the widest takes beside the resident blocks."""
         b, TR, TC = self.b, self.TR, self.TC
-        # SRAM: resident blocks, plus per output column of a chunk: the weight buffers and fp32 partials (x2).
+        # SRAM: resident blocks, plus per output column of a chunk: the weight buffers and fp32 partials (x2);
+        # a weight gradient: the dY buffers and fp32 partials of dW (x2: one being chain-reduced or, at the root
+        # row, waiting as the reduced gradient chunk for its stream-out, while the next is computed)
         resident = max(self.resident_bytes_per_pe([op.k, op.n], i, j) for i in range(TR) for j in range(TC))
-        per_col = max(
-            self.buffers * self.cols_per_pe(op.k, j) * b + 2 * self.rows_per_pe(i) * ACC_BYTES
-            for i in range(TR)
-            for j in range(TC)
-        )
+        if op.grad == "wgrad":
+            per_col = max(self.buffers * self.rows_per_pe(i) * b + 2 * self.cols_per_pe(op.k, j) * ACC_BYTES
+                          for i in range(TR) for j in range(TC))
+        else:
+            per_col = max(
+                self.buffers * self.cols_per_pe(op.k, j) * b + 2 * self.rows_per_pe(i) * ACC_BYTES
+                for i in range(TR)
+                for j in range(TC)
+            )
         free = self.wafer.sram_bytes_per_pe - resident - self.reserved_bytes_per_pe
         if free < per_col:
             raise SramOverflowError(
@@ -114,13 +126,14 @@ class StreamingLayout(BlockLayout):
         return chunks, resident + per_col * max(n1 - n0 for _, n0, n1 in chunks)
 
     def matmul(self, op: OpSpec) -> OpPlan:
+        if op.grad == "wgrad":
+            return self.wgrad_matmul(op)
         g, b, TR, TC = self.grid, self.b, self.TR, self.TC
         K = op.k
         x, y = op.inputs[0], op.name
         w_name = weight_tensor(op, op.weight)
         # the tied LM head reads the [vocab, d] embedding as [d, vocab]; a dgrad reads its weight transposed
         w_transposed = (op.weight == "wte") != (op.grad == "dgrad")
-        wgrad = op.grad == "wgrad"
         bias = weight_tensor(op, op.bias) if op.bias else None
         chunks, sram = self.chunks(op)
         widest = max(n1 - n0 for _, n0, n1 in chunks)
@@ -144,9 +157,8 @@ class StreamingLayout(BlockLayout):
                      for j in range(TC)]
             w_block = [Ref(w_name, k_span[j], (n0, n1), transpose=w_transposed) for j in range(TC)]
             keys = [[f"{y}#{n0},{i},{j}" for j in range(TC)] for i in range(TR)]
-            blocks = (_wgrad_blocks(op, keys, k_span, m_span, (n0, n1)) if wgrad else
-                      [[MatmulBlock(out=keys[i][j], a=x_block[i][j], b=w_block[j]) for j in range(TC)]
-                       for i in range(TR)])
+            blocks = [[MatmulBlock(out=keys[i][j], a=x_block[i][j], b=w_block[j]) for j in range(TC)]
+                      for i in range(TR)]
             computes = [[t.add(TaskKind.COMPUTE, deps=(bcast[j],), tile=(i, j), label="gemm",
                                macs_per_pe=m_per_pe[i] * k_per_pe[j] * nc,
                                dsd_ops_per_pe=k_per_pe[j] * nc, dsd_len=m_per_pe[i],
@@ -165,18 +177,79 @@ class StreamingLayout(BlockLayout):
                     bytes_per_lane=m_per_pe[i] * nc * ACC_BYTES,
                     hops=arm, stages=arm,  # every PE on an arm adds and forwards
                     nbytes=(TC - 1) * (m1 - m0) * nc * ACC_BYTES,
-                    actions=() if wgrad else (
+                    actions=(
                         ReduceWrite(dst=Ref(y, (m0, m1), (n0, n1)), groups=groups,
                                     bias=Ref(bias, (0, 1), (n0, n1)) if bias else None),
                         Free(tuple(row_keys)),
                     ),
                 )
             t.add(TaskKind.BARRIER, deps=tuple(idx for row in computes for idx in row), label="weights consumed",
-                  frees_buffer_of=s, actions=_wgrad_reduce(y, keys, k_span, (n0, n1)) if wgrad else ())
+                  frees_buffer_of=s)
         return OpPlan(
             op=op, mapping="weight-streaming", tasks=t.finish(), sram_bytes_per_pe=sram,
             notes=f"{len(chunks)} weight chunks of <= {widest} columns",
         )
+
+    def wgrad_matmul(self, op: OpSpec) -> OpPlan:
+        """``dW = X^T dY`` (``op.grad == "wgrad"``, the forward's shape ``m x k x n``) as its data moves, per
+        chunk ``(c, n0, n1)`` of ``dY``'s (and ``dW``'s) columns:
+
+        - the chunk's ``dY`` columns, resident in owner tile column ``c``, are broadcast along each tile row ``i``
+          to every tile column (``rows_per_pe(i) x nc`` elements per lane; waiting for a free dY buffer: the
+          computes ``stream_buffers`` chunks back);
+        - tile ``(i, j)`` multiplies its ``X[m_i, k_j]`` transposed by them (:func:`_wgrad_blocks`: the forward's
+          MACs and DSD shape);
+        - each tile column's partials (over its tokens) are chain-reduced down the tile rows into the last row,
+          every PE row on the way adding and forwarding (``cols_per_pe(k, j) x nc`` fp32 per lane), in tile-row
+          order (:func:`_wgrad_reduce`, the numerics' order);
+        - the reduced ``k x nc`` gradient (and the bias's ``nc`` column sums) streams out to MemoryX on the link's
+          egress direction (``STREAM_OUT``: full-duplex, beside the weight stream-ins, no weight buffer).
+
+        The op ends with its last column reduction: its stream-outs overlap the ops after it ("as soon as it is
+        ready"), each queuing only for the egress port. The SRAM holds two fp32 partial buffers per chunk column
+        (one being reduced while the next is computed; in the last tile row the reduced gradient waits in it for
+        its stream-out), like the forward's partial sums; as there, no dependency enforces the count (an
+        egress-bound run could queue more reduced chunks than two: docs/training.md, weaknesses).
+        """
+        g, b, TR, TC, K = self.grid, self.b, self.TR, self.TC, op.k
+        chunks, sram = self.chunks(op)
+        k_span = [self.cols(K, j) for j in range(TC)]
+        k_per_pe = [self.cols_per_pe(K, j) for j in range(TC)]
+        m_span = [self.rows(i) for i in range(TR)]
+        m_per_pe = [self.rows_per_pe(i) for i in range(TR)]
+        down, down_hops = [g.col_path(j, 0, TR - 1) for j in range(TC)], g.col_hops(0, TR - 1)
+        t = Builder()
+        done: list[tuple[list[list[int]], list[int], int]] = []  # per chunk: computes, column reductions, stream-out
+        for q, (c, n0, n1) in enumerate(chunks):
+            nc = n1 - n0
+            arm = max(g.row_hops(0, c), g.row_hops(c, TC - 1))  # the longer arm of the broadcast from column c
+            dy_free = done[q - self.buffers][0] if q >= self.buffers else None
+            bcast = [t.add(TaskKind.TRANSFER, deps=tuple(dy_free[i]) if dy_free else (), label=f"bcast dy row {i}",
+                           links=g.row_path(i, c, 0) + g.row_path(i, c, TC - 1),
+                           bytes_per_lane=m_per_pe[i] * nc * b, hops=arm,
+                           nbytes=(m_span[i][1] - m_span[i][0]) * nc * b * TC)
+                     for i in range(TR)]
+            keys = [[f"{op.name}#{n0},{i},{j}" for j in range(TC)] for i in range(TR)]
+            blocks = _wgrad_blocks(op, keys, k_span, m_span, (n0, n1))
+            computes = [[t.add(TaskKind.COMPUTE, label="gemm", tile=(i, j), deps=(bcast[i],),
+                               macs_per_pe=m_per_pe[i] * k_per_pe[j] * nc,
+                               dsd_ops_per_pe=k_per_pe[j] * nc, dsd_len=m_per_pe[i], sw_steps=1,
+                               actions=(blocks[i][j],))
+                         for j in range(TC)]
+                        for i in range(TR)]
+            reduce = [t.add(TaskKind.TRANSFER, deps=tuple(computes[i][j] for i in range(TR)),
+                            label=f"reduce col {j}", links=down[j], bytes_per_lane=k_per_pe[j] * nc * ACC_BYTES,
+                            hops=down_hops, stages=down_hops,  # every PE row on the chain adds and forwards
+                            nbytes=(TR - 1) * (k_span[j][1] - k_span[j][0]) * nc * ACC_BYTES,
+                            actions=_wgrad_reduce(op.name, keys, k_span, (n0, n1), j))
+                      for j in range(TC)]
+            out = t.add(TaskKind.STREAM_OUT, deps=tuple(reduce), label=f"stream out[{n0}:{n1}]",
+                        nbytes=(K * nc + (nc if op.bias else 0)) * b)
+            done.append((computes, reduce, out))
+        outs = {out for _, _, out in done}  # the op ends without them: they overlap the ops after it
+        t.add(TaskKind.BARRIER, deps=tuple(x for x in range(len(t.tasks)) if x not in outs), label="end")
+        return OpPlan(op=op, mapping="weight-streaming", tasks=tuple(t.tasks), sram_bytes_per_pe=sram,
+                      notes=f"{len(chunks)} gradient chunks of <= {max(n1 - n0 for _, n0, n1 in chunks)} columns")
 
 
 def wgrad_operand(op: OpSpec) -> str:
@@ -192,10 +265,8 @@ def _wgrad_blocks(op: OpSpec, keys, k_span, m_span, cols) -> list[list[MatmulBlo
              for j in range(len(k_span))] for i in range(len(m_span))]
 
 
-def _wgrad_reduce(y: str, keys, k_span, cols) -> tuple:
-    """The weight gradient's partial sums are over tokens, i.e. over tile rows: each tile column's partials are
-    added in tile-row order into its rows ``k_j`` of ``dW`` (the timing still charges the forward's row chain:
-    docs/training.md, weaknesses)."""
-    writes = tuple(ReduceWrite(dst=Ref(y, k_span[j], cols), groups=(tuple(row[j] for row in keys),))
-                   for j in range(len(k_span)))
-    return (*writes, Free(tuple(key for row in keys for key in row)))
+def _wgrad_reduce(y: str, keys, k_span, cols, j: int) -> tuple:
+    """The weight gradient's partial sums are over tokens, i.e. over tile rows: tile column ``j``'s partials are
+    added in tile-row order (the chain down the column) into its rows ``k_j`` of ``dW``, then freed."""
+    col_keys = tuple(row[j] for row in keys)
+    return ReduceWrite(dst=Ref(y, k_span[j], cols), groups=(col_keys,)), Free(col_keys)

@@ -79,6 +79,9 @@ def add_task_counts(v: dict, wafer: WaferSpec, plan: ModelPlan, task: Task, cost
     elif kind == TaskKind.STREAM:
         v["memoryx_bytes"] += float(task.nbytes)
         v["sram_write_bytes"] += float(task.nbytes)
+    elif kind == TaskKind.STREAM_OUT:  # gradients to MemoryX: read from SRAM, priced per byte as the stream-in
+        v["memoryx_bytes"] += float(task.nbytes)
+        v["sram_read_bytes"] += float(task.nbytes)
     elif kind == TaskKind.INTERWAFER:
         v["interwafer_bytes"] += float(task.nbytes)
         v["sram_read_bytes"] += float(task.nbytes)

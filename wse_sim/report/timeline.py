@@ -118,6 +118,7 @@ def timeline_summary(result: SimResult, grid: TileGrid, cap: int = MAX_SEGMENTS_
     tile_iv: list[list] = [[] for _ in range(n_tile_lanes)]
     link_iv: list[list] = [[] for _ in top_links]
     memx_iv: list = []
+    memx_out_iv: list = []  # gradient stream-outs (a training backward): the link's other direction
     wafer_iv: dict[int, list] = {}
     tile_cols = grid.tile_cols if per_tile else 0
     for group, res, s, e, k, _, _, _ in result.intervals:  # (no starred unpacking: a list per interval)
@@ -129,6 +130,8 @@ def timeline_summary(result: SimResult, grid: TileGrid, cap: int = MAX_SEGMENTS_
                 link_iv[n].append((s, e, k))
         elif group == "interwafer":
             wafer_iv.setdefault(res, []).append((s, e, k))
+        elif res == "memoryx_out":
+            memx_out_iv.append((s, e, k))
         else:
             memx_iv.append((s, e, k))
 
@@ -137,6 +140,8 @@ def timeline_summary(result: SimResult, grid: TileGrid, cap: int = MAX_SEGMENTS_
         return _lane(name, group, cols[0], cols[1], cols[2], cap)
 
     lanes = [lane("MemoryX", "memoryx", memx_iv)]
+    if memx_out_iv:
+        lanes.append(lane("wafer -> MemoryX", "memoryx", memx_out_iv))
     lanes += [lane(f"inter-wafer link {w}->{w + 1}", "interwafer", iv) for w, iv in sorted(wafer_iv.items())]
     for n, iv in enumerate(tile_iv):
         name = f"tile ({n // grid.tile_cols},{n % grid.tile_cols})" if per_tile else f"tile row {n}"

@@ -26,7 +26,7 @@ def _thread_name(group: str, res) -> str:
         return f"({i},{j})->({i2},{j2}) {link_direction(res)}"
     if group == "interwafer":
         return f"wafer {res} -> {res + 1}"
-    return "ingress port"
+    return "egress port" if res == "memoryx_out" else "ingress port"
 
 
 def trace_events(result: SimResult, grid: TileGrid, clock_hz: float, limit: int | None = None):
@@ -43,6 +43,7 @@ def trace_events(result: SimResult, grid: TileGrid, clock_hz: float, limit: int 
     tid_of = {("link", res): n for n, res in enumerate(links)}
     tid_of.update({("tile", (i, j)): i * grid.tile_cols + j for i, j in grid.tiles()})
     tid_of[("memoryx", "memoryx")] = 0
+    tid_of[("memoryx", "memoryx_out")] = 1  # the egress direction (gradient stream-outs)
     tid_of.update({key: key[1] for key in by_res if key[0] == "interwafer"})
     keys = sorted(by_res, key=lambda key: (GROUPS[key[0]][0], tid_of[key]))
 

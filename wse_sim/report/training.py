@@ -51,7 +51,8 @@ def step_lanes(report: dict) -> dict[str, list[tuple[float, float, str]]]:
     each pass's forward then backward (``pass_order``), then the exposed SwarmX and optimizer time; MemoryX's link
     carries each phase's weights in and each backward's gradients out (busy time, drawn from the phase's start);
     SwarmX reduces each pass's gradients during its backward (more than one system); AdamW runs in MemoryX as the
-    last backward's gradients arrive, its exposed part after it."""
+    last backward's gradients arrive, its exposed part after it. The link is full-duplex: the weights in and the
+    gradients out are separate lanes, each direction at ``link_bytes_per_s``."""
     clock_s = report["step_seconds"] / report["step_cycles"]
     mx, sx, ph = report["memoryx"], report["swarmx"], report["phases_cycles"]
     link = mx["link_bytes_per_s"]
@@ -62,9 +63,8 @@ def step_lanes(report: dict) -> dict[str, list[tuple[float, float, str]]]:
         p = report["passes"][str(seqs)]
         fwd, bwd = p["forward_cycles"] * clock_s, p["backward_cycles"] * clock_s
         lanes["wafer"] += [(t, fwd, "forward"), (t + fwd, bwd, "backward")]
-        weights_in = p["backward_stream_bytes"] - p["wgrad_stream_bytes"]
         lanes["MemoryX -> wafer"] += [(t, min(fwd, p["forward_stream_bytes"] / link), "weights in"),
-                                      (t + fwd, min(bwd, weights_in / link), "weights in")]
+                                      (t + fwd, min(bwd, p["backward_stream_bytes"] / link), "weights in")]
         lanes["wafer -> MemoryX"].append((t + fwd, min(bwd, p["wgrad_stream_bytes"] / link), "gradients out"))
         if report["systems"] > 1:
             per_pass = sx["reduce_bytes_per_system"] / len(report["pass_order"])
@@ -100,7 +100,7 @@ def step_timeline_figure(report: dict):
     ph, clock_s = report["phases_cycles"], report["step_seconds"] / report["step_cycles"]
     label = {"forward": f"forward {ph['forward'] * clock_s:.3g} s",
              "backward": f"backward {ph['backward'] * clock_s:.3g} s",
-             "weights in": "weights in (link busy)", "gradients out": "gradients out (link busy)",
+             "weights in": "weights in (ingress busy)", "gradients out": "gradients out (egress busy)",
              "swarmx": f"SwarmX (exposed {ph['swarmx_reduce'] * clock_s:.3g} s)",
              "optimizer": f"AdamW (exposed {ph['optimizer'] * clock_s:.3g} s)"}
     ax.legend(handles=[Patch(color=c, label=label[k]) for k, c in STEP_COLORS.items()], fontsize=7, ncol=3,
@@ -108,6 +108,6 @@ def step_timeline_figure(report: dict):
     passes = len(report["pass_order"])
     ax.set_title(f"{report['model']} on {report['systems']} system(s): one optimizer step of "
                  f"{report['accumulation_steps']} micro-batch(es) in {passes} pass(es), {report['step_seconds']:.4g} s"
-                 "\nlinks: busy time of each phase, drawn from its start", fontsize=10)
+                 "\nMemoryX link (full-duplex) and SwarmX: busy time of each phase, drawn from its start", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return fig

@@ -3,7 +3,9 @@
 
 Resources that transfers and computes contend for: each tile's PEs (one compute at a time), each directed
 link between adjacent tiles (a transfer holds every link of its path for its serialization time, then the
-head-to-tail hop latency elapses: cut-through), the MemoryX ingress port, and ``stream_buffers`` weight
+head-to-tail hop latency elapses: cut-through), the MemoryX ingress port, its egress port (gradient
+stream-outs: the link is full-duplex, so they never wait for weight streams, take no weight buffer and are not
+chained with the streams; they wait only for their own dependencies), and ``stream_buffers`` weight
 buffers on the wafer (a stream takes one before it starts; the barrier that marks its weights consumed gives
 it back). Ops run in program order: an op's first tasks wait for the previous op's end, while weight streams
 only wait for the previous stream and a free buffer, so the next layer's weights arrive during this one (and
@@ -13,8 +15,8 @@ regions overlap; its start is the latest end among ``after``.
 
 Each op's cycles are split along its critical path (walking back from its end through the dependency that
 finished last, or through the task that last held a resource this one waited for): time on compute tasks is
-``compute``, on transfers ``fabric``, on streams ``stream`` (exposed weight streaming). Fabric time is further
-split into ``fabric_latency`` (a transfer's hop, stage and turn latency after its tail left) and
+``compute``, on transfers ``fabric``, on streams ``stream`` (exposed weight streaming, in or out). Fabric time
+is further split into ``fabric_latency`` (a transfer's hop, stage and turn latency after its tail left) and
 ``fabric_serialization`` (holding links, including waits for busy links). Multi-wafer plans add one resource per
 inter-wafer link (wafer w to w + 1): an ``interwafer`` task holds it for its bytes at the link's bandwidth, then
 the link's latency elapses; its critical-path time is ``interwafer``.
@@ -60,6 +62,7 @@ class OpTiming:
     notes: str = ""
     interwafer_cycles: int = 0  # critical-path time crossing to another wafer (multi-wafer serving)
     interwafer_bytes: int = 0
+    stream_out_bytes: int = 0  # bytes sent wafer -> MemoryX (weight gradients)
 
     @property
     def cycles(self) -> int:
@@ -77,7 +80,7 @@ class SimResult:
     tile_busy_cycles: np.ndarray  # [tile rows, tile cols]
     tile_macs: np.ndarray  # FMACs done per tile, for MAC efficiency
     link_busy_cycles: dict  # {((i, j), (i2, j2)): cycles}
-    memoryx_busy_cycles: int
+    memoryx_busy_cycles: int  # the ingress port (MemoryX -> wafer)
     stream_bytes: int
     fabric_bytes: int
     tasks: int
@@ -86,10 +89,12 @@ class SimResult:
     intervals: list | None = None
     interwafer_busy_cycles: dict = field(default_factory=dict)  # {link index (wafer w -> w + 1): cycles}
     interwafer_bytes: int = 0
+    memoryx_out_busy_cycles: int = 0  # the egress port (wafer -> MemoryX: gradient stream-outs)
+    stream_out_bytes: int = 0
 
 
 _CATEGORY = {TaskKind.COMPUTE: "compute", TaskKind.TRANSFER: "fabric", TaskKind.STREAM: "stream",
-             TaskKind.INTERWAFER: "interwafer"}
+             TaskKind.STREAM_OUT: "stream", TaskKind.INTERWAFER: "interwafer"}
 
 
 def _layer_ends(plan: ModelPlan, op_end: list[int]) -> set[int]:
@@ -167,7 +172,8 @@ class _Run:
         self.starts: list[int] = []  # tasks launched during the current step, started when it ends
         self.intervals: list | None = [] if record else None
         self._done = {TaskKind.COMPUTE: self._compute_done, TaskKind.TRANSFER: self._transfer_done,
-                      TaskKind.STREAM: self._stream_done, TaskKind.INTERWAFER: self._interwafer_done}
+                      TaskKind.STREAM: self._stream_done, TaskKind.STREAM_OUT: self._stream_out_done,
+                      TaskKind.INTERWAFER: self._interwafer_done}
         self._load(plan)
         n, nres = len(self.tasks), len(self.res_key)
         self.layer_ends = _layer_ends(plan, self.op_end)
@@ -185,6 +191,7 @@ class _Run:
         self.link_busy: list = [None] * nres
         self.link_order: list[int] = []
         self.memoryx_busy = 0
+        self.memoryx_out_busy = 0
         self.wafer_link_busy: dict[int, int] = {}
         self.arg_bits = max(n, nres).bit_length() + _CODE_BITS
         self.time_shift = self.arg_bits + _ORDER_BITS
@@ -211,7 +218,7 @@ class _Run:
         self.by_tile: dict = {}  # a compute's resources depend on its tile only, a transfer's on its links only
         self.by_links: dict = {}  # id(links) -> resources (the plan keeps every links tuple alive meanwhile)
         self.op_bytes = {kind: [0] * len(plan.ops) for kind in (TaskKind.TRANSFER, TaskKind.STREAM,
-                                                                TaskKind.INTERWAFER)}
+                                                                TaskKind.STREAM_OUT, TaskKind.INTERWAFER)}
         described: dict = {}  # id(an op's tasks) -> _describe's answer: timing-only plans share tasks among ops
         deps, succ, op_end, op_base, stream, compute = self.deps, self.succ, self.op_end, [], self.stream, self.code_of[
             TaskKind.COMPUTE]
@@ -521,6 +528,13 @@ class _Run:
         self._record("memoryx", "memoryx", i, hold, self.tasks[i].nbytes, 0)
         self.finish(i)
 
+    def _stream_out_done(self, i: int) -> None:
+        """A gradient stream-out held the MemoryX egress port for its bytes (full-duplex: not the ingress)."""
+        hold = self.hold[i]
+        self.memoryx_out_busy += hold
+        self._record("memoryx", "memoryx_out", i, hold, self.tasks[i].nbytes, 0)
+        self.finish(i)
+
     def _interwafer_done(self, i: int) -> None:
         t, ser = self.tasks[i], self.hold[i]
         self.wafer_link_busy[t.wafer_link] = self.wafer_link_busy.get(t.wafer_link, 0) + ser
@@ -542,7 +556,8 @@ class _Run:
             memoryx_busy_cycles=self.memoryx_busy, stream_bytes=sum(op_bytes[TaskKind.STREAM]),
             fabric_bytes=sum(op_bytes[TaskKind.TRANSFER]), tasks=n, intervals=self.intervals,
             interwafer_busy_cycles=dict(sorted(self.wafer_link_busy.items())),
-            interwafer_bytes=sum(op_bytes[TaskKind.INTERWAFER]),
+            interwafer_bytes=sum(op_bytes[TaskKind.INTERWAFER]), memoryx_out_busy_cycles=self.memoryx_out_busy,
+            stream_out_bytes=sum(op_bytes[TaskKind.STREAM_OUT]),
         )
 
     def op_timings(self) -> list[OpTiming]:
@@ -563,6 +578,7 @@ class _Run:
                 stream_bytes=op_bytes[TaskKind.STREAM][k], fabric_bytes=op_bytes[TaskKind.TRANSFER][k],
                 sram_bytes_per_pe=op_plan.sram_bytes_per_pe, notes=op_plan.notes,
                 interwafer_cycles=split["interwafer"], interwafer_bytes=op_bytes[TaskKind.INTERWAFER][k],
+                stream_out_bytes=op_bytes[TaskKind.STREAM_OUT][k],
             ))
             prev = end
         return ops
