@@ -48,9 +48,15 @@ def softmax(x: np.ndarray) -> np.ndarray:
 def causal_softmax_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``softmax(q k^T / sqrt(dh)) v`` per head with a causal mask: ``[head, seq, dh]`` in and out."""
     seq, dh = q.shape[1], q.shape[2]
-    scores = q @ k.transpose(0, 2, 1) / math.sqrt(dh)  # [head, seq, seq]
-    future = np.triu(np.ones((seq, seq), dtype=bool), k=1)  # position i may not see j > i
-    return softmax(np.where(future, -np.inf, scores)) @ v
+    scores = q @ k.transpose(0, 2, 1)  # [head, seq, seq]
+    scores /= math.sqrt(dh)
+    scores[:, np.triu(np.ones((seq, seq), dtype=bool), k=1)] = -np.inf  # position i may not see j > i
+    # softmax(scores) in place: the same operations in the same order as softmax(), without a temporary
+    # [head, seq, seq] array per step (the elementwise passes were most of the reference's attention time)
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores @ v
 
 
 def _heads(x: np.ndarray, n: int) -> np.ndarray:
