@@ -45,8 +45,10 @@ class Builder:
         return (self.add(TaskKind.TRANSFER, deps=deps, links=r.links, bytes_per_lane=r.bytes_per_lane, hops=r.hops,
                          turns=r.turns, nbytes=r.nbytes, **kw),)
 
-    def finish(self) -> tuple[Task, ...]:
-        self.add(TaskKind.BARRIER, deps=tuple(range(len(self.tasks))), label="end")
+    def finish(self, trailing: frozenset[int] = frozenset()) -> tuple[Task, ...]:
+        """The tasks, closed by the op's end: a barrier after every task but ``trailing`` (tasks that run on
+        past the op's end, e.g. a weight gradient's stream-outs overlapping the ops after it)."""
+        self.add(TaskKind.BARRIER, deps=tuple(x for x in range(len(self.tasks)) if x not in trailing), label="end")
         return tuple(self.tasks)
 
 

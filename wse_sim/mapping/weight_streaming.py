@@ -219,7 +219,7 @@ class StreamingLayout(BlockLayout):
         m_per_pe = [self.rows_per_pe(i) for i in range(TR)]
         down, down_hops = [g.col_path(j, 0, TR - 1) for j in range(TC)], g.col_hops(0, TR - 1)
         t = Builder()
-        done: list[tuple[list[list[int]], list[int], int]] = []  # per chunk: computes, column reductions, stream-out
+        done: list[tuple[list[list[int]], int]] = []  # per chunk: its computes and its stream-out
         for q, (c, n0, n1) in enumerate(chunks):
             nc = n1 - n0
             arm = max(g.row_hops(0, c), g.row_hops(c, TC - 1))  # the longer arm of the broadcast from column c
@@ -245,10 +245,9 @@ class StreamingLayout(BlockLayout):
                       for j in range(TC)]
             out = t.add(TaskKind.STREAM_OUT, deps=tuple(reduce), label=f"stream out[{n0}:{n1}]",
                         nbytes=(K * nc + (nc if op.bias else 0)) * b)
-            done.append((computes, reduce, out))
-        outs = {out for _, _, out in done}  # the op ends without them: they overlap the ops after it
-        t.add(TaskKind.BARRIER, deps=tuple(x for x in range(len(t.tasks)) if x not in outs), label="end")
-        return OpPlan(op=op, mapping="weight-streaming", tasks=tuple(t.tasks), sram_bytes_per_pe=sram,
+            done.append((computes, out))
+        outs = frozenset(out for _, out in done)  # the op ends without them: they overlap the ops after it
+        return OpPlan(op=op, mapping="weight-streaming", tasks=t.finish(trailing=outs), sram_bytes_per_pe=sram,
                       notes=f"{len(chunks)} gradient chunks of <= {max(n1 - n0 for _, n0, n1 in chunks)} columns")
 
 
