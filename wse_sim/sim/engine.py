@@ -27,8 +27,10 @@ from __future__ import annotations
 import heapq
 import sys
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import count
+from operator import attrgetter
 from typing import Protocol
 
 import numpy as np
@@ -85,12 +87,58 @@ class SimResult:
     fabric_bytes: int
     tasks: int
     # With ``record=True``: one (group, resource, start, end, op index, label, bytes, MACs) per busy interval,
-    # group in {"tile", "link", "memoryx", "interwafer"}; a transfer has one interval per link it holds.
-    intervals: list | None = None
+    # group in {"tile", "link", "memoryx", "interwafer"}; a transfer has one interval per link it holds. A list,
+    # or from the compiled loop a RecordedIntervals (a sequence of the same tuples, made as they are read).
+    intervals: Sequence | None = None
     interwafer_busy_cycles: dict = field(default_factory=dict)  # {link index (wafer w -> w + 1): cycles}
     interwafer_bytes: int = 0
     memoryx_out_busy_cycles: int = 0  # the egress port (wafer -> MemoryX: gradient stream-outs)
     stream_out_bytes: int = 0
+
+
+class RecordedIntervals(Sequence):
+    """The busy intervals a compiled run recorded (:mod:`wse_sim.sim.loop`): the same tuples, in the same order,
+    as the Python loop's list, made as they are read from the loop's (resource, task, end time) rows. Half a
+    million tuples of a 13B run cost about 0.25 s to make and keep; reading them once costs a third of that.
+
+    ``groups[r]``, ``keys[r]``: resource ``r``'s group and resource as recorded; ``op_of``, ``tasks``, ``codes``
+    and ``macs`` are the run's per-task lists."""
+
+    def __init__(self, groups: list, keys: list, rec_r: np.ndarray, rec_i: np.ndarray, start: np.ndarray,
+                 end: np.ndarray, op_of: list, tasks: list, codes: list, macs: list):
+        self.groups, self.keys, self.rec_r, self.rec_i, self.start, self.end = groups, keys, rec_r, rec_i, start, end
+        self.op_of, self.tasks, self.codes, self.macs = op_of, tasks, codes, macs
+        self._nbytes: list | None = None
+        self._list: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.rec_r)
+
+    def __iter__(self):
+        if self._list is not None:
+            return iter(self._list)
+        if self._nbytes is None:  # a compute's interval carries no bytes
+            self._nbytes = [0 if c == 0 else t.nbytes for t, c in zip(self.tasks, self.codes, strict=True)]
+        ri, rr = self.rec_i.tolist(), self.rec_r.tolist()
+        tasks = map(self.tasks.__getitem__, ri)
+        return zip(map(self.groups.__getitem__, rr), map(self.keys.__getitem__, rr), self.start.tolist(),
+                   self.end.tolist(), map(self.op_of.__getitem__, ri), map(attrgetter("label"), tasks),
+                   map(self._nbytes.__getitem__, ri), map(self.macs.__getitem__, ri), strict=True)
+
+    def __getitem__(self, k):
+        if self._list is None:
+            self._list = list(self)
+        return self._list[k]
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes | tuple):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RecordedIntervals({len(self)} intervals)"
 
 
 _CATEGORY = {TaskKind.COMPUTE: "compute", TaskKind.TRANSFER: "fabric", TaskKind.STREAM: "stream",
@@ -107,13 +155,19 @@ class Engine:
     """Simulates a :class:`ModelPlan` on a wafer; optionally runs numeric actions as tasks complete."""
 
     def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None = None,
-                 progress: bool = False, record: bool = False):
+                 progress: bool = False, record: bool = False, compiled: bool | None = None):
+        """``compiled``: run the event loop compiled (:mod:`wse_sim.sim.loop`, the same events and result tens of
+        times faster) or in Python (False); None (the default) compiles it whenever there are no numerics, the
+        only case it handles (with numerics, tasks run Python actions as they end)."""
         self.wafer, self.plan, self.numerics = wafer, plan, numerics
         self.progress, self.record = progress, record
+        if compiled and numerics is not None:
+            raise ValueError("the compiled event loop runs no numerics: pass compiled=None or False with numerics")
+        self.compiled = numerics is None if compiled is None else compiled
 
     @gc_paused()  # millions of short-lived events, no cycles: see wse_sim.gc_pause
     def run(self) -> SimResult:
-        run = _Run(self.wafer, self.plan, self.numerics, self.record)
+        run = _Run(self.wafer, self.plan, self.numerics, self.record, self.compiled)
         if self.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -162,8 +216,10 @@ class _Run:
 
     bar = None  # a progress bar ticked at the end of each block
 
-    def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None, record: bool):
+    def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None, record: bool,
+                 compiled: bool = False):
         self.wafer, self.plan, self.numerics, self.precision = wafer, plan, numerics, plan.precision
+        self.compiled = compiled and numerics is None  # the compiled loop builds the successors itself
         self.costs = TaskCosts(wafer, plan.precision)  # each distinct task priced once
         self.now = 0
         self.queue: list[int] = []  # events at later times (see _GRANT ...), a heap
@@ -211,7 +267,7 @@ class _Run:
         self.op_end: list[int] = []
         self.codes, self.hold, self.latency, self.keys, self.special = [], [], [], [], []
         self.macs: list[int] = []  # FMACs of a compute task over its tile's PEs
-        self.succ: list[list[int]] = [[] for _ in range(n)]
+        self.succ: list[list[int]] = [] if self.compiled else [[] for _ in range(n)]
         self.res_key: list = []  # resource index -> key (see Task.resources)
         self.pes: list = []  # resource index -> PEs of the tile, for a tile
         self.rid_of: dict = {}
@@ -222,7 +278,7 @@ class _Run:
         described: dict = {}  # id(an op's tasks) -> _describe's answer: timing-only plans share tasks among ops
         deps, succ, op_end, op_base, stream, compute = self.deps, self.succ, self.op_end, [], self.stream, self.code_of[
             TaskKind.COMPUTE]
-        last_stream = -1
+        last_stream, compiled = -1, self.compiled
         for k, op_plan in enumerate(plan.ops):
             ts = op_plan.tasks
             desc = described.get(id(ts))
@@ -255,8 +311,9 @@ class _Run:
                 elif prev_ends and (not own or code == compute):
                     # Computes read the previous op's output; weight broadcasts may run ahead into buffers.
                     d.extend(prev_ends)
-                for p in d:
-                    succ[p].append(i)
+                if not compiled:
+                    for p in d:
+                        succ[p].append(i)
                 deps.append(d)
                 i += 1
             op_end.append(i - 1)
@@ -313,6 +370,16 @@ class _Run:
         Events at a later time wait in a heap by (time, creation order). Events made for the current time (grants,
         releases, zero-cycle ends) come after every event already queued for it, which were all made earlier, so
         they wait in a FIFO, ``now_queue``, that the loop empties once the heap has no event left at this time."""
+        if self.compiled:
+            from .loop import run_compiled  # numba: imported only when used
+
+            if run_compiled(self):
+                self._check_finished()
+                return
+            self.succ = [[] for _ in self.deps]  # too large for the compiled loop's event keys: in Python
+            for i, d in enumerate(self.deps):
+                for p in d:
+                    self.succ[p].append(i)
         for i in [i for i, left in enumerate(self.remaining) if left == 0]:  # a barrier among them launches
             self.launch(i)  # its successors itself: the list is taken first so that none starts twice
         queue, now_queue, starts = self.queue, self.now_queue, self.starts
@@ -382,9 +449,13 @@ class _Run:
                 self.finish(i)
             else:
                 self._request(i)
-        unfinished = [i for i, left in enumerate(self.remaining) if left > 0]
-        if unfinished:  # a plan bug, never user input
-            raise RuntimeError(f"{len(unfinished)} tasks never became ready (first: {self.tasks[unfinished[0]].label})")
+        self._check_finished()
+
+    def _check_finished(self) -> None:
+        unfinished = np.flatnonzero(np.asarray(self.remaining) > 0)
+        if len(unfinished):  # a plan bug, never user input
+            first = self.tasks[int(unfinished[0])].label
+            raise RuntimeError(f"{len(unfinished)} tasks never became ready (first: {first})")
 
     def _event(self, cycles: int, code: int, arg: int) -> None:
         """Queue event ``code`` on ``arg`` (a task or a resource index), ``cycles`` from now."""
