@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_engine_simpy import GPT, SMALL, TINY, assert_same, plans_of, random_plan
+from test_engine_simpy import GPT, SMALL, TINY, assert_same, plans_of, random_plan, simulate
 from wse_sim.workloads import lower_model
 
 from wse_sim.app import RunSpec
@@ -20,8 +20,8 @@ from wse_sim.sim import engine as engine_mod
 
 
 def both(wafer, plan, record=True):
-    compiled = Engine(wafer, plan, record=record, compiled=True).run()
-    assert_same(compiled, Engine(wafer, plan, record=record, compiled=False).run())
+    compiled = simulate(wafer, plan, record, True)
+    assert_same(compiled, simulate(wafer, plan, record, False))
     return compiled
 
 

@@ -23,7 +23,7 @@ from wse_sim.arch import get_wafer
 from wse_sim.arch.costs import task_cost
 from wse_sim.mapping import ModelPlan, OpPlan, Task, TaskKind, TileGrid, get_mapping
 from wse_sim.mapping.registry import mapping_names
-from wse_sim.sim import Engine
+from wse_sim.sim import Engine, loop
 from wse_sim.sim.engine import OpTiming, SimResult, _critical_split
 
 TINY = get_wafer("tiny")  # 8 x 8 PEs
@@ -192,11 +192,23 @@ def assert_same(a: SimResult, b: SimResult) -> None:
     assert list(a.interwafer_busy_cycles.items()) == list(b.interwafer_busy_cycles.items())
 
 
+def simulate(wafer, plan, record: bool, compiled: bool) -> SimResult:
+    """``Engine.run`` with the compiled event loop or the Python one, checking which one ran."""
+    calls, real = [], loop.run_loop
+    loop.run_loop = lambda *args: calls.append(1) or real(*args)
+    try:
+        result = Engine(wafer, plan, record=record, compiled=compiled).run()
+    finally:
+        loop.run_loop = real
+    assert bool(calls) == compiled
+    return result
+
+
 def check(wafer, plan, record=True):
     """Both event loops, the compiled one and Python's, against SimPy."""
     ref = SimPyRun(wafer, plan, record).simulate()
     for compiled in (True, False):
-        assert_same(Engine(wafer, plan, record=record, compiled=compiled).run(), ref)
+        assert_same(simulate(wafer, plan, record, compiled), ref)
 
 
 # ---- random plans: every kind, shared resources, equal costs -----------------------------------------------------

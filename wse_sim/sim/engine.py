@@ -98,17 +98,16 @@ class SimResult:
 
 class RecordedIntervals(Sequence):
     """The busy intervals a compiled run recorded (:mod:`wse_sim.sim.loop`): the same tuples, in the same order,
-    as the Python loop's list, made as they are read from the loop's (resource, task, end time) rows. Half a
-    million tuples of a 13B run cost about 0.25 s to make and keep; reading them once costs a third of that.
+    as the Python loop's list, made as they are read from the loop's rows (resource, task, start, end, bytes,
+    MACs). Half a million tuples of a 13B run cost about 0.25 s to make and keep; reading them once costs less.
 
-    ``groups[r]``, ``keys[r]``: resource ``r``'s group and resource as recorded; ``op_of``, ``tasks``, ``codes``
-    and ``macs`` are the run's per-task lists."""
+    ``groups[r]``, ``keys[r]``: resource ``r``'s group and resource as recorded; ``op_of`` and ``tasks`` are the
+    run's per-task lists (op index, task: its label)."""
 
     def __init__(self, groups: list, keys: list, rec_r: np.ndarray, rec_i: np.ndarray, start: np.ndarray,
-                 end: np.ndarray, op_of: list, tasks: list, codes: list, macs: list):
+                 end: np.ndarray, op_of: list, tasks: list, nbytes: np.ndarray, macs: np.ndarray):
         self.groups, self.keys, self.rec_r, self.rec_i, self.start, self.end = groups, keys, rec_r, rec_i, start, end
-        self.op_of, self.tasks, self.codes, self.macs = op_of, tasks, codes, macs
-        self._nbytes: list | None = None
+        self.op_of, self.tasks, self.nbytes, self.macs = op_of, tasks, nbytes, macs
         self._list: list | None = None
 
     def __len__(self) -> int:
@@ -117,13 +116,10 @@ class RecordedIntervals(Sequence):
     def __iter__(self):
         if self._list is not None:
             return iter(self._list)
-        if self._nbytes is None:  # a compute's interval carries no bytes
-            self._nbytes = [0 if c == 0 else t.nbytes for t, c in zip(self.tasks, self.codes, strict=True)]
         ri, rr = self.rec_i.tolist(), self.rec_r.tolist()
-        tasks = map(self.tasks.__getitem__, ri)
         return zip(map(self.groups.__getitem__, rr), map(self.keys.__getitem__, rr), self.start.tolist(),
-                   self.end.tolist(), map(self.op_of.__getitem__, ri), map(attrgetter("label"), tasks),
-                   map(self._nbytes.__getitem__, ri), map(self.macs.__getitem__, ri), strict=True)
+                   self.end.tolist(), map(self.op_of.__getitem__, ri), map(attrgetter("label"),
+                   map(self.tasks.__getitem__, ri)), self.nbytes.tolist(), self.macs.tolist(), strict=True)
 
     def __getitem__(self, k):
         if self._list is None:
@@ -268,6 +264,7 @@ class _Run:
         self.codes, self.hold, self.latency, self.keys, self.special = [], [], [], [], []
         self.macs: list[int] = []  # FMACs of a compute task over its tile's PEs
         self.succ: list[list[int]] = [] if self.compiled else [[] for _ in range(n)]
+        self.arrays = None  # the compiled loop's (loop.Arrays)
         self.res_key: list = []  # resource index -> key (see Task.resources)
         self.pes: list = []  # resource index -> PEs of the tile, for a tile
         self.rid_of: dict = {}
@@ -279,6 +276,10 @@ class _Run:
         deps, succ, op_end, op_base, stream, compute = self.deps, self.succ, self.op_end, [], self.stream, self.code_of[
             TaskKind.COMPUTE]
         last_stream, compiled = -1, self.compiled
+        if compiled:
+            from .loop import Assembler  # numba: imported only when used
+
+            assembler = Assembler()
         for k, op_plan in enumerate(plan.ops):
             ts = op_plan.tasks
             desc = described.get(id(ts))
@@ -288,13 +289,17 @@ class _Run:
             self.tasks += ts
             self.op_of += [k] * len(ts)
             self.codes += codes
+            self.macs += macs
+            for kind, b in nbytes:  # every task finishes (else run() raises): its bytes count for its op
+                self.op_bytes[kind][k] += b
+            if compiled:  # the dependencies, resources and costs as arrays, made by the compiled loop's module
+                assembler.add(ts, desc, op_plan.after)
+                op_end.append(len(self.tasks) - 1)
+                continue
             self.hold += hold
             self.latency += latency
             self.keys += keys
             self.special += special
-            self.macs += macs
-            for kind, b in nbytes:  # every task finishes (else run() raises): its bytes count for its op
-                self.op_bytes[kind][k] += b
             base = i = len(deps)
             op_base.append(base)
             after = op_plan.after
@@ -311,12 +316,20 @@ class _Run:
                 elif prev_ends and (not own or code == compute):
                     # Computes read the previous op's output; weight broadcasts may run ahead into buffers.
                     d.extend(prev_ends)
-                if not compiled:
-                    for p in d:
-                        succ[p].append(i)
+                for p in d:
+                    succ[p].append(i)
                 deps.append(d)
                 i += 1
             op_end.append(i - 1)
+        if compiled:
+            self.arrays = assembler.finish(len(self.tasks), len(self.res_key), stream, compute)
+            if self.arrays is None:  # beyond the compiled loop's int64 arrays: the Python loop's lists
+                self.compiled = False
+                self._load(plan)
+                return
+            self.latency = self.arrays.latency
+            self.remaining = self.arrays.remaining
+            return
         self.remaining = [len(d) for d in deps]
 
     def _describe(self, ts: tuple[Task, ...]) -> tuple:
@@ -373,13 +386,9 @@ class _Run:
         if self.compiled:
             from .loop import run_compiled  # numba: imported only when used
 
-            if run_compiled(self):
-                self._check_finished()
-                return
-            self.succ = [[] for _ in self.deps]  # too large for the compiled loop's event keys: in Python
-            for i, d in enumerate(self.deps):
-                for p in d:
-                    self.succ[p].append(i)
+            run_compiled(self)
+            self._check_finished()
+            return
         for i in [i for i, left in enumerate(self.remaining) if left == 0]:  # a barrier among them launches
             self.launch(i)  # its successors itself: the list is taken first so that none starts twice
         queue, now_queue, starts = self.queue, self.now_queue, self.starts

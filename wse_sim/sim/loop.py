@@ -22,6 +22,7 @@ progress bar ticks) and resume where it stopped.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
@@ -335,33 +336,161 @@ def run_loop(st, chunked, record, code, hold, latency, macs_f, key_ptr, key_res,
             _request(i, st, key_ptr, key_res, hold, busy, w_head, w_tail, w_next, key_owner, pending, nq, ht, hk)
 
 
-def _csr(lists, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row pointers and flat values of ``n`` sequences of ints."""
-    ptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, lists), np.int64, n), out=ptr[1:])
-    return ptr, np.fromiter(chain.from_iterable(lists), np.int64, int(ptr[-1]))
+@njit(cache=True)
+def assemble(op_desc, has_after, after_ptr, after_idx, d_t0, d_nt, l_code, l_dstart, l_dcnt, l_dflat, l_estart,
+             l_ecnt, l_eflat, stream, compute, n):
+    """The dependency CSR of the whole plan, as ``_Run._load`` builds its lists: per task its op's own
+    dependencies (``base + x``), its ``ext_deps`` (``op_base[a] + x``), then the previous weight stream (a
+    stream) or the ends of the ops it runs after (a compute, or a task without dependencies of its own).
+    ``op_desc[k]`` is op k's distinct task tuple, whose tasks are ``d_t0[d]`` on in the ``l_*`` arrays (``l_eflat``
+    holds (op, task) pairs). Also each task's place in the ``l_*`` arrays and each op's last task."""
+    nops = len(op_desc)
+    op_base, op_end = np.empty(nops, np.int64), np.empty(nops, np.int64)
+    local = np.empty(n, np.int64)
+    dep_ptr = np.zeros(n + 1, np.int64)
+    dep_idx = np.empty(0, np.int64)
+    for fill in range(2):  # count, then fill in the same order
+        i, last_stream = 0, -1
+        for k in range(nops):
+            d = op_desc[k]
+            base = i
+            op_base[k] = base
+            npe = after_ptr[k + 1] - after_ptr[k] if has_after[k] else (1 if k > 0 else 0)
+            for j in range(d_nt[d]):
+                q = d_t0[d] + j
+                local[i] = q
+                own, ext = l_dcnt[q], l_ecnt[q]
+                prev_stream, ends = -1, False
+                if l_code[q] == stream:
+                    prev_stream = last_stream
+                    last_stream = i
+                elif npe > 0 and (own == 0 or l_code[q] == compute):
+                    ends = True
+                if not fill:
+                    dep_ptr[i + 1] = own + ext + (1 if prev_stream >= 0 else 0) + (npe if ends else 0)
+                else:
+                    at = dep_ptr[i]
+                    for m in range(own):
+                        dep_idx[at] = base + l_dflat[l_dstart[q] + m]
+                        at += 1
+                    for m in range(ext):
+                        e = l_estart[q] + 2 * m
+                        dep_idx[at] = op_base[l_eflat[e]] + l_eflat[e + 1]
+                        at += 1
+                    if prev_stream >= 0:
+                        dep_idx[at] = prev_stream
+                        at += 1
+                    if ends:
+                        if has_after[k]:
+                            for m in range(after_ptr[k], after_ptr[k + 1]):
+                                dep_idx[at] = op_end[after_idx[m]]
+                                at += 1
+                        else:
+                            dep_idx[at] = op_end[k - 1]
+                            at += 1
+                i += 1
+            op_end[k] = i - 1
+        if not fill:
+            for i in range(n):
+                dep_ptr[i + 1] += dep_ptr[i]
+            dep_idx = np.empty(dep_ptr[n], np.int64)
+    return dep_ptr, dep_idx, local, op_end
 
 
-def run_compiled(run) -> bool:
-    """Run ``run`` (an ``engine._Run`` without numerics, loaded) with :func:`run_loop` and leave in it what its
-    Python loop leaves (times, critical-path parents, tallies, intervals), so ``run.result()`` is the same.
-    False (nothing done) when its figures do not fit the loop's int64 arrays."""
-    n, nres = len(run.tasks), len(run.res_key)
-    ok, arg_bits = fits(n, nres)
-    code, hold, latency, macs = (np.array(x) if x else np.zeros(0, np.int64)
-                                 for x in (run.codes, run.hold, run.latency, run.macs))
-    if not ok or any(a.dtype != np.int64 for a in (code, hold, latency, macs)):  # ints beyond int64 (or not ints)
-        return False
-    key_ptr, key_res = _csr(run.keys, n)
-    dep_ptr, dep_idx = _csr(run.deps, n)
-    succ_ptr, succ_idx = successors(dep_ptr, dep_idx, n)
-    key_owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(key_ptr))
-    remaining = np.diff(dep_ptr)
+@dataclass(frozen=True)
+class Arrays:
+    """A plan's tasks as the compiled loop reads them (global task index; CSR: ``ptr[i]:ptr[i + 1]``)."""
+
+    code: np.ndarray  # kind code (engine ``_done`` order; barrier after)
+    hold: np.ndarray  # cycles a task holds its resources
+    latency: np.ndarray  # cycles after that until it ends (transfers, inter-wafer)
+    macs: np.ndarray  # a compute's FMACs over its tile, float64 (the tile tallies' addend)
+    special: np.ndarray  # a barrier that frees a weight buffer
+    dep_ptr: np.ndarray
+    dep_idx: np.ndarray
+    key_ptr: np.ndarray  # resources, as resource indices
+    key_res: np.ndarray
+    remaining: np.ndarray  # dependencies not yet ended (the loop counts them down)
+    macs_int: np.ndarray  # the MACs as recorded (ints)
+    nbytes: np.ndarray  # bytes as recorded: a transfer's, stream's or inter-wafer task's (a compute's: 0)
+
+
+def _ints(values: list) -> np.ndarray | None:
+    """``values`` as int64, or None if some are not ints or beyond int64."""
+    try:
+        a = np.array(values) if values else np.zeros(0, np.int64)
+    except OverflowError:
+        return None
+    return a if a.dtype == np.int64 else None
+
+
+class Assembler:
+    """Collects a plan's ops as ``_Run._load`` reads them: each distinct task tuple's per-task values once (as
+    flat lists), and per op which tuple and what it runs after; :meth:`finish` makes the :class:`Arrays`."""
+
+    def __init__(self):
+        self.index: dict = {}  # id(task tuple) -> its number
+        self.parts: list = []  # per distinct tuple: codes, hold, latency, special, macs, deps, ext deps, keys, bytes
+        self.op_desc: list[int] = []
+        self.has_after: list[bool] = []
+        self.after: list[int] = []
+        self.after_ptr: list[int] = [0]
+
+    def add(self, ts: tuple, desc: tuple, after: tuple | None) -> None:
+        """Op ``ts`` (``_describe``'s ``desc`` of it), run after ``after`` (None: the previous op)."""
+        d = self.index.get(id(ts))
+        if d is None:
+            d = self.index[id(ts)] = len(self.parts)
+            codes, hold, latency, keys, special, macs, _ = desc
+            self.parts.append((codes, hold, latency, special, macs, [len(t.deps) for t in ts],
+                               [x for t in ts for x in t.deps], [len(t.ext_deps) for t in ts],
+                               [v for t in ts for pair in t.ext_deps for v in pair], list(map(len, keys)),
+                               list(chain.from_iterable(keys)),
+                               [0 if c == COMPUTE else t.nbytes for t, c in zip(ts, codes, strict=True)]))
+        self.op_desc.append(d)
+        self.has_after.append(after is not None)
+        self.after += after or ()
+        self.after_ptr.append(len(self.after))
+
+    def finish(self, n: int, nres: int, stream: int, compute: int) -> Arrays | None:
+        """The plan's :class:`Arrays`, or None when its values do not fit int64 or its event keys 62 bits."""
+        cols = [list(chain.from_iterable(p[f] for p in self.parts)) for f in range(12)]
+        code, hold, latency, macs, nbytes = (_ints(cols[f]) for f in (0, 1, 2, 4, 11))
+        if not fits(n, nres)[0] or any(a is None for a in (hold, latency, macs, nbytes)):
+            return None
+        sizes = np.array([len(p[0]) for p in self.parts], np.int64)
+        d_t0 = np.zeros(len(sizes), np.int64)
+        np.cumsum(sizes[:-1], out=d_t0[1:])
+        dcnt, ecnt, kcnt = (np.array(cols[f], np.int64) for f in (5, 7, 9))
+        dstart, estart, kstart = (np.cumsum(c) - c for c in (dcnt, 2 * ecnt, kcnt))
+        dep_ptr, dep_idx, local, _ = assemble(
+            np.array(self.op_desc, np.int64), np.array(self.has_after, np.bool_), np.array(self.after_ptr, np.int64),
+            np.array(self.after, np.int64), d_t0, sizes, code, dstart, dcnt, np.array(cols[6], np.int64), estart,
+            ecnt, np.array(cols[8], np.int64), stream, compute, n)
+        key_ptr = np.zeros(n + 1, np.int64)
+        np.cumsum(kcnt[local], out=key_ptr[1:])
+        kflat = np.array(cols[10], np.int64)
+        key_res = kflat[np.repeat(kstart[local] - key_ptr[:-1], np.diff(key_ptr)) + np.arange(key_ptr[-1])]
+        return Arrays(code[local], hold[local], latency[local], macs[local].astype(np.float64),
+                      np.array(cols[3], np.bool_)[local], dep_ptr, dep_idx, key_ptr, key_res, np.diff(dep_ptr),
+                      macs[local], nbytes[local])
+
+
+def run_compiled(run) -> None:
+    """Run ``run`` (an ``engine._Run`` without numerics, loaded: ``run.arrays``) with :func:`run_loop` and leave
+    in it what its Python loop leaves (times, critical-path parents, tallies, intervals), so ``run.result()`` is
+    the same."""
+    a = run.arrays
+    n, nres = len(a.code), len(run.res_key)
+    arg_bits = fits(n, nres)[1]
+    succ_ptr, succ_idx = successors(a.dep_ptr, a.dep_idx, n)
+    key_owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(a.key_ptr))
+    remaining = a.remaining
     tick = np.zeros(n, np.bool_)
     chunked = run.bar is not None
     if chunked:
         tick[list(run.layer_ends)] = True
-    nkeys = len(key_res)
+    nkeys = len(a.key_res)
     st = np.zeros(S_SIZE, np.int64)
     st[S_FREE_SLOTS], st[S_ARG_BITS] = run.free_slots, arg_bits
     ready_t, end_t, crit = np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, -2, np.int64)
@@ -370,8 +499,8 @@ def run_compiled(run) -> bool:
     tile_busy, tile_macs = np.zeros(nres), np.zeros(nres)
     record = run.intervals is not None
     rec = [np.empty(nkeys if record else 0, np.int64) for _ in range(3)]
-    args = (code, hold, latency, macs.astype(np.float64), key_ptr, key_res, key_owner, succ_ptr, succ_idx,
-            remaining, np.array(run.special, np.bool_), tick, ready_t, end_t, crit, np.zeros(n, np.int64),
+    args = (a.code, a.hold, a.latency, a.macs, a.key_ptr, a.key_res, key_owner, succ_ptr, succ_idx,
+            remaining, a.special, tick, ready_t, end_t, crit, np.zeros(n, np.int64),
             np.zeros(nres, np.bool_), np.full(nres, -1, np.int64), np.full(nres, -1, np.int64),
             np.full(nkeys, -1, np.int64), holder_t, holder_i, np.empty(n + 1, np.int64), np.empty(n + 1, np.int64),
             np.empty(2 * nkeys + 3 * n + 1, np.int64), np.empty(n, np.int64), np.empty(n, np.int64),
@@ -382,14 +511,12 @@ def run_compiled(run) -> bool:
         st[S_TICKS] = 0
     if chunked and st[S_TICKS]:
         run.bar.update(int(st[S_TICKS]))
-    run.remaining = remaining  # run() reports any task that never became ready
-    resolve_crit(crit, dep_ptr, dep_idx, end_t)
+    resolve_crit(crit, a.dep_ptr, a.dep_idx, end_t)
     run.now = int(st[S_NOW])
     run.ready_t, run.end_t, run.crit = ready_t, end_t, crit  # the critical-path walks read a few: int() each
     _tallies(run, tile_busy, tile_macs, res_busy, res_used, link_order[:st[S_LINKS]])
     if record:
-        run.intervals = _intervals(run, hold, *(a[:st[S_REC]] for a in rec))
-    return True
+        run.intervals = _intervals(run, a, *(r[:st[S_REC]] for r in rec))
 
 
 def _group(run, r: int) -> tuple:
@@ -417,8 +544,8 @@ def _tallies(run, tile_busy, tile_macs, res_busy, res_used, first_used) -> None:
     run.wafer_link_busy = {k: busy[r] for r, (g, k) in enumerate(groups) if g == "interwafer" and res_used[r]}
 
 
-def _intervals(run, hold, rec_r, rec_i, rec_t) -> RecordedIntervals:
+def _intervals(run, a: Arrays, rec_r, rec_i, rec_t) -> RecordedIntervals:
     """The recorded (group, resource, start, end, op index, label, bytes, MACs) tuples, in recording order."""
     groups = [_group(run, r) for r in range(len(run.res_key))]
-    return RecordedIntervals([g for g, _ in groups], [k for _, k in groups], rec_r, rec_i, rec_t - hold[rec_i], rec_t,
-                             run.op_of, run.tasks, run.codes, run.macs)
+    return RecordedIntervals([g for g, _ in groups], [k for _, k in groups], rec_r, rec_i, rec_t - a.hold[rec_i], rec_t,
+                             run.op_of, run.tasks, a.nbytes[rec_i], a.macs_int[rec_i])
