@@ -20,6 +20,12 @@ is further split into ``fabric_latency`` (a transfer's hop, stage and turn laten
 ``fabric_serialization`` (holding links, including waits for busy links). Multi-wafer plans add one resource per
 inter-wafer link (wafer w to w + 1): an ``interwafer`` task holds it for its bytes at the link's bandwidth, then
 the link's latency elapses; its critical-path time is ``interwafer``.
+
+Two event loops give the same result: :meth:`_Run.run` in Python, and for runs without numerics (the default
+there, ``Engine(compiled=None)``) the same loop compiled with numba over int64 arrays (:mod:`wse_sim.sim.loop`):
+every time, tie, critical-path parent, float tally and recorded interval is the Python loop's
+(``tests/test_engine_simpy.py`` and ``tests/test_engine_loops.py`` run both). With numerics, tasks run Python
+actions as they end, so the Python loop runs them.
 """
 
 from __future__ import annotations
@@ -207,7 +213,10 @@ class _Run:
       once, and cannot release before it); the events that end a process (nobody waits for a task's process).
 
     Everything a task needs in the loop is read from the plan once (:meth:`_load`) into per-task lists indexed by
-    the task's global index: its kind as a small int, its cost, its resources as ints, its successors.
+    the task's global index: its kind as a small int, its cost, its resources as ints, its successors. With
+    ``compiled`` (no numerics) they are int64 arrays instead (``arrays``, :class:`wse_sim.sim.loop.Arrays`: the
+    dependencies assembled in numba from each distinct op task tuple), and :func:`wse_sim.sim.loop.run_compiled`
+    runs the loop and leaves the same times, tallies and intervals here for :meth:`result`.
     """
 
     bar = None  # a progress bar ticked at the end of each block
@@ -251,7 +260,9 @@ class _Run:
     def _load(self, plan: ModelPlan) -> None:
         """The plan's tasks in program order (global indices), each with its dependencies: the op's own, the
         waits on earlier ops the engine adds (see the module docstring) and the chain of weight streams; and each
-        task's kind code, cost, resources (:meth:`_describe`) and successors."""
+        task's kind code, cost, resources (:meth:`_describe`) and successors. Compiled, the same as arrays
+        (:class:`wse_sim.sim.loop.Assembler`: the per-task Python work is done once per distinct task tuple); a
+        plan whose figures do not fit int64 is loaded again for the Python loop."""
         kinds = list(self._done)
         self.code_of = {kind: c for c, kind in enumerate(kinds)}
         self.done = list(self._done.values())  # by kind code
