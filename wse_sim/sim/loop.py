@@ -28,7 +28,7 @@ from itertools import chain
 import numpy as np
 from numba import njit
 
-from .engine import RecordedIntervals
+from .intervals import RecordedIntervals
 
 # Event codes (as in engine.py) and the task kind codes (the engine's ``_done`` order; 5 is a barrier).
 GRANT, HELD, RELEASE, ARRIVED, REQUEST = 0, 1, 2, 3, 4
