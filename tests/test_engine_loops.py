@@ -122,3 +122,18 @@ def test_numerics_need_the_python_loop():
     with pytest.raises(ValueError, match="numerics"):
         Engine(TINY, plan, numerics=object(), compiled=True)
     assert not Engine(TINY, plan, numerics=object()).compiled and Engine(TINY, plan).compiled
+
+
+def test_recorded_intervals_behave_as_the_list():
+    """The compiled run's intervals read, index, compare and pickle as the Python loop's list of tuples."""
+    import pickle
+
+    graph = lower_model(GPT, 2, 11, "fp16")
+    plan = get_mapping("weight-streaming").plan(graph, TINY, TileGrid.make(TINY.mesh_rows, TINY.mesh_cols, 3, 3))
+    compiled = simulate(TINY, plan, True, True).intervals
+    listed = simulate(TINY, plan, True, False).intervals
+    assert isinstance(listed, list) and not isinstance(compiled, list)
+    assert compiled == listed and listed == compiled and bool(compiled)
+    assert [compiled[k] for k in range(len(compiled))] == listed and compiled[-3:] == listed[-3:]
+    assert pickle.loads(pickle.dumps(compiled)) == listed
+    assert compiled != listed[:-1] and compiled != listed[:-1] + [("tile", (0, 0), 0, 0, 0, "", 0, 0)]
