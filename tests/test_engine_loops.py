@@ -136,4 +136,4 @@ def test_recorded_intervals_behave_as_the_list():
     assert compiled == listed and listed == compiled and bool(compiled)
     assert [compiled[k] for k in range(len(compiled))] == listed and compiled[-3:] == listed[-3:]
     assert pickle.loads(pickle.dumps(compiled)) == listed
-    assert compiled != listed[:-1] and compiled != listed[:-1] + [("tile", (0, 0), 0, 0, 0, "", 0, 0)]
+    assert compiled != listed[:-1] and compiled != [*listed[:-1], ("tile", (0, 0), 0, 0, 0, "", 0, 0)]

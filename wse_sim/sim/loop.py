@@ -37,7 +37,7 @@ CODE_BITS = 3
 
 # Scalar state, one slot each of the int64 array ``st``.
 (S_NOW, S_ORDER, S_NQ_HEAD, S_NQ_TAIL, S_HEAP, S_STARTS, S_FREE_SLOTS, S_SLOT_HEAD, S_SLOT_TAIL, S_REC,
- S_LINKS, S_TICKS, S_STARTED, S_DONE, S_ARG_BITS, S_SIZE) = range(16)
+ S_LINKS, S_TICKS, S_STARTED, S_ARG_BITS, S_SIZE) = range(15)
 
 
 def fits(n_tasks: int, n_resources: int) -> tuple[bool, int]:
@@ -216,7 +216,16 @@ def run_loop(st, chunked, record, code, hold, latency, macs_f, key_ptr, key_res,
              holder_i, ht, hk, nq, starts, slotq, stack_t, stack_p, tile_busy, tile_macs, res_busy, res_used,
              link_order, rec_r, rec_i, rec_t):
     """Run the events until none is left (returns True) or, with ``chunked``, until a block's last task ended
-    (returns False; ``st[S_TICKS]`` counts the ticks: call again to go on)."""
+    (returns False; ``st[S_TICKS]`` counts the ticks: call again to go on).
+
+    Per task: ``code`` .. ``macs_f`` (:class:`Arrays`), its resources ``key_res[key_ptr[i]:key_ptr[i + 1]]``
+    (``key_owner``: the task of each entry), successors likewise, dependencies not yet ended, whether it frees a
+    weight buffer or ticks the bar, its times and critical-path parent (-2: the dependency that ended last), the
+    grants it still waits for. Per resource: held, its waiters (head, tail; ``w_next`` per key entry), its last
+    holder (release time, task). Work arrays: the heap (``ht``, ``hk``), the current-time FIFO ``nq``, the
+    tasks started by the last step, the streams waiting for a buffer, the finish stack. Tallies: tile busy and
+    MACs (float64), other resources' busy cycles and whether used, the order resources were first used, and
+    the recorded rows (resource, task, end time)."""
     arg_mask = (np.int64(1) << st[S_ARG_BITS]) - 1
     if not st[S_STARTED]:  # launch the tasks that wait for nothing (the list is taken first)
         st[S_STARTED] = 1
@@ -263,7 +272,6 @@ def run_loop(st, chunked, record, code, hold, latency, macs_f, key_ptr, key_res,
             ev = hk[0] & arg_mask
             st[S_HEAP] = _heap_pop(ht, hk, st[S_HEAP])
         else:
-            st[S_DONE] = 1
             return True
         ev_code = ev & 7
         i = ev >> CODE_BITS
