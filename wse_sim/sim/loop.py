@@ -462,25 +462,28 @@ class Assembler:
 
     def finish(self, n: int, nres: int, stream: int, compute: int) -> Arrays | None:
         """The plan's :class:`Arrays`, or None when its values do not fit int64 or its event keys 62 bits."""
-        cols = [list(chain.from_iterable(p[f] for p in self.parts)) for f in range(12)]
-        code, hold, latency, macs, nbytes = (_ints(cols[f]) for f in (0, 1, 2, 4, 11))
+        def col(f: int) -> np.ndarray:  # field f of every part, ints known to fit (kinds, counts, indices, flags)
+            return np.fromiter(chain.from_iterable(p[f] for p in self.parts), np.int64)
+
+        hold, latency, macs, nbytes = (_ints(list(chain.from_iterable(p[f] for p in self.parts)))
+                                       for f in (1, 2, 4, 11))  # costs and sizes: checked
         if not fits(n, nres)[0] or any(a is None for a in (hold, latency, macs, nbytes)):
             return None
         sizes = np.array([len(p[0]) for p in self.parts], np.int64)
         d_t0 = np.zeros(len(sizes), np.int64)
         np.cumsum(sizes[:-1], out=d_t0[1:])
-        dcnt, ecnt, kcnt = (np.array(cols[f], np.int64) for f in (5, 7, 9))
+        code, dcnt, ecnt, kcnt = (col(f) for f in (0, 5, 7, 9))
         dstart, estart, kstart = (np.cumsum(c) - c for c in (dcnt, 2 * ecnt, kcnt))
         dep_ptr, dep_idx, local, _ = assemble(
             np.array(self.op_desc, np.int64), np.array(self.has_after, np.bool_), np.array(self.after_ptr, np.int64),
-            np.array(self.after, np.int64), d_t0, sizes, code, dstart, dcnt, np.array(cols[6], np.int64), estart,
-            ecnt, np.array(cols[8], np.int64), stream, compute, n)
+            np.array(self.after, np.int64), d_t0, sizes, code, dstart, dcnt, col(6), estart, ecnt, col(8), stream,
+            compute, n)
         key_ptr = np.zeros(n + 1, np.int64)
         np.cumsum(kcnt[local], out=key_ptr[1:])
-        kflat = np.array(cols[10], np.int64)
+        kflat = col(10)
         key_res = kflat[np.repeat(kstart[local] - key_ptr[:-1], np.diff(key_ptr)) + np.arange(key_ptr[-1])]
         return Arrays(code[local], hold[local], latency[local], macs[local].astype(np.float64),
-                      np.array(cols[3], np.bool_)[local], dep_ptr, dep_idx, key_ptr, key_res, np.diff(dep_ptr),
+                      col(3).astype(np.bool_)[local], dep_ptr, dep_idx, key_ptr, key_res, np.diff(dep_ptr),
                       macs[local], nbytes[local])
 
 
