@@ -4,7 +4,9 @@ SimResult: times, critical-path splits, busy tallies (and their order), bytes an
 
 Plans: random small DAGs with every task kind, shared links and tiles and equal costs (ties at every step), one
 or two weight buffers; every registered mapping on a tiny model; and the plans real runs simulate (serving decode
-with resident and streamed weights, layer pipelining, two wafers)."""
+with resident and streamed weights, layer pipelining, two wafers). Each plan runs both event loops,
+``Engine(compiled=True)`` (numba) and ``compiled=False`` (Python); ``tests/test_engine_loops.py`` holds them to
+each other on plans the SimPy reference does not model (gradient stream-outs), and on chunked runs."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from wse_sim.arch import get_wafer
 from wse_sim.arch.costs import task_cost
 from wse_sim.mapping import ModelPlan, OpPlan, Task, TaskKind, TileGrid, get_mapping
 from wse_sim.mapping.registry import mapping_names
-from wse_sim.sim import Engine
+from wse_sim.sim import Engine, loop
 from wse_sim.sim.engine import OpTiming, SimResult, _critical_split
 
 TINY = get_wafer("tiny")  # 8 x 8 PEs
@@ -182,12 +184,31 @@ def assert_same(a: SimResult, b: SimResult) -> None:
     assert list(a.link_busy_cycles.items()) == list(b.link_busy_cycles.items())  # the same order too
     assert (a.memoryx_busy_cycles, a.stream_bytes, a.fabric_bytes, a.tasks, a.interwafer_bytes) == (
         b.memoryx_busy_cycles, b.stream_bytes, b.fabric_bytes, b.tasks, b.interwafer_bytes)
-    assert a.intervals == b.intervals
+    assert (a.memoryx_out_busy_cycles, a.stream_out_bytes) == (b.memoryx_out_busy_cycles, b.stream_out_bytes)
+    assert (a.intervals is None) == (b.intervals is None)
+    if a.intervals is not None:
+        assert len(a.intervals) == len(b.intervals)
+        assert list(a.intervals) == list(b.intervals)
     assert list(a.interwafer_busy_cycles.items()) == list(b.interwafer_busy_cycles.items())
 
 
+def simulate(wafer, plan, record: bool, compiled: bool) -> SimResult:
+    """``Engine.run`` with the compiled event loop or the Python one, checking which one ran."""
+    calls, real = [], loop.run_loop
+    loop.run_loop = lambda *args: calls.append(1) or real(*args)
+    try:
+        result = Engine(wafer, plan, record=record, compiled=compiled).run()
+    finally:
+        loop.run_loop = real
+    assert bool(calls) == compiled
+    return result
+
+
 def check(wafer, plan, record=True):
-    assert_same(Engine(wafer, plan, record=record).run(), SimPyRun(wafer, plan, record).simulate())
+    """Both event loops, the compiled one and Python's, against SimPy."""
+    ref = SimPyRun(wafer, plan, record).simulate()
+    for compiled in (True, False):
+        assert_same(simulate(wafer, plan, record, compiled), ref)
 
 
 # ---- random plans: every kind, shared resources, equal costs -----------------------------------------------------
@@ -235,16 +256,19 @@ def random_op(rng, k: int, n_ops_before: int, sizes: list[int], after: bool) -> 
     return OpPlan(op, "test", tuple(tasks), 0, after=deps_on if after else None)
 
 
-@pytest.mark.parametrize("seed", range(60))
-def test_random_plans_match_simpy(seed):
+def random_plan(seed: int) -> ModelPlan:
     rng = np.random.default_rng(seed)
     after = seed % 3 == 0  # explicit op ordering (layer-pipelined plans) on a third of them
     ops, sizes = [], []
     for k in range(int(rng.integers(1, 8))):
         ops.append(random_op(rng, k, k, sizes, after))
         sizes.append(len(ops[-1].tasks))
-    plan = ModelPlan("test", GRID, "fp16", tuple(ops), stream_buffers=int(rng.integers(1, 3)))
-    check(TINY, plan)
+    return ModelPlan("test", GRID, "fp16", tuple(ops), stream_buffers=int(rng.integers(1, 3)))
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_plans_match_simpy(seed):
+    check(TINY, random_plan(seed))
 
 
 # ---- model plans ------------------------------------------------------------------------------------------------

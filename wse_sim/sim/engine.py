@@ -20,6 +20,12 @@ is further split into ``fabric_latency`` (a transfer's hop, stage and turn laten
 ``fabric_serialization`` (holding links, including waits for busy links). Multi-wafer plans add one resource per
 inter-wafer link (wafer w to w + 1): an ``interwafer`` task holds it for its bytes at the link's bandwidth, then
 the link's latency elapses; its critical-path time is ``interwafer``.
+
+Two event loops give the same result: :meth:`_Run.run` in Python, and for runs without numerics (the default
+there, ``Engine(compiled=None)``) the same loop compiled with numba over int64 arrays (:mod:`wse_sim.sim.loop`):
+every time, tie, critical-path parent, float tally and recorded interval is the Python loop's
+(``tests/test_engine_simpy.py`` and ``tests/test_engine_loops.py`` run both). With numerics, tasks run Python
+actions as they end, so the Python loop runs them.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import heapq
 import sys
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Protocol
@@ -85,8 +92,9 @@ class SimResult:
     fabric_bytes: int
     tasks: int
     # With ``record=True``: one (group, resource, start, end, op index, label, bytes, MACs) per busy interval,
-    # group in {"tile", "link", "memoryx", "interwafer"}; a transfer has one interval per link it holds.
-    intervals: list | None = None
+    # group in {"tile", "link", "memoryx", "interwafer"}; a transfer has one interval per link it holds. A list,
+    # or from the compiled loop a RecordedIntervals (wse_sim.sim.intervals: the same tuples, made as they are read).
+    intervals: Sequence | None = None
     interwafer_busy_cycles: dict = field(default_factory=dict)  # {link index (wafer w -> w + 1): cycles}
     interwafer_bytes: int = 0
     memoryx_out_busy_cycles: int = 0  # the egress port (wafer -> MemoryX: gradient stream-outs)
@@ -107,13 +115,19 @@ class Engine:
     """Simulates a :class:`ModelPlan` on a wafer; optionally runs numeric actions as tasks complete."""
 
     def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None = None,
-                 progress: bool = False, record: bool = False):
+                 progress: bool = False, record: bool = False, compiled: bool | None = None):
+        """``compiled``: run the event loop compiled (:mod:`wse_sim.sim.loop`, the same events and result tens of
+        times faster) or in Python (False); None (the default) compiles it whenever there are no numerics, the
+        only case it handles (with numerics, tasks run Python actions as they end)."""
         self.wafer, self.plan, self.numerics = wafer, plan, numerics
         self.progress, self.record = progress, record
+        if compiled and numerics is not None:
+            raise ValueError("the compiled event loop runs no numerics: pass compiled=None or False with numerics")
+        self.compiled = numerics is None if compiled is None else compiled
 
     @gc_paused()  # millions of short-lived events, no cycles: see wse_sim.gc_pause
     def run(self) -> SimResult:
-        run = _Run(self.wafer, self.plan, self.numerics, self.record)
+        run = _Run(self.wafer, self.plan, self.numerics, self.record, self.compiled)
         if self.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -157,13 +171,18 @@ class _Run:
       once, and cannot release before it); the events that end a process (nobody waits for a task's process).
 
     Everything a task needs in the loop is read from the plan once (:meth:`_load`) into per-task lists indexed by
-    the task's global index: its kind as a small int, its cost, its resources as ints, its successors.
+    the task's global index: its kind as a small int, its cost, its resources as ints, its successors. With
+    ``compiled`` (no numerics) they are int64 arrays instead (``arrays``, :class:`wse_sim.sim.loop.Arrays`: the
+    dependencies assembled in numba from each distinct op task tuple), and :func:`wse_sim.sim.loop.run_compiled`
+    runs the loop and leaves the same times, tallies and intervals here for :meth:`result`.
     """
 
     bar = None  # a progress bar ticked at the end of each block
 
-    def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None, record: bool):
+    def __init__(self, wafer: WaferSpec, plan: ModelPlan, numerics: ActionRunner | None, record: bool,
+                 compiled: bool = False):
         self.wafer, self.plan, self.numerics, self.precision = wafer, plan, numerics, plan.precision
+        self.compiled = compiled and numerics is None  # the compiled loop builds the successors itself
         self.costs = TaskCosts(wafer, plan.precision)  # each distinct task priced once
         self.now = 0
         self.queue: list[int] = []  # events at later times (see _GRANT ...), a heap
@@ -199,7 +218,9 @@ class _Run:
     def _load(self, plan: ModelPlan) -> None:
         """The plan's tasks in program order (global indices), each with its dependencies: the op's own, the
         waits on earlier ops the engine adds (see the module docstring) and the chain of weight streams; and each
-        task's kind code, cost, resources (:meth:`_describe`) and successors."""
+        task's kind code, cost, resources (:meth:`_describe`) and successors. Compiled, the same as arrays
+        (:class:`wse_sim.sim.loop.Assembler`: the per-task Python work is done once per distinct task tuple); a
+        plan whose figures do not fit int64 is loaded again for the Python loop."""
         kinds = list(self._done)
         self.code_of = {kind: c for c, kind in enumerate(kinds)}
         self.done = list(self._done.values())  # by kind code
@@ -211,7 +232,8 @@ class _Run:
         self.op_end: list[int] = []
         self.codes, self.hold, self.latency, self.keys, self.special = [], [], [], [], []
         self.macs: list[int] = []  # FMACs of a compute task over its tile's PEs
-        self.succ: list[list[int]] = [[] for _ in range(n)]
+        self.succ: list[list[int]] = [] if self.compiled else [[] for _ in range(n)]
+        self.arrays = None  # the compiled loop's (loop.Arrays)
         self.res_key: list = []  # resource index -> key (see Task.resources)
         self.pes: list = []  # resource index -> PEs of the tile, for a tile
         self.rid_of: dict = {}
@@ -222,7 +244,11 @@ class _Run:
         described: dict = {}  # id(an op's tasks) -> _describe's answer: timing-only plans share tasks among ops
         deps, succ, op_end, op_base, stream, compute = self.deps, self.succ, self.op_end, [], self.stream, self.code_of[
             TaskKind.COMPUTE]
-        last_stream = -1
+        last_stream, compiled = -1, self.compiled
+        if compiled:
+            from .loop import Assembler  # numba: imported only when used
+
+            assembler = Assembler()
         for k, op_plan in enumerate(plan.ops):
             ts = op_plan.tasks
             desc = described.get(id(ts))
@@ -232,13 +258,17 @@ class _Run:
             self.tasks += ts
             self.op_of += [k] * len(ts)
             self.codes += codes
+            self.macs += macs
+            for kind, b in nbytes:  # every task finishes (else run() raises): its bytes count for its op
+                self.op_bytes[kind][k] += b
+            if compiled:  # the dependencies, resources and costs as arrays, made by the compiled loop's module
+                assembler.add(ts, desc, op_plan.after)
+                op_end.append(len(self.tasks) - 1)
+                continue
             self.hold += hold
             self.latency += latency
             self.keys += keys
             self.special += special
-            self.macs += macs
-            for kind, b in nbytes:  # every task finishes (else run() raises): its bytes count for its op
-                self.op_bytes[kind][k] += b
             base = i = len(deps)
             op_base.append(base)
             after = op_plan.after
@@ -260,6 +290,15 @@ class _Run:
                 deps.append(d)
                 i += 1
             op_end.append(i - 1)
+        if compiled:
+            self.arrays = assembler.finish(len(self.tasks), len(self.res_key), stream, compute)
+            if self.arrays is None:  # beyond the compiled loop's int64 arrays: the Python loop's lists
+                self.compiled = False
+                self._load(plan)
+                return
+            self.latency = self.arrays.latency
+            self.remaining = self.arrays.remaining
+            return
         self.remaining = [len(d) for d in deps]
 
     def _describe(self, ts: tuple[Task, ...]) -> tuple:
@@ -313,6 +352,12 @@ class _Run:
         Events at a later time wait in a heap by (time, creation order). Events made for the current time (grants,
         releases, zero-cycle ends) come after every event already queued for it, which were all made earlier, so
         they wait in a FIFO, ``now_queue``, that the loop empties once the heap has no event left at this time."""
+        if self.compiled:
+            from .loop import run_compiled  # numba: imported only when used
+
+            run_compiled(self)
+            self._check_finished()
+            return
         for i in [i for i, left in enumerate(self.remaining) if left == 0]:  # a barrier among them launches
             self.launch(i)  # its successors itself: the list is taken first so that none starts twice
         queue, now_queue, starts = self.queue, self.now_queue, self.starts
@@ -382,9 +427,13 @@ class _Run:
                 self.finish(i)
             else:
                 self._request(i)
-        unfinished = [i for i, left in enumerate(self.remaining) if left > 0]
-        if unfinished:  # a plan bug, never user input
-            raise RuntimeError(f"{len(unfinished)} tasks never became ready (first: {self.tasks[unfinished[0]].label})")
+        self._check_finished()
+
+    def _check_finished(self) -> None:
+        unfinished = np.flatnonzero(np.asarray(self.remaining) > 0)
+        if len(unfinished):  # a plan bug, never user input
+            first = self.tasks[int(unfinished[0])].label
+            raise RuntimeError(f"{len(unfinished)} tasks never became ready (first: {first})")
 
     def _event(self, cycles: int, code: int, arg: int) -> None:
         """Queue event ``code`` on ``arg`` (a task or a resource index), ``cycles`` from now."""
