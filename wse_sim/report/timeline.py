@@ -10,6 +10,7 @@ import numpy as np
 
 from ..mapping import TileGrid
 from ..sim import SimResult
+from ..sim.intervals import interval_columns
 
 # Direction of a link from tile (i, j) to its neighbour: tile row 0 is the north edge (PE row 0 at the top).
 DIRECTIONS = {"N": (-1, 0), "S": (1, 0), "E": (0, 1), "W": (0, -1)}
@@ -115,40 +116,40 @@ def timeline_summary(result: SimResult, grid: TileGrid, cap: int = MAX_SEGMENTS_
     lane_of_link = {link: n for n, link in enumerate(top_links)}
 
     n_tile_lanes = grid.tile_rows * grid.tile_cols if per_tile else grid.tile_rows
-    tile_iv: list[list] = [[] for _ in range(n_tile_lanes)]
-    link_iv: list[list] = [[] for _ in top_links]
-    memx_iv: list = []
-    memx_out_iv: list = []  # gradient stream-outs (a training backward): the link's other direction
-    wafer_iv: dict[int, list] = {}
-    tile_cols = grid.tile_cols if per_tile else 0
-    for group, res, s, e, k, _, _, _ in result.intervals:  # (no starred unpacking: a list per interval)
+    cols = interval_columns(result.intervals)
+    # Each resource's bucket: 0 MemoryX in, 1 MemoryX out (gradient stream-outs: the link's other direction),
+    # then the tile lanes, the top links, the inter-wafer links (numbered as first seen); -1: no lane.
+    first_link, first_wafer = 2 + n_tile_lanes, 2 + n_tile_lanes + len(top_links)
+    wafer_bucket: dict = {}
+    bucket_of = np.full(len(cols.resources), -1, dtype=np.int64)
+    for r, (group, res) in enumerate(cols.resources):
         if group == "tile":
-            tile_iv[res[0] * tile_cols + res[1] if per_tile else res[0]].append((s, e, k))
+            bucket_of[r] = 2 + (res[0] * grid.tile_cols + res[1] if per_tile else res[0])
         elif group == "link":
-            n = lane_of_link.get(res)
-            if n is not None:
-                link_iv[n].append((s, e, k))
+            bucket_of[r] = first_link + lane_of_link[res] if res in lane_of_link else -1
         elif group == "interwafer":
-            wafer_iv.setdefault(res, []).append((s, e, k))
-        elif res == "memoryx_out":
-            memx_out_iv.append((s, e, k))
+            bucket_of[r] = wafer_bucket.setdefault(res, first_wafer + len(wafer_bucket))
         else:
-            memx_iv.append((s, e, k))
+            bucket_of[r] = 1 if res == "memoryx_out" else 0
+    bucket = bucket_of[cols.resource]
+    order = np.argsort(bucket, kind="stable")
+    ends = np.cumsum(np.bincount(bucket[bucket >= 0], minlength=first_wafer + len(wafer_bucket)))
+    skip = int((bucket < 0).sum())  # sorted first
 
-    def lane(name, group, iv):
-        cols = np.array(iv, dtype=np.int64).reshape(-1, 3).T
-        return _lane(name, group, cols[0], cols[1], cols[2], cap)
+    def lane(name, group, b):
+        rows = order[skip + (ends[b - 1] if b else 0): skip + ends[b]]
+        return _lane(name, group, cols.start_cycles[rows], cols.end_cycles[rows], cols.op[rows], cap)
 
-    lanes = [lane("MemoryX", "memoryx", memx_iv)]
-    if memx_out_iv:
-        lanes.append(lane("wafer -> MemoryX", "memoryx", memx_out_iv))
-    lanes += [lane(f"inter-wafer link {w}->{w + 1}", "interwafer", iv) for w, iv in sorted(wafer_iv.items())]
-    for n, iv in enumerate(tile_iv):
+    lanes = [lane("MemoryX", "memoryx", 0)]
+    if ends[1] > ends[0]:
+        lanes.append(lane("wafer -> MemoryX", "memoryx", 1))
+    lanes += [lane(f"inter-wafer link {w}->{w + 1}", "interwafer", b) for w, b in sorted(wafer_bucket.items())]
+    for n in range(n_tile_lanes):
         name = f"tile ({n // grid.tile_cols},{n % grid.tile_cols})" if per_tile else f"tile row {n}"
-        lanes.append(lane(name, "tile", iv))
-    for link, iv in zip(top_links, link_iv, strict=True):
+        lanes.append(lane(name, "tile", 2 + n))
+    for n, link in enumerate(top_links):
         (i, j), (i2, j2) = link
-        lanes.append(lane(f"link ({i},{j})->({i2},{j2}) {link_direction(link)}", "link", iv))
+        lanes.append(lane(f"link ({i},{j})->({i2},{j2}) {link_direction(link)}", "link", first_link + n))
     return {"lane_per": "tile" if per_tile else "tile row", "max_segments_per_lane": cap, "lanes": lanes}
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from operator import attrgetter
 
 import numpy as np
@@ -48,3 +49,36 @@ class RecordedIntervals(Sequence):
 
     def __repr__(self) -> str:
         return f"RecordedIntervals({len(self)} intervals)"
+
+    def columns(self) -> IntervalColumns:
+        """The intervals as columns, without making a tuple each."""
+        return IntervalColumns(list(zip(self.groups, self.keys, strict=True)), self.rec_r.astype(np.int64),
+                               self.start.astype(np.int64), self.end.astype(np.int64),
+                               np.asarray(self.op_of, dtype=np.int64)[self.rec_i])
+
+
+@dataclass(frozen=True)
+class IntervalColumns:
+    """Busy intervals as columns: ``resources[r]`` is resource ``r``'s (group, resource key); per interval its
+    resource index, start and end cycles and op index (the first five fields of each recorded tuple)."""
+
+    resources: list
+    resource: np.ndarray
+    start_cycles: np.ndarray
+    end_cycles: np.ndarray
+    op: np.ndarray
+
+
+def interval_columns(intervals: Sequence) -> IntervalColumns:
+    """Columns of ``SimResult.intervals``: read from a compiled run's arrays, or made from the Python loop's list
+    (resources numbered in order of first sight)."""
+    if isinstance(intervals, RecordedIntervals):
+        return intervals.columns()
+    index: dict = {}
+    res, start, end, op = [], [], [], []
+    for group, key, s, e, k, _, _, _ in intervals:  # (no starred unpacking: a list per interval)
+        res.append(index.setdefault((group, key), len(index)))
+        start.append(s)
+        end.append(e)
+        op.append(k)
+    return IntervalColumns(list(index), *(np.array(c, dtype=np.int64) for c in (res, start, end, op)))
