@@ -73,7 +73,7 @@ def test_log_axis_labels_are_plain_text_naming_their_tick(lo, hi):
 
 
 DRAWING = """
-import os, sys
+import os, signal, sys, time
 from pathlib import Path
 from wse_sim.cli import outputs
 
@@ -90,6 +90,8 @@ def draw(job, part, parts):
         raise RuntimeError("the second drawing process's failure")
     if mode == "all-fail":
         raise ValueError("the real error")
+    if mode == "interrupted":
+        time.sleep(1.0)  # the parent is interrupted meanwhile
     path = folder / f"{job}.{part}.{parts}.{'parent' if os.getpid() == parent else 'child'}.{os.getpid()}"
     path.write_text("")
     return [path]
@@ -97,9 +99,28 @@ def draw(job, part, parts):
 drawing = outputs.start_drawing(draw, prepare)
 if mode == "cancelled":
     drawing.close()
-    print(sorted(p.name for p in folder.iterdir()))
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        print("no drawing process left:", sorted(p.name for p in folder.glob("fig.*")))
     sys.exit(0)
 drawing.send("fig")
+if mode == "interrupted":
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        drawing.wait()
+    except KeyboardInterrupt:
+        drawing.close()  # nothing left to collect: it already waited
+        try:
+            os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            drawn = sorted(p.name for p in folder.glob("fig.*"))
+            time.sleep(1.5)  # past the drawing's end: had it gone on, its figures would be here now
+            print("no drawing process left:", drawn, sorted(p.name for p in folder.glob("fig.*")))
+    sys.exit(0)
 try:
     print(sorted(p.name.rsplit(".", 1)[0] for p in drawing.wait()))
 except ValueError as exc:
@@ -127,13 +148,18 @@ def test_a_failed_child_is_drawn_again_in_the_parent(tmp_path, mode):
     assert run_drawing(tmp_path, mode) == str(["fig.0.1.parent"])
 
 
+def test_an_interrupted_wait_stops_the_drawing_processes_and_waits_for_them(tmp_path):
+    """Interrupted, the parent discards its staging folder next: every drawing process must have ended first
+    (stopped: the draws, a second long, were interrupted before they wrote anything)."""
+    assert run_drawing(tmp_path, "interrupted") == "no drawing process left: [] []"
+
+
 def test_the_parent_raises_the_real_error(tmp_path):
     assert run_drawing(tmp_path, "all-fail") == "raised: the real error"
 
 
 def test_a_drawing_closed_before_its_job_draws_nothing(tmp_path):
-    listed = run_drawing(tmp_path, "cancelled")  # after close(): the child has ended
-    assert listed == str([p.name for p in tmp_path.glob("prepared.*")])  # it prepared, then drew nothing
+    assert run_drawing(tmp_path, "cancelled") == "no drawing process left: []"
 
 
 TIMING_COMMAND = """

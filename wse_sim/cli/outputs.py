@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -127,6 +128,8 @@ def _forked(work: Callable[[], list[Path]]) -> tuple[int, int]:
         os.close(read_fd)
         code = 1
         try:
+            # SIGINT stops it (see _collect), even where the shell started the command with SIGINT ignored
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             gc.freeze()  # no full collection through the parent's objects (each would copy their pages)
             _send_paths(write_fd, work())
             code = 0
@@ -137,9 +140,16 @@ def _forked(work: Callable[[], list[Path]]) -> tuple[int, int]:
 
 
 def _collect(pid: int, read_fd: int) -> list[Path] | None:
-    """The paths a :func:`_forked` child sent, or None if it failed."""
-    sent = _read_all(read_fd)
-    _, status = os.waitpid(pid, 0)
+    """The paths a :func:`_forked` child sent, or None if it failed. Interrupted (Ctrl-C, SIGTERM), it stops the
+    child (SIGINT: a KeyboardInterrupt there) and still waits for it to end, so no drawing outlives the staging
+    folder it writes into."""
+    try:
+        sent = _read_all(read_fd)
+    except BaseException:
+        os.kill(pid, signal.SIGINT)
+        raise
+    finally:
+        _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0 or not sent:
         return None
     return [Path(p) for p in json.loads(sent)]
@@ -172,6 +182,10 @@ class Drawing:
         helpers = [_forked(lambda k=k: self.draw(job, k, parts)) for k in range(1, parts)]
         try:
             paths = self.draw(job, 0, parts)
+        except BaseException:
+            for pid, _ in helpers:  # interrupted (or failed): the helpers stop too
+                os.kill(pid, signal.SIGINT)
+            raise
         finally:
             more = [_collect(*helper) for helper in helpers]
         if any(m is None for m in more):
@@ -205,19 +219,20 @@ class Drawing:
         paths = None
         if self.child is not None:
             self._stop_sending()
-            drawn = _collect(*self.child)
-            self.child = None
+            child, self.child = self.child, None  # collected once, even if interrupted
+            drawn = _collect(*child)
             if self.handed_over:  # else the child ended without a job
                 paths = drawn
         return paths if paths is not None else self.draw(self.job, 0, 1)
 
     def close(self) -> None:
-        """Wait for a child still running (it must not write into a staging folder being discarded); one that has
-        no job yet ends without drawing."""
+        """Stop a child not waited for (an error or an interrupt cut the run short) and wait for it to end: it must
+        not write into a staging folder being discarded."""
         if self.child is not None:
             self._stop_sending()
-            _collect(*self.child)
-            self.child = None
+            child, self.child = self.child, None
+            os.kill(child[0], signal.SIGINT)
+            _collect(*child)
 
     def __enter__(self) -> Drawing:
         return self
