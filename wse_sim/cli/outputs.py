@@ -157,7 +157,7 @@ def _collect(pid: int, read_fd: int) -> list[Path] | None:
 
 class Drawing:
     """Plots drawn beside the run: :func:`start_drawing` starts it, :meth:`send` hands over what to draw, :meth:`wait`
-    returns the written paths, :meth:`close` (also on leaving a ``with`` block) waits for any child still running.
+    returns the written paths, :meth:`close` (also on leaving a ``with`` block) stops a child not waited for.
 
     ``draw(job, part, parts)`` writes part ``part`` of ``parts`` of ``job``'s figures and returns their paths;
     ``prepare()`` (the imports ``draw`` needs) runs in the drawing child as soon as it is forked."""
