@@ -13,10 +13,7 @@ import math
 import numpy as np
 from numba import njit
 
-# The storage precisions a run accepts and the bytes each stores per element: the one definition (the workload
-# graph sizes tensors with it, the CLI offers its names through wse_sim.app).
-BYTES_PER_ELEM: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
-PRECISIONS: tuple[str, ...] = tuple(BYTES_PER_ELEM)
+from ..precision import BYTES_PER_ELEM, PRECISIONS  # noqa: F401  (defined there, numba-free)
 
 
 def require_f32(x: np.ndarray, name: str) -> np.ndarray:

@@ -19,7 +19,7 @@ from functools import cached_property
 
 import networkx as nx
 
-from ..kernels.precision import BYTES_PER_ELEM
+from ..precision import BYTES_PER_ELEM
 from .config import ConfigError, ModelConfig
 
 

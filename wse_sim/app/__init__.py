@@ -12,8 +12,8 @@ The Python API::
 """
 
 from .. import gc_pause
-from ..kernels.precision import PRECISIONS
 from ..mapping import DEFAULT_TILES
+from ..precision import PRECISIONS
 from ..workloads.hf_reference import ReferenceImportError
 from .run import run
 from .scenario import RunOutput, RunSpec, Scenario

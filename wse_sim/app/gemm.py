@@ -19,7 +19,6 @@ from ..mapping import ModelPlan, TileGrid, mapping_info
 from ..report.build import energy_rows
 from ..report.energy import plan_energy
 from ..sim import Engine
-from ..sim.numerics import Numerics
 from ..workloads import lower_gemm
 from .scenario import make_grid, make_mapping
 
@@ -75,6 +74,8 @@ def run_gemm(spec: GemmSpec) -> dict:
     executor = None
     a = b = None
     if spec.numerics:
+        from ..sim.numerics import Numerics  # the kernels (numba): imported only when numerics run
+
         rng = np.random.default_rng(spec.seed)
         a = rng.standard_normal((spec.m, spec.k)).astype(np.float32)
         b = rng.standard_normal((spec.k, spec.n)).astype(np.float32)

@@ -10,7 +10,6 @@ from ..errors import UserError
 from ..gc_pause import gc_paused
 from ..report.build import build_report
 from ..sim import Engine
-from ..sim.numerics import Numerics
 from ..workloads import lower_model
 from ..workloads.graph import BYTES_PER_ELEM
 from .scenario import RunOutput, Scenario, input_tokens, make_mapping, model_weights, numerics_enabled, report_inputs
@@ -39,6 +38,8 @@ def run_prefill(scn: Scenario, progress: bool, log, record: bool, defer_checks: 
     if numerics_on:
         tokens = input_tokens(spec, config)
         weights = model_weights(spec, config, scn.weights, log)
+        from ..sim.numerics import Numerics  # the kernels (numba): imported only when numerics run
+
         executor = Numerics(graph, weights, tokens)
 
     t0 = time.perf_counter()

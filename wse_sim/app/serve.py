@@ -31,7 +31,6 @@ from ..mapping.weight_streaming import check_memoryx
 from ..report.build import build_report, with_request
 from ..report.energy import energy_section, pass_energy
 from ..sim import Engine, SimResult
-from ..sim.numerics import Numerics
 from ..workloads import ModelConfig, WorkloadGraph, at_context, lower_model
 from ..workloads.graph import BYTES_PER_ELEM, OpKind, OpSpec
 from .scenario import (
@@ -581,6 +580,8 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool, defer_checks: 
     if spec.phase != "decode" or numerics_on:  # with numerics, a decode's cache is filled by a real prefill
         g = pre_run.graph(prompt, "prefill", 0)
         if numerics_on:
+            from ..sim.numerics import Numerics  # the kernels (numba): imported only when numerics run
+
             executor = Numerics(g, weights, tokens[:, :prompt], cache_capacity=prompt + new)
         prefill = pre_run.run(g, executor, record=record and spec.phase != "decode" and n_steps == 0)
     generated: list[np.ndarray] = []

@@ -40,8 +40,6 @@ from ..mapping.registry import get_mapping
 from ..mapping.weight_streaming import ADAMW_STATE_BYTES_PER_PARAM, check_memoryx
 from ..report.energy import Counts, PassEnergy, energy_section, pass_energy
 from ..sim import Engine
-from ..sim.numerics import run_matmul_plan
-from ..sim.train_numerics import PlanOps
 from ..workloads import get_preset, load_checkpoint, load_hf_config, lower_model
 from ..workloads.config import ConfigError, ModelConfig
 from ..workloads.graph import BYTES_PER_ELEM, OpKind, WorkloadGraph
@@ -463,6 +461,8 @@ def run_train(spec: TrainSpec, log=lambda msg: None) -> dict:
 def plan_matmuls(*plans):
     """``weight_matmul(name, a, b, bias)`` for the training numerics: op ``name`` of the forward or backward
     ``plans``, executed block by block as the mapping partitions and reduces it."""
+    from ..sim.numerics import run_matmul_plan  # the kernels (numba): imported only when numerics run
+
     ops = {p.op.name: (p, plan.precision) for plan in plans for p in plan.ops}
 
     def run(name, a, b, bias=None):
@@ -477,6 +477,7 @@ def _numerics(spec: TrainSpec, config: ModelConfig, weights, wafer: WaferSpec, g
         weights is not None or config.param_count() <= NUMERICS_MAX_PARAMS)
     if not on:
         return {"enabled": False, "reason": f"off: over {NUMERICS_MAX_PARAMS:,} parameters (use --numerics)"}
+    from ..sim.train_numerics import PlanOps
     from ..workloads import random_weights
     from ..workloads.training import AdamWConfig, train_step
 

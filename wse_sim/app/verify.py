@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import round_to
 from ..workloads.hf_reference import transformers_generate, transformers_logits
 from ..workloads.reference import reference_logits
 
@@ -64,6 +63,8 @@ def compare_logits(logits, executor, weights, tokens, precision: str, last_only:
 def compare_tokens(generated: np.ndarray, weights, prompt: np.ndarray, precision: str) -> dict:
     """Greedy tokens generated through the simulated path against ``transformers`` ``generate()`` on the same
     (storage-rounded) weights, token for token."""
+    from ..kernels import round_to  # numba: not imported by runs without numerics
+
     stored = weights.map_arrays(lambda a: round_to(a, precision))
     out = {"precision": precision, "generated_tokens_compared": int(generated.size)}
     try:

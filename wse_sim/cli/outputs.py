@@ -6,10 +6,13 @@ from __future__ import annotations
 import gc
 import json
 import os
+import pickle
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 
@@ -99,41 +102,150 @@ class Staged:
 
 
 # Set by the ``wse-sim`` command (one run, then the process ends; see wse_sim.cli.main): the plots may be drawn
-# in a forked child while the parent runs the reference checks. Never in a library call: a fork there could
-# copy the caller's threads mid-operation.
+# in forked children while the parent simulates and checks. Never in a library call: a fork there could copy the
+# caller's threads mid-operation.
 draw_in_child = False
+# Processes that draw at once: the figures are independent and the machine this was tuned on has two cores.
+DRAWING_PROCESSES = 2
 
 
-def start_drawing(draw: Callable[[], list[Path]]) -> Callable[[], list[Path]]:
-    """Start ``draw`` (it writes files and returns their paths) and return the function that waits for its paths.
+def _read_all(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as pipe:
+        return pipe.read()
 
-    With :data:`draw_in_child` and ``os.fork``, ``draw`` runs in a forked child, so matplotlib's single-threaded
-    drawing (about 3 CPU s for the demo's four figures) overlaps the parent's next step on a second core. The
-    child only draws: it does not use numba or OpenMP, whose threads it would not have. If the child fails,
-    waiting draws again in this process, so a real error is raised here, where it is reported. Otherwise ``draw``
-    runs when waited for."""
-    if not (draw_in_child and hasattr(os, "fork")):
-        return draw
+
+def _send_paths(write_fd: int, paths: list[Path]) -> None:
+    with os.fdopen(write_fd, "w") as pipe:
+        pipe.write(json.dumps([str(p) for p in paths]))
+
+
+def _forked(work: Callable[[], list[Path]]) -> tuple[int, int]:
+    """(pid, read end of a pipe): a forked child runs ``work`` and sends the paths it returns down the pipe, then
+    ends without the parent's exit handlers or buffered output (exit code 1 if ``work`` raised)."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: draw, send the paths, end without the parent's exit handlers or buffered output
+    if pid == 0:
         os.close(read_fd)
         code = 1
         try:
+            # SIGINT stops it (see _collect), even where the shell started the command with SIGINT ignored
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             gc.freeze()  # no full collection through the parent's objects (each would copy their pages)
-            with os.fdopen(write_fd, "w") as pipe:
-                pipe.write(json.dumps([str(p) for p in draw()]))
+            _send_paths(write_fd, work())
             code = 0
         finally:
             os._exit(code)
     os.close(write_fd)
+    return pid, read_fd
 
-    def wait() -> list[Path]:
-        with os.fdopen(read_fd) as pipe:
-            sent = pipe.read()
+
+def _collect(pid: int, read_fd: int) -> list[Path] | None:
+    """The paths a :func:`_forked` child sent, or None if it failed. Interrupted (Ctrl-C, SIGTERM), it stops the
+    child (SIGINT: a KeyboardInterrupt there) and still waits for it to end, so no drawing outlives the staging
+    folder it writes into."""
+    try:
+        sent = _read_all(read_fd)
+    except BaseException:
+        os.kill(pid, signal.SIGINT)
+        raise
+    finally:
         _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0 or not sent:
-            return draw()
-        return [Path(p) for p in json.loads(sent)]
+    if os.waitstatus_to_exitcode(status) != 0 or not sent:
+        return None
+    return [Path(p) for p in json.loads(sent)]
 
-    return wait
+
+class Drawing:
+    """Plots drawn beside the run: :func:`start_drawing` starts it, :meth:`send` hands over what to draw, :meth:`wait`
+    returns the written paths, :meth:`close` (also on leaving a ``with`` block) stops a child not waited for.
+
+    ``draw(job, part, parts)`` writes part ``part`` of ``parts`` of ``job``'s figures and returns their paths;
+    ``prepare()`` (the imports ``draw`` needs) runs in the drawing child as soon as it is forked."""
+
+    def __init__(self, draw: Callable[[Any, int, int], list[Path]], prepare: Callable[[], None],
+                 parts: int) -> None:
+        self.draw, self.job, self.child, self.handed_over = draw, None, None, False
+        if draw_in_child and hasattr(os, "fork"):
+            self.job_file = tempfile.TemporaryFile()  # the job's pickle, shared with the child (a pipe would block)
+            go_read, self.go_write = os.pipe()  # the pickle's length, or end of file when there is nothing to draw
+            self.child = _forked(lambda: self._child(prepare, go_read, parts))
+            os.close(go_read)
+
+    def _child(self, prepare: Callable[[], None], go_read: int, parts: int) -> list[Path]:
+        os.close(self.go_write)
+        prepare()
+        sent = _read_all(go_read)
+        if not sent:  # the parent stopped before sending a job
+            return []
+        self.job_file.seek(0)
+        job = pickle.loads(self.job_file.read(int(sent)))
+        helpers = [_forked(lambda k=k: self.draw(job, k, parts)) for k in range(1, parts)]
+        try:
+            paths = self.draw(job, 0, parts)
+        except BaseException:
+            for pid, _ in helpers:  # interrupted (or failed): the helpers stop too
+                os.kill(pid, signal.SIGINT)
+            raise
+        finally:
+            more = [_collect(*helper) for helper in helpers]
+        if any(m is None for m in more):
+            raise RuntimeError("a drawing process failed")  # the parent draws again and reports the error
+        return paths + [p for m in more for p in m]
+
+    def send(self, job) -> None:
+        """Hand ``job`` to the drawing child (its figures are drawn from now on), or keep it for :meth:`wait`."""
+        self.job = job
+        if self.child is None:
+            return
+        try:
+            data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+            self.job_file.write(data)
+            self.job_file.flush()
+            os.write(self.go_write, str(len(data)).encode())
+            self.handed_over = True
+        except OSError:  # the child is gone (a broken pipe) or the temporary file is full: wait() draws here
+            pass
+        finally:
+            self._stop_sending()
+
+    def _stop_sending(self) -> None:
+        if not self.job_file.closed:
+            os.close(self.go_write)
+            self.job_file.close()
+
+    def wait(self) -> list[Path]:
+        """The written paths. If the child failed, or without one, ``draw`` runs here, so a real error is raised
+        where it is reported."""
+        paths = None
+        if self.child is not None:
+            self._stop_sending()
+            child, self.child = self.child, None  # collected once, even if interrupted
+            drawn = _collect(*child)
+            if self.handed_over:  # else the child ended without a job
+                paths = drawn
+        return paths if paths is not None else self.draw(self.job, 0, 1)
+
+    def close(self) -> None:
+        """Stop a child not waited for (an error or an interrupt cut the run short) and wait for it to end: it must
+        not write into a staging folder being discarded."""
+        if self.child is not None:
+            self._stop_sending()
+            child, self.child = self.child, None
+            os.kill(child[0], signal.SIGINT)
+            _collect(*child)
+
+    def __enter__(self) -> Drawing:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def start_drawing(draw: Callable[[Any, int, int], list[Path]], prepare: Callable[[], None]) -> Drawing:
+    """A :class:`Drawing`. With :data:`draw_in_child` and ``os.fork``, a child is forked now, before the run: it
+    runs ``prepare`` (matplotlib's import, about 0.5 s) while the parent simulates, then, once :meth:`Drawing.send`
+    hands it a job, draws it in :data:`DRAWING_PROCESSES` processes (it forks the others), so matplotlib's
+    single-threaded drawing runs beside the parent's reference checks and writes on the other core. Call it before
+    the run starts threads: a child has none of the parent's numba, OpenMP or BLAS threads, and draws without them.
+    Otherwise ``draw`` runs in this process when the paths are waited for."""
+    return Drawing(draw, prepare, min(DRAWING_PROCESSES, os.cpu_count() or 1))

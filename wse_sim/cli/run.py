@@ -12,10 +12,11 @@ from ..app.files import read_toml
 from ..app.scenario import MAX_MEMORY_ENV, MAX_MEMORY_GB, generated_texts, prompt_ids
 from ..errors import UserError
 from ..report.build import format_summary, last_pass_view
+from ..report.figures import check_format, figure_names, figure_parts
 from ..report.tables import ops_csv
 from ..report.trace import write_trace
 from .options import add_check_transformers, add_numerics, add_shared, nonnegative_int, positive_float, positive_int
-from .outputs import Staged, check_file, check_folder, start_drawing
+from .outputs import Drawing, Staged, check_file, check_folder, start_drawing
 
 
 def add_parsers(sub) -> None:
@@ -161,9 +162,22 @@ def check_outputs(args) -> None:
         check_file(args.save_logits, "--save-logits")
 
 
-def cmd_run(args) -> None:
-    from ..report.plots import check_format, write_plots  # matplotlib: imported only when a command draws
+def _import_plots() -> None:
+    """What drawing needs (matplotlib), imported in the drawing child while the parent simulates."""
+    from ..report import plots  # noqa: F401
 
+
+def _draw(job: tuple[dict, Path, str], part: int, parts: int) -> list[Path]:
+    """Part ``part`` of ``parts`` of the run's figures (``job``: report view, folder, format), written."""
+    from ..report import plots
+
+    view, folder, fmt = job
+    if parts == 1:
+        return plots.write_plots(view, folder, fmt)
+    return plots.write_figures(view, folder, fmt, figure_parts(figure_names(view), parts)[part])
+
+
+def cmd_run(args) -> None:
     check_format(args.format)
     check_outputs(args)
 
@@ -172,37 +186,43 @@ def cmd_run(args) -> None:
             print(msg, file=sys.stderr)
 
     spec = spec_of(args)
-    out_run = run(spec, progress=not args.quiet, log=log, record=True,  # intervals: timeline, trace
-                  max_memory=args.max_memory_gb, defer_checks=True)
+    with start_drawing(_draw, _import_plots) as drawing:  # the command: a child imports matplotlib meanwhile
+        out_run = run(spec, progress=not args.quiet, log=log, record=True,  # intervals: timeline, trace
+                      max_memory=args.max_memory_gb, defer_checks=True)
+        _write_outputs(args, spec, out_run, drawing)
+
+
+def _write_outputs(args, spec: RunSpec, out_run, drawing: Drawing) -> None:
+    """Outputs go to temporary names moved into place together once everything succeeded. The plots (of the
+    last pass; they do not show the numerics) are drawn beside the reference checks and the writes; the summary
+    prints as soon as the checks are done, the written files once they are in place."""
     report, logits, wall = out_run.report, out_run.logits, out_run.sim_wall_s
     if args.save_logits and logits is None:
         raise UserError("--save-logits needs numerics on (drop --no-numerics)")
-
-    # Outputs go to temporary names moved into place together once everything succeeded. The plots (of the
-    # last pass; they do not show the numerics) are drawn beside the reference checks, in a child process.
     out = Path(args.out)
     with Staged() as staged:
         tmp = staged.folder(out)
-        view = last_pass_view(report)
-        wait_for_plots = start_drawing(lambda: write_plots(view, tmp, args.format))
         try:
+            drawing.send((last_pass_view(report), tmp, args.format))
             if out_run.pending_checks is not None:
                 out_run.pending_checks()  # fills report["numerics"]
-        finally:
-            plots = [out / p.name for p in wait_for_plots()]
-        (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-        (tmp / "ops.csv").write_text(ops_csv(report))
-        if args.trace:
-            info = {k: report[k]["name"] for k in ("model", "wafer", "mapping")} | {"run": report["run"]}
-            write_trace(staged.file(args.trace), out_run.result, out_run.plan.grid, out_run.wafer.clock_hz,
-                        args.trace_limit, info)
-        if args.save_logits:
-            import numpy as np
+            note = " (numerics inside; reference checks not counted)" if logits is not None else ""
+            print(format_summary(report, [("simulation wall time", f"{wall:.2f} s{note}")]), flush=True)
+            (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+            (tmp / "ops.csv").write_text(ops_csv(report))
+            if args.trace:
+                info = {k: report[k]["name"] for k in ("model", "wafer", "mapping")} | {"run": report["run"]}
+                write_trace(staged.file(args.trace), out_run.result, out_run.plan.grid, out_run.wafer.clock_hz,
+                            args.trace_limit, info)
+            if args.save_logits:
+                import numpy as np
 
-            np.save(staged.file(args.save_logits), logits)
+                np.save(staged.file(args.save_logits), logits)
+            names = figure_names(report)
+            plots = [out / p.name for p in sorted(drawing.wait(), key=lambda p: names.index(p.stem))]
+        finally:
+            drawing.close()  # before the staging folder is discarded
         staged.commit()
-    note = " (numerics inside; reference checks not counted)" if logits is not None else ""
-    print(format_summary(report, [("simulation wall time", f"{wall:.2f} s{note}")]))
     for i, text in enumerate(generated_texts(spec, report)):
         print(f"generated text{f' [{i}]' if args.batch > 1 else ''}: {text!r}")
     written = [out / "report.json", out / "ops.csv", *plots, *([args.trace] if args.trace else []),

@@ -10,7 +10,7 @@ from ..app.sweep import CSV_NAME, plot_sweep, run_sweep
 from ..errors import UserError
 from .options import positive_int
 
-FORMAT_HELP = "image format: png or svg"  # checked by report.plots.check_format (importing it here is slow)
+FORMAT_HELP = "image format: png or svg"  # checked by report.figures.check_format
 
 
 def add_parsers(sub) -> None:
@@ -52,7 +52,7 @@ def cmd_plot(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from ..report.plots import check_format
+    from ..report.figures import check_format
 
     check_format(args.format)
     out = Path(args.out)

@@ -11,7 +11,7 @@ algorithms build their tasks on this geometry with a :class:`Builder`.
 from __future__ import annotations
 
 from ..arch import WaferSpec
-from ..kernels.precision import BYTES_PER_ELEM
+from ..precision import BYTES_PER_ELEM
 from ..workloads import OpKind, OpSpec, WorkloadGraph
 from .collectives import Message, route
 from .plan import SramOverflowError, Task, TaskKind, TileGrid, ceil_div, memo_method, split

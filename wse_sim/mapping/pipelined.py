@@ -22,7 +22,7 @@ from itertools import accumulate
 
 from ..arch import WaferSpec
 from ..errors import UserError
-from ..kernels.precision import BYTES_PER_ELEM
+from ..precision import BYTES_PER_ELEM
 from ..workloads import OpKind, WorkloadGraph
 from .placement import shift, stage_count, stage_of
 from .plan import ModelPlan, OpPlan, SramOverflowError, Task, TaskKind, TileGrid, ceil_div, split

@@ -34,7 +34,7 @@ from itertools import pairwise
 
 from ..arch import WaferSpec
 from ..errors import UserError
-from ..kernels.precision import BYTES_PER_ELEM
+from ..precision import BYTES_PER_ELEM
 from ..workloads import OpKind, WorkloadGraph
 from .auto import resident_candidates
 from .collectives import Message

@@ -16,10 +16,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Patch, StepPatch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator
 
-from ..errors import UserError
+from .figures import check_format, figure_names
 
 CATEGORY_COLORS = {"compute": "#2b8cbe", "fabric": "#fdae61", "stream": "#d7191c", "interwafer": "#7b3294"}
 # Tile grids larger than this many tiles on a side are drawn block-averaged.
@@ -34,7 +35,6 @@ MAX_OP_GROUPS = 20
 LANE_HEIGHT = 0.8
 MIN_VISIBLE_COLUMN_SHARE = 0.05
 TICK_MARKER = "|"
-FORMATS = ("png", "svg")
 DPI = 110
 
 
@@ -43,6 +43,71 @@ def title(report: dict) -> str:
     run = report["run"]
     return (f"{report['model']['name']} on {report['wafer']['name']} ({report['mapping']['name']}), "
             f"batch {run['batch']} x seq {run['seq']}, {run['precision']}")
+
+
+# Margins are set in inches from what sits outside the axes (titles, tick labels, legends), measuring only the
+# texts whose length varies: ``tight_layout`` lays out every tick label of every axis first (about 1 CPU s for
+# the layers figure of a 40-layer model), and savefig then lays them out again.
+LINE_INCHES = 1.2 / 72  # one line of text per point of font size (matplotlib's default line spacing)
+TICK_LABEL_PT = 10  # matplotlib's default tick label size ("medium")
+TICK_INCHES = 0.25  # a tick, its label's pad and the figure's edge, beside a tick label's text
+SUPTITLE_INCHES = 0.45  # a one-line figure title and its space above the axes titles
+
+
+def text_inches(fig, text: str, size_pt: float) -> float:
+    """Width in inches of ``text`` (one line) at ``size_pt`` in the default font: one text layout."""
+    width, _, _ = fig.canvas.get_renderer().get_text_width_height_descent(text, FontProperties(size=size_pt),
+                                                                          ismath=False)
+    return width / fig.dpi
+
+
+def set_margins(fig, left: float, right: float, top: float, bottom: float, wgap: float = 0.0, hgap: float = 0.0,
+                cols: int = 1, rows: int = 1) -> None:
+    """Subplot margins and gaps between ``cols`` x ``rows`` equal subplots, all in inches."""
+    w, h = fig.get_size_inches()
+    inner_w, inner_h = w - left - right, h - top - bottom
+    fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h,
+                        wspace=cols * wgap / (inner_w - (cols - 1) * wgap) if cols > 1 else None,
+                        hspace=rows * hgap / (inner_h - (rows - 1) * hgap) if rows > 1 else None)
+
+
+def title_inches(lines: int, size_pt: float) -> float:
+    """Height of an axes title of ``lines`` lines at ``size_pt`` with its pad."""
+    return lines * size_pt * LINE_INCHES + 0.1
+
+
+SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+class PlainLogFormatter(LogFormatterSciNotation):
+    """Matplotlib's log-axis labels (``10^{12}``, ``2\\times10^{3}``, and which ticks get one) as plain text with
+    Unicode superscripts: mathtext would parse each label with pyparsing (about 10 ms each, a third of the layers
+    figure)."""
+
+    def __call__(self, x, pos=None) -> str:
+        label = super().__call__(x, pos)
+        if not label.startswith("$"):
+            return label
+        body = label.removeprefix("$\\mathdefault{").removesuffix("}$").replace("\\times", "×")
+        head, _, power = body.partition("^{")
+        return head + power.removesuffix("}").translate(SUPERSCRIPTS) if power else head
+
+
+# Minor ticks (and grid lines) of a log axis at these multiples of each power of ten: 2 and 5 read as well as
+# matplotlib's 2 to 9 with a quarter of the tick artists (every tick is a few lines and texts; the 13B layers
+# figure's two rooflines drew 240 minor ticks, about a fifth of its time).
+LOG_MINOR_SUBS = (2.0, 5.0)
+
+
+def log_axes(ax) -> None:
+    """Log scale on both axes of ``ax``: minor ticks at :data:`LOG_MINOR_SUBS`, labelled by
+    :class:`PlainLogFormatter`."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_locator(LogLocator(subs=LOG_MINOR_SUBS))
+        axis.set_major_formatter(PlainLogFormatter())
+        axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
 
 
 def format_bytes(n_bytes: float) -> str:
@@ -192,7 +257,8 @@ def utilization_figure(report: dict):
     mesh = ax_pe.pcolormesh(col_edges, row_edges, values, cmap="viridis", vmin=vmin, vmax=vmax, rasterized=True)
     _annotate_cells(ax_pe, values, row_edges, col_edges, mesh.norm)
     _tile_edges(ax_pe, m)
-    ax_pe.set_title(_heatmap_title(report, block, vmin, vmax), fontsize=9)
+    heading = _heatmap_title(report, block, vmin, vmax)
+    ax_pe.set_title(heading, fontsize=9)
     _wafer_outlines(ax_pe, report)
     bar = fig.colorbar(mesh, ax=ax_pe, label="busy share of the run (range fitted to the data)", shrink=0.85)
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v * 100:.4g} %"))
@@ -218,7 +284,8 @@ def utilization_figure(report: dict):
         ax.set_xlabel("PE column")
         ax.set_ylabel("PE row")
     fig.suptitle(title(report), fontsize=12)
-    fig.tight_layout()
+    set_margins(fig, left=0.3, right=0.2, top=SUPTITLE_INCHES + title_inches(heading.count("\n") + 1, 9),
+                bottom=0.6, wgap=0.55, cols=2)
     return fig
 
 
@@ -310,18 +377,21 @@ def timeline_figure(report: dict):
         _power_lane(ax_pow, report, pot)
     else:
         fig, ax = plt.subplots(figsize=(15, height), dpi=DPI)
-    ax.set_yticks(range(len(lanes)), [f"{lane['name']}  {percent(lane['busy_cycles'] / max(total, 1))}"
-                                      for lane in lanes], fontsize=8)
+    labels = [f"{lane['name']}  {percent(lane['busy_cycles'] / max(total, 1))}" for lane in lanes]
+    ax.set_yticks(range(len(lanes)), labels, fontsize=8)
     ax.set_ylim(len(lanes) - 0.5, -0.5)
     ax.set_xlim(0, total * to_unit)  # after the power lane, which shares this axis
     if not pot:
         ax.set_xlabel(f"simulated time ({unit})")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(_timeline_title(report, lanes), fontsize=9)
+    heading = _timeline_title(report, lanes)
+    ax.set_title(heading, fontsize=9)
     used = list(dict.fromkeys(groups[k] for lane in lanes for k in lane["op"]))
-    ax.legend(handles=[Patch(color=colors[g], label=g) for g in used], loc="upper left", bbox_to_anchor=(1.0, 1.0),
-              fontsize=8, title="op")
-    fig.tight_layout()
+    legend = ax.legend(handles=[Patch(color=colors[g], label=g) for g in used], loc="upper left",
+                       bbox_to_anchor=(1.0, 1.0), fontsize=8, title="op")
+    set_margins(fig, left=max(text_inches(fig, t, 8) for t in labels) + TICK_INCHES,
+                right=legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi + 0.1,
+                top=title_inches(heading.count("\n") + 1, 9) + 0.1, bottom=0.6, hgap=0.4, rows=2 if pot else 1)
     # One column per pixel of the laid-out axes: what a column holds is what the picture can show.
     edges = np.linspace(0, total, max(int(ax.get_window_extent().width), 1) + 1)
     for y, lane in enumerate(lanes):
@@ -363,8 +433,7 @@ def _roofline(ax, report: dict) -> None:
         x = [points[n]["intensity"] if points[n]["intensity"] is not None else no_stream_x for n in sel]
         y = [points[n]["flops_per_s"] for n in sel]
         ax.scatter(x, y, s=18, color=colors[g], label=g, alpha=0.8, edgecolors="none")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    log_axes(ax)
     ax.set_xlim(lo, no_stream_x * 2)
     ax.set_xlabel("arithmetic intensity (FLOP per MemoryX byte; right of dotted line: streams nothing)")
     ax.set_ylabel("achieved FLOP/s (op FLOPs / op time)")
@@ -409,8 +478,7 @@ def _fabric_roofline(ax, report: dict) -> None:
         sel = [n for n, gg in enumerate(groups) if gg == g]
         ax.scatter([points[n]["intensity"] for n in sel], [points[n]["flops_per_s"] for n in sel], s=18,
                    color=colors[g], label=g, alpha=0.8, edgecolors="none")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    log_axes(ax)
     ax.set_xlabel("FLOP per fabric byte delivered between tiles")
     ax.set_ylabel("achieved FLOP/s (op FLOPs / op time)")
     ax.set_title("Fabric roofline: each op under the compute and tile-boundary link roofs", fontsize=10)
@@ -435,8 +503,9 @@ def layers_figure(report: dict):
         bottom += vals
     # Headroom for the legend; set explicitly since zero-height bars on top would pin the limit (sticky edges).
     ax_bar.set_ylim(0, max(bottom.max(), 1e-9) * 1.15)
-    ax_bar.set_xticks(x, [layer["name"] for layer in layers], rotation=90 if len(layers) > 20 else 60,
-                      ha="center" if len(layers) > 20 else "right", fontsize=7 if len(layers) > 20 else 8)
+    names, many = [layer["name"] for layer in layers], len(layers) > 20
+    rotation, name_pt = (90, 7) if many else (60, 8)
+    ax_bar.set_xticks(x, names, rotation=rotation, ha="center" if many else "right", fontsize=name_pt)
     ax_bar.set_ylabel(f"time ({unit})")
     ax_bar.set_title("Per-layer time by critical-path category", fontsize=10)
     ax_bar.legend(loc="upper center", ncol=3)
@@ -445,7 +514,11 @@ def layers_figure(report: dict):
     _fabric_roofline(ax_fab, report)
     fig.suptitle(f"{title(report)}: {report['seconds'] * 1e3:.4g} ms, {report['tokens_per_s']:,.0f} tokens/s, "
                  f"MFU {report['mfu'] * 100:.2f} %", fontsize=12)
-    fig.tight_layout()
+    longest = max(text_inches(fig, n, name_pt) for n in names)
+    angle = math.radians(rotation)  # a rotated name's height: its length up, its line height across
+    names_inches = longest * math.sin(angle) + name_pt * LINE_INCHES * math.cos(angle) + TICK_INCHES
+    set_margins(fig, left=0.7, right=0.15, top=SUPTITLE_INCHES + title_inches(1, 10), bottom=max(0.65, names_inches),
+                wgap=0.75, cols=3)
     return fig
 
 
@@ -488,7 +561,12 @@ def energy_figure(report: dict):
     fig.suptitle(f"{title(report)}: {'n/a' if per is None else f'{per:.4g}'} J/token, average "
                  f"{e['average_w'] / 1e3:,.2f} kW (wafer {e['wafer_average_w'] / 1e3:,.2f} kW), peak "
                  f"{e['peak_w'] / 1e3:,.2f} kW", fontsize=11)
-    fig.tight_layout()
+    # The category shares written past the longest bar reach into the gap before the op names.
+    share_inches = text_inches(fig, " 100.0 %", 8)
+    set_margins(fig, left=max(text_inches(fig, n, TICK_LABEL_PT) for n in names) + TICK_INCHES, right=0.15,
+                top=SUPTITLE_INCHES + title_inches(1, 10), bottom=0.6,
+                wgap=max([text_inches(fig, k, TICK_LABEL_PT) for k, _ in ops], default=0) + TICK_INCHES + share_inches,
+                hgap=0.8, cols=2, rows=2 if pot else 1)
     return fig
 
 
@@ -508,7 +586,8 @@ def _power_lane(ax, report: dict, pot: dict) -> None:
     unit_s, unit = _time_scale(report)
     x = edges / report["wafer"]["clock_hz"] / unit_s
     if len(x) > 1:
-        ax.add_patch(StepPatch(watts / 1e3, x, baseline=0, facecolor="#fdae61", edgecolor="#d7191c", lw=0.6))
+        # add_artist: the limits are set below (add_patch would walk the steps' path for them, 0.1 s at 13B)
+        ax.add_artist(StepPatch(watts / 1e3, x, baseline=0, facecolor="#fdae61", edgecolor="#d7191c", lw=0.6))
         ax.set_xlim(x[0], x[-1])
         ax.set_ylim(0, max(watts.max() / 1e3 * 1.1, 1e-9))
     ax.axhline(pot["base_w"] / 1e3, color="#969696", lw=0.8, ls="--", label="static + idle + system")
@@ -529,24 +608,21 @@ def save(fig, path: str | Path) -> Path:
     return path
 
 
-def check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise UserError(f"image format {fmt!r} is not one of {', '.join(FORMATS)}")
-    return fmt
+FIGURES = {"utilization": utilization_figure, "timeline": timeline_figure, "layers": layers_figure,
+           "energy": energy_figure}
 
 
-def write_plots(report: dict, out_dir: str | Path, fmt: str = "png") -> list[Path]:
-    """Write utilization, layers and (if the report has one) timeline figures into ``out_dir``."""
+def write_figures(report: dict, out_dir: str | Path, fmt: str, names: list[str]) -> list[Path]:
+    """Write the figures ``names`` (of :func:`~wse_sim.report.figures.figure_names`) into ``out_dir``."""
     check_format(fmt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [save(utilization_figure(report), out / f"utilization.{fmt}")]
-    if report.get("timeline"):
-        paths.append(save(timeline_figure(report), out / f"timeline.{fmt}"))
-    paths.append(save(layers_figure(report), out / f"layers.{fmt}"))
-    if report.get("energy"):
-        paths.append(save(energy_figure(report), out / f"energy.{fmt}"))
-    return paths
+    return [save(FIGURES[name](report), out / f"{name}.{fmt}") for name in names]
+
+
+def write_plots(report: dict, out_dir: str | Path, fmt: str = "png") -> list[Path]:
+    """Write utilization, layers and (if the report has them) timeline and energy figures into ``out_dir``."""
+    return write_figures(report, out_dir, fmt, figure_names(report))
 
 
 # ---- sweeps -----------------------------------------------------------------------------------------------------
@@ -606,4 +682,4 @@ def sweep_figure(rows: list[dict], spec_columns: list[str], x: str | None = None
 
 __all__ = ["check_format", "color_range", "flat_ops", "format_bytes", "lane_columns", "layers_figure", "link_arrows",
            "percent", "roofline_points", "save", "spread_cycles", "sweep_figure", "tile_busy_grid", "timeline_figure",
-           "title", "utilization_figure", "write_plots"]
+           "title", "utilization_figure", "write_figures", "write_plots"]
