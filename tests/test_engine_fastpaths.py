@@ -54,3 +54,26 @@ def test_layout_memos_are_per_instance_and_freed_with_it():
     small, large = (CannonLayout(graph, wafer, TileGrid.make(n, n, 3, 3)) for n in (6, 12))
     assert (small.rows_per_pe(0), large.rows_per_pe(0)) == (8, 4)  # 16 rows per tile over 2 and 4 PE rows
     assert small.rows_per_pe(0) is small.rows_per_pe(0) and "rows_per_pe" in vars(small)
+
+
+def test_task_without_actions_is_replace_without_actions():
+    """The fast copy equals ``dataclasses.replace(t, actions=())`` on every task of a real numerics plan, and
+    leaves the original as it was."""
+    from dataclasses import replace
+
+    from wse_sim.workloads import get_preset, lower_model
+
+    from wse_sim.arch import get_wafer
+    from wse_sim.mapping import get_mapping
+
+    wafer = get_wafer("wse2")
+    graph = lower_model(get_preset("cerebras-gpt-111m"), 1, 16, "fp32")
+    plan = get_mapping("summa").plan(graph, wafer, TileGrid.make(400, 400, 2, 2))
+    tasks = [t for op_plan in plan.ops for t in op_plan.tasks]
+    with_actions = [t for t in tasks if t.actions]
+    assert with_actions
+    for t in tasks:
+        fast = t.without_actions()
+        assert fast == replace(t, actions=()) and hash(fast) == hash(replace(t, actions=()))
+        assert fast.actions == () and (fast is t) == (not t.actions)
+    assert all(t.actions for t in with_actions)

@@ -372,7 +372,7 @@ def shared_plans(ctx, ops) -> tuple[OpPlan, ...]:
         seen = first.get(key)
         if seen is None:
             p = ctx.plan_op(op)
-            seen = first[key] = replace(p, tasks=tuple(replace(t, actions=()) if t.actions else t for t in p.tasks))
+            seen = first[key] = replace(p, tasks=tuple(t.without_actions() for t in p.tasks))
         out.append(seen if seen.op == op else replace(seen, op=op))
     return tuple(out)
 
@@ -384,7 +384,7 @@ def _shape(op: OpSpec) -> OpSpec:
 
 def _timing(p) -> tuple:
     """What of a region-local op plan the simulation reads (all but the op, its notes and numerics actions)."""
-    return tuple(replace(t, actions=()) for t in p.tasks), p.sram_bytes_per_pe, p.mapping, p.after
+    return tuple(t.without_actions() for t in p.tasks), p.sram_bytes_per_pe, p.mapping, p.after
 
 
 def serving_summary(run: ServingRun, phase: str, prefill: Pass | None, steps: list[Pass], clock_hz: float,

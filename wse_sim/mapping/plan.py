@@ -269,6 +269,15 @@ class Task:
     wafer_link: int = -1  # interwafer: the link from wafer ``wafer_link`` to the next one
     link_share: int = 1  # transfer: most of its lanes sharing one physical link (detours; wse_sim.arch.defects)
 
+    def without_actions(self) -> Task:
+        """This task without numerics actions (what a timing-only run reads). Made from its fields directly: a
+        13B plan strips about 11k tasks, and ``dataclasses.replace`` re-runs ``__init__`` for each (~20 us)."""
+        if not self.actions:
+            return self
+        task = object.__new__(Task)
+        task.__dict__.update(self.__dict__, actions=())
+        return task
+
     def resources(self) -> tuple:
         """What the task holds while it runs (its cost's ``hold_cycles``): its tile, its links (sorted, each
         once), the MemoryX ingress port ``"memoryx"``, its egress port ``"memoryx_out"`` (a full-duplex link: see
