@@ -588,7 +588,7 @@ def _run_shared(fn, args: tuple, threads: int) -> None:
                 f.result()
 
 
-def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray) -> list[np.ndarray]:
+def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray, out: np.ndarray | None = None) -> list[np.ndarray]:
     """Independent products of blocks of two tensors, in parallel: ``[A_i @ B_i for each row of spec]``.
 
     ``a`` and ``b`` are C-contiguous float32 arrays (any shape); row ``i`` of the int64 ``spec [n_blocks, 9]``
@@ -596,7 +596,8 @@ def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray) -> list[np.ndarr
     and likewise ``B_i``, in elements (``m, n, k >= 1``; every element inside its array). Each block runs
     through the same serial driver as :func:`gemm`, so each result is bit for bit what ``gemm`` gives for that
     block (one FMA chain per element over ``k`` in order), whatever the thread count. The results are
-    C-contiguous ``[m, n]`` views into one new buffer.
+    C-contiguous ``[m, n]`` views into one new buffer, or into ``out`` (a 1-D C-contiguous float32 array with
+    room for all of them, e.g. a buffer the caller reuses so that its pages are not faulted in again).
 
     The threads are plain Python threads running a ``nogil`` kernel that claims blocks one at a time (largest
     first), not a numba ``prange``: a parallel region of numba's OpenMP layer costs milliseconds when the
@@ -616,7 +617,7 @@ def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray) -> list[np.ndarr
     sizes = spec[:, 6] * spec[:, 8]
     coff = np.zeros(len(spec), np.int64)
     np.cumsum(sizes[:-1], out=coff[1:])
-    slab = np.empty(int(sizes.sum()), np.float32)
+    slab = _slab(out, int(sizes.sum()))
     if len(spec):
         work = sizes * spec[:, 7]
         order = np.argsort(-work, kind="stable")
@@ -625,6 +626,17 @@ def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray) -> list[np.ndarr
         _run_shared(_gemm_blocks_worker, args, threads)
     shapes = zip(coff.tolist(), sizes.tolist(), spec[:, 6].tolist(), spec[:, 8].tolist(), strict=True)
     return [slab[o:o + s].reshape(m, n) for o, s, m, n in shapes]
+
+
+def _slab(out: np.ndarray | None, size: int) -> np.ndarray:
+    """The first ``size`` elements of ``out`` (checked), or a new float32 array of that size."""
+    if out is None:
+        return np.empty(size, np.float32)
+    if out.dtype != np.float32 or out.ndim != 1 or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("gemm_blocks: out must be a writeable 1-D C-contiguous float32 array")
+    if out.shape[0] < size:
+        raise ValueError(f"gemm_blocks: out holds {out.shape[0]} elements, the blocks need {size}")
+    return out[:size]
 
 
 def _writeable_flat(x: np.ndarray) -> np.ndarray:
