@@ -18,7 +18,19 @@ from dataclasses import fields, replace
 
 import numpy as np
 
-from ..kernels import causal_softmax, embedding, gelu, gemm, gemm_blocks, layernorm, rmsnorm, rope, round_to, silu_gate
+from ..kernels import (
+    causal_softmax,
+    embedding,
+    gelu,
+    gemm,
+    gemm_blocks,
+    layernorm,
+    rmsnorm,
+    rope,
+    round_in_place,
+    round_to,
+    silu_gate,
+)
 from ..mapping.plan import (
     Combine,
     ContextWrite,
@@ -182,7 +194,15 @@ class Numerics:
         return t[c0:c1, r0:r1].T if ref.transpose else t[r0:r1, c0:c1]
 
     def write(self, ref: Ref, value: np.ndarray) -> None:
-        self._target(ref)[...] = self._rounded(value)
+        """Store ``value`` into the block ``ref``, rounded to the storage precision. A float32 value (or any
+        float in fp32, where storing it is the one RNE) is copied in and rounded where it lies, without the
+        temporary that ``round_to`` makes; float64 goes through ``round_to`` (one rounding, not two)."""
+        dst = self._target(ref)
+        if value.dtype == np.float32 or (self.precision == "fp32" and value.dtype == np.float64):
+            dst[...] = value
+            round_in_place(dst, self.precision)
+        else:
+            dst[...] = round_to(value, self.precision)
 
     def _target(self, ref: Ref) -> np.ndarray:
         """The block of the store that ``ref`` names, as a writeable view (the tensor made on first write)."""
@@ -239,7 +259,9 @@ class Numerics:
             elif isinstance(a, Elementwise):
                 self.write(a.dst, self._elementwise(a))
             elif isinstance(a, SoftmaxBlock):
-                self.buffers[a.buf] = self._rounded(causal_softmax(self.buffers[a.buf], 1.0, a.q_offset))
+                probs = causal_softmax(self.buffers[a.buf], 1.0, a.q_offset)  # a new array: rounded in place
+                round_in_place(probs, self.precision)
+                self.buffers[a.buf] = probs
             elif isinstance(a, ContextWrite):
                 self.write(a.dst, gemm(self.buffers[a.probs], self.get(a.v)))
             elif isinstance(a, Rope):
@@ -276,8 +298,7 @@ class Numerics:
                 np.add(dst, scratch, out=dst)
         if bias is not None:
             np.add(dst, bias, out=dst, dtype=np.float32)
-        if self.precision != "fp32":
-            dst[...] = round_to(dst, self.precision)
+        round_in_place(dst, self.precision)
 
     def flush(self) -> None:
         """Multiply the queued ``MatmulBlock`` actions (in parallel where they share operand tensors) and
@@ -290,7 +311,9 @@ class Numerics:
             if a.accumulate and a.out in self.buffers:
                 self.buffers[a.out] += out
             else:
-                self.buffers[a.out] = self._rounded(out) if a.round_output else out
+                if a.round_output:  # out is this flush's own product (a new array or a view of a free slab)
+                    round_in_place(out, self.precision)
+                self.buffers[a.out] = out
 
     def _products(self, blocks: list[MatmulBlock]) -> list[np.ndarray]:
         """``a @ b`` of every block: blocks with the same two operand tensors go to :func:`gemm_blocks` together,
