@@ -304,8 +304,10 @@ class Numerics:
         """Multiply the queued ``MatmulBlock`` actions (in parallel where they share operand tensors) and
         store their results in queue order."""
         pending, self._pending, self._pending_bytes = self._pending, [], 0
-        products = self._products(pending)
-        for a, out in zip(pending, products, strict=True):
+        products, fused = self._products(pending, self._accumulators(pending))
+        for a, out, done in zip(pending, products, fused, strict=True):
+            if done:  # already added into its buffer by the GEMM kernel
+                continue
             if a.scale != 1.0:
                 out *= np.float32(a.scale)
             if a.accumulate and a.out in self.buffers:
@@ -315,10 +317,26 @@ class Numerics:
                     round_in_place(out, self.precision)
                 self.buffers[a.out] = out
 
-    def _products(self, blocks: list[MatmulBlock]) -> list[np.ndarray]:
-        """``a @ b`` of every block: blocks with the same two operand tensors go to :func:`gemm_blocks` together,
-        the rest (a group of one, an empty block, an operand not C-contiguous) to :func:`gemm`."""
+    def _accumulators(self, blocks: list[MatmulBlock]) -> list[np.ndarray | None]:
+        """Per block, the buffer its product may be added into by the GEMM kernel itself: an accumulating
+        block without scale whose buffer exists, when no earlier block of this flush writes that buffer (so
+        the adds keep queue order: the kernel's add is the buffer's first in this flush, the rest follow in
+        :meth:`flush`)."""
+        into, seen = [], set()
+        for a in blocks:
+            buf = self.buffers.get(a.out) if a.accumulate and a.scale == 1.0 and a.out not in seen else None
+            seen.add(a.out)
+            ok = buf is not None and buf.dtype == np.float32 and buf.flags.c_contiguous and buf.flags.writeable
+            into.append(buf if ok else None)
+        return into
+
+    def _products(self, blocks: list[MatmulBlock], into: list[np.ndarray | None]
+                  ) -> tuple[list[np.ndarray], list[bool]]:
+        """``a @ b`` of every block, and whether it was added into its ``into`` buffer instead: blocks with the
+        same two operand tensors go to :func:`gemm_blocks` together (which adds into the buffers of the right
+        shape), the rest (a group of one, an empty block, an operand not C-contiguous) to :func:`gemm`."""
         products: list[np.ndarray | None] = [None] * len(blocks)
+        fused = [False] * len(blocks)
         groups: dict[tuple[str, str], list[tuple[int, tuple]]] = {}
         for i, a in enumerate(blocks):
             spec = self._block_spec(a)
@@ -332,12 +350,14 @@ class Numerics:
                 products[i] = gemm(self.get(blocks[i].a), self.get(blocks[i].b))
                 continue
             specs = np.array([spec for _, spec in members])
+            targets = [into[i] if into[i] is not None and into[i].shape == (sp[6], sp[8]) else None
+                       for i, sp in members]
             slab = self._slab(int((specs[:, 6] * specs[:, 8]).sum()))
-            outs = gemm_blocks(self.store[ta], self.store[tb], specs, slab)
+            outs = gemm_blocks(self.store[ta], self.store[tb], specs, slab, targets)
             del slab  # the views in outs hold it; the pool sees it as in use until they are gone
-            for (i, _), out in zip(members, outs, strict=True):
-                products[i] = out
-        return products
+            for (i, _), out, target in zip(members, outs, targets, strict=True):
+                products[i], fused[i] = out, target is not None
+        return products, fused
 
     def _slab(self, size: int) -> np.ndarray:
         """A float32 buffer of at least ``size`` elements that nothing else uses, for one product group.
