@@ -218,14 +218,15 @@ class Numerics:
         """A zeroed float32 tensor for one output of this pass, carved from the pass's arena.
 
         The arena is one allocation with room for every output (made at the first write of the pass, so its
-        size is the sum of ``shapes`` minus what the store already holds). Its pages come zeroed from the OS on
-        first touch and, being one large array, as 2 MiB pages (numpy asks for transparent huge pages above
-        4 MiB): the 111M fp32 forward's 430 MB of outputs were 100,000 faults of 4 KiB pages, 0.3-0.5 CPU s,
-        as separate arrays of 1.5-6 MB. The arena's pages are faulted in at once when it is made (see
+        size is the sum of ``shapes`` minus what the store already holds and the KV caches). Its pages come
+        zeroed from the OS and, being one large array, as 2 MiB pages (numpy asks for transparent huge pages
+        above 4 MiB): the 111M fp32 forward's 430 MB of outputs were 100,000 faults of 4 KiB pages, 0.3-0.5
+        CPU s, as separate arrays of 1.5-6 MB. They are faulted in at once when the arena is made (see
         :func:`_prefaulted`). A tensor that does not fit (a shape added after) gets its own array."""
         size = shape[0] * shape[1]
         if self._arena is None:
-            room = sum(_aligned(r * c) for name, (r, c) in self.shapes.items() if name not in self.store)
+            room = sum(_aligned(r * c) for name, (r, c) in self.shapes.items()
+                       if name not in self.store and "_cache#" not in name)  # caches: fill_cache makes them
             self._arena, self._arena_used = _prefaulted(np.zeros(room, dtype=np.float32)), 0
         start = self._arena_used
         if start + size > self._arena.shape[0]:
