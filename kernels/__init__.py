@@ -8,7 +8,7 @@ from .embedding import embedding
 from .gemm import gemm, gemm_blocks
 from .llama import rmsnorm, rope, silu_gate
 from .norm import layernorm
-from .precision import PRECISIONS, round_to
+from .precision import PRECISIONS, round_in_place, round_to
 from .softmax import causal_softmax
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "layernorm",
     "rmsnorm",
     "rope",
+    "round_in_place",
     "round_to",
     "silu_gate",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import numba
 import numpy as np
@@ -206,15 +207,37 @@ def _vfma(typingctx, a, b, c):
     return _f32vec(_f32vec, _f32vec, _f32vec), codegen
 
 
+@intrinsic
+def _vadd(typingctx, a, b):
+    """``a + b`` lane-wise (one fp32 rounding per lane, as numpy's float32 add)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+
+    return _f32vec(_f32vec, _f32vec), codegen
+
+
+@intrinsic
+def _f32_ptr(typingctx, addr):
+    """The int64 address ``addr`` as a float32 pointer (for ``numba.carray`` over a caller's array)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], ir.FloatType().as_pointer())
+
+    return types.CPointer(types.float32)(addr), codegen
+
+
 # ---- micro-kernel ------------------------------------------------------------------------------------------
 @njit(cache=True)
-def _micro(kc, ap, ao, bp, bo, ldb, t, to, ldt, load):
+def _micro(kc, ap, ao, bp, bo, ldb, t, to, ldt, load, acc):
     """``T[MR, NR] (+)= Ap_panel @ B_panel`` with the tile in registers.
 
     ``ap[ao:]`` is a packed ``kc x MR`` panel (MR values per k), ``bp[bo:]`` holds kc rows of NR contiguous
     values ``ldb`` apart (a packed panel, or row-major B itself), and the tile lives in flat ``t`` at ``to``
     with row stride ``ldt``. ``load`` continues the chain from the values in ``t`` (later k blocks) instead
-    of starting from zero. Rows 6..11 exist only for MR == 12 (a compile-time constant, so the untaken
+    of starting from zero; ``acc`` adds the finished chain to the values in ``t`` (``T += A @ B``: the
+    product rounded once by its chain, then one fp32 add, as numpy's ``+=`` of the product). Rows 6..11 exist
+    only for MR == 12 (a compile-time constant, so the untaken
     branches vanish). Row r's accumulators are ``c{r}0, c{r}1`` (r in hex).
     """
     z = _vzero()
@@ -276,6 +299,32 @@ def _micro(kc, ap, ao, bp, bo, ldb, t, to, ldt, load):
             cb0, cb1 = _vfma(a, b0, cb0), _vfma(a, b1, cb1)
         ao += MR
         bo += ldb
+    if acc:
+        r = to
+        c00, c01 = _vadd(_vload(t, r), c00), _vadd(_vload(t, r + VW), c01)
+        r += ldt
+        c10, c11 = _vadd(_vload(t, r), c10), _vadd(_vload(t, r + VW), c11)
+        r += ldt
+        c20, c21 = _vadd(_vload(t, r), c20), _vadd(_vload(t, r + VW), c21)
+        r += ldt
+        c30, c31 = _vadd(_vload(t, r), c30), _vadd(_vload(t, r + VW), c31)
+        r += ldt
+        c40, c41 = _vadd(_vload(t, r), c40), _vadd(_vload(t, r + VW), c41)
+        r += ldt
+        c50, c51 = _vadd(_vload(t, r), c50), _vadd(_vload(t, r + VW), c51)
+        r += ldt
+        if MR == 12:
+            c60, c61 = _vadd(_vload(t, r), c60), _vadd(_vload(t, r + VW), c61)
+            r += ldt
+            c70, c71 = _vadd(_vload(t, r), c70), _vadd(_vload(t, r + VW), c71)
+            r += ldt
+            c80, c81 = _vadd(_vload(t, r), c80), _vadd(_vload(t, r + VW), c81)
+            r += ldt
+            c90, c91 = _vadd(_vload(t, r), c90), _vadd(_vload(t, r + VW), c91)
+            r += ldt
+            ca0, ca1 = _vadd(_vload(t, r), ca0), _vadd(_vload(t, r + VW), ca1)
+            r += ldt
+            cb0, cb1 = _vadd(_vload(t, r), cb0), _vadd(_vload(t, r + VW), cb1)
     r = to
     _vstore(t, r, c00)
     _vstore(t, r + VW, c01)
@@ -364,13 +413,13 @@ def _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap):
 
 
 @njit(cache=True)
-def _block(ap, bp, bp0, bb, b_row0, sb0, direct, cf, ldc, ic, mc, jc, jp0, jp1, n, kc, load, scratch):
+def _block(ap, bp, bp0, bb, b_row0, sb0, direct, cf, ldc, ic, mc, jc, jp0, jp1, n, kc, load, acc, scratch):
     """``C[ic:ic+mc, cols of B panels jp0..jp1 of the jc slab]`` (+)= packed A @ B panels.
 
     B panels come from the packed ``bp`` (panel ``bp0`` first), or with ``direct`` (row-major B, few rows of A
     to reuse a panel) full-width panels are read in place from ``bb`` (row ``pc`` starts at ``b_row0``, rows
     ``sb0`` apart). Full tiles go straight to C; edge tiles run through ``scratch`` (an MR x NR buffer) so the
-    micro-kernel never reads or writes outside C.
+    micro-kernel never reads or writes outside C. ``acc`` (never with ``load``) adds the products to C.
     """
     for jp in range(jp0, jp1):
         j0 = jc + jp * NR
@@ -383,22 +432,26 @@ def _block(ap, bp, bp0, bb, b_row0, sb0, direct, cf, ldc, ic, mc, jc, jp0, jp1, 
             mr = min(MR, ic + mc - i0)
             ao = ip * kc * MR
             if mr == MR and nr == NR:
-                _micro(kc, ap, ao, bsrc, bo, ldb, cf, i0 * ldc + j0, ldc, load)
+                _micro(kc, ap, ao, bsrc, bo, ldb, cf, i0 * ldc + j0, ldc, load, acc)
             else:
                 if load:  # padding rows / columns of the tile are computed but never copied out
                     for r in range(mr):
                         for j in range(nr):
                             scratch[r * NR + j] = cf[(i0 + r) * ldc + j0 + j]
-                _micro(kc, ap, ao, bsrc, bo, ldb, scratch, 0, NR, load)
+                _micro(kc, ap, ao, bsrc, bo, ldb, scratch, 0, NR, load, False)
                 for r in range(mr):
                     for j in range(nr):
-                        cf[(i0 + r) * ldc + j0 + j] = scratch[r * NR + j]
+                        if acc:
+                            cf[(i0 + r) * ldc + j0 + j] += scratch[r * NR + j]
+                        else:
+                            cf[(i0 + r) * ldc + j0 + j] = scratch[r * NR + j]
 
 
 # ---- drivers -----------------------------------------------------------------------------------------------
 @njit(cache=True)
-def _gemm_serial(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c):
-    """Single-threaded driver: loops jc (NC) > pc (KC) > ic (MC) around the block kernel.
+def _gemm_serial(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c, acc):
+    """Single-threaded driver: loops jc (NC) > pc (KC) > ic (MC) around the block kernel; ``acc`` (only with
+    ``k <= KC``: one chain per element, no reload) adds the product to ``c`` instead of storing it.
 
     When A is one MC block (short, wide products such as the LM head's blocks), each B panel is packed just
     before the A panels use it, so it is still in L1; otherwise all panels of a KC x NC slab are packed first
@@ -419,7 +472,8 @@ def _gemm_serial(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c):
                 _pack_a(ab, aoff, sa0, sa1, 0, m, pc, kc, ap)
                 for jp in range(npan):
                     _pack_b_panel(bb, boff, sb0, sb1, pc, kc, jc + jp * NR, n, 0, bp)
-                    _block(ap, bp, jp, bb, b_row0, sb0, False, cf, n, 0, m, jc, jp, jp + 1, n, kc, pc > 0, scratch)
+                    _block(ap, bp, jp, bb, b_row0, sb0, False, cf, n, 0, m, jc, jp, jp + 1, n, kc, pc > 0, acc,
+                           scratch)
                 continue
             for jp in range(npan):
                 if not direct or jc + (jp + 1) * NR > n:
@@ -427,7 +481,7 @@ def _gemm_serial(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c):
             for ic in range(0, m, MC):
                 mc = min(MC, m - ic)
                 _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap)
-                _block(ap, bp, 0, bb, b_row0, sb0, direct, cf, n, ic, mc, jc, 0, npan, n, kc, pc > 0, scratch)
+                _block(ap, bp, 0, bb, b_row0, sb0, direct, cf, n, ic, mc, jc, 0, npan, n, kc, pc > 0, acc, scratch)
 
 
 @njit(cache=True, parallel=True)
@@ -454,7 +508,7 @@ def _gemm_parallel(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c, mc_blk, j
                     ap = np.empty(((mc + MR - 1) // MR) * MR * kc, np.float32)
                     scratch = np.empty(MR * NR, np.float32)
                     _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap)
-                    _block(ap, bp, 0, bb, 0, sb0, False, cf, n, ic, mc, jc, jp0, jp1, n, kc, pc > 0, scratch)
+                    _block(ap, bp, 0, bb, 0, sb0, False, cf, n, ic, mc, jc, jp0, jp1, n, kc, pc > 0, False, scratch)
 
 
 def _flat_view(x: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -513,7 +567,7 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
             bb, sb0, sb1 = _flat_view(b)
             threads = 1 if m * n * k < PARALLEL_MIN_WORK else numba.get_num_threads()
             if threads == 1:
-                _gemm_serial(ab, 0, sa0, sa1, bb, 0, sb0, sb1, m, k, n, c)
+                _gemm_serial(ab, 0, sa0, sa1, bb, 0, sb0, sb1, m, k, n, c, False)
             else:
                 # Row blocks in a multiple of the thread count (balanced static schedule); if rows run out
                 # (short, wide products such as the LM head) the B panels are split between tasks instead.
@@ -541,18 +595,28 @@ def _claim(typingctx, counter):
 
 
 @njit(cache=True, nogil=True)
-def _gemm_blocks_worker(ab, bb, spec, coff, slab, order, counter):
+def _gemm_blocks_worker(ab, bb, spec, coff, slab, into, order, counter):
     """Claim blocks ``order[counter[0]++]`` until none are left, each through the serial driver into
-    ``slab[coff[i]:]``. Every thread taking part runs this loop, so a thread the OS does not schedule simply
-    claims fewer blocks (no static share to wait for)."""
+    ``slab[coff[i]:]``, or added into the caller's array at address ``into[i]`` when that is not 0 (fused into
+    the micro-kernel's store when ``k <= KC``, else the product goes through the slab first). Every thread
+    taking part runs this loop, so a thread the OS does not schedule simply claims fewer blocks (no static
+    share to wait for)."""
     while True:
         t = _claim(counter)
         if t >= order.shape[0]:
             return
         i = order[t]
         m, k, n = spec[i, 6], spec[i, 7], spec[i, 8]
-        _gemm_serial(ab, spec[i, 0], spec[i, 1], spec[i, 2], bb, spec[i, 3], spec[i, 4], spec[i, 5], m, k, n,
-                     slab[coff[i]:coff[i] + m * n])
+        c = slab[coff[i]:coff[i] + m * n]
+        fused = into[i] != 0 and k <= KC
+        if fused:
+            c = numba.carray(_f32_ptr(into[i]), m * n)
+        _gemm_serial(ab, spec[i, 0], spec[i, 1], spec[i, 2], bb, spec[i, 3], spec[i, 4], spec[i, 5], m, k, n, c,
+                     fused)
+        if into[i] != 0 and not fused:
+            target = numba.carray(_f32_ptr(into[i]), m * n)
+            for j in range(m * n):
+                target[j] += c[j]
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -588,7 +652,8 @@ def _run_shared(fn, args: tuple, threads: int) -> None:
                 f.result()
 
 
-def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray) -> list[np.ndarray]:
+def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray, out: np.ndarray | None = None,
+                into: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
     """Independent products of blocks of two tensors, in parallel: ``[A_i @ B_i for each row of spec]``.
 
     ``a`` and ``b`` are C-contiguous float32 arrays (any shape); row ``i`` of the int64 ``spec [n_blocks, 9]``
@@ -596,7 +661,14 @@ def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray) -> list[np.ndarr
     and likewise ``B_i``, in elements (``m, n, k >= 1``; every element inside its array). Each block runs
     through the same serial driver as :func:`gemm`, so each result is bit for bit what ``gemm`` gives for that
     block (one FMA chain per element over ``k`` in order), whatever the thread count. The results are
-    C-contiguous ``[m, n]`` views into one new buffer.
+    C-contiguous ``[m, n]`` views into one new buffer, or into ``out`` (a 1-D C-contiguous float32 array with
+    room for all of them, e.g. a buffer the caller reuses so that its pages are not faulted in again).
+
+    ``into`` (one entry per block, or None) names arrays to accumulate into: block ``i`` with ``into[i]`` (a
+    writeable C-contiguous float32 ``[m, n]`` array, sharing no memory with ``a``, ``b`` or another entry) is
+    added to it, ``into[i] += A_i @ B_i`` with the same bits as that numpy statement, and ``into[i]`` is its
+    entry in the result. With ``k <= KC`` the add happens as the micro-kernel stores its tile, so the product
+    never travels through memory (the LM head's accumulating blocks: half the memory traffic).
 
     The threads are plain Python threads running a ``nogil`` kernel that claims blocks one at a time (largest
     first), not a numba ``prange``: a parallel region of numba's OpenMP layer costs milliseconds when the
@@ -613,18 +685,56 @@ def gemm_blocks(a: np.ndarray, b: np.ndarray, spec: np.ndarray) -> list[np.ndarr
         last = spec[:, off] + (spec[:, rows] - 1) * spec[:, s0] + (spec[:, cols] - 1) * spec[:, s1]
         if spec.shape[0] and (spec[:, off].min() < 0 or spec[:, (s0, s1)].min() < 0 or last.max() >= arr.size):
             raise ValueError("gemm_blocks: a block reaches outside its array")
+    targets = _targets(into, spec, a, b)
     sizes = spec[:, 6] * spec[:, 8]
     coff = np.zeros(len(spec), np.int64)
     np.cumsum(sizes[:-1], out=coff[1:])
-    slab = np.empty(int(sizes.sum()), np.float32)
+    slab = _slab(out, int(sizes.sum()))
     if len(spec):
         work = sizes * spec[:, 7]
         order = np.argsort(-work, kind="stable")
         threads = 1 if work.sum() < PARALLEL_MIN_WORK else min(numba.get_num_threads(), len(spec))
-        args = (_writeable_flat(a), _writeable_flat(b), spec, coff, slab, order, np.zeros(1, np.int64))
+        args = (_writeable_flat(a), _writeable_flat(b), spec, coff, slab, targets, order, np.zeros(1, np.int64))
         _run_shared(_gemm_blocks_worker, args, threads)
     shapes = zip(coff.tolist(), sizes.tolist(), spec[:, 6].tolist(), spec[:, 8].tolist(), strict=True)
-    return [slab[o:o + s].reshape(m, n) for o, s, m, n in shapes]
+    outs = [slab[o:o + s].reshape(m, n) for o, s, m, n in shapes]
+    return outs if into is None else [x if x is not None else o for x, o in zip(into, outs, strict=True)]
+
+
+def _targets(into: list[np.ndarray | None] | None, spec: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The data addresses of ``into``'s arrays (0 for None), after checking each can take its block's sum and
+    that none overlaps another, ``a`` or ``b`` (threads add into them while reading the operands)."""
+    targets = np.zeros(len(spec), np.int64)
+    if into is None:
+        return targets
+    if len(into) != len(spec):
+        raise ValueError(f"gemm_blocks: into has {len(into)} entries for {len(spec)} blocks")
+    spans = []
+    for i, x in enumerate(into):
+        if x is None:
+            continue
+        shape = (int(spec[i, 6]), int(spec[i, 8]))
+        if x.dtype != np.float32 or x.shape != shape or not x.flags.c_contiguous or not x.flags.writeable:
+            raise ValueError(f"gemm_blocks: into[{i}] must be a writeable C-contiguous float32 {shape} array")
+        if np.may_share_memory(x, a) or np.may_share_memory(x, b):
+            raise ValueError(f"gemm_blocks: into[{i}] overlaps an operand")
+        targets[i] = x.ctypes.data
+        spans.append((targets[i], targets[i] + x.nbytes))
+    spans.sort()
+    if any(end > start for (_, end), (start, _) in pairwise(spans)):
+        raise ValueError("gemm_blocks: two entries of into overlap")
+    return targets
+
+
+def _slab(out: np.ndarray | None, size: int) -> np.ndarray:
+    """The first ``size`` elements of ``out`` (checked), or a new float32 array of that size."""
+    if out is None:
+        return np.empty(size, np.float32)
+    if out.dtype != np.float32 or out.ndim != 1 or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("gemm_blocks: out must be a writeable 1-D C-contiguous float32 array")
+    if out.shape[0] < size:
+        raise ValueError(f"gemm_blocks: out holds {out.shape[0]} elements, the blocks need {size}")
+    return out[:size]
 
 
 def _writeable_flat(x: np.ndarray) -> np.ndarray:

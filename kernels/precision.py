@@ -111,3 +111,38 @@ def round_to(x: np.ndarray, precision: str) -> np.ndarray:
         out = np.array(arr, dtype=np.float32, order="C", copy=True).reshape(-1)
     _bf16_bits_rne(out.view(np.uint32))
     return out.reshape(arr.shape)
+
+
+@njit(cache=True)
+def _round_rows(x: np.ndarray, row: np.ndarray, bf16: bool) -> None:
+    """Round each row of the 2-D float32 ``x`` (any strides) in place through the contiguous buffer ``row``,
+    with the same 1-D kernels :func:`round_to` uses."""
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            row[j] = x[i, j]
+        if bf16:
+            _bf16_bits_rne(row.view(np.uint32))
+        else:
+            _fp16_rne(row)
+        for j in range(x.shape[1]):
+            x[i, j] = row[j]
+
+
+def round_in_place(x: np.ndarray, precision: str) -> None:
+    """Round the writeable float32 array ``x`` to ``precision`` in place: the values ``round_to(x, precision)``
+    returns, without a new array (a block of a larger stored tensor is rounded where it lies)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    x = require_f32(x, "round_in_place: x")
+    if precision == "fp32" or x.size == 0:
+        return
+    if x.flags.c_contiguous:
+        flat = x.reshape(-1)
+        if precision == "fp16":
+            _fp16_rne(flat)
+        else:
+            _bf16_bits_rne(flat.view(np.uint32))
+    elif x.ndim == 2:
+        _round_rows(x, np.empty(x.shape[1], np.float32), precision == "bf16")
+    else:
+        x[...] = round_to(x, precision)

@@ -20,6 +20,7 @@ from wse_sim.kernels import (
     gelu,
     gemm,
     layernorm,
+    round_in_place,
     round_to,
 )
 
@@ -248,6 +249,32 @@ def test_fp16_matches_numpy_half():
     assert got[-1] == 2.0**-23
     x64 = rng.standard_normal(3000) * 100
     assert np.array_equal(round_to(x64, "fp16"), x64.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_round_in_place_matches_the_casts(precision):
+    """A block of a larger array (C-contiguous, row-strided, column-strided) is rounded where it lies, to what
+    numpy's half cast or torch's bfloat16 cast gives, and nothing outside the block changes."""
+    import torch
+    rng = np.random.default_rng(9)
+    x = np.concatenate([_special_f32(), _sweep_f32()[:200_000], _f32(rng, 4000, scale=2e3)])
+    x = x[: x.size // 500 * 500].reshape(-1, 500)
+    with np.errstate(over="ignore"):
+        if precision == "fp16":
+            ref = x.astype(np.float16).astype(np.float32)
+        else:
+            ref = torch.from_numpy(x).to(torch.bfloat16).to(torch.float32).numpy()
+    for block in (np.s_[:, :], np.s_[3:300, 17:433], np.s_[::3, 1::2]):
+        got = x.copy()
+        round_in_place(got[block], precision)
+        want = x.copy()
+        want[block] = ref[block]
+        nan = np.isnan(want)
+        assert np.array_equal(np.isnan(got), nan)
+        assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    same = x.copy()
+    round_in_place(same[5:9], "fp32")
+    assert np.array_equal(same.view(np.uint32), x.view(np.uint32))
 
 
 def test_fp32_and_generic_behaviour():

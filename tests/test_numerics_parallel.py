@@ -7,6 +7,8 @@ the logits must be the same bits, for each mapping, shape and storage precision.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from wse_sim.kernels import gemm, gemm_blocks
@@ -16,6 +18,8 @@ from wse_sim.arch import load_wafer
 from wse_sim.mapping import TileGrid, get_mapping
 from wse_sim.sim import Engine
 from wse_sim.sim.numerics import Numerics
+
+gemm_mod = importlib.import_module("wse_sim.kernels.gemm")  # the package re-exports a function named gemm
 
 WSE2 = load_wafer("wse2")
 MAPPINGS = ["summa", "cannon", "meshgemm", "systolic", "weight-streaming", "gemv-tree"]
@@ -86,6 +90,43 @@ def test_gemm_blocks_equal_gemm_per_block():
         ref = gemm(va, vb)
         assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))
         np.testing.assert_allclose(out, va.astype(np.float64) @ vb.astype(np.float64), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads_work", [1 << 40, 1])  # the calling thread alone / with the helper threads
+def test_gemm_blocks_into_adds_like_numpy(threads_work, monkeypatch):
+    """``into``: each block's product added into the caller's array, the bits of ``buf += gemm(A_i, B_i)``,
+    with k inside one KC block (the add fused into the micro-kernel, full and edge tiles) and past it (the
+    product through the slab); a block without a target comes back as a product."""
+    monkeypatch.setattr(gemm_mod, "PARALLEL_MIN_WORK", threads_work)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((70, 600)).astype(np.float32)
+    w = rng.standard_normal((2400, 300)).astype(np.float32)  # used transposed, as the LM head's wte
+    shapes = [(64, 96, 700, 0), (13, 96, 45, 50), (64, 300, 500, 0), (70, 37, 333, 100), (12, 64, 32, 7)]
+    spec, refs, into = [], [], []
+    for i, (m, k, n, c0) in enumerate(shapes):
+        r0 = 480 * i
+        spec.append((c0, 600, 1, r0 * 300 + c0, 1, 300, m, k, n))
+        buf = rng.standard_normal((m, n)).astype(np.float32)
+        ref = buf.copy()
+        ref += gemm(a[:m, c0:c0 + k], w[r0:r0 + n, c0:c0 + k].T)
+        assert not np.array_equal(ref, buf)
+        refs.append(ref)
+        into.append(buf)
+    into[1], refs[1] = None, gemm(a[:13, 50:146], w[480:525, 50:146].T)
+    outs = gemm_blocks(a, w, np.array(spec), into=into)
+    for i, (out, ref) in enumerate(zip(outs, refs, strict=True)):
+        assert np.array_equal(out.view(np.uint32), ref.view(np.uint32)), i
+        assert into[i] is None or out is into[i]
+
+
+def test_gemm_blocks_into_refuses_overlaps():
+    a = np.ones((8, 8), np.float32)
+    spec = np.array([(0, 8, 1, 0, 8, 1, 4, 8, 4)] * 2)
+    with pytest.raises(ValueError, match="overlaps an operand"):
+        gemm_blocks(a, a, spec, into=[a.reshape(-1)[:16].reshape(4, 4), None])
+    shared = np.zeros(20, np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        gemm_blocks(a, a, spec, into=[shared[:16].reshape(4, 4), shared[4:].reshape(4, 4)])
 
 
 def test_gemm_blocks_refuses_blocks_outside_their_array():

@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..workloads import OpSpec
 from .collectives import Message
 from .layout import ACC_BYTES, Builder
-from .plan import MatmulBlock, OpPlan, ReduceWrite, Ref, TaskKind, ceil_div, split
+from .plan import Free, MatmulBlock, OpPlan, ReduceWrite, Ref, TaskKind, ceil_div, split
 from .registry import register
 from .resident import Operands, ResidentLayout, ResidentMapping
 
@@ -142,7 +142,7 @@ class GemvLayout(ResidentLayout):
         red = t.add(TaskKind.TRANSFER, deps=tuple(part), label=f"chain reduce row {i}",
                     links=g.row_path(i, TC - 1, 0), bytes_per_lane=vec, hops=width, stages=width,
                     nbytes=self._row_payload(write) * (TC - 1),
-                    actions=(ReduceWrite(write.dst, (tuple(reversed(keys)),), write.bias), ))
+                    actions=(ReduceWrite(write.dst, (tuple(reversed(keys)),), write.bias), Free(tuple(keys))))
         return t.add(TaskKind.TRANSFER, deps=(red,), label=f"multicast sum row {i}", links=g.row_path(i, 0, TC - 1),
                      bytes_per_lane=vec, hops=width, nbytes=self._row_payload(write) * (TC - 1))
 
@@ -176,7 +176,7 @@ class GemvLayout(ResidentLayout):
         order = (tuple(keys[:rt + 1]), tuple(reversed(keys[rt + 1:]))) if rt + 1 < self.TC else (tuple(keys),)
         done = t.add(TaskKind.COMPUTE, deps=prev, tile=(i, rt), label="tree root writes",
                      elem_ops_per_pe=self.M * ceil_div(write.dst.cols[1] - write.dst.cols[0], g.height(i)),
-                     actions=(ReduceWrite(write.dst, order, write.bias),))
+                     actions=(ReduceWrite(write.dst, order, write.bias), Free(tuple(keys))))
         if not self.y_replicated:
             return done
         out = self.M * ceil_div(write.dst.cols[1] - write.dst.cols[0], g.height(i)) * self.b

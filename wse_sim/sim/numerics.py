@@ -13,11 +13,24 @@ them one by one gives.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields, replace
 
 import numpy as np
 
-from ..kernels import causal_softmax, embedding, gelu, gemm, gemm_blocks, layernorm, rmsnorm, rope, round_to, silu_gate
+from ..kernels import (
+    causal_softmax,
+    embedding,
+    gelu,
+    gemm,
+    gemm_blocks,
+    layernorm,
+    rmsnorm,
+    rope,
+    round_in_place,
+    round_to,
+    silu_gate,
+)
 from ..mapping.plan import (
     Combine,
     ContextWrite,
@@ -41,6 +54,9 @@ MAX_PENDING_BLOCKS = 512  # queued MatmulBlock actions before a flush (bounds th
 # freed memory for it instead of mapping fresh pages. The 111M LM head's 512 blocks (1.6 MB each) made 730 MB
 # buffers: 1.75 CPU s per forward, against 0.8 s in 16 MB flushes (section (f) "on branch gemmk").
 MAX_PENDING_BYTES = 16 << 20
+# A flush's products go to a reused buffer (a "slab") of at least MAX_PENDING_BYTES plus this slack: the queue
+# passes MAX_PENDING_BYTES by at most its last block (the 111M LM head's 64 x 6283 blocks are 1.6 MB).
+SLAB_SLACK_BYTES = 4 << 20
 
 
 class Numerics:
@@ -118,7 +134,9 @@ class Numerics:
         (:func:`run_matmul_plan`, training's attention): the caller puts the operands and the output shapes."""
         self = cls.__new__(cls)
         self.precision, self.store, self.buffers, self.shapes = precision, {}, {}, {}
-        self._pending, self._pending_bytes = [], 0
+        self._arena, self._arena_used = None, 0
+        self._pending, self._pending_bytes, self._slabs = [], 0, []
+        self._fold_bufs = [np.empty(0, np.float32), np.empty(0, np.float32)]
         return self
 
     def _setup(self, graph: WorkloadGraph) -> None:
@@ -129,8 +147,13 @@ class Numerics:
             self.store: dict[str, np.ndarray] = {}
             self._weights: set[str] = set()  # store keys of parameters (kept across passes)
         self.buffers: dict[str, np.ndarray] = {}
+        self._arena: np.ndarray | None = None  # this pass's outputs (see _new_tensor)
+        self._arena_used = 0
         self._pending: list[MatmulBlock] = []  # queued products (see flush)
         self._pending_bytes = 0  # their size in fp32 (an upper bound: refs are clamped to their tensors)
+        if not hasattr(self, "_slabs"):
+            self._slabs: list[np.ndarray] = []  # product buffers of flushes, kept across passes (see _slab)
+            self._fold_bufs = [np.empty(0, np.float32), np.empty(0, np.float32)]  # see _reduce_write
         self.shapes: dict[str, tuple[int, int]] = {
             op.name: (op.m, op.n) for op in graph.ops() if op.kind not in (OpKind.ATTN_SCORES, OpKind.SOFTMAX)
         }
@@ -173,11 +196,43 @@ class Numerics:
         return t[c0:c1, r0:r1].T if ref.transpose else t[r0:r1, c0:c1]
 
     def write(self, ref: Ref, value: np.ndarray) -> None:
+        """Store ``value`` into the block ``ref``, rounded to the storage precision. A float32 value (or any
+        float in fp32, where storing it is the one RNE) is copied in and rounded where it lies, without the
+        temporary that ``round_to`` makes; float64 goes through ``round_to`` (one rounding, not two)."""
+        dst = self._target(ref)
+        if value.dtype == np.float32 or (self.precision == "fp32" and value.dtype == np.float64):
+            dst[...] = value
+            round_in_place(dst, self.precision)
+        else:
+            dst[...] = round_to(value, self.precision)
+
+    def _target(self, ref: Ref) -> np.ndarray:
+        """The block of the store that ``ref`` names, as a writeable view (the tensor made on first write)."""
         t = self.store.get(ref.tensor)
         if t is None:
-            t = self.store[ref.tensor] = np.zeros(self.shapes[ref.tensor], dtype=np.float32)
+            t = self.store[ref.tensor] = self._new_tensor(self.shapes[ref.tensor])
         (r0, r1), (c0, c1) = ref.rows, ref.cols
-        t[r0:r1, c0:c1] = self._rounded(value)
+        return t[r0:r1, c0:c1]
+
+    def _new_tensor(self, shape: tuple[int, int]) -> np.ndarray:
+        """A zeroed float32 tensor for one output of this pass, carved from the pass's arena.
+
+        The arena is one allocation with room for every output (made at the first write of the pass, so its
+        size is the sum of ``shapes`` minus what the store already holds and the KV caches). Its pages come
+        zeroed from the OS and, being one large array, as 2 MiB pages (numpy asks for transparent huge pages
+        above 4 MiB): the 111M fp32 forward's 430 MB of outputs were 100,000 faults of 4 KiB pages, 0.3-0.5
+        CPU s, as separate arrays of 1.5-6 MB. They are faulted in at once when the arena is made (see
+        :func:`_prefaulted`). A tensor that does not fit (a shape added after) gets its own array."""
+        size = shape[0] * shape[1]
+        if self._arena is None:
+            room = sum(_aligned(r * c) for name, (r, c) in self.shapes.items()
+                       if name not in self.store and "_cache#" not in name)  # caches: fill_cache makes them
+            self._arena, self._arena_used = _prefaulted(np.zeros(room, dtype=np.float32)), 0
+        start = self._arena_used
+        if start + size > self._arena.shape[0]:
+            return np.zeros(shape, dtype=np.float32)
+        self._arena_used = start + _aligned(size)
+        return self._arena[start:start + size].reshape(shape)
 
     def _rounded(self, value: np.ndarray) -> np.ndarray:
         """``value`` rounded to the storage precision; in fp32 a float array as it is (storing it into a
@@ -202,16 +257,15 @@ class Numerics:
             if self._pending:
                 self.flush()
             if isinstance(a, ReduceWrite):
-                terms = [_fold([self.buffers[key] for key in group]) for group in a.groups]
-                if a.bias is not None:
-                    terms.append(self.get(a.bias))
-                self.write(a.dst, _fold(terms))
+                self._reduce_write(a)
             elif isinstance(a, Combine):
                 self.buffers[a.out] = _fold([self.buffers[a.keys[0]], *(self.buffers.pop(k) for k in a.keys[1:])])
             elif isinstance(a, Elementwise):
                 self.write(a.dst, self._elementwise(a))
             elif isinstance(a, SoftmaxBlock):
-                self.buffers[a.buf] = self._rounded(causal_softmax(self.buffers[a.buf], 1.0, a.q_offset))
+                probs = causal_softmax(self.buffers[a.buf], 1.0, a.q_offset)  # a new array: rounded in place
+                round_in_place(probs, self.precision)
+                self.buffers[a.buf] = probs
             elif isinstance(a, ContextWrite):
                 self.write(a.dst, gemm(self.buffers[a.probs], self.get(a.v)))
             elif isinstance(a, Rope):
@@ -228,23 +282,76 @@ class Numerics:
             else:  # pragma: no cover - a new action type without an interpreter is a programming error
                 raise TypeError(f"no interpreter for action {type(a).__name__}")
 
+    def _reduce_write(self, a: ReduceWrite) -> None:
+        """Fold ``a``'s groups and bias in their order, round to the storage precision and store the sum. With
+        float32 partials of the block's shape, the groups are folded in place into two reused buffers (or the
+        store block itself when it is contiguous): the same fp32 adds in the same order as :func:`_fold`,
+        without a new array, and fresh pages, per partial sum (numpy's adds into a strided block of a wider
+        tensor are about 3x slower than into a contiguous one, so a strided block is written once, at the end)."""
+        groups = [[self.buffers[key] for key in group] for group in a.groups]
+        bias = None if a.bias is None else self.get(a.bias)
+        dst = self._target(a.dst)
+        if not all(t.dtype == np.float32 and t.shape == dst.shape for group in groups for t in group):
+            terms = [_fold(group) for group in groups] + ([] if bias is None else [bias])
+            dst[...] = self._rounded(_fold(terms))
+            return
+        total = dst if dst.flags.c_contiguous else self._fold_buffer(0, dst.shape)
+        _fold_into(total, groups[0])
+        if len(groups) > 1:
+            part = self._fold_buffer(1, dst.shape)
+            for group in groups[1:]:
+                _fold_into(part, group)
+                np.add(total, part, out=total)
+        if bias is not None:
+            np.add(total, bias, out=total)
+        round_in_place(total, self.precision)
+        if total is not dst:
+            dst[...] = total
+
+    def _fold_buffer(self, which: int, shape: tuple[int, int]) -> np.ndarray:
+        """Reused float32 buffer ``which`` (0 or 1) of :meth:`_reduce_write`, as a contiguous ``shape`` array."""
+        size = shape[0] * shape[1]
+        if self._fold_bufs[which].shape[0] < size:
+            self._fold_bufs[which] = np.empty(size, np.float32)
+        return self._fold_bufs[which][:size].reshape(shape)
+
     def flush(self) -> None:
         """Multiply the queued ``MatmulBlock`` actions (in parallel where they share operand tensors) and
         store their results in queue order."""
         pending, self._pending, self._pending_bytes = self._pending, [], 0
-        products = self._products(pending)
-        for a, out in zip(pending, products, strict=True):
+        products, fused = self._products(pending, self._accumulators(pending))
+        for a, out, done in zip(pending, products, fused, strict=True):
+            if done:  # already added into its buffer by the GEMM kernel
+                continue
             if a.scale != 1.0:
                 out *= np.float32(a.scale)
             if a.accumulate and a.out in self.buffers:
                 self.buffers[a.out] += out
             else:
-                self.buffers[a.out] = self._rounded(out) if a.round_output else out
+                if a.round_output:  # out is this flush's own product (a new array or a view of a free slab)
+                    round_in_place(out, self.precision)
+                self.buffers[a.out] = out
 
-    def _products(self, blocks: list[MatmulBlock]) -> list[np.ndarray]:
-        """``a @ b`` of every block: blocks with the same two operand tensors go to :func:`gemm_blocks` together,
-        the rest (a group of one, an empty block, an operand not C-contiguous) to :func:`gemm`."""
+    def _accumulators(self, blocks: list[MatmulBlock]) -> list[np.ndarray | None]:
+        """Per block, the buffer its product may be added into by the GEMM kernel itself: an accumulating
+        block without scale whose buffer exists, when no earlier block of this flush writes that buffer (so
+        the adds keep queue order: the kernel's add is the buffer's first in this flush, the rest follow in
+        :meth:`flush`)."""
+        into, seen = [], set()
+        for a in blocks:
+            buf = self.buffers.get(a.out) if a.accumulate and a.scale == 1.0 and a.out not in seen else None
+            seen.add(a.out)
+            ok = buf is not None and buf.dtype == np.float32 and buf.flags.c_contiguous and buf.flags.writeable
+            into.append(buf if ok else None)
+        return into
+
+    def _products(self, blocks: list[MatmulBlock], into: list[np.ndarray | None]
+                  ) -> tuple[list[np.ndarray], list[bool]]:
+        """``a @ b`` of every block, and whether it was added into its ``into`` buffer instead: blocks with the
+        same two operand tensors go to :func:`gemm_blocks` together (which adds into the buffers of the right
+        shape), the rest (a group of one, an empty block, an operand not C-contiguous) to :func:`gemm`."""
         products: list[np.ndarray | None] = [None] * len(blocks)
+        fused = [False] * len(blocks)
         groups: dict[tuple[str, str], list[tuple[int, tuple]]] = {}
         for i, a in enumerate(blocks):
             spec = self._block_spec(a)
@@ -257,10 +364,30 @@ class Numerics:
                 i = members[0][0]
                 products[i] = gemm(self.get(blocks[i].a), self.get(blocks[i].b))
                 continue
-            outs = gemm_blocks(self.store[ta], self.store[tb], np.array([spec for _, spec in members]))
-            for (i, _), out in zip(members, outs, strict=True):
-                products[i] = out
-        return products
+            specs = np.array([spec for _, spec in members])
+            targets = [into[i] if into[i] is not None and into[i].shape == (sp[6], sp[8]) else None
+                       for i, sp in members]
+            slab = self._slab(int((specs[:, 6] * specs[:, 8]).sum()))
+            outs = gemm_blocks(self.store[ta], self.store[tb], specs, slab, targets)
+            del slab  # the views in outs hold it; the pool sees it as in use until they are gone
+            for (i, _), out, target in zip(members, outs, targets, strict=True):
+                products[i], fused[i] = out, target is not None
+        return products, fused
+
+    def _slab(self, size: int) -> np.ndarray:
+        """A float32 buffer of at least ``size`` elements that nothing else uses, for one product group.
+
+        Products stay in the buffers (as views of their slab) until the reductions that read them are done, so
+        a slab is free again once no view of it is left: its reference count says so (the pool's list, the loop
+        variable and ``getrefcount``'s argument). Reusing slabs instead of allocating a fresh one per flush spares
+        the page faults of new memory (the allocator hands large freed blocks back to the OS): on the 111M fp32
+        forward about 50,000 faults per pass, 0.2-0.3 CPU s."""
+        for slab in self._slabs:
+            if slab.shape[0] >= size and sys.getrefcount(slab) == 3:
+                return slab
+        slab = _prefaulted(np.empty(max(size, (self.max_pending_bytes + SLAB_SLACK_BYTES) // 4), np.float32))
+        self._slabs.append(slab)
+        return slab
 
     def _block_spec(self, a: MatmulBlock) -> tuple | None:
         """``(a_off, a_s0, a_s1, b_off, b_s0, b_s1, m, k, n)`` of the block in its operands' flat storage, or
@@ -365,6 +492,31 @@ def run_matmul_plan(op_plan: OpPlan, precision: str, a: np.ndarray, b: np.ndarra
         if t.actions:
             ex.run(t.actions)
     return ex.output(out)
+
+
+def _fold_into(out: np.ndarray, terms: list[np.ndarray]) -> None:
+    """``out = ((t0 + t1) + t2) + ...`` in place, one fp32 rounding per add (float32 terms of ``out``'s shape)."""
+    if len(terms) == 1:
+        np.copyto(out, terms[0])
+        return
+    np.add(terms[0], terms[1], out=out)
+    for t in terms[2:]:
+        np.add(out, t, out=out)
+
+
+def _prefaulted(arr: np.ndarray) -> np.ndarray:
+    """``arr`` (new, 1-D) after writing a zero into each of its 4 KiB pages, which makes the OS map them all
+    now, in one sweep, rather than one by one as the actions first touch them (interleaved with the work, the
+    faults and page clearing cost more: on the 111M fp32 forward the pass took 0.25-0.3 CPU s less with its
+    arena faulted in first, which itself took 0.04-0.08 s). The values written are the zeros ``np.zeros`` has
+    (and ``np.empty``'s are undefined anyway)."""
+    arr[::1024] = 0.0
+    return arr
+
+
+def _aligned(size: int) -> int:
+    """``size`` elements rounded up to whole 64-byte cache lines (16 float32), where the next arena tensor starts."""
+    return -(-size // 16) * 16
 
 
 def _fold(terms: list[np.ndarray]) -> np.ndarray:
