@@ -194,3 +194,30 @@ def test_a_timing_only_command_imports_no_kernels_and_draws_in_children(tmp_path
         assert (out / n).read_bytes().startswith(b"\x89PNG")
     assert not list(out.glob(".wse-sim-*"))
     assert np.isfinite(json.loads((out / "report.json").read_text())["total_cycles"])
+
+
+def test_no_plots_writes_the_same_report_and_no_figure(tmp_path):
+    """--no-plots: no drawing process, no matplotlib, no image; report.json as with the plots (but the wall
+    times), and the summary and the written files still printed."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "gpt2", "n_embd": 48, "n_layer": 2, "n_head": 3, "vocab_size": 97,
+                                  "n_positions": 40, "n_inner": 130}))
+    argv = ["run", "--model", str(config), "--wafer", "tiny", "--seq", "8", "--tiles", "2x2", "--no-numerics"]
+    reports = {}
+    for flag in ("--plots", "--no-plots"):
+        out = tmp_path / flag
+        done = subprocess.run([sys.executable, "-P", "-c", TIMING_COMMAND, *argv, flag, "--out", str(out)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        images = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
+        if flag == "--no-plots":
+            assert images == [] and "matplotlib" not in lines[-1]
+            assert lines[-2] == f"wrote {out / 'report.json'}, {out / 'ops.csv'}"
+        else:
+            assert images == sorted(f"{name}.png" for name in ALL)
+        report = json.loads((out / "report.json").read_text())
+        report.pop("wall_s", None)
+        report.pop("sim_wall_s", None)
+        reports[flag] = report
+    assert reports["--plots"] == reports["--no-plots"]

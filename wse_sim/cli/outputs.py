@@ -241,6 +241,25 @@ class Drawing:
         self.close()
 
 
+class NoDrawing:
+    """A :class:`Drawing` that draws nothing (``wse-sim run --no-plots``): no child, no figures."""
+
+    def send(self, job) -> None:
+        pass
+
+    def wait(self) -> list[Path]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> NoDrawing:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def start_drawing(draw: Callable[[Any, int, int], list[Path]], prepare: Callable[[], None]) -> Drawing:
     """A :class:`Drawing`. With :data:`draw_in_child` and ``os.fork``, a child is forked now, before the run: it
     runs ``prepare`` (matplotlib's import, about 0.5 s) while the parent simulates, then, once :meth:`Drawing.send`
