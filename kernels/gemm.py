@@ -771,6 +771,12 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
+def shared_threads() -> int:
+    """How many threads :func:`_run_shared` may use: numba's thread count (``NUMBA_NUM_THREADS``, or
+    ``numba.set_num_threads``), so one setting governs every kernel."""
+    return numba.get_num_threads()
+
+
 def _run_shared(fn, args: tuple, threads: int) -> None:
     """``fn(*args)`` in this thread and in ``threads - 1`` helper threads at once (``fn`` releases the GIL and
     claims its work from a shared counter). A helper that has not started by the time this thread's call
