@@ -7,6 +7,7 @@ import math
 import numpy as np
 from numba import njit
 
+from .gemm import _claim, _run_shared, shared_threads
 from .precision import require_f32
 
 GELU_VARIANTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -17,6 +18,10 @@ _TANH_COEF = np.float32(0.044715)
 _HALF = np.float32(0.5)
 _ONE = np.float32(1.0)
 _MINUS_TWO = np.float32(-2.0)
+# From this many elements (about 30 us of erf) the activation is shared with the GEMM helper threads, in
+# chunks of SHARED_CHUNK elements (each element is the same scalar code whichever thread runs it).
+SHARED_MIN_SIZE = 1 << 13
+SHARED_CHUNK = 4096
 
 
 @njit(cache=True)
@@ -24,6 +29,18 @@ def _gelu_erf(x, out):
     for i in range(x.shape[0]):
         v = x[i]
         out[i] = _HALF * v * (_ONE + np.float32(math.erf(v * _INV_SQRT2)))
+
+
+@njit(cache=True, nogil=True)
+def _gelu_erf_claimed(x, out, counter):
+    """:func:`_gelu_erf` over chunks of SHARED_CHUNK elements claimed from the shared ``counter``."""
+    n = x.shape[0]
+    while True:
+        lo = _claim(counter) * SHARED_CHUNK
+        if lo >= n:
+            return
+        hi = min(n, lo + SHARED_CHUNK)
+        _gelu_erf(x[lo:hi], out[lo:hi])
 
 
 @njit(cache=True)
@@ -56,7 +73,11 @@ def gelu(x: np.ndarray, variant: str) -> np.ndarray:
     x = require_f32(x, "gelu: x")
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty_like(flat)
-    kernels[variant](flat, out)
+    threads = shared_threads()
+    if variant == "gelu" and flat.size >= SHARED_MIN_SIZE and threads > 1:
+        _run_shared(_gelu_erf_claimed, (flat, out, np.zeros(1, np.int64)), threads)
+    else:
+        kernels[variant](flat, out)
     return out.reshape(x.shape)
 
 

@@ -168,23 +168,74 @@ def _vtranspose(typingctx, src, soff, sstride, dst, doff, dstride):
             idx = builder.add(off, builder.mul(stride, ir.Constant(intp, i)))
             return builder.bitcast(builder.gep(data, [idx]), _LL_VEC.as_pointer())
 
-        rows = [builder.load(vptr(src_data, soff, sstride, r), align=4) for r in range(VW)]
-        mask_ty = ir.VectorType(ir.IntType(32), VW)
-        b = 1
-        while b < VW:
-            keep_lo = ir.Constant(mask_ty, [j if not j & b else VW + (j ^ b) for j in range(VW)])
-            keep_hi = ir.Constant(mask_ty, [j ^ b if not j & b else VW + j for j in range(VW)])
-            for i in range(VW):
-                if not i & b:
-                    lo, hi = rows[i], rows[i | b]
-                    rows[i] = builder.shuffle_vector(lo, hi, keep_lo)
-                    rows[i | b] = builder.shuffle_vector(lo, hi, keep_hi)
-            b *= 2
+        rows = _butterfly(builder, [builder.load(vptr(src_data, soff, sstride, r), align=4) for r in range(VW)])
         for c in range(VW):
             builder.store(rows[c], vptr(dst_data, doff, dstride, c), align=4)
         return context.get_dummy_value()
 
     return types.none(src, soff, sstride, dst, doff, dstride), codegen
+
+
+def _butterfly(builder, rows: list) -> list:
+    """The VW x VW transpose of ``rows`` (VW vector values): log2(VW) stages of two-input shuffles, each
+    swapping the off-diagonal sub-blocks of one size."""
+    rows = list(rows)
+    mask_ty = ir.VectorType(ir.IntType(32), VW)
+    b = 1
+    while b < VW:
+        keep_lo = ir.Constant(mask_ty, [j if not j & b else VW + (j ^ b) for j in range(VW)])
+        keep_hi = ir.Constant(mask_ty, [j ^ b if not j & b else VW + j for j in range(VW)])
+        for i in range(VW):
+            if not i & b:
+                lo, hi = rows[i], rows[i | b]
+                rows[i] = builder.shuffle_vector(lo, hi, keep_lo)
+                rows[i | b] = builder.shuffle_vector(lo, hi, keep_hi)
+        b *= 2
+    return rows
+
+
+@intrinsic
+def _vpack_a_cols(typingctx, src, soff, sstride, dst, doff):
+    """Pack VW columns of an MR-row strip of row-major A: row ``r`` is ``src[soff + r*sstride :][:VW]``, and
+    column ``c`` (MR values, then VW - MR zeros) is stored as one vector at ``dst[doff + c*MR :]``, columns
+    in increasing order. Each store's zero tail lands on the next column's slot, which the next store
+    overwrites; the last one reaches VW - MR values past the strip's VW columns (callers leave room, and
+    whatever packs those positions later overwrites them)."""
+
+    def codegen(context, builder, sig, args):
+        src_data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        dst_data = context.make_array(sig.args[3])(context, builder, args[3]).data
+        soff, sstride, doff = (context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 2, 4))
+        intp = soff.type
+
+        def vptr(data, off, stride, i):
+            idx = builder.add(off, builder.mul(stride, ir.Constant(intp, i)))
+            return builder.bitcast(builder.gep(data, [idx]), _LL_VEC.as_pointer())
+
+        zero = ir.Constant(_LL_VEC, [0.0] * VW)
+        rows = [builder.load(vptr(src_data, soff, sstride, r), align=4) for r in range(MR)]
+        cols = _butterfly(builder, rows + [zero] * (VW - MR))
+        for c in range(VW):
+            builder.store(cols[c], vptr(dst_data, doff, ir.Constant(intp, MR), c), align=4)
+        return context.get_dummy_value()
+
+    return types.none(src, soff, sstride, dst, doff), codegen
+
+
+@intrinsic
+def _prefetch_w(typingctx, arr, idx):
+    """Hint that the cache line holding ``arr[idx]`` is about to be written (``llvm.prefetch``, write, high
+    locality); no effect on any value."""
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.bitcast(_elem_ptr(context, builder, sig.args[0], args[0], args[1]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        builder.call(fn, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, idx), codegen
 
 
 @intrinsic
@@ -240,6 +291,10 @@ def _micro(kc, ap, ao, bp, bo, ldb, t, to, ldt, load, acc):
     only for MR == 12 (a compile-time constant, so the untaken
     branches vanish). Row r's accumulators are ``c{r}0, c{r}1`` (r in hex).
     """
+    if not load:
+        for r in range(MR):
+            _prefetch_w(t, to + r * ldt)
+            _prefetch_w(t, to + r * ldt + NR - 1)
     z = _vzero()
     c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51 = z, z, z, z, z, z, z, z, z, z, z, z
     c60, c61, c70, c71, c80, c81, c90, c91, ca0, ca1, cb0, cb1 = z, z, z, z, z, z, z, z, z, z, z, z
@@ -364,6 +419,77 @@ def _micro(kc, ap, ao, bp, bo, ldb, t, to, ldt, load, acc):
         _vstore(t, r + VW, cb1)
 
 
+@njit(cache=True)
+def _micro_half(kc, ap, ao, bp, bo, ldb, t, to, ldt, load, acc):
+    """:func:`_micro` for tile rows 0..5 only (MR == 12): the edge tile of a block whose last row panel has at
+    most 6 rows (64-row products: 5 x 12 + 4) costs half a full tile instead of a whole one. Each element's
+    chain is the same FMA sequence as in :func:`_micro`, so the bits are too. Rows 6..11 of the A panel are
+    read past (its stride stays MR) and the tile rows 6..11 of ``t`` are left untouched."""
+    z = _vzero()
+    c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51 = z, z, z, z, z, z, z, z, z, z, z, z
+    if load:
+        r = to
+        c00, c01 = _vload(t, r), _vload(t, r + VW)
+        r += ldt
+        c10, c11 = _vload(t, r), _vload(t, r + VW)
+        r += ldt
+        c20, c21 = _vload(t, r), _vload(t, r + VW)
+        r += ldt
+        c30, c31 = _vload(t, r), _vload(t, r + VW)
+        r += ldt
+        c40, c41 = _vload(t, r), _vload(t, r + VW)
+        r += ldt
+        c50, c51 = _vload(t, r), _vload(t, r + VW)
+    for _ in range(kc):
+        b0 = _vload(bp, bo)
+        b1 = _vload(bp, bo + VW)
+        a = _vbcast(ap, ao)
+        c00, c01 = _vfma(a, b0, c00), _vfma(a, b1, c01)
+        a = _vbcast(ap, ao + 1)
+        c10, c11 = _vfma(a, b0, c10), _vfma(a, b1, c11)
+        a = _vbcast(ap, ao + 2)
+        c20, c21 = _vfma(a, b0, c20), _vfma(a, b1, c21)
+        a = _vbcast(ap, ao + 3)
+        c30, c31 = _vfma(a, b0, c30), _vfma(a, b1, c31)
+        a = _vbcast(ap, ao + 4)
+        c40, c41 = _vfma(a, b0, c40), _vfma(a, b1, c41)
+        a = _vbcast(ap, ao + 5)
+        c50, c51 = _vfma(a, b0, c50), _vfma(a, b1, c51)
+        ao += MR
+        bo += ldb
+    if acc:
+        r = to
+        c00, c01 = _vadd(_vload(t, r), c00), _vadd(_vload(t, r + VW), c01)
+        r += ldt
+        c10, c11 = _vadd(_vload(t, r), c10), _vadd(_vload(t, r + VW), c11)
+        r += ldt
+        c20, c21 = _vadd(_vload(t, r), c20), _vadd(_vload(t, r + VW), c21)
+        r += ldt
+        c30, c31 = _vadd(_vload(t, r), c30), _vadd(_vload(t, r + VW), c31)
+        r += ldt
+        c40, c41 = _vadd(_vload(t, r), c40), _vadd(_vload(t, r + VW), c41)
+        r += ldt
+        c50, c51 = _vadd(_vload(t, r), c50), _vadd(_vload(t, r + VW), c51)
+    r = to
+    _vstore(t, r, c00)
+    _vstore(t, r + VW, c01)
+    r += ldt
+    _vstore(t, r, c10)
+    _vstore(t, r + VW, c11)
+    r += ldt
+    _vstore(t, r, c20)
+    _vstore(t, r + VW, c21)
+    r += ldt
+    _vstore(t, r, c30)
+    _vstore(t, r + VW, c31)
+    r += ldt
+    _vstore(t, r, c40)
+    _vstore(t, r + VW, c41)
+    r += ldt
+    _vstore(t, r, c50)
+    _vstore(t, r + VW, c51)
+
+
 # ---- packing -----------------------------------------------------------------------------------------------
 @njit(cache=True)
 def _pack_b_panel(bb, boff, sb0, sb1, pc, kc, j0, n, dst, bp):
@@ -402,10 +528,13 @@ def _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap):
         i0 = ic + ip * MR
         mr = min(MR, ic + mc - i0)
         base = ip * kc * MR
+        p_vec = kc - kc % VW if mr == MR and sa1 == 1 else 0
+        for p0 in range(0, p_vec, VW):
+            _vpack_a_cols(ab, aoff + i0 * sa0 + pc + p0, sa0, ap, base + p0 * MR)
         for r in range(MR):
             if r < mr:
                 src = aoff + (i0 + r) * sa0 + pc * sa1
-                for p in range(kc):
+                for p in range(p_vec, kc):
                     _sstore(ap, base + p * MR + r, _sload(ab, src + p * sa1))
             else:
                 for p in range(kc):
@@ -438,7 +567,10 @@ def _block(ap, bp, bp0, bb, b_row0, sb0, direct, cf, ldc, ic, mc, jc, jp0, jp1, 
                     for r in range(mr):
                         for j in range(nr):
                             scratch[r * NR + j] = cf[(i0 + r) * ldc + j0 + j]
-                _micro(kc, ap, ao, bsrc, bo, ldb, scratch, 0, NR, load, False)
+                if MR == 12 and mr <= 6:
+                    _micro_half(kc, ap, ao, bsrc, bo, ldb, scratch, 0, NR, load, False)
+                else:
+                    _micro(kc, ap, ao, bsrc, bo, ldb, scratch, 0, NR, load, False)
                 for r in range(mr):
                     for j in range(nr):
                         if acc:
@@ -505,7 +637,7 @@ def _gemm_parallel(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c, mc_blk, j
                 jp0 = (task % jsplit) * per_split
                 jp1 = min(npan, jp0 + per_split)
                 if jp0 < jp1:
-                    ap = np.empty(((mc + MR - 1) // MR) * MR * kc, np.float32)
+                    ap = np.empty(((mc + MR - 1) // MR) * MR * kc + VW, np.float32)  # + _vpack_a_cols' tail
                     scratch = np.empty(MR * NR, np.float32)
                     _pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap)
                     _block(ap, bp, 0, bb, 0, sb0, False, cf, n, ic, mc, jc, jp0, jp1, n, kc, pc > 0, False, scratch)
@@ -637,6 +769,12 @@ def _forget_pool() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_pool)
+
+
+def shared_threads() -> int:
+    """How many threads :func:`_run_shared` may use: numba's thread count (``NUMBA_NUM_THREADS``, or
+    ``numba.set_num_threads``), so one setting governs every kernel."""
+    return numba.get_num_threads()
 
 
 def _run_shared(fn, args: tuple, threads: int) -> None:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .gemm import _claim, _run_shared, shared_threads
 from .precision import require_f32
 
 # Above this many score entries the rows are spread over threads.
 PARALLEL_MIN_SIZE = 1 << 18
+# From this many score entries (about 30 us of work) up to PARALLEL_MIN_SIZE the rows are shared with the GEMM
+# helper threads (a handful of microseconds to wake, against a millisecond-scale numba parallel region).
+SHARED_MIN_SIZE = 1 << 14
 
 
 @njit(cache=True)
@@ -46,6 +50,21 @@ def _softmax_parallel(x, out, scale, q_offset):
         _softmax_row(x[h, i], out[h, i], scale, min(sk, i + q_offset + 1))
 
 
+@njit(cache=True, nogil=True)
+def _softmax_claimed(x, out, scale, q_offset, rows_per_claim, counter):
+    """:func:`_softmax_serial`'s rows, ``rows_per_claim`` at a time from the shared ``counter``, for every
+    thread taking part: each row is the same :func:`_softmax_row` call whichever thread runs it."""
+    sq, sk = x.shape[1], x.shape[2]
+    rows = x.shape[0] * sq
+    while True:
+        r0 = _claim(counter) * rows_per_claim
+        if r0 >= rows:
+            return
+        for r in range(r0, min(rows, r0 + rows_per_claim)):
+            h, i = r // sq, r % sq
+            _softmax_row(x[h, i], out[h, i], scale, min(sk, i + q_offset + 1))
+
+
 def causal_softmax(scores: np.ndarray, scale: float = 1.0, q_offset: int = 0) -> np.ndarray:
     """Softmax of ``scale * scores`` over the last axis of ``scores [..., sq, sk]`` with a causal mask.
 
@@ -60,6 +79,14 @@ def causal_softmax(scores: np.ndarray, scale: float = 1.0, q_offset: int = 0) ->
         raise ValueError(f"causal_softmax: q_offset must be >= 0, got {q_offset} (row 0 would see no key)")
     x3 = np.ascontiguousarray(x).reshape((-1, *x.shape[-2:]))
     out = np.empty_like(x3)
-    run = _softmax_parallel if x3.size >= PARALLEL_MIN_SIZE else _softmax_serial
-    run(x3, out, np.float32(scale), q_offset)
+    threads = shared_threads()
+    if x3.size >= PARALLEL_MIN_SIZE:
+        _softmax_parallel(x3, out, np.float32(scale), q_offset)
+    elif x3.size >= SHARED_MIN_SIZE and threads > 1:
+        rows = x3.shape[0] * x3.shape[1]
+        per_claim = max(1, rows // (8 * threads))
+        _run_shared(_softmax_claimed, (x3, out, np.float32(scale), q_offset, per_claim, np.zeros(1, np.int64)),
+                    threads)
+    else:
+        _softmax_serial(x3, out, np.float32(scale), q_offset)
     return out.reshape(x.shape)

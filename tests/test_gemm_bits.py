@@ -74,7 +74,8 @@ def _gemm_serial_before(ab, aoff, sa0, sa1, bb, boff, sb0, sb1, m, k, n, c):
                 mc = min(G.MC, m - ic)
                 G._pack_a(ab, aoff, sa0, sa1, ic, mc, pc, kc, ap)
                 b_row0 = boff + pc * sb0
-                G._block(ap, bp, 0, bb, b_row0, sb0, direct, cf, n, ic, mc, jc, 0, npan, n, kc, pc > 0, scratch)
+                G._block(ap, bp, 0, bb, b_row0, sb0, direct, cf, n, ic, mc, jc, 0, npan, n, kc, pc > 0, False,
+                         scratch)
 
 
 def _before(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from wse_sim.kernels import (
 # The package re-exports functions named like their modules, so reach the modules through importlib.
 gemm_mod = importlib.import_module("wse_sim.kernels.gemm")
 softmax_mod = importlib.import_module("wse_sim.kernels.softmax")
+activations_mod = importlib.import_module("wse_sim.kernels.activations")
 
 U32 = 2.0**-24  # fp32 unit roundoff
 
@@ -348,6 +349,28 @@ def test_causal_softmax_matches_torch_and_parallel_path(monkeypatch):
     assert np.array_equal(causal_softmax(s, scale, q_offset), got)
     monkeypatch.setattr(softmax_mod, "PARALLEL_MIN_SIZE", 1 << 62)
     assert np.array_equal(causal_softmax(s, scale, q_offset), got)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_shared_softmax_and_gelu_are_the_serial_bits(monkeypatch, threads):
+    """Rows of softmax and chunks of the erf GELU claimed by the helper threads give the bits of the serial
+    loop (sizes around the thresholds, a length that is not a whole number of chunks)."""
+    rng = np.random.default_rng(21)
+    s = _f32(rng, 5, 37, 90, scale=5.0)
+    x = _f32(rng, 3 * activations_mod.SHARED_CHUNK + 17, scale=4.0)
+    monkeypatch.setattr(softmax_mod, "SHARED_MIN_SIZE", 1 << 62)
+    monkeypatch.setattr(activations_mod, "SHARED_MIN_SIZE", 1 << 62)
+    serial_s, serial_x = causal_softmax(s, 0.3, 5), gelu(x, "gelu")
+    monkeypatch.setattr(softmax_mod, "SHARED_MIN_SIZE", 0)
+    monkeypatch.setattr(activations_mod, "SHARED_MIN_SIZE", 0)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        shared_s, shared_x = causal_softmax(s, 0.3, 5), gelu(x, "gelu")
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(shared_s.view(np.uint32), serial_s.view(np.uint32))
+    assert np.array_equal(shared_x.view(np.uint32), serial_x.view(np.uint32))
 
 
 def test_causal_softmax_rejects_bad_input():
