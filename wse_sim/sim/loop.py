@@ -525,9 +525,10 @@ def run_compiled(run) -> None:
     resolve_crit(crit, a.dep_ptr, a.dep_idx, end_t)
     run.now = int(st[S_NOW])
     run.ready_t, run.end_t, run.crit = ready_t, end_t, crit  # the critical-path walks read a few: int() each
-    _tallies(run, tile_busy, tile_macs, res_busy, res_used, link_order[:st[S_LINKS]])
+    groups = [_group(run, r) for r in range(nres)]
+    _tallies(run, groups, tile_busy, tile_macs, res_busy, res_used, link_order[:st[S_LINKS]])
     if record:
-        run.intervals = _intervals(run, a, *(r[:st[S_REC]] for r in rec))
+        run.intervals = _intervals(run, groups, a, *(r[:st[S_REC]] for r in rec))
 
 
 def _group(run, r: int) -> tuple:
@@ -542,10 +543,10 @@ def _group(run, r: int) -> tuple:
     return "link", key
 
 
-def _tallies(run, tile_busy, tile_macs, res_busy, res_used, first_used) -> None:
-    """The busy tallies as the Python loop's ``_*_done`` leave them in ``run``."""
+def _tallies(run, groups: list, tile_busy, tile_macs, res_busy, res_used, first_used) -> None:
+    """The busy tallies as the Python loop's ``_*_done`` leave them in ``run`` (``groups``: :func:`_group` of each
+    resource)."""
     run.tile_busy, run.tile_macs = tile_busy.tolist(), tile_macs.tolist()
-    groups = [_group(run, r) for r in range(len(run.res_key))]
     busy = res_busy.tolist()
     run.link_order = [r for r in first_used.tolist() if groups[r][0] == "link"]
     run.link_busy = [busy[r] if used and g == "link" else None for r, (used, (g, _)) in
@@ -555,8 +556,7 @@ def _tallies(run, tile_busy, tile_macs, res_busy, res_used, first_used) -> None:
     run.wafer_link_busy = {k: busy[r] for r, (g, k) in enumerate(groups) if g == "interwafer" and res_used[r]}
 
 
-def _intervals(run, a: Arrays, rec_r, rec_i, rec_t) -> RecordedIntervals:
+def _intervals(run, groups: list, a: Arrays, rec_r, rec_i, rec_t) -> RecordedIntervals:
     """The recorded (group, resource, start, end, op index, label, bytes, MACs) tuples, in recording order."""
-    groups = [_group(run, r) for r in range(len(run.res_key))]
     return RecordedIntervals([g for g, _ in groups], [k for _, k in groups], rec_r, rec_i, rec_t - a.hold[rec_i], rec_t,
                              run.op_of, run.tasks, a.nbytes[rec_i], a.macs_int[rec_i])
