@@ -94,3 +94,15 @@ def test_non_positive_sizes_rejected_by_argparse(bad, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run", "--seq", bad])
     assert exc.value.code == 2
+
+
+def test_importing_the_cli_leaves_the_collector_as_it_found_it():
+    """The command's imports run with the cyclic collector paused; importing it (here, in a fresh interpreter) must
+    not leave the collector off for a library caller, nor turn it on for one that had it off."""
+    import subprocess
+    import sys
+
+    code = ("import gc; was = {}; gc.disable() if not was else None; import wse_sim.cli; "
+            "assert gc.isenabled() == was, gc.isenabled()")
+    for was in (True, False):
+        subprocess.run([sys.executable, "-P", "-c", code.format(was)], check=True)
