@@ -49,6 +49,7 @@ class Candidate:
     working_bytes_per_pe: int = 0
     infeasible: str | None = None
     plan: OpPlan | None = None
+    op: OpSpec | None = None  # the op of this shape it was planned for (its footprint's)
 
     def as_dict(self) -> dict:
         out = {"mapping": self.mapping, "bound_cycles": self.bound_cycles, "simulated_cycles": self.simulated_cycles,
@@ -167,7 +168,7 @@ class Auto:
     @staticmethod
     def _rank(name: str, ctx: BlockLayout, op: OpSpec, wafer: WaferSpec, precision: str) -> Candidate:
         """Candidate ``name`` for ``op``: its plan and analytical bound, or why it does not fit."""
-        c = Candidate(name)
+        c = Candidate(name, op=op)
         try:
             plan = ctx.matmul(op)
             c.bound_cycles = bound_cycles(wafer, precision, plan)
