@@ -100,14 +100,15 @@ def pack(needs: list[StageNeed], sram_bytes_per_pe: int, first: int = 0) -> list
     """Consecutive stages per region (numbered from ``first``): a region takes the next stage while the sum
     still fits."""
     groups: list[list[int]] = []
-    current = None
+    held = working = 0  # the current region's kept and cached bytes, and its largest working set (StageNeed.__add__)
     for s, need in enumerate(needs, start=first):
-        if current is not None and (current + need).total <= sram_bytes_per_pe:
+        more, work = need.kept_bytes_per_pe + need.kv_bytes_per_pe, need.working_bytes_per_pe
+        if groups and held + more + max(working, work) <= sram_bytes_per_pe:
             groups[-1].append(s)
-            current = current + need
+            held, working = held + more, max(working, work)
         else:
             groups.append([s])
-            current = need
+            held, working = more, work
     return groups
 
 
@@ -338,7 +339,9 @@ class Serving:
     @staticmethod
     def with_cache(needs: list[StageNeed], kv_bytes_per_pe: int) -> list[StageNeed]:
         """Needs with every layer stage holding its KV cache (the last stage, the head, holds none)."""
-        return [replace(n, kv_bytes_per_pe=kv_bytes_per_pe if s < len(needs) - 1 else 0) for s, n in enumerate(needs)]
+        last = len(needs) - 1
+        return [StageNeed(n.kept_bytes_per_pe, kv_bytes_per_pe if s < last else 0, n.working_bytes_per_pe)
+                for s, n in enumerate(needs)]
 
     @staticmethod
     def fits(needs: list[StageNeed], sram: int, n_regions: int, wafers: int = 1) -> bool:
