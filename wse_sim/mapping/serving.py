@@ -125,7 +125,7 @@ def assign_wafers(needs: list[StageNeed], sram: int, regions_per_wafer: int, waf
     per = [pack(needs[a:b], sram, first=a) for a, b in pairwise(edges)]
     if all(len(p) <= regions_per_wafer for p in per):
         return per
-    groups = pack(needs, sram)
+    groups = per[0] if wafers == 1 else pack(needs, sram)  # one wafer: its share is the whole model
     if len(groups) > regions_per_wafer * wafers or len(groups) < wafers:
         return None
     edges = split(len(groups), wafers)
