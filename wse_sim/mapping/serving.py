@@ -266,9 +266,13 @@ class Serving:
                 choice = smallest(shapes, opts, region.rows * region.cols, wafer.mesh_rows * wafer.mesh_cols * wafers)
             else:
                 sram, kv = wafer.sram_bytes_per_pe, base.kv_cache_bytes_per_pe(positions) if positions else 0
+                built: dict[tuple, list[StageNeed]] = {}  # choose asks whether they fit, then how many wafers
 
                 def needs(pairs):
-                    return self.with_cache([StageNeed(kept, 0, work) for kept, work in pairs], kv)
+                    key = tuple(pairs)
+                    if key not in built:
+                        built[key] = self.with_cache([StageNeed(kept, 0, work) for kept, work in pairs], kv)
+                    return built[key]
 
                 choice = choose(shapes, opts, lambda pairs: assign_wafers(needs(pairs), sram, n_regions, wafers)
                                 is not None, lambda pairs: wafers_needed(needs(pairs), sram, n_regions))
