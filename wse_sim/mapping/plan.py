@@ -273,7 +273,7 @@ class Task:
     def of(cls, kind: TaskKind, **given) -> Task:
         """``Task(kind=kind, **given)``, made from its fields directly like :meth:`without_actions`: planners
         build tens of thousands of tasks (a serving search about 16k per layer), and the frozen dataclass's
-        ``__init__`` sets each of its 22 fields through ``object.__setattr__`` (about 3.5 us a task, 0.7 here).
+        ``__init__`` sets each of its 22 fields through ``object.__setattr__`` (2.7 us a task here, against 1.6).
         The same fields in the same order, so equal, hashed and copied alike."""
         if not _TASK_FIELDS.issuperset(given):
             raise TypeError(f"Task has no field(s) {', '.join(sorted(given.keys() - _TASK_FIELDS))}")
