@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -22,6 +23,7 @@ from wse_sim.workloads import lower_gemm
 from wse_sim.app import RunSpec, run
 from wse_sim.arch import load_wafer
 from wse_sim.mapping import SramOverflowError, TileGrid, get_mapping
+from wse_sim.mapping.plan import Task, TaskKind
 from wse_sim.sim import Engine
 from wse_sim.sim.numerics import Numerics
 
@@ -308,3 +310,20 @@ def test_model_with_non_divisible_widths_matches_transformers(odd_config, mappin
     assert num["top1_agreement"] == 1.0
     # resident mappings run inside the resident placement (regions), weight streaming as it is
     assert out.plan.params.get("inner", out.plan.mapping) == mapping
+
+
+@pytest.mark.parametrize("mapping", MAPPINGS)
+def test_builder_tasks_are_those_of_the_dataclass_constructor(mapping):
+    """Planners build tasks with ``Task.of`` (fields set directly, for speed): each equals, hashes like and keeps
+    its fields in the order of the dataclass's own constructor given the fields that differ from the defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Task) if f.name != "kind"}
+    _, _, plan = plan_gemm(mapping, 7, 13, 11, (6, 6, 3, 3))
+    tasks = [t for op in plan.ops for t in op.tasks]
+    assert len({t.kind for t in tasks}) >= 3
+    for t in tasks:
+        given = {k: v for k, v in vars(t).items() if k != "kind" and v != defaults[k]}
+        made = Task(kind=t.kind, **given)
+        assert made == t and hash(made) == hash(t) and list(vars(made)) == list(vars(t))
+        assert Task.of(t.kind, **given) == made
+    with pytest.raises(TypeError, match="no field"):
+        Task.of(TaskKind.COMPUTE, tiles=(0, 0))

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from wse_sim.workloads import ModelConfig
+from wse_sim.workloads import ModelConfig, OpKind
 from wse_sim.workloads.graph import BYTES_PER_ELEM
 from wse_sim.workloads.hf_reference import to_hf_config
 
@@ -17,8 +17,10 @@ from wse_sim.app.scenario import RunSpec, make_grid, simulated_cycles
 from wse_sim.app.serve import ServingRun
 from wse_sim.arch import get_wafer
 from wse_sim.errors import UserError
+from wse_sim.mapping import get_mapping
 from wse_sim.mapping.auto import resident_candidates
 from wse_sim.mapping.serving import wafers_needed
+from wse_sim.mapping.serving_choice import shape_key
 
 SMALL = replace(get_wafer("tiny"), mesh_rows=16, mesh_cols=16)  # four 8 x 8 regions
 LLAMA = ModelConfig(name="tiny-llama-6l", vocab_size=97, n_positions=256, d_model=96, n_layer=6, n_head=6, d_ff=400,
@@ -196,3 +198,32 @@ def test_capacity_cli_ignore_model_context(capsys, tmp_path):
     text = capsys.readouterr().out
     said = int(re.search(r"SRAM of the wafer: ([\d,]+) tokens", text).group(1).replace(",", ""))
     assert said > GPT.n_positions and "placed in whole regions" in text
+
+
+@pytest.mark.parametrize(("config", "phase", "sram"), [(LLAMA, "decode", 24_000), (GPT, "prefill", 12_000),
+                                                       (GPT, "decode", 16_000)])
+def test_footprints_measured_once_are_those_of_planning_afresh(config, phase, sram):
+    """The search's candidates, ranked on one layer, carry their footprints, and the stages are sized from one
+    plan per op size and mapping (shared by decide and bare_needs): each candidate's bytes equal a fresh plan on
+    the whole model's layout (SRAM checks off), and the stage needs equal those of planning every op."""
+    wafer = replace(SMALL, sram_bytes_per_pe=sram)
+    sr = serving_run(config, wafer, "8x8", "2x2")
+    graph = sr.graph(32, "prefill", 0) if phase == "prefill" else sr.graph(1, "decode", 40)
+    choice, _ = sr.serving.decide(graph, wafer, sr.region, sr.n_regions, 1)
+    first = {}
+    for op in graph.ops():
+        if op.kind == OpKind.MATMUL:
+            first.setdefault(shape_key(op), op)
+    checked = 0
+    for k, cands in sr.chooser(graph, sr.region).items():
+        for c in (c for c in cands if not c.infeasible):
+            ctx = get_mapping(c.mapping).layout(graph, wafer, sr.region)
+            ctx.enforce_sram = False
+            assert (c.kept_bytes_per_pe, c.working_bytes_per_pe) == (
+                ctx.kept_bytes_per_pe(first[k]), ctx.matmul(first[k]).sram_bytes_per_pe), (k, c.mapping)
+            checked += 1
+    assert checked > len(first)
+    for by_shape in (choice.mappings, choice.fastest):
+        bare, _ = sr.serving.bare_needs(graph, wafer, sr.region, by_shape)
+        _, _, full, _ = sr.serving.stage_needs(graph, wafer, sr.region, by_shape)
+        assert bare == full

@@ -34,7 +34,7 @@ def simulated(tasks, precision="fp16") -> int:
 
 
 def test_engine_and_bound_call_the_one_task_cost():
-    assert engine.TaskCosts is TaskCosts and estimate.task_cost is task_cost
+    assert engine.TaskCosts is TaskCosts and estimate.TaskCosts is TaskCosts  # both price through TaskCosts
     for precision in ("fp32", "fp16"):
         costs = TaskCosts(WAFER, precision)
         for t in ONE_OF_EACH.values():

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..arch import WaferSpec
+from ..arch.costs import TaskCosts
 from ..errors import UserError
 from ..gc_pause import gc_paused
 from ..workloads import OpKind, OpSpec, WorkloadGraph
@@ -49,6 +50,7 @@ class Candidate:
     working_bytes_per_pe: int = 0
     infeasible: str | None = None
     plan: OpPlan | None = None
+    op: OpSpec | None = None  # the op of this shape it was planned for (its footprint's)
 
     def as_dict(self) -> dict:
         out = {"mapping": self.mapping, "bound_cycles": self.bound_cycles, "simulated_cycles": self.simulated_cycles,
@@ -137,6 +139,7 @@ class Auto:
             return self.simulate(wafer, ModelPlan(mapping=self.name, grid=grid, precision=graph.precision,
                                                   ops=(op_plan,)))
 
+        costs = TaskCosts(wafer, graph.precision)  # every candidate's tasks priced once per distinct task
         memo: dict[tuple, list[Candidate]] = {}
         count: dict[tuple, int] = {}
         plans: dict[tuple, dict[str, OpPlan]] = {}  # shape key -> feasible candidates' plans, for the SRAM fallback
@@ -147,7 +150,7 @@ class Auto:
             count[key] = count.get(key, 0) + 1
             if key in memo:
                 continue
-            cands = [self._rank(name, ctx, op, wafer, graph.precision) for name, ctx in layouts.items()]
+            cands = [self._rank(name, ctx, op, costs) for name, ctx in layouts.items()]
             best_sim = self._confirm(cands, simulate)
             plans[key] = {c.mapping: c.plan for c in cands if c.plan is not None}
             for c in cands:
@@ -165,12 +168,14 @@ class Auto:
         return Search(grid, layouts, memo, chosen, demoted, total)
 
     @staticmethod
-    def _rank(name: str, ctx: BlockLayout, op: OpSpec, wafer: WaferSpec, precision: str) -> Candidate:
-        """Candidate ``name`` for ``op``: its plan and analytical bound, or why it does not fit."""
-        c = Candidate(name)
+    def _rank(name: str, ctx: BlockLayout, op: OpSpec, costs: TaskCosts) -> Candidate:
+        """Candidate ``name`` for ``op``: its plan and analytical bound (tasks priced by ``costs``, on the
+        search's wafer and precision), or why it does not fit."""
+        wafer = costs.wafer
+        c = Candidate(name, op=op)
         try:
             plan = ctx.matmul(op)
-            c.bound_cycles = bound_cycles(wafer, precision, plan)
+            c.bound_cycles = bound_cycles(wafer, costs.precision, plan, costs)
             c.working_bytes_per_pe = plan.sram_bytes_per_pe
             if isinstance(ctx, ResidentLayout):
                 c.kept_bytes_per_pe = ctx.kept_bytes_per_pe(op)

@@ -33,7 +33,7 @@ class Builder:
         self.tasks: list[Task] = []
 
     def add(self, kind: TaskKind, **kw) -> int:
-        self.tasks.append(Task(kind=kind, **kw))
+        self.tasks.append(Task.of(kind, **kw))
         return len(self.tasks) - 1
 
     def send(self, messages: list[Message], deps: tuple[int, ...] = (), **kw) -> tuple[int, ...]:

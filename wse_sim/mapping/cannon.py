@@ -158,15 +158,22 @@ class _CannonSteps:
     def a_msgs(self, i: int, s: int, tile_bytes: bool = True) -> list[Message]:
         """Every A block of tile row i to its ring predecessor at step ``s``."""
         L, b = self.L, self.b
-        rows = L.rows(i)[1] - L.rows(i)[0]
-        return [Message((i, p), (i, self.pred[p]), L.rows_per_pe(i) * self.kw(L.kblock(i, p, s)) * b, 0,
-                        rows * self.kw(L.kblock(i, p, s)) * b if tile_bytes else 0) for p in range(self.q)]
+        rows, per_pe = L.rows(i)[1] - L.rows(i)[0], L.rows_per_pe(i)
+        out = []
+        for p in range(self.q):
+            kw = self.kw(L.kblock(i, p, s))
+            out.append(Message((i, p), (i, self.pred[p]), per_pe * kw * b, 0, rows * kw * b if tile_bytes else 0))
+        return out
 
     def b_msgs(self, j: int, s: int, tile_bytes: bool = True) -> list[Message]:
         L, b = self.L, self.b
         n0, n1 = L.cols(self.N, j)
-        return [Message((p, j), (self.pred[p], j), 0, self.kw(L.kblock(p, j, s)) * L.cols_per_pe(self.N, j) * b,
-                        self.kw(L.kblock(p, j, s)) * (n1 - n0) * b if tile_bytes else 0) for p in range(self.q)]
+        per_pe = L.cols_per_pe(self.N, j)
+        out = []
+        for p in range(self.q):
+            kw = self.kw(L.kblock(p, j, s))
+            out.append(Message((p, j), (self.pred[p], j), 0, kw * per_pe * b, kw * (n1 - n0) * b if tile_bytes else 0))
+        return out
 
     def skew(self) -> None:
         """Ring row a rotates its A blocks a ring places towards the front."""
@@ -179,20 +186,26 @@ class _CannonSteps:
             self.a_ready[i, 0] = self.t.send(msgs, label=f"skew A row {i}")
 
     def multiply(self, s: int) -> None:
-        L, ops, ke = self.L, self.ops, self.k_edges
-        for i in range(self.q):
+        """Step ``s``'s multiplies, tile by tile (what does not change along a row or a column looked up once)."""
+        L, ops, ke, q = self.L, self.ops, self.k_edges, self.q
+        label = f"gemm step {s}"
+        cols = [L.cols(self.N, j) for j in range(q)]
+        nts = [L.cols_per_pe(self.N, j) for j in range(q)]
+        widths = [self.g.width(j) for j in range(q)]
+        for i in range(q):
             m0, m1 = L.rows(i)
-            for j in range(self.q):
+            rows_pe, a_ready = L.rows_per_pe(i), self.a_ready[i, s]
+            for j in range(q):
                 kb = L.kblock(i, j, s)
                 prev = (self.computes[i, j, s - 1],) if s else ()
-                kw, nt = self.kw(kb), L.cols_per_pe(self.N, j)
+                k_span, kw, nt = (ke[kb], ke[kb + 1]), ke[kb + 1] - ke[kb], nts[j]
                 self.computes[i, j, s] = self.t.add(
-                    TaskKind.COMPUTE, deps=self.a_ready[i, s] + self.b_ready[j, s] + prev, tile=(i, j),
-                    label=f"gemm step {s}", macs_per_pe=L.rows_per_pe(i) * kw * nt,
-                    dsd_ops_per_pe=kw * nt, dsd_len=L.rows_per_pe(i),
-                    sw_steps=max(min(kw, self.g.width(j)), 1) if self.q > 1 else 0,
-                    actions=(MatmulBlock(f"{ops.y}#{i},{j}", Ref(ops.x, (m0, m1), (ke[kb], ke[kb + 1])),
-                                         ops.w_ref((ke[kb], ke[kb + 1]), L.cols(self.N, j)), accumulate=True),),
+                    TaskKind.COMPUTE, deps=a_ready + self.b_ready[j, s] + prev, tile=(i, j),
+                    label=label, macs_per_pe=rows_pe * kw * nt,
+                    dsd_ops_per_pe=kw * nt, dsd_len=rows_pe,
+                    sw_steps=max(min(kw, widths[j]), 1) if q > 1 else 0,
+                    actions=(MatmulBlock(f"{ops.y}#{i},{j}", Ref(ops.x, (m0, m1), k_span), ops.w_ref(k_span, cols[j]),
+                                         accumulate=True),),
                 )
 
     def shift(self, s: int) -> None:

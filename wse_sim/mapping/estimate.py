@@ -13,17 +13,18 @@ run on its own; a candidate whose bound is above the best simulated time so far 
 from __future__ import annotations
 
 from ..arch import WaferSpec
-from ..arch.costs import task_cost
+from ..arch.costs import TaskCosts
 from .plan import OpPlan
 
 
-def bound_cycles(wafer: WaferSpec, precision: str, plan: OpPlan) -> int:
-    """``max(critical path, busiest resource)`` of ``plan``'s tasks at their uncontended costs."""
+def bound_cycles(wafer: WaferSpec, precision: str, plan: OpPlan, costs: TaskCosts | None = None) -> int:
+    """``max(critical path, busiest resource)`` of ``plan``'s tasks at their uncontended costs. ``costs``: the
+    task prices on ``wafer`` at ``precision`` known so far (a search pricing many plans passes one along)."""
+    costs = TaskCosts(wafer, precision) if costs is None else costs
     finish: list[int] = []
     load: dict = {}
-    for t in plan.tasks:  # tasks only depend on earlier tasks of the op
-        hold, latency = task_cost(wafer, precision, t)
-        for key in t.resources():
+    for t, (hold, latency) in zip(plan.tasks, costs.of_all(plan.tasks), strict=True):
+        for key in t.resources():  # tasks only depend on earlier tasks of the op
             load[key] = load.get(key, 0) + hold
         deps = t.deps
         finish.append((max(map(finish.__getitem__, deps)) if deps else 0) + hold + latency)

@@ -100,14 +100,15 @@ def pack(needs: list[StageNeed], sram_bytes_per_pe: int, first: int = 0) -> list
     """Consecutive stages per region (numbered from ``first``): a region takes the next stage while the sum
     still fits."""
     groups: list[list[int]] = []
-    current = None
+    held = working = 0  # the current region's kept and cached bytes, and its largest working set (StageNeed.__add__)
     for s, need in enumerate(needs, start=first):
-        if current is not None and (current + need).total <= sram_bytes_per_pe:
+        more, work = need.kept_bytes_per_pe + need.kv_bytes_per_pe, need.working_bytes_per_pe
+        if groups and held + more + max(working, work) <= sram_bytes_per_pe:
             groups[-1].append(s)
-            current = current + need
+            held, working = held + more, max(working, work)
         else:
             groups.append([s])
-            current = need
+            held, working = more, work
     return groups
 
 
@@ -124,7 +125,7 @@ def assign_wafers(needs: list[StageNeed], sram: int, regions_per_wafer: int, waf
     per = [pack(needs[a:b], sram, first=a) for a, b in pairwise(edges)]
     if all(len(p) <= regions_per_wafer for p in per):
         return per
-    groups = pack(needs, sram)
+    groups = per[0] if wafers == 1 else pack(needs, sram)  # one wafer: its share is the whole model
     if len(groups) > regions_per_wafer * wafers or len(groups) < wafers:
         return None
     edges = split(len(groups), wafers)
@@ -165,12 +166,51 @@ def decisions(candidates: dict, choice: Choice, wafers: int, n_regions: int) -> 
     return out
 
 
+class RegionFootprints:
+    """SRAM footprints in one region of one pass's ops: ``(kept, working)`` bytes per PE, measured once per
+    (mapping, op size). Ops alike in size plan alike (a plan reads an op's sizes, never its name or layer), and a
+    layout's plans depend on the pass (precision, batch, sequence, context, the model's widths), the wafer and the
+    region only, which is what :meth:`Serving.footprints_of` keys these by. Planned without SRAM checks (they only
+    refuse) and with nothing reserved, as :meth:`Serving.bare_needs` sizes stages."""
+
+    def __init__(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid):
+        self.graph, self.wafer, self.region = graph, wafer, region
+        self.layouts: dict[str, ResidentLayout] = {}
+        self.known: dict[tuple, tuple[int, int]] = {}  # (mapping, op without its names) -> (kept, working)
+
+    def layout(self, name: str) -> ResidentLayout:
+        """Mapping ``name``'s layout of the pass in the region, its SRAM checks off."""
+        if name not in self.layouts:
+            self.layouts[name] = get_mapping(name).layout(self.graph, self.wafer, self.region)
+            self.layouts[name].enforce_sram = False
+        return self.layouts[name]
+
+    def of(self, name: str, op) -> tuple[int, int]:
+        """(kept, working) bytes per PE of ``op`` planned by mapping ``name``."""
+        key = (name, _unnamed(op))
+        if key not in self.known:
+            ctx = self.layout(name)
+            self.known[key] = ctx.kept_bytes_per_pe(op), ctx.plan_op(op).sram_bytes_per_pe
+        return self.known[key]
+
+    def add_candidates(self, candidates: dict) -> None:
+        """The footprints the auto-mapper's feasible candidates measured on one layer of this pass in this region
+        (a layout plans a layer's ops alike whatever the model's depth, see :class:`Serving`)."""
+        for cands in candidates.values():
+            for c in cands:
+                if c.op is not None and not c.infeasible:
+                    self.known.setdefault((c.mapping, _unnamed(c.op)), (c.kept_bytes_per_pe, c.working_bytes_per_pe))
+
+
 class Serving:
     """Plans a whole model for serving: weights resident, stages packed into regions (see module docstring).
 
     ``inner``: a resident mapping name, or ``auto`` (``choose(graph, region_grid)`` returns the auto-mapper's
-    ``{shape key: [Candidate]}`` ranked on one layer, injected by the pipeline since ranking simulates; the
-    choice among them is made here with the whole model in view, :meth:`decide`).
+    ``{shape key: [Candidate]}`` ranked on one layer in ``region_grid``, injected by the pipeline since ranking
+    simulates; the choice among them is made here with the whole model in view, :meth:`decide`). A candidate's
+    kept and working bytes per PE are its shape's footprint in the region for the whole model too: a layout
+    reads the graph's precision, tokens, sequence, batch and widths, never its depth, and plans alike with and
+    without SRAM checks (they only refuse).
     """
 
     name = "serving"
@@ -183,6 +223,7 @@ class Serving:
         self.inner, self.choose = inner, choose
         self.cache_positions = cache_positions  # SRAM reserved for this many cache positions (None: the graph's)
         self.decided: dict = {}  # decide()'s answers, per pass shape and placement
+        self.measured: tuple | None = None  # (key, RegionFootprints) of the last pass footprints_of() measured
 
     # ---- per-region planning ---------------------------------------------------------------------------------
     def layouts(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, by_shape: dict | None = None
@@ -225,47 +266,37 @@ class Serving:
                 choice = smallest(shapes, opts, region.rows * region.cols, wafer.mesh_rows * wafer.mesh_cols * wafers)
             else:
                 sram, kv = wafer.sram_bytes_per_pe, base.kv_cache_bytes_per_pe(positions) if positions else 0
+                built: dict[tuple, list[StageNeed]] = {}  # choose asks whether they fit, then how many wafers
 
                 def needs(pairs):
-                    return self.with_cache([StageNeed(kept, 0, work) for kept, work in pairs], kv)
+                    key = tuple(pairs)
+                    if key not in built:
+                        built[key] = self.with_cache([StageNeed(kept, 0, work) for kept, work in pairs], kv)
+                    return built[key]
 
                 choice = choose(shapes, opts, lambda pairs: assign_wafers(needs(pairs), sram, n_regions, wafers)
                                 is not None, lambda pairs: wafers_needed(needs(pairs), sram, n_regions))
             self.decided[key] = choice, decisions(candidates, choice, wafers, n_regions)
         return self.decided[key]
 
-    @staticmethod
-    def footprints(graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, candidates: dict):
+    def footprints_of(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid) -> RegionFootprints:
+        """The footprints of ``graph``'s ops in ``region`` measured so far (shared by :meth:`decide` and
+        :meth:`bare_needs`), kept for the last pass asked about only (each decode step's context is another
+        pass), keyed by all a region-local plan depends on."""
+        key = (graph.config, graph.batch, graph.seq, graph.precision, graph.phase, graph.context, wafer, region)
+        if self.measured is None or self.measured[0] != key:
+            self.measured = key, RegionFootprints(graph, wafer, region)
+        return self.measured[1]
+
+    def footprints(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, candidates: dict):
         """(each stage's shape, each matmul shape's options with their footprints in ``region``, the layout of
-        the non-matmul ops and the cache). Footprints are measured once per distinct op size."""
-        cache: dict[str, ResidentLayout] = {}
-
-        def layout(name):
-            if name not in cache:
-                cache[name] = get_mapping(name).layout(graph, wafer, region)
-                cache[name].enforce_sram = False
-            return cache[name]
-
-        base = layout(resident_candidates()[0])
-        fixed_memo: dict = {}
-
-        def fixed(op):
-            k = _unnamed(op)
-            if k not in fixed_memo:
-                fixed_memo[k] = base.kept_bytes_per_pe(op), base.plan_op(op).sram_bytes_per_pe
-            return fixed_memo[k]
-
-        first = {}
-        for op in graph.ops():
-            if op.kind == OpKind.MATMUL:
-                first.setdefault(shape_key(op), op)
-
-        def footprint(k):
-            return lambda name: (layout(name).kept_bytes_per_pe(first[k]),
-                                 layout(name).plan_op(first[k]).sram_bytes_per_pe)
-
-        opts = {k: options(cands, footprint(k)) for k, cands in candidates.items()}
-        return stage_shapes(graph, fixed), opts, base
+        the non-matmul ops and the cache). A matmul shape's footprints are its candidates' (ranked in ``region``
+        on one layer); the non-matmul ops' are measured once per distinct op size."""
+        sizes = self.footprints_of(graph, wafer, region)
+        sizes.add_candidates(candidates)
+        base = resident_candidates()[0]
+        opts = {k: options(cands) for k, cands in candidates.items()}
+        return stage_shapes(graph, lambda op: sizes.of(base, op)), opts, sizes.layout(base)
 
     def stage_needs(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, by_shape: dict | None = None):
         """(ops, their region-local plans, per-stage SRAM needs without the cache, the layout that places the
@@ -284,21 +315,20 @@ class Serving:
 
     def bare_needs(self, graph: WorkloadGraph, wafer: WaferSpec, region: TileGrid, by_shape: dict | None = None):
         """(per-stage SRAM needs without the cache, the layout that places the cache), as :meth:`stage_needs`
-        gives them, with one plan per distinct op size (ops alike in size plan alike): enough to tell whether the
-        model fits before planning every op."""
-        per_op, base = self.layouts(graph, wafer, region, by_shape)
-        ops = list(graph.ops())
-        for ctx in {id(c): c for c in (*per_op.values(), base)}.values():
-            ctx.enforce_sram = False
-        memo: dict = {}
-
-        def working(op):
-            key = (id(per_op.get(op.name, base)), _unnamed(op))
-            if key not in memo:
-                memo[key] = per_op.get(op.name, base).plan_op(op).sram_bytes_per_pe
-            return memo[key]
-
-        return self._needs(graph, ops, per_op, base, [working(op) for op in ops]), base
+        gives them, from one plan per distinct op size and mapping (:class:`RegionFootprints`, shared with
+        :meth:`decide`): enough to tell whether the model fits before planning every op."""
+        sizes = self.footprints_of(graph, wafer, region)
+        base = resident_candidates()[0] if self.searches else self.inner
+        needs = [StageNeed() for _ in range(stage_count(graph))]
+        for op in graph.ops():
+            name = base
+            if op.kind == OpKind.MATMUL and (by_shape or not self.searches):
+                name = by_shape[shape_key(op)] if by_shape else self.inner
+            kept, working = sizes.of(name, op)
+            need = needs[stage_of(op)]
+            need.kept_bytes_per_pe += kept
+            need.working_bytes_per_pe = max(need.working_bytes_per_pe, working)
+        return needs, sizes.layout(base)
 
     @staticmethod
     def _needs(graph: WorkloadGraph, ops: list, per_op: dict, base: ResidentLayout, working: list[int]):
@@ -313,7 +343,9 @@ class Serving:
     @staticmethod
     def with_cache(needs: list[StageNeed], kv_bytes_per_pe: int) -> list[StageNeed]:
         """Needs with every layer stage holding its KV cache (the last stage, the head, holds none)."""
-        return [replace(n, kv_bytes_per_pe=kv_bytes_per_pe if s < len(needs) - 1 else 0) for s, n in enumerate(needs)]
+        last = len(needs) - 1
+        return [StageNeed(n.kept_bytes_per_pe, kv_bytes_per_pe if s < last else 0, n.working_bytes_per_pe)
+                for s, n in enumerate(needs)]
 
     @staticmethod
     def fits(needs: list[StageNeed], sram: int, n_regions: int, wafers: int = 1) -> bool:

@@ -47,16 +47,16 @@ class Option:
         return theirs != mine or _rank(other) < _rank(self)
 
 
-def options(candidates: list, footprint: Callable[[str], tuple[int, int]]) -> list[Option]:
-    """The feasible candidates of one shape (``auto`` Candidates), each with its region footprint
-    (``footprint(mapping) -> (kept, working)`` bytes per PE), fastest first, those beaten on every count dropped."""
+def options(candidates: list) -> list[Option]:
+    """The feasible candidates of one shape (``auto`` Candidates ranked in the region: their kept and working
+    bytes per PE are the shape's footprint there), fastest first, those beaten on every count dropped."""
     out = []
     for c in candidates:
         if c.infeasible or c.bound_cycles is None:
             continue
-        kept, working = footprint(c.mapping)
         simulated = c.simulated_cycles is not None
-        out.append(Option(c.mapping, c.simulated_cycles if simulated else c.bound_cycles, simulated, kept, working))
+        out.append(Option(c.mapping, c.simulated_cycles if simulated else c.bound_cycles, simulated,
+                          c.kept_bytes_per_pe, c.working_bytes_per_pe))
     kept_options = [o for o in out if not any(o.beaten_by(p) for p in out)]
     return sorted(kept_options, key=_rank)
 

@@ -84,6 +84,8 @@ class SummaLayout(ResidentLayout):
         bufs = self.panel_buffers
         t = Builder()
         computes: dict[tuple[int, int, int], int] = {}
+        nts, cols = [self.cols_per_pe(N, j) for j in range(TC)], [self.cols(N, j) for j in range(TC)]
+        accs = [[f"{ops.y}#{i},{j}" for j in range(TC)] for i in range(TR)]  # each tile's accumulator
         for s in range(TC):
             k0, k1 = k_edges[s], k_edges[s + 1]
             ks = k1 - k0
@@ -113,20 +115,21 @@ class SummaLayout(ResidentLayout):
                         hops=broadcast_hops(g.row_edges, r, n) if n else max(g.col_hops(0, r), g.col_hops(r, TR - 1)),
                         stages=n * STEP_STAGES, phases=max(n * STEP_PHASES, 1), nbytes=ks * (n1 - n0) * b * (TR - 1),
                     ),)
+            label = f"gemm k-step {s}"
             for i in range(TR):
                 m0, m1 = self.rows(i)
+                rows_pe = self.rows_per_pe(i)
                 for j in range(TC):
                     prev = (computes[i, j, s - 1],) if s else ()
                     computes[i, j, s] = t.add(
-                        TaskKind.COMPUTE, deps=a_bc[i] + b_bc[j] + prev, tile=(i, j), label=f"gemm k-step {s}",
-                        macs_per_pe=self.rows_per_pe(i) * ks * self.cols_per_pe(N, j),
-                        dsd_ops_per_pe=ks * self.cols_per_pe(N, j), dsd_len=self.rows_per_pe(i), sw_steps=n,
-                        actions=(MatmulBlock(f"{ops.y}#{i},{j}", Ref(ops.x, (m0, m1), (k0, k1)),
-                                             ops.w_ref((k0, k1), self.cols(N, j)), accumulate=True),),
+                        TaskKind.COMPUTE, deps=a_bc[i] + b_bc[j] + prev, tile=(i, j), label=label,
+                        macs_per_pe=rows_pe * ks * nts[j], dsd_ops_per_pe=ks * nts[j], dsd_len=rows_pe, sw_steps=n,
+                        actions=(MatmulBlock(accs[i][j], Ref(ops.x, (m0, m1), (k0, k1)), ops.w_ref((k0, k1), cols[j]),
+                                             accumulate=True),),
                     )
         for i in range(TR):
             for j in range(TC):
-                self.write_output(t, op, ops, i, j, f"{ops.y}#{i},{j}", (computes[i, j, TC - 1],))
+                self.write_output(t, op, ops, i, j, accs[i][j], (computes[i, j, TC - 1],))
         # A tile-level step is ``width`` PE-level steps: a PE buffers ``bufs`` PE-level slices of each panel.
         sram = max(
             self.io_bytes_per_pe(op, i, j)

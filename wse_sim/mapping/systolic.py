@@ -32,6 +32,7 @@ class SystolicLayout(ResidentLayout):
         k_edges = split(op.k, TC)
         ops = Operands.of(op)
         t = Builder()
+        labels = [f"gemm panel {s}" for s in range(TC)]
         for i in range(TR):
             m0, m1 = self.rows(i)
             arrival: dict[tuple[int, int], tuple[int, ...]] = {}  # (tile column, panel) -> hop that delivered it
@@ -47,19 +48,20 @@ class SystolicLayout(ResidentLayout):
                             hops=pe_hops(g, (i, p), (i, p + step)), stages=1, nbytes=(m1 - m0) * ks * b,
                         ),)
                         p += step
+            rows_pe = self.rows_per_pe(i)
             for j in range(TC):
                 prev: tuple[int, ...] = ()
+                nt, cols, acc = self.cols_per_pe(N, j), self.cols(N, j), f"{ops.y}#{i},{j}"
                 for s in sorted(range(TC), key=lambda s, j=j: (abs(s - j), s)):  # nearest panels arrive first
                     k0, k1 = k_edges[s], k_edges[s + 1]
                     prev = (t.add(
-                        TaskKind.COMPUTE, deps=arrival[j, s] + prev, tile=(i, j), label=f"gemm panel {s}",
-                        macs_per_pe=self.rows_per_pe(i) * (k1 - k0) * self.cols_per_pe(N, j),
-                        dsd_ops_per_pe=(k1 - k0) * self.cols_per_pe(N, j), dsd_len=self.rows_per_pe(i),
+                        TaskKind.COMPUTE, deps=arrival[j, s] + prev, tile=(i, j), label=labels[s],
+                        macs_per_pe=rows_pe * (k1 - k0) * nt, dsd_ops_per_pe=(k1 - k0) * nt, dsd_len=rows_pe,
                         sw_steps=g.width(s),  # the panel arrives as one block from each PE column of tile s
-                        actions=(MatmulBlock(f"{ops.y}#{i},{j}", Ref(ops.x, (m0, m1), (k0, k1)),
-                                             ops.w_ref((k0, k1), self.cols(N, j)), accumulate=True),),
+                        actions=(MatmulBlock(acc, Ref(ops.x, (m0, m1), (k0, k1)), ops.w_ref((k0, k1), cols),
+                                             accumulate=True),),
                     ),)
-                self.write_output(t, op, ops, i, j, f"{ops.y}#{i},{j}", prev)
+                self.write_output(t, op, ops, i, j, acc, prev)
         widest = max(k_edges[s + 1] - k_edges[s] for s in range(TC))
         sram = max(self.io_bytes_per_pe(op, i, j) + 2 * self.rows_per_pe(i) * ceil_div(widest, g.width(j)) * b
                    for i in range(TR) for j in range(TC))
