@@ -19,7 +19,7 @@ from wse_sim.workloads.tokens import random_tokens
 from wse_sim.workloads.weights import random_weights
 
 from wse_sim.app import RunSpec, run
-from wse_sim.app.verify import NOT_REQUESTED, REFERENCE, TRANSFORMERS, _Agreement, start_reference, top1_agreement
+from wse_sim.app.verify import NOT_REQUESTED, REFERENCE, TRANSFORMERS, _Agreement, top1_agreement
 
 GPT = {"vocab_size": 97, "n_positions": 40, "d_model": 48, "n_layer": 2, "n_head": 3, "d_ff": 130}
 LLAMA = ModelConfig(name="tiny-llama", vocab_size=97, n_positions=40, d_model=48, n_layer=2, n_head=6, n_kv_head=2,
@@ -110,31 +110,21 @@ def test_deferred_checks_fill_the_same_report(tiny_model):
 
 COMMAND = """
 import sys
-from wse_sim.app import one_run_process, verify
 from wse_sim.cli import _main, outputs
-one_run_process()  # as the wse-sim command sets it up: the reference's forward pass in a forked child
-outputs.draw_in_child = True  # and the plots drawn in children
-forked = []
-start = verify.start_reference
-verify.start_reference = lambda *a: forked.append(1) or start(*a)
-import wse_sim.app.serve as serve
-serve.start_reference = verify.start_reference
+outputs.draw_in_child = True  # as the wse-sim command sets it
 code = _main(sys.argv[1:])
-print("torch imported:", "torch" in sys.modules, "reference in child:", verify.reference_in_child, len(forked))
+print("torch imported:", "torch" in sys.modules)
 sys.exit(code)
 """
 
 
 def test_the_command_draws_plots_in_a_child_while_checking(tiny_model, tmp_path):
-    """The command's arrangement (plots in children, the reference's forward pass in a child beside the
-    simulation) gives the numerics report of a run in one process."""
     out = tmp_path / "out"
     argv = ["run", "--model", tiny_model, *(f"--{k}={v}" for k, v in TINY_RUN.items() if k != "numerics"),
             "--numerics", "--out", str(out), "--quiet"]
     done = subprocess.run([sys.executable, "-P", "-c", COMMAND, *argv], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "torch imported: False" in done.stdout  # the default check needs neither torch nor transformers
-    assert "reference in child: True 1" in done.stdout  # started once, forked, and its figures as computed here
     assert "checked against" in done.stdout and REFERENCE in done.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["numerics"]["checked_against"] == [REFERENCE]
@@ -196,19 +186,3 @@ def test_one_blas_thread_sets_and_restores_the_thread_count():
         a = np.arange(64.0).reshape(8, 8)
         assert np.array_equal(a @ a, np.einsum("ij,jk->ik", a, a))
     assert int(get_threads()) == before
-
-
-def test_the_reference_started_early_is_final_hidden():
-    """Without the command's fork, :func:`start_reference` computes the reference's hidden states when asked, on
-    the executor's stored weights."""
-    weights = random_weights(GPT2["gelu_new"], seed=7)
-    stored = weights.map_arrays(lambda a: round_to(a, "fp16"))
-    tokens = random_tokens(97, 2, 9, seed=7)
-
-    class Held:  # what start_reference reads of an executor: the stored weights
-        def stored_weights(self, _w):
-            return stored
-
-    started = start_reference(Held(), weights, tokens)
-    assert np.array_equal(started(), final_hidden(stored, tokens))
-    assert not np.array_equal(started(), final_hidden(weights, tokens))  # the stored, rounded weights were used

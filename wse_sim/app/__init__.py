@@ -15,18 +15,14 @@ from .. import gc_pause
 from ..mapping import DEFAULT_TILES
 from ..precision import PRECISIONS
 from ..workloads.hf_reference import ReferenceImportError
-from . import verify
 from .run import run
 from .scenario import RunOutput, RunSpec, Scenario
 
 
 def one_run_process() -> None:
     """This process ends after its run (the ``wse-sim`` command): what the run's collector pauses make is frozen
-    when they end instead of being traversed by later full collections (see :mod:`wse_sim.gc_pause`), and the
-    float64 reference's forward pass may run in a forked child beside the simulation (see
-    :func:`wse_sim.app.verify.start_reference`)."""
+    when they end instead of being traversed by later full collections (see :mod:`wse_sim.gc_pause`)."""
     gc_pause.freeze_on_resume = True
-    verify.reference_in_child = True
 
 
 __all__ = ["DEFAULT_TILES", "PRECISIONS", "ReferenceImportError", "RunOutput", "RunSpec", "Scenario",

@@ -13,7 +13,7 @@ from ..sim import Engine
 from ..workloads import lower_model
 from ..workloads.graph import BYTES_PER_ELEM
 from .scenario import RunOutput, Scenario, input_tokens, make_mapping, model_weights, numerics_enabled, report_inputs
-from .verify import compare_logits, start_reference
+from .verify import compare_logits
 
 
 def run_prefill(scn: Scenario, progress: bool, log, record: bool, defer_checks: bool = False) -> RunOutput:
@@ -34,14 +34,13 @@ def run_prefill(scn: Scenario, progress: bool, log, record: bool, defer_checks: 
         plan = scn.with_defects(mapping.plan(graph, wafer, scn.grid))
 
     numerics_on, reason = numerics_enabled(spec, config)
-    executor = tokens = weights = reference = None
+    executor = tokens = weights = None
     if numerics_on:
         tokens = input_tokens(spec, config)
         weights = model_weights(spec, config, scn.weights, log)
         from ..sim.numerics import Numerics  # the kernels (numba): imported only when numerics run
 
         executor = Numerics(graph, weights, tokens, adopt_weights=scn.weights is None)  # made for this run
-        reference = start_reference(executor, weights, tokens)  # beside the simulation when it may
 
     t0 = time.perf_counter()
     result = Engine(wafer, plan, numerics=executor, progress=progress, record=record).run()
@@ -56,7 +55,7 @@ def run_prefill(scn: Scenario, progress: bool, log, record: bool, defer_checks: 
         def check() -> None:
             log(f"checking logits against the float64 reference{' and transformers' * hf} ...")
             numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision,
-                                                  check_transformers=hf, hidden=reference))
+                                                  check_transformers=hf))
         if not defer_checks:
             check()
             check = None

@@ -44,7 +44,7 @@ from .scenario import (
     report_inputs,
     simulated_cycles,
 )
-from .verify import compare_logits, compare_tokens, start_reference
+from .verify import compare_logits, compare_tokens
 
 
 @dataclass(frozen=True)
@@ -571,7 +571,7 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool, defer_checks: 
     prompt, new, n_steps, positions = request_shape(spec, config)
     pre_run, dec_run = serving_runs(scn, positions, progress)
     numerics_on, reason = numerics_enabled(spec, config)
-    executor = tokens = reference = None
+    executor = tokens = None
     if numerics_on:
         weights = model_weights(spec, pre_run.config, weights, log)
         tokens = input_tokens(spec, config, prompt + (1 if spec.phase == "decode" else 0))
@@ -584,8 +584,6 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool, defer_checks: 
 
             executor = Numerics(g, weights, tokens[:, :prompt], cache_capacity=prompt + new,
                                 adopt_weights=scn.weights is None)  # seeded random ones, made for this run
-            if spec.phase != "generate":  # its float64 forward pass, beside the simulation when it may
-                reference = start_reference(executor, weights, tokens)
         prefill = pre_run.run(g, executor, record=record and spec.phase != "decode" and n_steps == 0)
     generated: list[np.ndarray] = []
     steps: list[Pass] = []
@@ -625,7 +623,7 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool, defer_checks: 
             def check() -> None:
                 log(f"checking against the float64 reference{' and transformers' * hf} ...")
                 numerics_report.update(compare_logits(logits, executor, weights, tokens, spec.precision,
-                                                      last_only=decode, check_transformers=hf, hidden=reference))
+                                                      last_only=decode, check_transformers=hf))
         if not defer_checks:
             check()
             check = None

@@ -6,11 +6,6 @@ comparison measures the simulated computation, not the rounding of the checkpoin
 
 from __future__ import annotations
 
-import gc
-import os
-import signal
-from collections.abc import Callable
-
 import numpy as np
 
 from ..workloads.blas import one_blas_thread
@@ -27,62 +22,8 @@ TRANSFORMERS = "transformers float32 forward (eager attention)"
 NOT_REQUESTED = "not run (on request: --check-transformers)"
 
 
-# Set by the ``wse-sim`` command (one run, then the process ends; see wse_sim.app.one_run_process): the float64
-# reference's forward pass may run in a forked child while the parent simulates. Never in a library call: a fork
-# there could copy the caller's threads mid-operation.
-reference_in_child = False
-
-
-def start_reference(executor, weights, tokens) -> Callable[[], np.ndarray]:
-    """The float64 reference's final hidden states (:func:`final_hidden`) on the stored weights, started now: a
-    function returning them. With ``reference_in_child`` they are computed in a forked child from here on, beside
-    the simulation (the parent's second core is idle for much of a pass: the event loop is one Python thread),
-    and the function waits for them; else the function computes them when called. Call it after the executor
-    stored the weights (the child sees them as they are at the fork)."""
-    stored = executor.stored_weights(weights)
-    shape = (*tokens.shape, weights.config.d_model)
-
-    def here() -> np.ndarray:
-        return _final_hidden(stored, tokens)
-
-    if not (reference_in_child and hasattr(os, "fork")):
-        return here
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        code = 1
-        try:
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops it as it stops the parent
-            gc.freeze()  # no full collection through the parent's objects (each would copy their pages)
-            hidden = here()
-            with os.fdopen(write_fd, "wb") as pipe:  # blocks until the parent reads; ends if the parent is gone
-                pipe.write(hidden.tobytes())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-
-    def collect() -> np.ndarray:
-        try:
-            with os.fdopen(read_fd, "rb") as pipe:
-                sent = pipe.read()
-        finally:
-            _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0 or len(sent) != 8 * int(np.prod(shape)):
-            return here()  # the child failed: computed here instead (raising its error, if it was one)
-        return np.frombuffer(sent, dtype=np.float64).reshape(shape)
-
-    return collect
-
-
-def _final_hidden(stored, tokens) -> np.ndarray:
-    with one_blas_thread():
-        return final_hidden(stored, tokens)
-
-
 def compare_logits(logits, executor, weights, tokens, precision: str, last_only: bool = False,
-                   check_transformers: bool = False, hidden: Callable[[], np.ndarray] | None = None) -> dict:
+                   check_transformers: bool = False) -> dict:
     """Errors of ``logits`` against the float64 reference, and against ``transformers`` if ``check_transformers``;
     ``last_only``: ``logits`` are the last position's only (a decode step after a cache of the earlier tokens).
 
@@ -91,8 +32,7 @@ def compare_logits(logits, executor, weights, tokens, precision: str, last_only:
     and no second forward. ``checked_against`` names what was compared. ``executor``: the run's
     :class:`~wse_sim.sim.numerics.Numerics`, whose stored (rounded) weights are the ones compared on. The
     reference's logits are compared a block of vocabulary columns at a time, as :func:`logit_blocks` makes them
-    (the figures are maxima and argmaxes: the same as on the whole array). ``hidden``: what
-    :func:`start_reference` returned for these weights and tokens (the reference's forward pass started early)."""
+    (the figures are maxima and argmaxes: the same as on the whole array)."""
     stored = executor.stored_weights(weights)
     hf = None
     if check_transformers:
@@ -103,8 +43,8 @@ def compare_logits(logits, executor, weights, tokens, precision: str, last_only:
         except ImportError as exc:  # not installed (an optional extra); installed but broken raises
             hf = f"unavailable: {exc}"
     against = {"reference": logits} if not isinstance(hf, np.ndarray) else {"reference": logits, "transformers": hf}
-    hidden = _final_hidden(stored, tokens) if hidden is None else hidden()
     with one_blas_thread():
+        hidden = final_hidden(stored, tokens)
         stats = {name: _Agreement(x.shape[:-1]) for name, x in against.items()}
         for cols, ref in logit_blocks(stored, hidden):
             ref = ref[:, -1:] if last_only else ref
