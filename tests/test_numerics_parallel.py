@@ -71,6 +71,10 @@ def test_adopted_weights_run_the_same_bits(tiny_config, precision):
     assert np.shares_memory(adopted.store["layer0.w_qkv"], given.layers[0].w_qkv)
     assert np.array_equal(given.wte, copied.store["embed.wte"])
     assert not np.shares_memory(copied.store["layer0.w_qkv"], kept.layers[0].w_qkv)
+    # the arena reserved (and faulted in on a helper thread) with the executor held every output of the pass
+    outputs = [name for name in adopted.store if name not in adopted._weights]
+    assert outputs and all(np.shares_memory(adopted.store[name], adopted._arena) for name in outputs)
+    assert adopted._arena_faulting is None  # joined at the first write
 
 
 @pytest.mark.parametrize("mapping", MAPPINGS)
