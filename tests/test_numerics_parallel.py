@@ -56,6 +56,27 @@ def test_model_parallel_numerics_bit_identical(tiny_config, mapping, precision):
     _assert_same_bits(serial, parallel)
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
+def test_adopted_weights_run_the_same_bits(tiny_config, precision):
+    """Weights given away (``adopt_weights``) are rounded in place and stored without a copy; the pass computes
+    the same bits as with rounded copies, and the caller's arrays now hold the stored (rounded) values."""
+    graph = lower_model(tiny_config, 2, 11, precision)
+    plan = get_mapping("summa").plan(graph, WSE2, TileGrid.make(8, 12, 4, 3))
+    tokens = random_tokens(tiny_config.vocab_size, 2, 11, seed=4)
+    kept = random_weights(tiny_config, seed=3)
+    copied, _ = _run(plan, Numerics(graph, kept, tokens), serial=False)
+    given = random_weights(tiny_config, seed=3)
+    adopted, _ = _run(plan, Numerics(graph, given, tokens, adopt_weights=True), serial=False)
+    _assert_same_bits(copied, adopted)
+    assert np.shares_memory(adopted.store["layer0.w_qkv"], given.layers[0].w_qkv)
+    assert np.array_equal(given.wte, copied.store["embed.wte"])
+    assert not np.shares_memory(copied.store["layer0.w_qkv"], kept.layers[0].w_qkv)
+    # the arena reserved (and faulted in on a helper thread) with the executor held every output of the pass
+    outputs = [name for name in adopted.store if name not in adopted._weights]
+    assert outputs and all(np.shares_memory(adopted.store[name], adopted._arena) for name in outputs)
+    assert adopted._arena_faulting is None  # joined at the first write
+
+
 @pytest.mark.parametrize("mapping", MAPPINGS)
 @pytest.mark.parametrize(("m", "k", "n", "grid"), [(37, 53, 29, (6, 6, 3, 3)), (96, 700, 130, (16, 16, 4, 4)),
                                                    (1, 300, 257, (4, 8, 2, 2))])

@@ -11,14 +11,15 @@ import sys
 import numpy as np
 import pytest
 from wse_sim.kernels import round_to
+from wse_sim.workloads import blas
 from wse_sim.workloads.config import ModelConfig
 from wse_sim.workloads.hf_reference import transformers_logits
-from wse_sim.workloads.reference import reference_logits
+from wse_sim.workloads.reference import final_hidden, logit_blocks, reference_logits
 from wse_sim.workloads.tokens import random_tokens
 from wse_sim.workloads.weights import random_weights
 
 from wse_sim.app import RunSpec, run
-from wse_sim.app.verify import NOT_REQUESTED, REFERENCE, TRANSFORMERS
+from wse_sim.app.verify import NOT_REQUESTED, REFERENCE, TRANSFORMERS, _Agreement, top1_agreement
 
 GPT = {"vocab_size": 97, "n_positions": 40, "d_model": 48, "n_layer": 2, "n_head": 3, "d_ff": 130}
 LLAMA = ModelConfig(name="tiny-llama", vocab_size=97, n_positions=40, d_model=48, n_layer=2, n_head=6, n_kv_head=2,
@@ -132,3 +133,56 @@ def test_the_command_draws_plots_in_a_child_while_checking(tiny_model, tmp_path)
     for name in ("utilization", "timeline", "layers", "energy"):
         assert (out / f"{name}.png").stat().st_size > 10_000
     assert not list(out.glob(".wse-sim-*"))  # the staging folder was moved into place
+
+
+def test_blockwise_figures_are_the_whole_arrays():
+    """The check's figures, gathered a block of vocabulary columns at a time, equal numpy's on the whole arrays,
+    with ties (the first maximum wins), NaN (propagates; argmax takes the first) and rows of -inf."""
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((2, 5, 23))
+    ref[0, 1, [4, 17]] = 9.0  # a tie across blocks
+    ref[1, 2, 11] = np.nan
+    ref[1, 3] = -np.inf
+    x = (ref + rng.standard_normal(ref.shape) * 1e-3).astype(np.float32)
+    x[1, 3] = 0.0
+    for block in (1, 4, 7, 23):
+        agreement = _Agreement(ref.shape[:-1])
+        for v0 in range(0, ref.shape[-1], block):
+            agreement.add(x[..., v0:v0 + block], ref[..., v0:v0 + block])
+        assert np.array_equal(agreement.arg, np.argmax(ref, axis=-1))
+        assert np.isnan(agreement.ref_abs_max) and np.isnan(agreement.max_abs_err)
+        assert agreement.top1_agreement(x) == top1_agreement(x, ref)
+    finite = np.nan_to_num(ref, nan=0.5, neginf=-3.0)
+    x = np.nan_to_num(x, nan=0.25)
+    agreement = _Agreement(ref.shape[:-1])
+    for v0 in range(0, ref.shape[-1], 6):
+        agreement.add(x[..., v0:v0 + 6], finite[..., v0:v0 + 6])
+    assert agreement.ref_abs_max == float(np.max(np.abs(finite)))
+    assert agreement.max_abs_err == float(np.max(np.abs(x.astype(np.float64) - finite)))
+
+
+@pytest.mark.parametrize("block", [5, 32, 4096])
+def test_logit_blocks_are_the_head_product(block):
+    """The reference's logits a block of vocabulary rows at a time are ``hidden @ head.T`` of the whole head
+    (float64 sums in another blocking may differ in the last bits only)."""
+    weights = random_weights(GPT2["gelu_new"], seed=4)
+    ids = random_tokens(97, batch=2, seq=11, seed=5)
+    hidden = final_hidden(weights, ids)
+    parts = list(logit_blocks(weights, hidden, block))
+    assert [c.start for c, _ in parts] == list(range(0, 97, block))
+    whole = hidden @ weights.wte.astype(np.float64).T
+    np.testing.assert_allclose(np.concatenate([p for _, p in parts], axis=-1), whole, rtol=0, atol=1e-13)
+    assert reference_logits(weights, ids).shape == whole.shape
+
+
+def test_one_blas_thread_sets_and_restores_the_thread_count():
+    found = blas._openblas()
+    if found is None:
+        pytest.skip("numpy's BLAS is not an OpenBLAS this module finds")
+    _, get_threads = found
+    before = int(get_threads())
+    with blas.one_blas_thread():
+        assert int(get_threads()) == 1
+        a = np.arange(64.0).reshape(8, 8)
+        assert np.array_equal(a @ a, np.einsum("ij,jk->ik", a, a))
+    assert int(get_threads()) == before

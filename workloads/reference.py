@@ -1,17 +1,20 @@
 """An independent float64 numpy forward pass of GPT-2 and of the Llama family, the numerics oracle.
 
 Written for clarity rather than speed: one batch row at a time (bounding the attention scores to
-``[n_head, seq, seq]``), weights upcast to float64 one layer at a time. It shares no code with the
-simulator's kernels or with ``transformers``, so agreement with both is meaningful.
+``[n_head, seq, seq]``), weights upcast to float64 one layer at a time, the LM head a block of vocabulary rows at
+a time (:func:`logit_blocks`), numpy's BLAS on one thread (:mod:`wse_sim.workloads.blas`). It shares no code with
+the simulator's kernels or with ``transformers``, so agreement with both is meaningful.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from functools import partial
 
 import numpy as np
 
+from .blas import one_blas_thread
 from .config import ModelConfig, RopeScaling
 from .tokens import check_token_ids
 from .weights import ModelWeights, layer_fields
@@ -161,8 +164,16 @@ def llama_block(x: np.ndarray, w: dict[str, np.ndarray], config: ModelConfig,
     return x + (silu(h @ w["w_gate"]) * (h @ w["w_up"])) @ w["w_down"]
 
 
-def reference_logits(weights: ModelWeights, token_ids: np.ndarray) -> np.ndarray:
-    """Logits float64 ``[batch, seq, vocab]`` for int ``token_ids [batch, seq]`` (GPT-2 or Llama family)."""
+# Vocabulary rows of the LM head upcast and multiplied at a time (:func:`logit_blocks`): the float64 head of the
+# 111M model is 309 MB and its logits 206 MB, fresh memory whose first touch cost up to 2.8 s per GB of system time
+# on the machine of benchmarks/README.md, against 25 MB and 16 MB per block. Wide enough that OpenBLAS takes the
+# same kernel path as for the whole matrix: 2048 and more gave the 111M logits bit for bit, 1024 did not.
+VOCAB_BLOCK = 4096
+
+
+def final_hidden(weights: ModelWeights, token_ids: np.ndarray) -> np.ndarray:
+    """The final-normed hidden states float64 ``[batch, seq, d]`` for int ``token_ids [batch, seq]``: what the LM
+    head multiplies (GPT-2 or Llama family)."""
     config = weights.config
     ids = check_token_ids(token_ids, config)
     batch, seq = ids.shape
@@ -180,13 +191,36 @@ def reference_logits(weights: ModelWeights, token_ids: np.ndarray) -> np.ndarray
         for b in range(batch):
             x[b] = block(x[b], w)
 
-    head = weights.head_weight().astype(f64)  # [vocab, d]
     gain, eps = weights.lnf_g.astype(f64), config.layer_norm_epsilon
     if config.is_llama:
         final_norm = partial(rms_norm, gain=gain, eps=eps)
     else:
         final_norm = partial(layer_norm, gain=gain, shift=weights.lnf_b.astype(f64), eps=eps)
-    logits = np.empty((batch, seq, config.vocab_size), dtype=f64)
     for b in range(batch):
-        logits[b] = final_norm(x[b]) @ head.T
+        x[b] = final_norm(x[b])
+    return x
+
+
+def logit_blocks(weights: ModelWeights, hidden: np.ndarray,
+                 block: int = VOCAB_BLOCK) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(vocab slice, logits float64 [batch, seq, slice])`` of :func:`final_hidden`'s ``hidden``, ``block``
+    vocabulary rows at a time, in order: the logits without the whole float64 head and logits in memory."""
+    head = weights.head_weight()  # [vocab, d]
+    batch, seq, _ = hidden.shape
+    for v0 in range(0, head.shape[0], block):
+        cols = slice(v0, min(v0 + block, head.shape[0]))
+        part = head[cols].astype(np.float64).T  # [d, block]
+        out = np.empty((batch, seq, cols.stop - v0), dtype=np.float64)
+        for b in range(batch):
+            np.matmul(hidden[b], part, out=out[b])
+        yield cols, out
+
+
+def reference_logits(weights: ModelWeights, token_ids: np.ndarray) -> np.ndarray:
+    """Logits float64 ``[batch, seq, vocab]`` for int ``token_ids [batch, seq]`` (GPT-2 or Llama family)."""
+    with one_blas_thread():
+        hidden = final_hidden(weights, token_ids)
+        logits = np.empty((*hidden.shape[:2], weights.config.vocab_size), dtype=np.float64)
+        for cols, part in logit_blocks(weights, hidden):
+            logits[..., cols] = part
     return logits

@@ -40,7 +40,7 @@ def run_prefill(scn: Scenario, progress: bool, log, record: bool, defer_checks: 
         weights = model_weights(spec, config, scn.weights, log)
         from ..sim.numerics import Numerics  # the kernels (numba): imported only when numerics run
 
-        executor = Numerics(graph, weights, tokens)
+        executor = Numerics(graph, weights, tokens, adopt_weights=scn.weights is None)  # made for this run
 
     t0 = time.perf_counter()
     result = Engine(wafer, plan, numerics=executor, progress=progress, record=record).run()

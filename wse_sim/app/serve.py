@@ -582,7 +582,8 @@ def run_serving(scn: Scenario, progress: bool, log, record: bool, defer_checks: 
         if numerics_on:
             from ..sim.numerics import Numerics  # the kernels (numba): imported only when numerics run
 
-            executor = Numerics(g, weights, tokens[:, :prompt], cache_capacity=prompt + new)
+            executor = Numerics(g, weights, tokens[:, :prompt], cache_capacity=prompt + new,
+                                adopt_weights=scn.weights is None)  # seeded random ones, made for this run
         prefill = pre_run.run(g, executor, record=record and spec.phase != "decode" and n_steps == 0)
     generated: list[np.ndarray] = []
     steps: list[Pass] = []

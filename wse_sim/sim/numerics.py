@@ -14,6 +14,7 @@ them one by one gives.
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import fields, replace
 
 import numpy as np
@@ -71,7 +72,12 @@ class Numerics:
     max_pending_bytes = MAX_PENDING_BYTES
 
     def __init__(self, graph: WorkloadGraph, weights: ModelWeights, token_ids: np.ndarray,
-                 cache_capacity: int | None = None):
+                 cache_capacity: int | None = None, adopt_weights: bool = False):
+        """``adopt_weights``: the weights' arrays are this executor's to keep (made for this run alone, such as
+        its seeded random weights): they are rounded to the storage precision in place and stored as they are,
+        instead of as rounded copies. For the 111M model that spares 444 MB of new memory, whose first touch
+        cost 0.5-1.2 CPU s (mostly system time) on the machine of benchmarks/README.md; the values stored are the
+        same."""
         cfg = graph.config
         self.eps = cfg.layer_norm_epsilon
         self.activation = cfg.activation
@@ -79,7 +85,8 @@ class Numerics:
         self.cache_capacity = cache_capacity or graph.cache_positions
         self._setup(graph)
         self.next_pass(graph, token_ids)
-        self._load_weights(weights)
+        self._load_weights(weights, adopt_weights)
+        self._reserve_arena()
 
     def next_pass(self, graph: WorkloadGraph, token_ids: np.ndarray) -> None:
         """Run ``graph`` (same model and precision) next, on ``token_ids [batch, seq]``; caches are kept."""
@@ -134,7 +141,7 @@ class Numerics:
         (:func:`run_matmul_plan`, training's attention): the caller puts the operands and the output shapes."""
         self = cls.__new__(cls)
         self.precision, self.store, self.buffers, self.shapes = precision, {}, {}, {}
-        self._arena, self._arena_used = None, 0
+        self._arena, self._arena_used, self._arena_faulting = None, 0, None
         self._pending, self._pending_bytes, self._slabs = [], 0, []
         self._fold_bufs = [np.empty(0, np.float32), np.empty(0, np.float32)]
         return self
@@ -149,6 +156,7 @@ class Numerics:
         self.buffers: dict[str, np.ndarray] = {}
         self._arena: np.ndarray | None = None  # this pass's outputs (see _new_tensor)
         self._arena_used = 0
+        self._arena_faulting: threading.Thread | None = None  # faulting the arena's pages in (see _reserve_arena)
         self._pending: list[MatmulBlock] = []  # queued products (see flush)
         self._pending_bytes = 0  # their size in fp32 (an upper bound: refs are clamped to their tensors)
         if not hasattr(self, "_slabs"):
@@ -158,22 +166,33 @@ class Numerics:
             op.name: (op.m, op.n) for op in graph.ops() if op.kind not in (OpKind.ATTN_SCORES, OpKind.SOFTMAX)
         }
 
-    def _put(self, name: str, arr: np.ndarray) -> None:
+    def _put(self, name: str, arr: np.ndarray, adopt: bool = False) -> None:
+        """Store ``arr`` rounded to the storage precision: a rounded copy, or with ``adopt`` (a writeable
+        C-contiguous float32 array the caller gives away) ``arr`` itself, rounded in place."""
         arr = arr[None, :] if arr.ndim == 1 else arr
+        if adopt and arr.dtype == np.float32 and arr.flags.c_contiguous and arr.flags.writeable:
+            round_in_place(arr, self.precision)
+            self.store[name] = arr
+            return
         self.store[name] = round_to(np.ascontiguousarray(arr, dtype=np.float32), self.precision)
 
-    def _load_weights(self, w: ModelWeights) -> None:
+    def _load_weights(self, w: ModelWeights, adopt: bool = False) -> None:
         for layer, lw in enumerate(w.layers):
             for f in fields(lw):
                 if getattr(lw, f.name) is not None:
-                    self._put(f"layer{layer}.{f.name}", getattr(lw, f.name))
-        self._put("embed.wte", w.wte)
+                    self._put(f"layer{layer}.{f.name}", getattr(lw, f.name), adopt)
+        self._put("embed.wte", w.wte, adopt)
         if w.wpe is not None:
-            self._put("embed.wpe", w.wpe)
-        self.store["head.wte"] = self.store["embed.wte"] if w.lm_head is None else round_to(w.lm_head, self.precision)
-        self._put("head.lnf_g", w.lnf_g)
+            self._put("embed.wpe", w.wpe, adopt)
+        if w.lm_head is None:
+            self.store["head.wte"] = self.store["embed.wte"]
+        elif adopt:
+            self._put("head.wte", w.lm_head, adopt)
+        else:
+            self.store["head.wte"] = round_to(w.lm_head, self.precision)
+        self._put("head.lnf_g", w.lnf_g, adopt)
         if w.lnf_b is not None:
-            self._put("head.lnf_b", w.lnf_b)
+            self._put("head.lnf_b", w.lnf_b, adopt)
         self._weights = set(self.store)
 
     def stored_weights(self, w: ModelWeights) -> ModelWeights:
@@ -217,22 +236,40 @@ class Numerics:
     def _new_tensor(self, shape: tuple[int, int]) -> np.ndarray:
         """A zeroed float32 tensor for one output of this pass, carved from the pass's arena.
 
-        The arena is one allocation with room for every output (made at the first write of the pass, so its
-        size is the sum of ``shapes`` minus what the store already holds and the KV caches). Its pages come
+        The arena is one allocation with room for every output (:meth:`_arena_room`; the first pass's is made
+        with the executor, see :meth:`_reserve_arena`, a later pass's at its first write). Its pages come
         zeroed from the OS and, being one large array, as 2 MiB pages (numpy asks for transparent huge pages
         above 4 MiB): the 111M fp32 forward's 430 MB of outputs were 100,000 faults of 4 KiB pages, 0.3-0.5
         CPU s, as separate arrays of 1.5-6 MB. They are faulted in at once when the arena is made (see
-        :func:`_prefaulted`). A tensor that does not fit (a shape added after) gets its own array."""
+        :func:`_prefaulted`; the first pass's on a helper thread, waited for here). A tensor that does not fit
+        (a shape added after) gets its own array."""
         size = shape[0] * shape[1]
         if self._arena is None:
-            room = sum(_aligned(r * c) for name, (r, c) in self.shapes.items()
-                       if name not in self.store and "_cache#" not in name)  # caches: fill_cache makes them
-            self._arena, self._arena_used = _prefaulted(np.zeros(room, dtype=np.float32)), 0
+            self._arena, self._arena_used = _prefaulted(np.zeros(self._arena_room(), dtype=np.float32)), 0
+        if self._arena_faulting is not None:
+            self._arena_faulting.join()
+            self._arena_faulting = None
         start = self._arena_used
         if start + size > self._arena.shape[0]:
             return np.zeros(shape, dtype=np.float32)
         self._arena_used = start + _aligned(size)
         return self._arena[start:start + size].reshape(shape)
+
+    def _arena_room(self) -> int:
+        """Elements of this pass's arena: every output's shape not yet in the store (the weights, and the KV
+        caches, which :meth:`fill_cache` makes), each rounded up to whole cache lines."""
+        return sum(_aligned(r * c) for name, (r, c) in self.shapes.items()
+                   if name not in self.store and "_cache#" not in name)
+
+    def _reserve_arena(self) -> None:
+        """Make the first pass's arena now and fault its pages in on a helper thread, while this thread goes on
+        (the engine plans the pass before its first write): the first touch of new memory is system time, 0.3 to
+        1.9 s for the 111M fp16 forward's 380 MB on the machine of benchmarks/README.md, which the main thread
+        otherwise spends itself. numpy's strided assignment releases the GIL; the first write waits for it."""
+        self._arena, self._arena_used = np.zeros(self._arena_room(), dtype=np.float32), 0
+        self._arena_faulting = threading.Thread(target=_prefaulted, args=(self._arena,), name="wse-sim-arena",
+                                                daemon=True)
+        self._arena_faulting.start()
 
     def _rounded(self, value: np.ndarray) -> np.ndarray:
         """``value`` rounded to the storage precision; in fp32 a float array as it is (storing it into a
