@@ -179,13 +179,14 @@ LAYOUTS = {
     "energy": lambda: plt.subplots(1, 2, figsize=(15, 5.5)),
     "energy+power": _energy_with_power,
 }
-# Ticks made ahead on each axis: most axes draw 6 to 15 major ticks; the layer names (one tick a layer) and the
-# rooflines' log axes (14 to 16 minor ticks at LOG_MINOR_SUBS) draw more. Making a tick (five artists, its
-# properties deep-copied from the axis's first) is about half a millisecond: 300 ticks were a sixth of the
-# report figures' drawing time. An axis that needs more makes them as it draws, as always.
-TICKS_AHEAD = 16
-TICKS_AHEAD_MORE = {("layers", 0, "x", "major"): 64, ("layers", 1, "x", "minor"): 20,
-                    ("layers", 1, "y", "minor"): 20, ("layers", 2, "x", "minor"): 20, ("layers", 2, "y", "minor"): 20}
+# Ticks made ahead on each axis (a tick is five artists, its properties deep-copied from the axis's first: about
+# half a millisecond; the 13B weight-streaming report's figures made 311, a sixth of their drawing time): what
+# that report's axes draw (most 6 to 10 major ticks; the timeline's lanes, the costliest ops and the layer names
+# one each; the rooflines' log axes 14 to 16 minor ticks). An axis that needs more makes them as it draws.
+TICKS_AHEAD = 10
+TICKS_AHEAD_MORE = {("timeline+power", 0, "y", "major"): 14, ("energy+power", 1, "y", "major"): 15,
+                    ("layers", 0, "x", "major"): 42, ("layers", 1, "x", "minor"): 16, ("layers", 1, "y", "minor"): 16,
+                    ("layers", 2, "x", "minor"): 14, ("layers", 2, "y", "minor"): 14}
 # Figures made ahead by prepare_figures(), by layout: taken by the figure functions instead of making their own.
 _made_ahead: dict[str, list] = {}
 
