@@ -8,6 +8,7 @@ import itertools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -221,3 +222,46 @@ def test_no_plots_writes_the_same_report_and_no_figure(tmp_path):
         report.pop("sim_wall_s", None)
         reports[flag] = report
     assert reports["--plots"] == reports["--no-plots"]
+
+
+def pixels(path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path))
+
+
+@pytest.mark.parametrize("source", ["decode-llama", "prefill-weight-streaming"])
+def test_figures_drawn_on_axes_made_ahead_are_the_same_images(source, tmp_path):
+    """prepare_figures() makes the empty figures and their ticks before the report arrives (the drawing child,
+    while the parent simulates): the figures drawn on them are pixel for pixel those drawn from scratch, and each
+    made-ahead figure is used once."""
+    report = json.loads((Path(__file__).parent / "golden" / f"{source}.json").read_text())
+    names = figure_names(report)
+    fresh = plots.write_figures(report, tmp_path / "fresh", "png", names)
+    plots.prepare_figures()
+    try:
+        ahead = plots.write_figures(report, tmp_path / "ahead", "png", names)
+        left = {layout: len(figs) for layout, figs in plots._made_ahead.items() if figs}
+    finally:
+        for figs in plots._made_ahead.values():
+            for fig, _ in figs:
+                plt.close(fig)
+        plots._made_ahead.clear()
+    assert not left  # utilization, timeline+power, layers and energy+power: all used
+    for a, b in zip(fresh, ahead, strict=True):
+        assert np.array_equal(pixels(a), pixels(b)), a.name
+
+
+def test_the_report_style_is_set_around_each_figure_only(tmp_path):
+    """Text is drawn unhinted in the report figures (plots.STYLE), and the caller's settings are back after."""
+    report = json.loads((Path(__file__).parent / "golden" / "decode-llama.json").read_text())
+    before = dict(plt.rcParams)
+    seen = []
+    original = plots.FIGURES["utilization"]
+    plots.FIGURES["utilization"] = lambda r: seen.append(plt.rcParams["text.hinting"]) or original(r)
+    try:
+        plots.write_figures(report, tmp_path, "png", ["utilization"])
+    finally:
+        plots.FIGURES["utilization"] = original
+    assert seen == [plots.STYLE["text.hinting"]]
+    assert dict(plt.rcParams) == before

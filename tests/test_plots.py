@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -189,13 +190,22 @@ def test_utilization_svg_rasterises_the_heatmap_and_keeps_text(tmp_path):
 
 
 def lane_heights(ax) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per timeline lane: the column edges and the drawn height of each column, as a share of the lane."""
+    """Per timeline lane: the pixel column edges and the drawn height of each column, as a share of the lane, read
+    from the drawn bands (outlines along the top left to right, two vertices a step, back along the bottom)."""
+    x0, x1 = ax.get_xlim()
+    edges = np.linspace(x0, x1, int(ax.get_window_extent().width) + 1)  # one column per pixel
+    centres = (edges[:-1] + edges[1:]) / 2
     out: dict[int, tuple] = {}
-    for patch in (p for p in ax.get_children() if isinstance(p, StepPatch)):
-        top, edges, bottom = patch.get_data()
+    bands = [path.vertices for c in ax.collections if isinstance(c, PolyCollection) for path in c.get_paths()]
+    for v in bands:
+        n = len(v) // 4  # steps
+        top, bottom = v[0:2 * n:2, 1], v[2 * n:4 * n][::-1][0::2, 1]
+        steps = np.append(v[0:2 * n:2, 0], v[2 * n - 1, 0])
+        assert steps[0] == pytest.approx(x0) and steps[-1] == pytest.approx(x1)
+        k = np.searchsorted(steps, centres, side="right") - 1  # the step each column centre falls in
         lane = round(float(np.mean(bottom)))
-        height = out[lane][1] if lane in out else np.zeros(top.size)
-        out[lane] = (edges, height + (bottom - top) / plots.LANE_HEIGHT)
+        height = out[lane][1] if lane in out else np.zeros(centres.size)
+        out[lane] = (edges, height + (bottom - top)[k] / plots.LANE_HEIGHT)
     return out
 
 
@@ -380,3 +390,82 @@ def test_write_plots_writes_each_figure(uneven, tmp_path, fmt):
     without = {**uneven.report, "timeline": None, "energy": None}  # an unrecorded run's report, no energy
     assert [p.name for p in plots.write_plots(without, tmp_path / "b", fmt)] == [f"utilization.{fmt}",
                                                                                  f"layers.{fmt}"]
+
+
+def bar_extents(ax) -> list[np.ndarray]:
+    """Per bar collection of ``ax``: each bar's (position, start, end) along (x, y), read from its outline."""
+    out = []
+    for c in (c for c in ax.collections if isinstance(c, PolyCollection)):
+        quads = np.array([p.vertices[:4] for p in c.get_paths()])
+        out.append(np.stack([quads[..., 0].mean(1), quads[..., 1].min(1), quads[..., 1].max(1)], axis=1))
+    return out
+
+
+@pytest.mark.parametrize("source", ["prefill-weight-streaming", "decode-llama3-8b-2wafers"])
+def test_layer_bars_stack_each_category_and_the_legend_names_them(source):
+    """The per-layer bars (one collection per critical-path category, stacked in CATEGORY_COLORS' order) reach each
+    layer's category times, and the legend has an entry per drawn category in that colour."""
+    report = golden(source)
+    fig = plots.layers_figure(report)
+    ax_bar = fig.axes[0]
+    unit_s = 1e-6 if report["seconds"] < 1e-3 else 1e-3
+    clock = report["wafer"]["clock_hz"]
+    cats = [c for c in plots.CATEGORY_COLORS if c != "interwafer"
+            or any(layer.get("interwafer_cycles", 0) for layer in report["layers"])]
+    bottom = np.zeros(len(report["layers"]))
+    for cat, drawn in zip(cats, bar_extents(ax_bar), strict=True):
+        vals = np.array([layer.get(f"{cat}_cycles", 0) / clock / unit_s for layer in report["layers"]])
+        np.testing.assert_allclose(drawn[:, 0], np.arange(len(vals)))
+        np.testing.assert_allclose(drawn[:, 1], bottom, atol=1e-12)
+        np.testing.assert_allclose(drawn[:, 2], bottom + vals, rtol=1e-9, atol=1e-12)
+        bottom += vals
+    legend = ax_bar.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "exposed weight stream" if c == "stream" else c for c in cats]
+    assert [h.get_facecolor() for h in legend.legend_handles] == [
+        pytest.approx(matplotlib.colors.to_rgba(plots.CATEGORY_COLORS[c])) for c in cats]
+    assert [t.get_text() for t in ax_bar.get_xticklabels()] == [layer["name"] for layer in report["layers"]]
+    assert ax_bar.get_xlim()[0] < -0.4 and ax_bar.get_xlim()[1] > len(bottom) - 0.6  # every bar inside
+    plt.close(fig)
+
+
+def test_energy_bars_are_the_joules_of_each_category_and_op_from_zero():
+    report = golden("decode-llama")
+    e = report["energy"]
+    fig = plots.energy_figure(report)
+    ax_cat, ax_op = fig.axes[:2]
+    for ax, joules in ((ax_cat, e["by_category_joules"]),
+                       (ax_op, dict(list(e["by_op_joules"].items())[:plots.MAX_ENERGY_OPS]))):
+        (bars,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        quads = np.array([p.vertices[:4] for p in bars.get_paths()])
+        y, x0, x1 = quads[..., 1].mean(1), quads[..., 0].min(1), quads[..., 0].max(1)
+        np.testing.assert_allclose(y, np.arange(len(joules)))
+        np.testing.assert_allclose(x0, 0.0)
+        np.testing.assert_allclose(x1, list(joules.values()), rtol=1e-12)
+        assert [t.get_text() for t in ax.get_yticklabels()] == list(joules)
+        assert ax.get_xlim()[0] == 0.0 and ax.get_xlim()[1] > max(joules.values())  # held at zero, as barh does
+        assert ax.yaxis_inverted()  # the first (largest) on top
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("name", list(plots.FIGURES))
+def test_every_axes_title_sits_just_above_its_axes(name):
+    """Titles are placed explicitly (see plots.axes_title): each is drawn above its axes, clear of every tick label
+    and of the figure title."""
+    report = golden("decode-llama")
+    fig = plots.FIGURES[name](report)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert titled
+    for ax in titled:
+        title_box = ax.title.get_window_extent(renderer)
+        axes_box = ax.get_window_extent(renderer)
+        assert axes_box.y1 < title_box.y0 < axes_box.y1 + 20  # its pad (6 pt) above the axes
+        for other in fig.axes:
+            for label in other.get_xticklabels() + other.get_yticklabels():
+                if label.get_text() and label.get_visible():
+                    assert not title_box.overlaps(label.get_window_extent(renderer))
+        if fig._suptitle is not None:
+            assert not title_box.overlaps(fig._suptitle.get_window_extent(renderer))
+    plt.close(fig)

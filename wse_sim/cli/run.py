@@ -166,8 +166,11 @@ def check_outputs(args) -> None:
 
 
 def _import_plots() -> None:
-    """What drawing needs (matplotlib), imported in the drawing child while the parent simulates."""
-    from ..report import plots  # noqa: F401
+    """What drawing needs, in the drawing child while the parent simulates: matplotlib imported and the figures'
+    empty axes made (:func:`~wse_sim.report.plots.prepare_figures`)."""
+    from ..report import plots
+
+    plots.prepare_figures()
 
 
 def _draw(job: tuple[dict, Path, str], part: int, parts: int) -> list[Path]:

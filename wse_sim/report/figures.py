@@ -6,10 +6,10 @@ from __future__ import annotations
 from ..errors import UserError
 
 FORMATS = ("png", "svg")
-# Share of each figure in the four's drawing CPU time (median of 3 on the 13B weight-streaming and the 111M demo
-# reports, averaged: 1.71 and 1.43 CPU s in all, load 2.8). Used only to balance the figures between drawing
-# processes; a wrong guess costs time, never a figure.
-FIGURE_COST = {"utilization": 0.18, "timeline": 0.28, "layers": 0.35, "energy": 0.19}
+# Share of each figure in the four's drawing CPU time (write_figures after prepare_figures, the least of 5, two
+# rounds, on the 13B weight-streaming and the 111M demo reports, averaged: 0.98 and 0.83 CPU s in all, load 3.2).
+# Used only to balance the figures between drawing processes; a wrong guess costs time, never a figure.
+FIGURE_COST = {"utilization": 0.22, "timeline": 0.27, "layers": 0.33, "energy": 0.18}
 
 
 def check_format(fmt: str) -> str:
