@@ -186,10 +186,8 @@ class Numerics:
             self._put("embed.wpe", w.wpe, adopt)
         if w.lm_head is None:
             self.store["head.wte"] = self.store["embed.wte"]
-        elif adopt:
-            self._put("head.wte", w.lm_head, adopt)
         else:
-            self.store["head.wte"] = round_to(w.lm_head, self.precision)
+            self._put("head.wte", w.lm_head, adopt)
         self._put("head.lnf_g", w.lnf_g, adopt)
         if w.lnf_b is not None:
             self._put("head.lnf_b", w.lnf_b, adopt)
