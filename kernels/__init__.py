@@ -5,7 +5,7 @@ Everything here is a plain function of numpy arrays; the heavy ones are numba-co
 
 from .activations import GELU_VARIANTS, add, gelu
 from .embedding import embedding
-from .gemm import gemm, gemm_blocks
+from .gemm import gemm, gemm_blocks, slab_room
 from .llama import rmsnorm, rope, silu_gate
 from .norm import layernorm
 from .precision import PRECISIONS, round_in_place, round_to
@@ -26,4 +26,5 @@ __all__ = [
     "round_in_place",
     "round_to",
     "silu_gate",
+    "slab_room",
 ]

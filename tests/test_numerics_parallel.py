@@ -11,6 +11,8 @@ import importlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wse_sim.kernels import gemm, gemm_blocks
 from wse_sim.workloads import lower_gemm, lower_model, random_tokens, random_weights
 
@@ -155,3 +157,91 @@ def test_gemm_blocks_refuses_blocks_outside_their_array():
     with pytest.raises(ValueError, match="outside"):
         gemm_blocks(a, a, np.array([(0, 4, 1, 0, 4, 1, 5, 4, 4)]))
 
+
+
+@st.composite
+def _chains(draw):
+    """Chains of blocks of ``a [96, 700]`` and ``b [700, 900]`` (b used plain or transposed): per chain a head
+    (its own product, or added into a caller's array) and members added after it in order; k up to past KC
+    (a reload, the product through the slab), few rows (row-major B read in place), n across panels."""
+    m = draw(st.sampled_from([1, 7, 48, 64, 96]))
+    n = draw(st.sampled_from([5, 33, 300, 600]))
+    chains = []
+    for _ in range(draw(st.integers(1, 3))):
+        chains.append([(draw(st.integers(1, 300)), draw(st.booleans())) for _ in range(draw(st.integers(1, 4)))])
+    return m, n, chains, draw(st.booleans()), draw(st.integers(0, 2 ** 16))
+
+
+@settings(max_examples=25, deadline=None)
+@given(_chains())
+def test_gemm_blocks_chains_add_in_block_order(case):
+    """``after``: a chain's members added into its head's result in block order, panel by panel, the bits of
+    ``r = head; r += gemm(A_1, B_1); r += gemm(A_2, B_2) ...`` (numpy's fp32 adds), whatever the panel split,
+    the driver path and the thread count; the members' entries are the head's array."""
+    m, n, chains, into_head, seed = case
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((96, 700)).astype(np.float32)
+    b = rng.standard_normal((700, 900)).astype(np.float32)
+    spec, after, into, refs, heads = [], [], [], [], []
+    for chain in chains:
+        head, ref = len(spec), None
+        for pos, (k, transposed) in enumerate(chain):
+            r0, c0 = int(rng.integers(0, 96 - m + 1)), int(rng.integers(0, 700 - k + 1))
+            if transposed:  # B_i = b[c1:c1+n, c0:c0+k].T
+                c1 = int(rng.integers(0, 700 - n + 1))
+                spec.append((r0 * 700 + c0, 700, 1, c1 * 900 + c0, 1, 900, m, k, n))
+                product = gemm(a[r0:r0 + m, c0:c0 + k], b[c1:c1 + n, c0:c0 + k].T)
+            else:
+                c1 = int(rng.integers(0, 900 - n + 1))
+                spec.append((r0 * 700 + c0, 700, 1, c0 * 900 + c1, 900, 1, m, k, n))
+                product = gemm(a[r0:r0 + m, c0:c0 + k], b[c0:c0 + k, c1:c1 + n])
+            if pos == 0 and into_head:
+                target = rng.standard_normal((m, n)).astype(np.float32)
+                ref = target.copy()
+                ref += product
+                into.append(target)
+            elif pos == 0:
+                ref = product
+                into.append(None)
+            else:
+                ref += product
+                into.append(None)
+            after.append(head if pos else -1)
+        refs.append(ref)
+        heads.append(head)
+    outs = gemm_blocks(a, b, np.array(spec), into=into if into_head else None, after=after)
+    for head, ref in zip(heads, refs, strict=True):
+        assert np.array_equal(outs[head].view(np.uint32), ref.view(np.uint32))
+    assert all(outs[i] is outs[j] for i, j in enumerate(after) if j >= 0)
+
+
+def test_gemm_blocks_refuses_bad_chains():
+    a = np.ones((8, 8), np.float32)
+    spec = np.array([(0, 8, 1, 0, 8, 1, 4, 8, 4), (0, 8, 1, 0, 8, 1, 4, 8, 4), (0, 8, 1, 0, 8, 1, 4, 8, 2)])
+    for after in ([-1, 1, -1], [1, -1, -1], [-1, 0, 1], [-1, -1, 0]):  # itself, later, onto a member, other shape
+        with pytest.raises(ValueError, match="chain head"):
+            gemm_blocks(a, a, spec, after=after)
+    with pytest.raises(ValueError, match="entries"):
+        gemm_blocks(a, a, spec, after=[-1, 0])
+
+
+@pytest.mark.parametrize("mapping", ["meshgemm", "gemv-tree"])
+def test_flush_chains_accumulations_and_reductions(tiny_config, mapping, monkeypatch):
+    """The parallel path chains a mesh GEMM's accumulating steps and a GEMV tree's reduction terms into the
+    GEMM kernel (the bits are checked against the serial path above); here: the chains are really formed."""
+    links = []
+    real = gemm_mod.gemm_blocks
+    monkeypatch.setattr("wse_sim.sim.numerics.gemm_blocks", lambda *args: (links.extend(args[5]), real(*args))[1])
+    graph = lower_model(tiny_config, 2, 11, "fp32")
+    grid = (8, 8, 4, 4) if mapping == "meshgemm" else (8, 12, 4, 3)
+    plan = get_mapping(mapping).plan(graph, WSE2, TileGrid.make(*grid))
+    weights, tokens = random_weights(tiny_config, seed=3), random_tokens(tiny_config.vocab_size, 2, 11, seed=4)
+    ex = Numerics(graph, weights, tokens)
+    folds = []
+    reduce_write = ex._reduce_write
+    ex._reduce_write = lambda a: (folds.append(sum(len(ex._folded.get(g[0], ())) for g in a.groups)),
+                                  reduce_write(a))[1]
+    Engine(WSE2, plan, numerics=ex).run()
+    assert sum(j >= 0 for j in links) > 0
+    if mapping == "gemv-tree":
+        assert sum(folds) > 0  # reductions found terms already added by the kernel

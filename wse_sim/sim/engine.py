@@ -127,6 +127,9 @@ class Engine:
 
     @gc_paused()  # millions of short-lived events, no cycles: see wse_sim.gc_pause
     def run(self) -> SimResult:
+        expect = getattr(self.numerics, "expect", None)  # a runner may learn the plan first (Numerics.expect)
+        if expect is not None:
+            expect(self.plan)
         run = _Run(self.wafer, self.plan, self.numerics, self.record, self.compiled)
         if self.progress and sys.stderr.isatty():
             from tqdm import tqdm

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import threading
 from dataclasses import fields, replace
+from itertools import pairwise
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from ..kernels import (
     round_in_place,
     round_to,
     silu_gate,
+    slab_room,
 )
 from ..mapping.plan import (
     Combine,
@@ -40,6 +42,7 @@ from ..mapping.plan import (
     Elementwise,
     Free,
     MatmulBlock,
+    ModelPlan,
     OpPlan,
     ReduceWrite,
     Ref,
@@ -142,7 +145,8 @@ class Numerics:
         self = cls.__new__(cls)
         self.precision, self.store, self.buffers, self.shapes = precision, {}, {}, {}
         self._arena, self._arena_used, self._arena_faulting = None, 0, None
-        self._pending, self._pending_bytes, self._slabs = [], 0, []
+        self._pending, self._pending_bytes, self._pending_outs, self._slabs = [], 0, set(), []
+        self._folded, self._fold_after, self._fold_next, self._expected = {}, {}, {}, None
         self._fold_bufs = [np.empty(0, np.float32), np.empty(0, np.float32)]
         return self
 
@@ -159,6 +163,12 @@ class Numerics:
         self._arena_faulting: threading.Thread | None = None  # faulting the arena's pages in (see _reserve_arena)
         self._pending: list[MatmulBlock] = []  # queued products (see flush)
         self._pending_bytes = 0  # their size in fp32 (an upper bound: refs are clamped to their tensors)
+        self._pending_outs: set[str] = set()  # the buffers they write
+        self._folded: dict[str, list[str]] = {}  # partial sum -> the later terms of its group already added in
+        if not hasattr(self, "_fold_after"):
+            self._fold_after: dict[str, str] = {}  # see expect
+            self._fold_next: dict[str, str] = {}
+            self._expected: ModelPlan | None = None
         if not hasattr(self, "_slabs"):
             self._slabs: list[np.ndarray] = []  # product buffers of flushes, kept across passes (see _slab)
             self._fold_bufs = [np.empty(0, np.float32), np.empty(0, np.float32)]  # see _reduce_write
@@ -281,11 +291,22 @@ class Numerics:
         return self.store[name]
 
     # ---- actions ---------------------------------------------------------------------------------------------
+    def expect(self, plan: ModelPlan) -> None:
+        """Learn the plan of the coming pass: which partial sums its reductions add one after another
+        (:func:`_fold_links`), so that a flush holding both can chain the add into the GEMM kernel."""
+        if plan is not self._expected:
+            self._expected = plan
+            self._fold_after = _fold_links(plan) if self.precision == "fp32" else {}
+            self._fold_next = {prev: key for key, prev in self._fold_after.items()}
+
     def run(self, actions: tuple) -> None:
         for a in actions:
             if isinstance(a, MatmulBlock):
                 self._pending.append(a)
-                self._pending_bytes += 4 * (a.a.rows[1] - a.a.rows[0]) * (a.b.cols[1] - a.b.cols[0])
+                added = a.accumulate and a.scale == 1.0 and (a.out in self._pending_outs or a.out in self.buffers)
+                if not (added or self._fold_after.get(a.out) in self._pending_outs):
+                    self._pending_bytes += 4 * (a.a.rows[1] - a.a.rows[0]) * (a.b.cols[1] - a.b.cols[0])
+                self._pending_outs.add(a.out)
                 if len(self._pending) >= self.max_pending_blocks or self._pending_bytes >= self.max_pending_bytes:
                     self.flush()
                 continue
@@ -323,7 +344,10 @@ class Numerics:
         store block itself when it is contiguous): the same fp32 adds in the same order as :func:`_fold`,
         without a new array, and fresh pages, per partial sum (numpy's adds into a strided block of a wider
         tensor are about 3x slower than into a contiguous one, so a strided block is written once, at the end)."""
-        groups = [[self.buffers[key] for key in group] for group in a.groups]
+        groups = []
+        for group in a.groups:
+            done = len(self._folded.pop(group[0], ()))  # terms the GEMM kernel already added into group[0]
+            groups.append([self.buffers[key] for key in (group[0], *group[1 + done:])])
         bias = None if a.bias is None else self.get(a.bias)
         dst = self._target(a.dst)
         if not all(t.dtype == np.float32 and t.shape == dst.shape for group in groups for t in group):
@@ -354,7 +378,8 @@ class Numerics:
         """Multiply the queued ``MatmulBlock`` actions (in parallel where they share operand tensors) and
         store their results in queue order."""
         pending, self._pending, self._pending_bytes = self._pending, [], 0
-        products, fused = self._products(pending, self._accumulators(pending))
+        self._pending_outs = set()
+        products, fused = self._products(pending)
         for a, out, done in zip(pending, products, fused, strict=True):
             if done:  # already added into its buffer by the GEMM kernel
                 continue
@@ -367,47 +392,99 @@ class Numerics:
                     round_in_place(out, self.precision)
                 self.buffers[a.out] = out
 
-    def _accumulators(self, blocks: list[MatmulBlock]) -> list[np.ndarray | None]:
-        """Per block, the buffer its product may be added into by the GEMM kernel itself: an accumulating
-        block without scale whose buffer exists, when no earlier block of this flush writes that buffer (so
-        the adds keep queue order: the kernel's add is the buffer's first in this flush, the rest follow in
-        :meth:`flush`)."""
-        into, seen = [], set()
-        for a in blocks:
-            buf = self.buffers.get(a.out) if a.accumulate and a.scale == 1.0 and a.out not in seen else None
-            seen.add(a.out)
-            ok = buf is not None and buf.dtype == np.float32 and buf.flags.c_contiguous and buf.flags.writeable
-            into.append(buf if ok else None)
-        return into
-
-    def _products(self, blocks: list[MatmulBlock], into: list[np.ndarray | None]
-                  ) -> tuple[list[np.ndarray], list[bool]]:
-        """``a @ b`` of every block, and whether it was added into its ``into`` buffer instead: blocks with the
-        same two operand tensors go to :func:`gemm_blocks` together (which adds into the buffers of the right
-        shape), the rest (a group of one, an empty block, an operand not C-contiguous) to :func:`gemm`."""
+    def _products(self, blocks: list[MatmulBlock]) -> tuple[list[np.ndarray], list[bool]]:
+        """``a @ b`` of every block, and whether it was already added into its buffer: blocks with the same two
+        operand tensors go to :func:`gemm_blocks` together (which adds into buffers and chains the adds of
+        later blocks, see :meth:`_links`), the rest (a group of one, an empty block, an operand not
+        C-contiguous) to :func:`gemm`."""
         products: list[np.ndarray | None] = [None] * len(blocks)
         fused = [False] * len(blocks)
-        groups: dict[tuple[str, str], list[tuple[int, tuple]]] = {}
+        specs = [self._block_spec(a) for a in blocks]
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (a, spec) in enumerate(zip(blocks, specs, strict=True)):
+            if spec is not None:
+                groups.setdefault((a.a.tensor, a.b.tensor), []).append(i)
+        group_of = {i: key for key, members in groups.items() if len(members) > 1 for i in members}
+        into, after, heads = self._links(blocks, specs, group_of)
+        rank = self._fold_chains(blocks, specs, group_of, heads, after)
         for i, a in enumerate(blocks):
-            spec = self._block_spec(a)
-            if spec is None:
+            if i not in group_of:
                 products[i] = gemm(self.get(a.a), self.get(a.b))
-            else:
-                groups.setdefault((a.a.tensor, a.b.tensor), []).append((i, spec))
         for (ta, tb), members in groups.items():
             if len(members) == 1:
-                i = members[0][0]
-                products[i] = gemm(self.get(blocks[i].a), self.get(blocks[i].b))
                 continue
-            specs = np.array([spec for _, spec in members])
-            targets = [into[i] if into[i] is not None and into[i].shape == (sp[6], sp[8]) else None
-                       for i, sp in members]
-            slab = self._slab(int((specs[:, 6] * specs[:, 8]).sum()))
-            outs = gemm_blocks(self.store[ta], self.store[tb], specs, slab, targets)
+            # A reduction's terms come after the block they are added into, in their group's order; every
+            # other block keeps queue order (the accumulating chains' order).
+            members = sorted(members, key=lambda i: rank.get(i, (0, i)))
+            spec = np.array([specs[i] for i in members])
+            local = {i: pos for pos, i in enumerate(members)}
+            targets = [into[i] for i in members]
+            links = [local[after[i]] if after[i] >= 0 else -1 for i in members]
+            slab = self._slab(slab_room(spec, targets, links))
+            outs = gemm_blocks(self.store[ta], self.store[tb], spec, slab, targets, links)
             del slab  # the views in outs hold it; the pool sees it as in use until they are gone
-            for (i, _), out, target in zip(members, outs, targets, strict=True):
-                products[i], fused[i] = out, target is not None
+            for i, out in zip(members, outs, strict=True):
+                products[i], fused[i] = out, into[i] is not None or after[i] >= 0
         return products, fused
+
+    def _links(self, blocks: list[MatmulBlock], specs: list[tuple | None], group_of: dict[int, tuple[str, str]]
+               ) -> tuple[list[np.ndarray | None], list[int], dict[str, int]]:
+        """Per block, the buffer the GEMM kernel adds its product into (``into``), or the earlier block of the
+        same :func:`gemm_blocks` call whose result it adds into (``after``, -1 for none); and the blocks whose
+        unscaled, unrounded product becomes a new buffer (by buffer: where :meth:`_fold_chains` may start).
+
+        A buffer's adds in this flush must keep queue order, and :meth:`flush` makes the rest after every kernel
+        has run, so the kernel takes only a prefix of each buffer's blocks: from its head (the first block that
+        adds into an existing buffer, or a block whose unscaled product becomes the buffer) through the
+        accumulating, unscaled blocks of the same call and shape that follow; the first that does not fit ends
+        the prefix for good. A head's product is rounded before the adds only outside fp32 (where rounding is the
+        identity), so there a rounded head starts no chain."""
+        into: list[np.ndarray | None] = [None] * len(blocks)
+        after = [-1] * len(blocks)
+        head: dict[str, int | None] = {}  # buffer -> block whose result the next block may add into (None: no more)
+        for i, a in enumerate(blocks):
+            key, shape = group_of.get(i), None if specs[i] is None else (specs[i][6], specs[i][8])
+            plain = a.scale == 1.0 and key is not None
+            h = head.get(a.out, -1)
+            if a.accumulate and h is not None and h >= 0:
+                if plain and group_of[h] == key and (specs[h][6], specs[h][8]) == shape:
+                    after[i] = h
+                else:
+                    head[a.out] = None
+            elif a.accumulate and h == -1 and a.out in self.buffers:
+                buf = self.buffers[a.out]
+                ok = plain and buf.dtype == np.float32 and buf.flags.c_contiguous and buf.flags.writeable
+                if ok and buf.shape == shape:
+                    into[i], head[a.out] = buf, i
+                else:
+                    head[a.out] = None
+            elif h == -1 or not a.accumulate:
+                rounded = a.round_output and self.precision != "fp32"
+                head[a.out] = i if plain and not rounded else None
+        heads = {a.out: i for i, a in enumerate(blocks) if not a.accumulate and head.get(a.out) == i}
+        return into, after, heads
+
+    def _fold_chains(self, blocks: list[MatmulBlock], specs: list[tuple | None],
+                     group_of: dict[int, tuple[str, str]], heads: dict[str, int], after: list[int]
+                     ) -> dict[int, tuple[int, int]]:
+        """Chain a reduction's leading terms (:meth:`expect`) written in this flush onto the block of its first
+        term: ``after[j] = r`` for each, in the group's order, while they are products of the same call and shape.
+        The reduction then finds those terms already added (``_folded``). Returns ``{j: (r, rank)}``, the order
+        the chained blocks must have in their call."""
+        rank: dict[int, tuple[int, int]] = {}
+        for key, r in heads.items():
+            if key not in self._fold_next or key in self._fold_after:  # chains start at a group's first term
+                continue
+            folded, nxt = [], self._fold_next.get(key)
+            while nxt is not None and (j := heads.get(nxt)) is not None and after[j] < 0 and \
+                    group_of[j] == group_of[r] and (specs[j][6], specs[j][8]) == (specs[r][6], specs[r][8]):
+                after[j], rank[j] = r, (r, len(blocks) + len(folded))
+                folded.append(nxt)
+                nxt = self._fold_next.get(nxt)
+            if folded:
+                self._folded[key] = folded
+        return rank
+
 
     def _slab(self, size: int) -> np.ndarray:
         """A float32 buffer of at least ``size`` elements that nothing else uses, for one product group.
@@ -566,3 +643,49 @@ def _fold(terms: list[np.ndarray]) -> np.ndarray:
         else:  # a wider type or shape: the sum takes it, as ``total + t`` does
             total = total + t
     return total
+
+
+def _fold_links(plan: ModelPlan) -> dict[str, str]:
+    """``{partial sum: the partial sum its reduction adds it to}`` for the leading terms of each
+    :class:`ReduceWrite` group written once, by an unscaled, non-accumulating block, and read by that reduction
+    alone (:class:`Free` aside): a flush that holds the blocks of a group's first terms may add each product
+    into the first one's result as the GEMM kernel stores it, the group's own left fold."""
+    writes: dict[str, int] = {}
+    plain: set[str] = set()
+    reads: dict[str, int] = {}
+    groups: list[tuple[str, ...]] = []
+    for op in plan.ops:
+        for task in op.tasks:
+            for a in task.actions:
+                if isinstance(a, MatmulBlock):
+                    writes[a.out] = writes.get(a.out, 0) + 1
+                    if not a.accumulate and a.scale == 1.0:
+                        plain.add(a.out)
+                elif isinstance(a, ReduceWrite):
+                    for group in a.groups:
+                        for key in group:
+                            reads[key] = reads.get(key, 0) + 1
+                        groups.append(group)
+                elif not isinstance(a, Free):
+                    for key in _buffers_read(a):
+                        reads[key] = reads.get(key, 0) + 2  # read elsewhere: never chained
+    after: dict[str, str] = {}
+    for group in groups:  # links run from the group's first term while every term qualifies
+        for prev, key in pairwise(group):
+            if not all(writes.get(k) == 1 and k in plain and reads.get(k) == 1 for k in (prev, key)):
+                break
+            after[key] = prev
+    return after
+
+
+def _buffers_read(a) -> tuple[str, ...]:
+    """The buffers an action other than a MatmulBlock, ReduceWrite or Free reads or writes."""
+    if isinstance(a, Combine):
+        return (a.out, *a.keys)
+    if isinstance(a, SoftmaxBlock | DecodeAttnPartial):
+        return (a.buf,)
+    if isinstance(a, ContextWrite):
+        return (a.probs,)
+    if isinstance(a, DecodeAttnCombine):
+        return tuple(a.bufs)
+    return ()
