@@ -339,9 +339,11 @@ class Numerics:
                 raise TypeError(f"no interpreter for action {type(a).__name__}")
 
     def _reduce_write(self, a: ReduceWrite) -> None:
-        """Fold ``a``'s groups and bias in their order, round to the storage precision and store the sum. With
-        float32 partials of the block's shape, the groups are folded in place into two reused buffers (or the
-        store block itself when it is contiguous): the same fp32 adds in the same order as :func:`_fold`,
+        """Fold ``a``'s groups and bias in their order, round to the storage precision and store the sum; terms
+        the GEMM kernel already added into a group's first (:meth:`_fold_chains`) are not added again. With
+        float32 partials of the block's shape, a group of one term is that term and longer groups are folded in
+        place into two reused buffers (or the store block itself when it is contiguous): the same fp32 adds in
+        the same order as :func:`_fold`,
         without a new array, and fresh pages, per partial sum (numpy's adds into a strided block of a wider
         tensor are about 3x slower than into a contiguous one, so a strided block is written once, at the end)."""
         groups = []
@@ -354,18 +356,32 @@ class Numerics:
             terms = [_fold(group) for group in groups] + ([] if bias is None else [bias])
             dst[...] = self._rounded(_fold(terms))
             return
+        if len(groups) == 1 and len(groups[0]) == 1 and bias is None:  # one term (a sum the kernel made): stored
+            dst[...] = groups[0][0]
+            round_in_place(dst, self.precision)
+            return
         total = dst if dst.flags.c_contiguous else self._fold_buffer(0, dst.shape)
-        _fold_into(total, groups[0])
-        if len(groups) > 1:
-            part = self._fold_buffer(1, dst.shape)
-            for group in groups[1:]:
-                _fold_into(part, group)
-                np.add(total, part, out=total)
+        first, rest = groups[0], groups[1:]
+        if len(first) == 1 and rest:  # a group of one term is its own sum: no copy of it
+            np.add(first[0], self._group_sum(rest[0]), out=total)
+            rest = rest[1:]
+        else:
+            _fold_into(total, first)
+        for group in rest:
+            np.add(total, self._group_sum(group), out=total)
         if bias is not None:
             np.add(total, bias, out=total)
         round_in_place(total, self.precision)
         if total is not dst:
             dst[...] = total
+
+    def _group_sum(self, group: list[np.ndarray]) -> np.ndarray:
+        """A group's left fold: its one term itself, or the sum in reused buffer 1 (see :meth:`_reduce_write`)."""
+        if len(group) == 1:
+            return group[0]
+        part = self._fold_buffer(1, group[0].shape)
+        _fold_into(part, group)
+        return part
 
     def _fold_buffer(self, which: int, shape: tuple[int, int]) -> np.ndarray:
         """Reused float32 buffer ``which`` (0 or 1) of :meth:`_reduce_write`, as a contiguous ``shape`` array."""
