@@ -3,6 +3,7 @@
 Everything here is a plain function of numpy arrays; the heavy ones are numba-compiled (``cache=True``).
 """
 
+from ..numba_setup import load_registries
 from .activations import GELU_VARIANTS, add, gelu
 from .embedding import embedding
 from .gemm import gemm, gemm_blocks, slab_room
@@ -10,6 +11,8 @@ from .llama import rmsnorm, rope, silu_gate
 from .norm import layernorm
 from .precision import PRECISIONS, round_in_place, round_to
 from .softmax import causal_softmax
+
+load_registries()  # before the first kernel compiles or loads: see wse_sim.numba_setup
 
 __all__ = [
     "GELU_VARIANTS",

@@ -1,8 +1,8 @@
 """The floors, read from the source with ``ast``: which package may import which, and no import cycles.
 
-Floors, lowest first: errors, gc_pause and precision (the ground); arch, kernels, workloads; mapping; sim; report; app;
-cli. A module may import its own floor and the ones below. Every import counts, including those inside
-functions, so a cycle cannot hide in a function body.
+Floors, lowest first: errors, gc_pause, numba_setup and precision (the ground); arch, kernels, workloads; mapping;
+sim; report; app; cli. A module may import its own floor and the ones below. Every import counts, including those
+inside functions, so a cycle cannot hide in a function body.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import networkx as nx
 ROOT = Path(__file__).resolve().parent.parent
 # package folder -> its import name (kernels/ and workloads/ install inside wse_sim)
 SOURCES = {ROOT / "wse_sim": "wse_sim", ROOT / "kernels": "wse_sim.kernels", ROOT / "workloads": "wse_sim.workloads"}
-FLOOR = {"errors": 0, "gc_pause": 0, "precision": 0, "arch": 1, "kernels": 1, "workloads": 1, "mapping": 2, "sim": 3,
-         "report": 4, "app": 5, "cli": 6}
+FLOOR = {"errors": 0, "gc_pause": 0, "numba_setup": 0, "precision": 0, "arch": 1, "kernels": 1, "workloads": 1,
+         "mapping": 2, "sim": 3, "report": 4, "app": 5, "cli": 6}
 # arch, kernels and workloads share a floor but do not lean on each other except where listed
 SIDEWAYS = {("workloads", "kernels")}
 # gc_pause: the command pauses the collector around its own imports (of the app), so it cannot go through the app.

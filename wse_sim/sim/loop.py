@@ -28,7 +28,10 @@ from itertools import chain
 import numpy as np
 from numba import njit
 
+from ..numba_setup import load_registries
 from .intervals import RecordedIntervals
+
+load_registries()  # before the first compiled function loads: see wse_sim.numba_setup
 
 # Event codes (as in engine.py) and the task kind codes (the engine's ``_done`` order; 5 is a barrier).
 GRANT, HELD, RELEASE, ARRIVED, REQUEST = 0, 1, 2, 3, 4
