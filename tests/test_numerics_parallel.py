@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wse_sim.kernels import gemm, gemm_blocks
-from wse_sim.workloads import lower_gemm, lower_model, random_tokens, random_weights
+from wse_sim.workloads import ModelConfig, lower_gemm, lower_model, random_tokens, random_weights
 
 from wse_sim.arch import load_wafer
 from wse_sim.mapping import TileGrid, get_mapping
@@ -245,3 +245,28 @@ def test_flush_chains_accumulations_and_reductions(tiny_config, mapping, monkeyp
     assert sum(j >= 0 for j in links) > 0
     if mapping == "gemv-tree":
         assert sum(folds) > 0  # reductions found terms already added by the kernel
+
+
+LLAMA = ModelConfig(name="tiny-llama", d_model=72, n_layer=2, n_head=6, n_kv_head=2, d_ff=130, family="llama",
+                    activation="silu", vocab_size=97, n_positions=64, tie_word_embeddings=False, qkv_bias=False,
+                    hf_model_type="llama")
+
+
+@pytest.mark.parametrize(("model", "mapping"), [("gpt", "summa"), ("gpt", "gemv-tree"), ("llama", "weight-streaming")])
+def test_per_element_runs_batched_bit_identical(tiny_config, model, mapping, monkeypatch):
+    """Consecutive per-element actions (GELU, SwiGLU, residual adds) run as one action on the whole tensors when
+    their blocks tile the output: the same bits as running them block by block."""
+    config = tiny_config if model == "gpt" else LLAMA
+    graph = lower_model(config, 2, 11, "bf16")
+    plan = get_mapping(mapping).plan(graph, WSE2, TileGrid.make(8, 12, 4, 3))
+    weights, tokens = random_weights(config, seed=3), random_tokens(config.vocab_size, 2, 11, seed=4)
+    batched = Numerics(graph, weights, tokens)
+    wholes = []
+    whole = batched._whole
+    batched._whole = lambda batch: (wholes.append(r := whole(batch)), r)[1]
+    Engine(WSE2, plan, numerics=batched).run()
+    batched.flush()
+    assert any(w is not None for w in wholes)  # some runs did go as one action
+    monkeypatch.setattr("wse_sim.sim.numerics.PER_ELEMENT", ())
+    one_by_one, _ = _run(plan, Numerics(graph, weights, tokens), serial=False)
+    _assert_same_bits(one_by_one, batched)

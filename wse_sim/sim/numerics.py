@@ -52,6 +52,9 @@ from ..mapping.plan import (
 from ..workloads import OpKind, WorkloadGraph
 from ..workloads.weights import ModelWeights
 
+# Elementwise functions whose every output element depends on the same element of the inputs alone: consecutive
+# actions of one of them are queued and run as one (Numerics._run_elementwise).
+PER_ELEMENT = ("gelu", "swiglu", "add", "copy")
 MAX_PENDING_BLOCKS = 512  # queued MatmulBlock actions before a flush (bounds the memory of unread products)
 # Queued products' bytes before a flush. One flush's products share one new buffer: kept this small, it stays in
 # the last-level cache (32 MiB on the machine of benchmarks/README.md) for the adds that follow, and malloc reuses
@@ -146,6 +149,7 @@ class Numerics:
         self.precision, self.store, self.buffers, self.shapes = precision, {}, {}, {}
         self._arena, self._arena_used, self._arena_faulting = None, 0, None
         self._pending, self._pending_bytes, self._pending_outs, self._slabs = [], 0, set(), []
+        self._pending_ew = []
         self._folded, self._fold_after, self._fold_next, self._expected = {}, {}, {}, None
         self._fold_bufs = [np.empty(0, np.float32), np.empty(0, np.float32)]
         return self
@@ -164,6 +168,7 @@ class Numerics:
         self._pending: list[MatmulBlock] = []  # queued products (see flush)
         self._pending_bytes = 0  # their size in fp32 (an upper bound: refs are clamped to their tensors)
         self._pending_outs: set[str] = set()  # the buffers they write
+        self._pending_ew: list[Elementwise] = []  # a queued run of per-element actions (see _run_elementwise)
         self._folded: dict[str, list[str]] = {}  # partial sum -> the later terms of its group already added in
         if not hasattr(self, "_fold_after"):
             self._fold_after: dict[str, str] = {}  # see expect
@@ -302,6 +307,8 @@ class Numerics:
     def run(self, actions: tuple) -> None:
         for a in actions:
             if isinstance(a, MatmulBlock):
+                if self._pending_ew:
+                    self._run_elementwise()
                 self._pending.append(a)
                 added = a.accumulate and a.scale == 1.0 and (a.out in self._pending_outs or a.out in self.buffers)
                 if not (added or self._fold_after.get(a.out) in self._pending_outs):
@@ -310,7 +317,12 @@ class Numerics:
                 if len(self._pending) >= self.max_pending_blocks or self._pending_bytes >= self.max_pending_bytes:
                     self.flush()
                 continue
-            if self._pending:
+            if isinstance(a, Elementwise) and a.fn in PER_ELEMENT:
+                if self._pending or (self._pending_ew and not _same_run(self._pending_ew[0], a)):
+                    self.flush()
+                self._pending_ew.append(a)
+                continue
+            if self._pending or self._pending_ew:
                 self.flush()
             if isinstance(a, ReduceWrite):
                 self._reduce_write(a)
@@ -391,8 +403,13 @@ class Numerics:
         return self._fold_bufs[which][:size].reshape(shape)
 
     def flush(self) -> None:
-        """Multiply the queued ``MatmulBlock`` actions (in parallel where they share operand tensors) and
-        store their results in queue order."""
+        """Run the queued actions: the ``MatmulBlock`` actions (multiplied in parallel where they share operand
+        tensors, their results stored in queue order) or the run of per-element actions (:meth:`_run_elementwise`;
+        never both at once)."""
+        if self._pending_ew:
+            self._run_elementwise()
+        if not self._pending:
+            return
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         self._pending_outs = set()
         products, fused = self._products(pending)
@@ -560,6 +577,36 @@ class Numerics:
             peak, total, acc = new, total * r1 + s2 * r2, acc * r1 + o2 * r2
         return acc / total
 
+    def _run_elementwise(self) -> None:
+        """The queued run of per-element actions (one function, the same tensors; see :data:`PER_ELEMENT`): when
+        their blocks tile the whole output, and each reads the same block of its inputs, as one action on the
+        whole tensors (one kernel call: the GELU of a layer is 64 tiles' blocks), else one by one. Either way each
+        element is the same scalar function of the same inputs, so the bits do not change."""
+        batch, self._pending_ew = self._pending_ew, []
+        whole = self._whole(batch)
+        for a in batch if whole is None else (whole,):
+            self.write(a.dst, self._elementwise(a))
+
+    def _whole(self, batch: list[Elementwise]) -> Elementwise | None:
+        """``batch`` as one action on whole tensors, or None when its blocks do not tile the output exactly (each
+        block once, the rows and columns a grid of spans) or an input block differs from its output block."""
+        first = batch[0]
+        shape = self.shapes.get(first.dst.tensor)
+        if len(batch) < 2 or shape is None or any(self.store[s.tensor].shape != shape for s in first.srcs):
+            return None
+        rows, cols, blocks = set(), set(), set()
+        for a in batch:
+            if a.dst.transpose or any(s.transpose or (s.rows, s.cols) != (a.dst.rows, a.dst.cols) for s in a.srcs):
+                return None
+            rows.add(a.dst.rows)
+            cols.add(a.dst.cols)
+            blocks.add((a.dst.rows, a.dst.cols))
+        if len(blocks) != len(batch) or len(blocks) != len(rows) * len(cols) or not (
+                _partition(rows, shape[0]) and _partition(cols, shape[1])):
+            return None
+        span = ((0, shape[0]), (0, shape[1]))
+        return replace(first, dst=Ref(first.dst.tensor, *span), srcs=tuple(Ref(s.tensor, *span) for s in first.srcs))
+
     def _elementwise(self, a: Elementwise) -> np.ndarray:
         if a.fn == "layernorm":
             gamma, beta = (self.get(p)[0] for p in a.params)
@@ -659,6 +706,22 @@ def _fold(terms: list[np.ndarray]) -> np.ndarray:
         else:  # a wider type or shape: the sum takes it, as ``total + t`` does
             total = total + t
     return total
+
+
+def _same_run(first: Elementwise, a: Elementwise) -> bool:
+    """Whether ``a`` may join the queued run that ``first`` began: the same function on the same tensors."""
+    return (a.fn == first.fn and a.dst.tensor == first.dst.tensor
+            and tuple(s.tensor for s in a.srcs) == tuple(s.tensor for s in first.srcs))
+
+
+def _partition(spans: set[tuple[int, int]], extent: int) -> bool:
+    """Whether ``spans`` cut ``[0, extent)`` into consecutive, non-overlapping pieces."""
+    end = 0
+    for lo, hi in sorted(spans):
+        if lo != end or hi <= lo:
+            return False
+        end = hi
+    return end == extent
 
 
 def _fold_links(plan: ModelPlan) -> dict[str, str]:
