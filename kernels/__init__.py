@@ -10,7 +10,7 @@ from .gemm import gemm, gemm_blocks, slab_room
 from .llama import rmsnorm, rope, silu_gate
 from .norm import layernorm
 from .precision import PRECISIONS, round_in_place, round_to
-from .softmax import causal_softmax
+from .softmax import causal_softmax, causal_softmax_many
 
 load_registries()  # before the first kernel compiles or loads: see wse_sim.numba_setup
 
@@ -19,6 +19,7 @@ __all__ = [
     "PRECISIONS",
     "add",
     "causal_softmax",
+    "causal_softmax_many",
     "embedding",
     "gelu",
     "gemm",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-from .gemm import _claim, _run_shared, shared_threads
+from .gemm import _claim, _f32_ptr, _run_shared, shared_threads
 from .precision import require_f32
 
 # Above this many score entries the rows are spread over threads.
@@ -90,3 +91,56 @@ def causal_softmax(scores: np.ndarray, scale: float = 1.0, q_offset: int = 0) ->
     else:
         _softmax_serial(x3, out, np.float32(scale), q_offset)
     return out.reshape(x.shape)
+
+
+@njit(cache=True, nogil=True)
+def _softmax_many_claimed(addrs, outs, shapes, q_offsets, row_start, scale, rows_per_claim, counter):
+    """Rows of every block of :func:`causal_softmax_many` (block ``b``: ``shapes[b] = (h, sq, sk)`` float32 at
+    address ``addrs[b]``, written at ``outs[b]``; its rows ``row_start[b]:row_start[b+1]`` of the whole), claimed
+    ``rows_per_claim`` at a time: each row is the same :func:`_softmax_row` call as in :func:`causal_softmax`."""
+    total = row_start[row_start.shape[0] - 1]
+    while True:
+        r0 = _claim(counter) * rows_per_claim
+        if r0 >= total:
+            return
+        b = np.searchsorted(row_start, r0, side="right") - 1
+        for r in range(r0, min(total, r0 + rows_per_claim)):
+            while r >= row_start[b + 1]:
+                b += 1
+            sq, sk = shapes[b, 1], shapes[b, 2]
+            local = r - row_start[b]
+            i = local % sq
+            x = numba.carray(_f32_ptr(addrs[b] + 4 * local * sk), sk)
+            o = numba.carray(_f32_ptr(outs[b] + 4 * local * sk), sk)
+            _softmax_row(x, o, scale, min(sk, i + q_offsets[b] + 1))
+
+
+def causal_softmax_many(blocks: list[tuple[np.ndarray, int]], scale: float = 1.0) -> list[np.ndarray]:
+    """:func:`causal_softmax` of each ``(scores, q_offset)`` in ``blocks``, as one call: the rows of all blocks
+    shared with the GEMM helper threads, each row the same computation (so the same bits) as one block at a time.
+    Returns new arrays of the blocks' shapes."""
+    xs, outs, q_offsets = [], [], []
+    for scores, q_offset in blocks:
+        x = require_f32(scores, "causal_softmax_many: scores")
+        if x.ndim not in (2, 3):
+            raise ValueError(f"causal_softmax_many: scores must be [sq, sk] or [h, sq, sk], got shape {x.shape}")
+        if int(q_offset) < 0:
+            raise ValueError(f"causal_softmax_many: q_offset must be >= 0, got {q_offset}")
+        xs.append(np.ascontiguousarray(x))
+        outs.append(np.empty(x.shape, np.float32))
+        q_offsets.append(int(q_offset))
+    if not xs:
+        return []
+    shapes = np.array([(x.size // (x.shape[-2] * x.shape[-1]) if x.size else 0, *x.shape[-2:]) for x in xs],
+                      np.int64)
+    row_start = np.zeros(len(xs) + 1, np.int64)
+    np.cumsum(shapes[:, 0] * shapes[:, 1], out=row_start[1:])
+    threads = shared_threads() if sum(x.size for x in xs) >= SHARED_MIN_SIZE else 1
+    args = (np.array([x.ctypes.data for x in xs], np.int64), np.array([o.ctypes.data for o in outs], np.int64),
+            shapes, np.array(q_offsets, np.int64), row_start, np.float32(scale),
+            max(1, int(row_start[-1]) // (8 * threads)), np.zeros(1, np.int64))
+    if threads > 1:
+        _run_shared(_softmax_many_claimed, args, threads)
+    else:
+        _softmax_many_claimed(*args)
+    return outs

@@ -16,6 +16,7 @@ from wse_sim.kernels import (
     PRECISIONS,
     add,
     causal_softmax,
+    causal_softmax_many,
     embedding,
     gelu,
     gemm,
@@ -492,3 +493,27 @@ def test_add_is_fp32_elementwise():
     assert np.array_equal(c, (a.astype(np.float64) + b).astype(np.float32))
     with pytest.raises(ValueError, match="differ"):
         add(a, b[:, :3])
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 40), st.integers(1, 70), st.integers(0, 30)),
+                min_size=0, max_size=12), st.integers(0, 2 ** 16))
+def test_causal_softmax_many_is_each_block_alone(blocks, seed):
+    """Many score blocks (2-D when ``h`` is 0, else ``h`` heads; any query offset) in one call: each result is
+    bit for bit ``causal_softmax`` of that block alone, whichever thread ran its rows."""
+    rng = np.random.default_rng(seed)
+    xs = [(rng.standard_normal((sq, sk) if h == 0 else (h, sq, sk)) * 4).astype(np.float32)
+          for h, sq, sk, _ in blocks]
+    outs = causal_softmax_many([(x, q) for x, (*_, q) in zip(xs, blocks, strict=True)], 0.7)
+    for x, (*_, q), out in zip(xs, blocks, outs, strict=True):
+        assert out.shape == x.shape
+        assert np.array_equal(out.view(np.uint32), causal_softmax(x, 0.7, q).view(np.uint32))
+
+
+def test_causal_softmax_many_refuses_bad_blocks():
+    with pytest.raises(ValueError, match="q_offset"):
+        causal_softmax_many([(np.zeros((2, 3), np.float32), -1)])
+    with pytest.raises(ValueError, match="scores must be"):
+        causal_softmax_many([(np.zeros(3, np.float32), 0)])
+    with pytest.raises(TypeError, match="float32"):
+        causal_softmax_many([(np.zeros((2, 3)), 0)])

@@ -21,7 +21,7 @@ from itertools import pairwise
 import numpy as np
 
 from ..kernels import (
-    causal_softmax,
+    causal_softmax_many,
     embedding,
     gelu,
     gemm,
@@ -149,7 +149,7 @@ class Numerics:
         self.precision, self.store, self.buffers, self.shapes = precision, {}, {}, {}
         self._arena, self._arena_used, self._arena_faulting = None, 0, None
         self._pending, self._pending_bytes, self._pending_outs, self._slabs = [], 0, set(), []
-        self._pending_ew = []
+        self._pending_ew, self._pending_sm = [], []
         self._folded, self._fold_after, self._fold_next, self._expected = {}, {}, {}, None
         self._fold_bufs = [np.empty(0, np.float32), np.empty(0, np.float32)]
         return self
@@ -169,6 +169,7 @@ class Numerics:
         self._pending_bytes = 0  # their size in fp32 (an upper bound: refs are clamped to their tensors)
         self._pending_outs: set[str] = set()  # the buffers they write
         self._pending_ew: list[Elementwise] = []  # a queued run of per-element actions (see _run_elementwise)
+        self._pending_sm: list[SoftmaxBlock] = []  # queued softmaxes (see _run_softmax); one queue at a time
         self._folded: dict[str, list[str]] = {}  # partial sum -> the later terms of its group already added in
         if not hasattr(self, "_fold_after"):
             self._fold_after: dict[str, str] = {}  # see expect
@@ -307,8 +308,8 @@ class Numerics:
     def run(self, actions: tuple) -> None:
         for a in actions:
             if isinstance(a, MatmulBlock):
-                if self._pending_ew:
-                    self._run_elementwise()
+                if self._pending_ew or self._pending_sm:
+                    self.flush()
                 self._pending.append(a)
                 added = a.accumulate and a.scale == 1.0 and (a.out in self._pending_outs or a.out in self.buffers)
                 if not (added or self._fold_after.get(a.out) in self._pending_outs):
@@ -318,11 +319,16 @@ class Numerics:
                     self.flush()
                 continue
             if isinstance(a, Elementwise) and a.fn in PER_ELEMENT:
-                if self._pending or (self._pending_ew and not _same_run(self._pending_ew[0], a)):
+                if self._pending or self._pending_sm or (self._pending_ew and not _same_run(self._pending_ew[0], a)):
                     self.flush()
                 self._pending_ew.append(a)
                 continue
-            if self._pending or self._pending_ew:
+            if isinstance(a, SoftmaxBlock):  # queued too: the softmaxes of one step run as one kernel call
+                if self._pending or self._pending_ew:
+                    self.flush()
+                self._pending_sm.append(a)
+                continue
+            if self._pending or self._pending_ew or self._pending_sm:
                 self.flush()
             if isinstance(a, ReduceWrite):
                 self._reduce_write(a)
@@ -330,10 +336,6 @@ class Numerics:
                 self.buffers[a.out] = _fold([self.buffers[a.keys[0]], *(self.buffers.pop(k) for k in a.keys[1:])])
             elif isinstance(a, Elementwise):
                 self.write(a.dst, self._elementwise(a))
-            elif isinstance(a, SoftmaxBlock):
-                probs = causal_softmax(self.buffers[a.buf], 1.0, a.q_offset)  # a new array: rounded in place
-                round_in_place(probs, self.precision)
-                self.buffers[a.buf] = probs
             elif isinstance(a, ContextWrite):
                 self.write(a.dst, gemm(self.buffers[a.probs], self.get(a.v)))
             elif isinstance(a, Rope):
@@ -404,10 +406,12 @@ class Numerics:
 
     def flush(self) -> None:
         """Run the queued actions: the ``MatmulBlock`` actions (multiplied in parallel where they share operand
-        tensors, their results stored in queue order) or the run of per-element actions (:meth:`_run_elementwise`;
-        never both at once)."""
+        tensors, their results stored in queue order), the run of per-element actions (:meth:`_run_elementwise`)
+        or the softmaxes (:meth:`_run_softmax`); one kind at a time is queued, so the actions keep their order."""
         if self._pending_ew:
             self._run_elementwise()
+        if self._pending_sm:
+            self._run_softmax()
         if not self._pending:
             return
         pending, self._pending, self._pending_bytes = self._pending, [], 0
@@ -576,6 +580,15 @@ class Numerics:
             r1, r2 = np.exp(peak - new, dtype=np.float32), np.exp(m2 - new, dtype=np.float32)
             peak, total, acc = new, total * r1 + s2 * r2, acc * r1 + o2 * r2
         return acc / total
+
+    def _run_softmax(self) -> None:
+        """The queued ``SoftmaxBlock`` actions, as one :func:`causal_softmax_many` call; each probability block
+        (a new array) is rounded in place and replaces its scores."""
+        batch, self._pending_sm = self._pending_sm, []
+        probs = causal_softmax_many([(self.buffers[a.buf], a.q_offset) for a in batch], 1.0)
+        for a, p in zip(batch, probs, strict=True):
+            round_in_place(p, self.precision)
+            self.buffers[a.buf] = p
 
     def _run_elementwise(self) -> None:
         """The queued run of per-element actions (one function, the same tensors; see :data:`PER_ELEMENT`): when
