@@ -119,6 +119,7 @@ class Numerics:
 
     def fill_cache(self, graph: WorkloadGraph) -> None:
         """Copy a finished prefill's keys (rotated) and values into the KV cache of every layer."""
+        self.flush()  # the prefill's queued actions, if any
         cfg = graph.config
         d, kv = cfg.d_model, cfg.kv_width
         for layer in range(cfg.n_layer):
